@@ -1,0 +1,40 @@
+//! Where signing keys live. A backend creates an access key for a signer,
+//! deactivates it (every URL it signed dies), and deletes it. Garage is the
+//! self-hosted implementation; AWS IAM comes next behind the same trait.
+
+pub mod garage;
+
+use crate::secret::SecretString;
+
+/// A freshly created access key. The secret leaves this struct only to be sealed
+/// and to build a signing client.
+#[derive(Debug)]
+pub struct NewKey {
+    pub access_key_id: String,
+    pub secret_access_key: SecretString,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The backend could not be reached or answered 5xx: retry later.
+    #[error("key backend unavailable: {0}")]
+    Unavailable(String),
+    /// The backend refused the operation (bad token, limits, unknown bucket...).
+    #[error("key backend refused: {0}")]
+    Refused(String),
+}
+
+#[async_trait::async_trait]
+pub trait KeyBackend: Send + Sync + 'static {
+    /// "garage" or "aws", as stored in the registry.
+    fn kind(&self) -> &'static str;
+
+    /// Creates a new access key for `signer`, allowed on the configured buckets.
+    async fn create_key(&self, signer: &str) -> Result<NewKey, BackendError>;
+
+    /// Makes the key unusable: every URL it signed stops working.
+    async fn deactivate_key(&self, access_key_id: &str) -> Result<(), BackendError>;
+
+    /// Removes the key for good.
+    async fn delete_key(&self, access_key_id: &str) -> Result<(), BackendError>;
+}

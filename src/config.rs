@@ -1,0 +1,272 @@
+//! Configuration: one clap struct, read from flags, then environment variables,
+//! then an optional TOML file (`--config`), then defaults, in that order of
+//! precedence. The TOML file uses the flags' names with '_' for '-'.
+
+use crate::domain::{CallerName, SignerName};
+use crate::secret::SecretString;
+use anyhow::{Context, bail};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, FromArgMatches};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// TOML file with any of these settings (flags and environment win over it).
+    #[arg(long, env = "PRESIGND_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
+    /// Address the gRPC server listens on (port 0: any free port).
+    #[arg(long, env = "PRESIGND_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+
+    /// PostgreSQL URL of the registry.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<SecretString>,
+
+    /// Largest number of registry connections.
+    #[arg(long, env = "PRESIGND_DB_MAX_CONNECTIONS", default_value_t = 16)]
+    pub db_max_connections: u32,
+
+    /// Seconds to wait for a registry connection before failing with UNAVAILABLE.
+    #[arg(long, env = "PRESIGND_DB_ACQUIRE_TIMEOUT_SECS", default_value_t = 2)]
+    pub db_acquire_timeout_secs: u64,
+
+    /// Seconds between registry liveness checks (health turns NOT_SERVING on failure).
+    #[arg(long, env = "PRESIGND_HEALTH_INTERVAL_SECS", default_value_t = 2)]
+    pub health_interval_secs: u64,
+
+    /// Run pending migrations when serving starts.
+    #[arg(long, env = "PRESIGND_MIGRATE_ON_START", default_value_t = true, action = clap::ArgAction::Set)]
+    pub migrate_on_start: bool,
+
+    /// Master key sealing stored secrets: 32 bytes as 64 hex chars or base64.
+    #[arg(long, env = "PRESIGND_MASTER_KEY", hide_env_values = true)]
+    pub master_key: Option<SecretString>,
+
+    /// File holding the master key (instead of --master-key).
+    #[arg(long, env = "PRESIGND_MASTER_KEY_FILE")]
+    pub master_key_file: Option<PathBuf>,
+
+    /// Callers allowed in, as NAME:SHA256HEX(token), comma separated. Only token
+    /// hashes are configured; `presignd hash-token` computes one.
+    #[arg(long, env = "PRESIGND_CALLERS", value_delimiter = ',')]
+    pub callers: Vec<String>,
+
+    /// Callers with the admin role (may use KeyService).
+    #[arg(long, env = "PRESIGND_ADMINS", value_delimiter = ',')]
+    pub admins: Vec<String>,
+
+    /// Signers (revocation domains), comma separated. The first signs links by default.
+    #[arg(
+        long,
+        env = "PRESIGND_SIGNERS",
+        value_delimiter = ',',
+        default_value = "default"
+    )]
+    pub signers: Vec<String>,
+
+    /// Where keys are managed: garage (admin API v2) or aws (IAM).
+    #[arg(long, env = "PRESIGND_BACKEND", default_value = "garage")]
+    pub backend: String,
+
+    /// Buckets the signers' keys are granted on (garage backend), comma separated.
+    #[arg(long, env = "PRESIGND_BUCKETS", value_delimiter = ',')]
+    pub buckets: Vec<String>,
+
+    /// S3 endpoint the links point at.
+    #[arg(
+        long,
+        env = "PRESIGND_S3_ENDPOINT",
+        default_value = "http://127.0.0.1:3900"
+    )]
+    pub s3_endpoint: String,
+
+    /// S3 region the links are signed for.
+    #[arg(long, env = "PRESIGND_S3_REGION", default_value = "garage")]
+    pub s3_region: String,
+
+    /// Path-style URLs (endpoint/bucket/key) instead of virtual-hosted style.
+    #[arg(long, env = "PRESIGND_S3_PATH_STYLE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub s3_path_style: bool,
+
+    /// Garage admin API v2 base URL.
+    #[arg(
+        long,
+        env = "PRESIGND_GARAGE_ADMIN_URL",
+        default_value = "http://127.0.0.1:3903"
+    )]
+    pub garage_admin_url: String,
+
+    /// Garage admin API bearer token.
+    #[arg(long, env = "PRESIGND_GARAGE_ADMIN_TOKEN", hide_env_values = true)]
+    pub garage_admin_token: Option<SecretString>,
+
+    /// How many times a new key is tried against the backend before it is used.
+    #[arg(long, env = "PRESIGND_KEY_VERIFY_ATTEMPTS", default_value_t = 20)]
+    pub key_verify_attempts: u32,
+}
+
+impl Config {
+    /// Parses the matches of a command built with `Config::augment_args`, then
+    /// fills every setting not given by flag or environment from `--config`.
+    pub fn from_matches(matches: &ArgMatches) -> anyhow::Result<Self> {
+        let cli = Self::from_arg_matches(matches)?;
+        let Some(path) = cli.config.clone() else {
+            return Ok(cli);
+        };
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading config file {}", path.display()))?;
+        let file: toml::Table = toml::from_str(&text)
+            .with_context(|| format!("parsing config file {}", path.display()))?;
+        let mut merged = serde_json::to_value(&cli)?;
+        let obj = merged
+            .as_object_mut()
+            .expect("Config serializes to an object");
+        for (key, value) in file {
+            if !obj.contains_key(&key) {
+                bail!("config file {}: unknown setting {key:?}", path.display());
+            }
+            let given = matches!(
+                matches.value_source(&key),
+                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+            );
+            if !given {
+                obj.insert(key, serde_json::to_value(value)?);
+            }
+        }
+        let mut config: Self = serde_json::from_value(merged).with_context(|| {
+            format!(
+                "config file {}: a setting has the wrong type",
+                path.display()
+            )
+        })?;
+        config.config = Some(path);
+        Ok(config)
+    }
+
+    pub fn database_url(&self) -> anyhow::Result<&str> {
+        self.database_url
+            .as_ref()
+            .map(SecretString::expose)
+            .context("no registry configured: set DATABASE_URL or --database-url")
+    }
+
+    pub fn db_acquire_timeout(&self) -> Duration {
+        Duration::from_secs(self.db_acquire_timeout_secs.max(1))
+    }
+
+    pub fn health_interval(&self) -> Duration {
+        Duration::from_secs(self.health_interval_secs.max(1))
+    }
+
+    /// The master key, from --master-key or --master-key-file; a clear error if
+    /// neither is set or the value is malformed.
+    pub fn master_key(&self) -> anyhow::Result<crate::seal::MasterKey> {
+        let text = match (&self.master_key, &self.master_key_file) {
+            (Some(k), None) => SecretString::new(k.expose().to_owned()),
+            (None, Some(path)) => SecretString::new(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("reading master key file {}", path.display()))?,
+            ),
+            (Some(_), Some(_)) => {
+                bail!("set only one of PRESIGND_MASTER_KEY and PRESIGND_MASTER_KEY_FILE")
+            }
+            (None, None) => bail!(
+                "no master key: set PRESIGND_MASTER_KEY (64 hex characters, e.g. from `openssl rand -hex 32`) or PRESIGND_MASTER_KEY_FILE"
+            ),
+        };
+        crate::seal::MasterKey::parse(text.expose()).context("PRESIGND_MASTER_KEY")
+    }
+
+    pub fn signer_names(&self) -> anyhow::Result<Vec<SignerName>> {
+        if self.signers.is_empty() {
+            bail!("no signers configured: set PRESIGND_SIGNERS");
+        }
+        self.signers
+            .iter()
+            .map(|s| SignerName::parse(s.trim()).map_err(anyhow::Error::from))
+            .collect()
+    }
+
+    pub fn admin_names(&self) -> anyhow::Result<Vec<CallerName>> {
+        self.admins
+            .iter()
+            .map(|s| CallerName::parse(s.trim()).map_err(anyhow::Error::from))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: Config,
+    }
+
+    fn matches(args: &[&str]) -> ArgMatches {
+        Cli::command().try_get_matches_from(args).unwrap()
+    }
+
+    #[test]
+    fn a_file_setting_fills_what_flags_did_not_give() {
+        let dir = std::env::temp_dir().join(format!("presignd-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(
+            &path,
+            "s3_region = \"eu-west-3\"\nlisten = \"127.0.0.1:9\"\n",
+        )
+        .unwrap();
+        let m = matches(&[
+            "t",
+            "--config",
+            path.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:7",
+        ]);
+        let c = Config::from_matches(&m).unwrap();
+        assert_eq!(c.s3_region, "eu-west-3");
+        assert_eq!(c.listen.port(), 7, "the flag wins over the file");
+    }
+
+    #[test]
+    fn an_unknown_file_setting_is_an_error_naming_it() {
+        let dir = std::env::temp_dir().join(format!("presignd-cfg2-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(&path, "s3_regoin = \"x\"\n").unwrap();
+        let m = matches(&["t", "--config", path.to_str().unwrap()]);
+        let e = Config::from_matches(&m).unwrap_err().to_string();
+        assert!(e.contains("s3_regoin"), "{e}");
+    }
+
+    #[test]
+    fn a_missing_master_key_is_a_clear_error() {
+        let mut c = Config::from_matches(&matches(&["t"])).unwrap();
+        (c.master_key, c.master_key_file) = (None, None);
+        let e = format!("{:#}", c.master_key().unwrap_err());
+        assert!(e.contains("PRESIGND_MASTER_KEY"), "{e}");
+    }
+
+    #[test]
+    fn a_malformed_master_key_is_a_clear_error() {
+        let mut c = Config::from_matches(&matches(&["t"])).unwrap();
+        (c.master_key, c.master_key_file) = (Some(SecretString::new("nothex".into())), None);
+        let e = format!("{:#}", c.master_key().unwrap_err());
+        assert!(e.contains("malformed"), "{e}");
+    }
+
+    #[test]
+    fn the_command_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,36 @@
+//! Validated domain types. Everything from the outside world is parsed into one of
+//! these at the edge; past the edge, a `Bucket` is a valid bucket name.
+
+mod bucket;
+mod headers;
+mod labels;
+mod method;
+mod name;
+mod object_key;
+mod ttl;
+
+pub use bucket::Bucket;
+pub use headers::{ContentDisposition, ContentType};
+pub use labels::Labels;
+pub use method::Method;
+pub use name::{CallerName, SignerName};
+pub use object_key::ObjectKey;
+pub use ttl::Ttl;
+
+/// Why one field of a request was refused. The message starts with the field's
+/// name so a human can fix the right thing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct FieldError {
+    pub field: &'static str,
+    pub reason: String,
+}
+
+impl FieldError {
+    pub fn new(field: &'static str, reason: impl Into<String>) -> Self {
+        Self {
+            field,
+            reason: reason.into(),
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! Issuing a link: sign, record, commit, and only then hand the URL out
+//! (invariant 1). The row holds the SHA-256 of the signature, never the URL.
+
+use crate::auth::Caller;
+use crate::domain::Labels;
+use crate::registry::{self, links::NewLink};
+use crate::signing::{Keyring, LinkSpec, SignError};
+use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use uuid::Uuid;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IssueError {
+    #[error("signer {0} has no active signing key yet; retry shortly")]
+    NoActiveKey(String),
+    #[error("registry unavailable: {0}")]
+    RegistryUnavailable(#[source] sqlx::Error),
+    #[error("registry error: {0}")]
+    Registry(#[source] sqlx::Error),
+    #[error(transparent)]
+    Sign(#[from] SignError),
+}
+
+impl From<sqlx::Error> for IssueError {
+    fn from(e: sqlx::Error) -> Self {
+        if registry::is_unavailable(&e) {
+            Self::RegistryUnavailable(e)
+        } else {
+            Self::Registry(e)
+        }
+    }
+}
+
+/// A recorded link and the URL the caller may now use.
+pub struct IssuedLink {
+    pub link: registry::links::LinkRow,
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+}
+
+#[derive(Clone)]
+pub struct Issuer {
+    pub pool: PgPool,
+    pub keyring: Keyring,
+    pub default_signer: String,
+}
+
+/// Now, truncated to the second: SigV4's X-Amz-Date has second precision, so the
+/// recorded issued_at and expires_at match the signature exactly.
+fn now_in_seconds() -> SystemTime {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs();
+    UNIX_EPOCH + Duration::from_secs(secs)
+}
+
+impl Issuer {
+    pub async fn issue(
+        &self,
+        caller: &Caller,
+        spec: LinkSpec,
+        labels: Labels,
+    ) -> Result<IssuedLink, IssueError> {
+        let signer = self.default_signer.as_str();
+        // A rotation may deactivate the key between our read and our insert; the
+        // insert then refuses, and one retry picks up the new key.
+        for _ in 0..2 {
+            let key = self
+                .keyring
+                .active(signer)
+                .ok_or_else(|| IssueError::NoActiveKey(signer.to_owned()))?;
+            let issued = now_in_seconds();
+            let presigned = key.presign(&spec, issued).await?;
+            let signature = presigned.signature().ok_or_else(|| {
+                SignError::Presign("no X-Amz-Signature in the presigned URL".into())
+            })?;
+            let issued_at: DateTime<Utc> = issued.into();
+            let row = NewLink {
+                id: Uuid::now_v7(),
+                key_id: &key.key_id,
+                signer,
+                caller: caller.name.as_str(),
+                method: spec.method.as_str(),
+                bucket: spec.bucket.as_str(),
+                object_key: spec.object_key.as_str(),
+                labels: labels.as_map(),
+                issued_at,
+                expires_at: issued_at + spec.ttl.as_duration(),
+                signature_sha256: &Sha256::digest(signature.as_bytes()),
+            };
+            if registry::links::insert_if_key_active(&self.pool, &row).await? {
+                tracing::info!(
+                    link_id = %row.id, caller = %caller.name, signer, key_id = %key.key_id,
+                    method = spec.method.as_str(), bucket = %spec.bucket, ttl_s = spec.ttl.as_secs(),
+                    "issued link"
+                );
+                let link = registry::links::LinkRow::just_issued(&row);
+                return Ok(IssuedLink {
+                    link,
+                    url: presigned.url,
+                    headers: presigned.headers,
+                });
+            }
+            tracing::warn!(signer, key_id = %key.key_id, "key no longer active while issuing; retrying with the current key");
+            self.keyring.remove(signer, &key.key_id);
+        }
+        Err(IssueError::NoActiveKey(signer.to_owned()))
+    }
+}

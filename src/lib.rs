@@ -1,0 +1,19 @@
+//! presignd: issues S3 presigned URLs ("links"), records every one before it leaves
+//! the service, and revokes them in bulk by rotating the key that signed them.
+//! See docs/ARCHITECTURE.md for the map of modules.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod app;
+pub mod auth;
+pub mod backend;
+pub mod config;
+pub mod domain;
+pub mod issuance;
+pub mod keys;
+pub mod proto;
+pub mod registry;
+pub mod seal;
+pub mod secret;
+pub mod signing;
+pub mod telemetry;

@@ -1,0 +1,60 @@
+//! presignd: the server. Thin: parse the command line, set up logging, run.
+
+use clap::{Arg, ArgAction, Args, Command};
+use presignd::{app::App, auth, config::Config, registry, telemetry};
+use std::io::Read;
+
+fn cli() -> Command {
+    Command::new("presignd")
+        .about("Issues S3 presigned URLs, records every one, revokes them in bulk")
+        .version(env!("CARGO_PKG_VERSION"))
+        .subcommand_required(true)
+        .subcommand(Config::augment_args(
+            Command::new("serve").about("Serve the gRPC API"),
+        ))
+        .subcommand(Config::augment_args(
+            Command::new("migrate").about("Apply pending registry migrations and exit"),
+        ))
+        .subcommand(
+            Command::new("hash-token")
+                .about("Print the SHA-256 of a caller token read from stdin, for PRESIGND_CALLERS")
+                .arg(
+                    Arg::new("token")
+                        .help("The token (default: read stdin)")
+                        .action(ArgAction::Set),
+                ),
+        )
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    telemetry::init();
+    let matches = cli().get_matches();
+    match matches.subcommand() {
+        Some(("serve", m)) => {
+            let config = Config::from_matches(m)?;
+            App::build(config).await?.run_until_stopped().await
+        }
+        Some(("migrate", m)) => {
+            let config = Config::from_matches(m)?;
+            let options = config.database_url()?.parse()?;
+            let pool = registry::lazy_pool(options, 2, config.db_acquire_timeout());
+            registry::migrate(&pool).await?;
+            println!("registry migrated");
+            Ok(())
+        }
+        Some(("hash-token", m)) => {
+            let token = match m.get_one::<String>("token") {
+                Some(t) => t.clone(),
+                None => {
+                    let mut s = String::new();
+                    std::io::stdin().read_to_string(&mut s)?;
+                    s
+                }
+            };
+            println!("{}", auth::hash_token(token.trim()));
+            Ok(())
+        }
+        _ => unreachable!("clap requires a subcommand"),
+    }
+}

@@ -1,0 +1,56 @@
+//! The registry: every SQL statement presignd runs, one small function each.
+//! Functions take an executor (a pool, a connection or a transaction) so callers
+//! compose multi-step changes into one transaction.
+
+pub mod keys;
+pub mod links;
+pub mod signers;
+
+use anyhow::Context;
+use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use std::time::Duration;
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// A pool that connects lazily: the service starts (NOT_SERVING) even while
+/// Postgres is down, and a request fails fast with UNAVAILABLE instead of hanging.
+pub fn lazy_pool(
+    options: PgConnectOptions,
+    max_connections: u32,
+    acquire_timeout: Duration,
+) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(acquire_timeout)
+        .connect_lazy_with(options)
+}
+
+pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    MIGRATOR
+        .run(pool)
+        .await
+        .context("running registry migrations")
+}
+
+pub async fn ping(pool: &PgPool) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT 1").execute(pool).await.map(|_| ())
+}
+
+/// Whether an error means "the registry cannot be reached right now" (retry
+/// later, UNAVAILABLE) rather than a bug or a constraint.
+pub fn is_unavailable(e: &sqlx::Error) -> bool {
+    use sqlx::Error::*;
+    match e {
+        Io(_) | Tls(_) | PoolTimedOut | PoolClosed | WorkerCrashed => true,
+        Protocol(_) => true,
+        Database(db) => {
+            // admin_shutdown, crash_shutdown, cannot_connect_now, too_many_connections
+            matches!(
+                db.code().as_deref(),
+                Some("57P01" | "57P02" | "57P03" | "53300")
+            )
+        }
+        _ => false,
+    }
+}

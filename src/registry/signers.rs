@@ -1,0 +1,34 @@
+//! Signers: the principals whose keys sign links (revocation domains).
+
+use sqlx::PgExecutor;
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct SignerRow {
+    pub name: String,
+    pub backend: String,
+    pub paused: bool,
+}
+
+pub async fn upsert(db: impl PgExecutor<'_>, name: &str, backend: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO signers (name, backend) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
+        .bind(name)
+        .bind(backend)
+        .execute(db)
+        .await
+        .map(|_| ())
+}
+
+/// Locks the signer's row for the rest of the transaction: key provisioning and
+/// rotations of one signer are serialized on it.
+pub async fn lock(db: impl PgExecutor<'_>, name: &str) -> Result<Option<SignerRow>, sqlx::Error> {
+    sqlx::query_as("SELECT name, backend, paused FROM signers WHERE name = $1 FOR UPDATE")
+        .bind(name)
+        .fetch_optional(db)
+        .await
+}
+
+pub async fn list(db: impl PgExecutor<'_>) -> Result<Vec<SignerRow>, sqlx::Error> {
+    sqlx::query_as("SELECT name, backend, paused FROM signers ORDER BY name")
+        .fetch_all(db)
+        .await
+}

@@ -1,0 +1,38 @@
+//! Each signer's active key, shared by every request. Reads are a read-lock and an
+//! Arc clone; a rotation swaps the entry.
+
+use super::SigningKey;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+#[derive(Debug, Default, Clone)]
+pub struct Keyring {
+    active: Arc<RwLock<HashMap<String, Arc<SigningKey>>>>,
+}
+
+impl Keyring {
+    pub fn active(&self, signer: &str) -> Option<Arc<SigningKey>> {
+        self.active
+            .read()
+            .expect("keyring lock")
+            .get(signer)
+            .cloned()
+    }
+
+    pub fn install(&self, key: SigningKey) {
+        let mut map = self.active.write().expect("keyring lock");
+        map.insert(key.signer.clone(), Arc::new(key));
+    }
+
+    /// Forgets a key that is no longer active (only if it is still the one held).
+    pub fn remove(&self, signer: &str, key_id: &str) {
+        let mut map = self.active.write().expect("keyring lock");
+        if map.get(signer).is_some_and(|k| k.key_id == key_id) {
+            map.remove(signer);
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.active.read().expect("keyring lock").is_empty()
+    }
+}
