@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The whole test suite: brings up the services the tests need (PostgreSQL,
+# Garage), then runs every test with cargo-nextest. Extra arguments go to nextest.
+# Usage: deploy/dev/test.sh [nextest filters...]
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO="$(cd "$HERE/../.." && pwd)"
+export PATH="$HOME/.cargo/bin:$PATH"
+
+bash "$HERE/stack.sh"
+# shellcheck disable=SC1091
+source "$HERE/.state/env"
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+    echo "[test] installing cargo-nextest" >&2
+    cargo install cargo-nextest --locked
+fi
+cd "$REPO"
+exec cargo nextest run --all-targets --no-fail-fast "$@"

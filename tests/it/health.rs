@@ -1,0 +1,67 @@
+//! Health follows readiness; reflection works without proto files.
+
+use crate::helpers::*;
+use presignd::proto::Method;
+use sqlx::PgPool;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_reflection::pb::v1::{
+    ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+    server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+};
+
+#[sqlx::test]
+async fn reflection_lists_the_api_and_health_services(pool: PgPool) {
+    let app = spawn_app(&pool).await;
+    let mut client = ServerReflectionClient::new(app.channel.clone());
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = client
+        .server_reflection_info(tokio_stream::once(request))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = stream.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("unexpected reflection answer: {response:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for expected in ["presignd.v1.LinkService", "grpc.health.v1.Health"] {
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} missing from {names:?}"
+        );
+    }
+}
+
+#[sqlx::test]
+async fn a_ready_server_reports_serving_with_a_key_provisioned(pool: PgPool) {
+    let app = spawn_app(&pool).await;
+    assert_eq!(app.health().await, ServingStatus::Serving as i32);
+    let active: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM signing_keys WHERE state = 'active'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(active, 1, "one active key for the default signer");
+}
+
+#[tokio::test]
+async fn a_server_whose_registry_is_unreachable_is_not_serving_and_issues_nothing() {
+    // A port nothing listens on: the registry is unreachable from the start.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let db = format!("postgres://nobody:nothing@127.0.0.1:{port}/nothing")
+        .parse()
+        .unwrap();
+    let mut app = spawn_app_with(test_config(&[]), db).await;
+
+    assert_eq!(app.health().await, ServingStatus::NotServing as i32);
+    let status = app
+        .issue(link_request(&test_bucket(), "k", Method::Get, 60))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+}

@@ -1,0 +1,10 @@
+//! One integration-test binary: real presignd servers on port 0, each against a
+//! fresh database (#[sqlx::test]) and the dev stack's Garage.
+//! Needs `deploy/dev/stack.sh` to have run and its env sourced; a missing service
+//! fails the tests loudly.
+
+mod health;
+mod helpers;
+mod issue_link;
+mod registry_down;
+mod validation;
