@@ -4,7 +4,9 @@
 
 mod convert;
 mod error;
+mod key_service;
 mod link_service;
 
 pub use error::ApiError;
+pub use key_service::KeyApi;
 pub use link_service::LinkApi;

@@ -6,15 +6,17 @@
 //! an active key loaded; NOT_SERVING again whenever the registry stops answering,
 //! and on shutdown.
 
-use crate::api::LinkApi;
+use crate::api::{KeyApi, LinkApi};
 use crate::auth::Authenticator;
 use crate::backend::{KeyBackend, garage::GarageBackend};
 use crate::config::Config;
 use crate::domain::SignerName;
 use crate::issuance::Issuer;
 use crate::keys::KeyManager;
+use crate::proto::key_service_server::KeyServiceServer;
 use crate::proto::link_service_server::LinkServiceServer;
 use crate::registry;
+use crate::revocation;
 use crate::signing::{Keyring, S3Target};
 use anyhow::{Context, bail};
 use sqlx::postgres::PgConnectOptions;
@@ -94,6 +96,12 @@ impl App {
         self.port
     }
 
+    /// The key manager this app signs and rotates with (tests drive revocations
+    /// step by step through it).
+    pub fn key_manager(&self) -> KeyManager {
+        self.keys.clone()
+    }
+
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         self.run_until(shutdown_signal()).await
     }
@@ -118,8 +126,7 @@ impl App {
             .build_v1()
             .context("building the reflection service")?;
         let issuer = Issuer {
-            pool: self.keys.pool.clone(),
-            keyring: self.keys.keyring.clone(),
+            keys: self.keys.clone(),
             default_signer: self.signers[0].to_string(),
         };
         let auth = self.auth.clone();
@@ -127,6 +134,19 @@ impl App {
             InterceptedService::new(LinkServiceServer::new(LinkApi { issuer }), move |req| {
                 auth.intercept(req)
             });
+        let auth = self.auth.clone();
+        let keys = InterceptedService::new(
+            KeyServiceServer::new(KeyApi {
+                keys: self.keys.clone(),
+            }),
+            move |req| auth.intercept(req),
+        );
+        let signer_names: Vec<String> = self.signers.iter().map(|s| s.to_string()).collect();
+        let follower = tokio::spawn(self.keys.clone().follow_key_changes(signer_names));
+        let maintenance = tokio::spawn(maintain(
+            self.keys.clone(),
+            self.config.maintenance_interval(),
+        ));
 
         tracing::info!(port = self.port, "presignd serving");
         let stopping = health.clone();
@@ -134,6 +154,7 @@ impl App {
             .add_service(health_service)
             .add_service(reflection)
             .add_service(links)
+            .add_service(keys)
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(self.listener),
                 async move {
@@ -144,6 +165,8 @@ impl App {
             )
             .await;
         readiness.abort();
+        follower.abort();
+        maintenance.abort();
         self.keys.pool.close().await;
         result.context("gRPC server failed")
     }
@@ -171,6 +194,12 @@ async fn set_status(health: &HealthReporter, status: ServingStatus) {
     health
         .set_service_status(
             <LinkServiceServer<LinkApi> as tonic::server::NamedService>::NAME,
+            status,
+        )
+        .await;
+    health
+        .set_service_status(
+            <KeyServiceServer<KeyApi> as tonic::server::NamedService>::NAME,
             status,
         )
         .await;
@@ -225,11 +254,30 @@ async fn prepare(keys: &KeyManager, signers: &[SignerName], migrate: bool) -> an
     if migrate {
         registry::migrate(&keys.pool).await?;
     }
+    // A revocation interrupted by a crash finishes before anything is signed.
+    let unfinished = revocation::resume_all(keys).await?;
+    if unfinished > 0 {
+        anyhow::bail!("{unfinished} revocation(s) could not be finished yet");
+    }
     keys.load_active_keys().await?;
     for signer in signers {
         keys.ensure_active_key(signer.as_str()).await?;
     }
     Ok(())
+}
+
+/// Background upkeep: retries revocations left running by a retryable error, and
+/// deactivates retired keys whose last link expired (GRACEFUL rotations).
+async fn maintain(keys: KeyManager, interval: Duration) {
+    loop {
+        tokio::time::sleep(interval).await;
+        if let Err(e) = revocation::resume_all(&keys).await {
+            tracing::warn!(error = %e, "resuming revocations");
+        }
+        if let Err(e) = revocation::sweep_retired_keys(&keys).await {
+            tracing::warn!(error = %e, "deactivating expired retired keys");
+        }
+    }
 }
 
 async fn shutdown_signal() {

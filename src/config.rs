@@ -106,6 +106,11 @@ pub struct Config {
     #[arg(long, env = "PRESIGND_GARAGE_ADMIN_TOKEN", hide_env_values = true)]
     pub garage_admin_token: Option<SecretString>,
 
+    /// Seconds between background upkeep runs: retrying unfinished revocations and
+    /// deactivating retired keys whose last link expired.
+    #[arg(long, env = "PRESIGND_MAINTENANCE_INTERVAL_SECS", default_value_t = 15)]
+    pub maintenance_interval_secs: u64,
+
     /// How many times a new key is tried against the backend before it is used.
     #[arg(long, env = "PRESIGND_KEY_VERIFY_ATTEMPTS", default_value_t = 20)]
     pub key_verify_attempts: u32,
@@ -158,6 +163,10 @@ impl Config {
 
     pub fn db_acquire_timeout(&self) -> Duration {
         Duration::from_secs(self.db_acquire_timeout_secs.max(1))
+    }
+
+    pub fn maintenance_interval(&self) -> Duration {
+        Duration::from_secs(self.maintenance_interval_secs.max(1))
     }
 
     pub fn health_interval(&self) -> Duration {

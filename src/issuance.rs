@@ -3,17 +3,19 @@
 
 use crate::auth::Caller;
 use crate::domain::Labels;
+use crate::keys::KeyManager;
 use crate::registry::{self, links::NewLink};
-use crate::signing::{Keyring, LinkSpec, SignError};
+use crate::signing::{LinkSpec, SignError};
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
-use sqlx::PgPool;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use uuid::Uuid;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IssueError {
-    #[error("signer {0} has no active signing key yet; retry shortly")]
+    #[error(
+        "signer {0} has no active signing key right now (starting, or an emergency rotation is replacing it); retry shortly"
+    )]
     NoActiveKey(String),
     #[error("registry unavailable: {0}")]
     RegistryUnavailable(#[source] sqlx::Error),
@@ -42,8 +44,7 @@ pub struct IssuedLink {
 
 #[derive(Clone)]
 pub struct Issuer {
-    pub pool: PgPool,
-    pub keyring: Keyring,
+    pub keys: KeyManager,
     pub default_signer: String,
 }
 
@@ -69,6 +70,7 @@ impl Issuer {
         // insert then refuses, and one retry picks up the new key.
         for _ in 0..2 {
             let key = self
+                .keys
                 .keyring
                 .active(signer)
                 .ok_or_else(|| IssueError::NoActiveKey(signer.to_owned()))?;
@@ -91,7 +93,7 @@ impl Issuer {
                 expires_at: issued_at + spec.ttl.as_duration(),
                 signature_sha256: &Sha256::digest(signature.as_bytes()),
             };
-            if registry::links::insert_if_key_active(&self.pool, &row).await? {
+            if registry::links::insert_if_key_active(&self.keys.pool, &row).await? {
                 tracing::info!(
                     link_id = %row.id, caller = %caller.name, signer, key_id = %key.key_id,
                     method = spec.method.as_str(), bucket = %spec.bucket, ttl_s = spec.ttl.as_secs(),
@@ -104,8 +106,8 @@ impl Issuer {
                     headers: presigned.headers,
                 });
             }
-            tracing::warn!(signer, key_id = %key.key_id, "key no longer active while issuing; retrying with the current key");
-            self.keyring.remove(signer, &key.key_id);
+            tracing::info!(signer, key_id = %key.key_id, "key rotated while issuing; retrying with the current key");
+            self.keys.reload_signer(signer).await?;
         }
         Err(IssueError::NoActiveKey(signer.to_owned()))
     }

@@ -32,13 +32,19 @@ impl KeyManager {
         registry::signers::upsert(&self.pool, signer, self.backend.kind()).await?;
         let mut tx = self.pool.begin().await?;
         registry::signers::lock(&mut *tx, signer).await?;
+        if registry::revocations::running_for_signer(&mut *tx, signer)
+            .await?
+            .is_some()
+        {
+            // That revocation's procedure gives the signer its next key.
+            return Ok(());
+        }
         if let Some(row) = registry::keys::active_for_signer(&mut *tx, signer).await? {
             tx.commit().await?;
             return self.install(&row);
         }
         let new = self
-            .backend
-            .create_key(signer)
+            .create_backend_key(&mut tx, signer)
             .await
             .with_context(|| format!("creating a signing key for signer {signer}"))?;
         let key = SigningKey::new(
@@ -73,20 +79,129 @@ impl KeyManager {
         Ok(())
     }
 
-    fn install(&self, row: &registry::keys::KeyRow) -> anyhow::Result<()> {
+    /// Opens a key's sealed secret with the master key.
+    pub fn open_secret(&self, row: &registry::keys::KeyRow) -> anyhow::Result<SecretString> {
         let secret = self
             .master_key
             .open(&row.key_id, &row.sealed_secret)
             .with_context(|| format!("opening the secret of key {}", row.key_id))?;
-        let secret = SecretString::new(
+        Ok(SecretString::new(
             String::from_utf8(secret.to_vec()).context("a sealed secret is not UTF-8")?,
-        );
+        ))
+    }
+
+    fn install(&self, row: &registry::keys::KeyRow) -> anyhow::Result<()> {
+        if self
+            .keyring
+            .active(&row.signer)
+            .is_some_and(|k| k.key_id == row.key_id)
+        {
+            return Ok(());
+        }
+        let secret = self.open_secret(row)?;
         self.keyring.install(SigningKey::new(
             &self.target,
             &row.key_id,
             &secret,
             &row.signer,
         ));
+        tracing::info!(signer = %row.signer, key_id = %row.key_id, "signing with key");
         Ok(())
+    }
+
+    /// Makes the keyring agree with the registry for one signer: its active key,
+    /// or none (issuance for it pauses).
+    pub async fn reload_signer(&self, signer: &str) -> Result<(), sqlx::Error> {
+        match registry::keys::active_for_signer(&self.pool, signer).await? {
+            Some(row) => {
+                if let Err(e) = self.install(&row) {
+                    tracing::error!(
+                        signer,
+                        error = format!("{e:#}"),
+                        "cannot load the active key"
+                    );
+                    self.keyring.remove_signer(signer);
+                }
+            }
+            None => self.keyring.remove_signer(signer),
+        }
+        Ok(())
+    }
+
+    /// Creates a key at the backend for `signer`.
+    pub async fn create_backend_key(
+        &self,
+        _conn: &mut sqlx::PgConnection,
+        signer: &str,
+    ) -> Result<crate::backend::NewKey, crate::backend::BackendError> {
+        self.backend.create_key(signer).await
+    }
+
+    /// Follows key changes made by any replica (NOTIFY presignd_keys, sent by the
+    /// transaction that changes a signer's keys) and reloads that signer. After a
+    /// lost connection every signer is reloaded, as notifications may be missed.
+    pub async fn follow_key_changes(self, signers: Vec<String>) {
+        loop {
+            let mut listener = match sqlx::postgres::PgListener::connect_with(&self.pool).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::debug!(error = %e, "key-change listener cannot connect; retrying");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            if let Err(e) = listener.listen(registry::keys::KEYS_CHANNEL).await {
+                tracing::warn!(error = %e, "LISTEN failed; retrying");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                continue;
+            }
+            self.reload_all(&signers).await;
+            loop {
+                match listener.try_recv().await {
+                    Ok(Some(n)) => {
+                        if let Err(e) = self.reload_signer(n.payload()).await {
+                            tracing::warn!(error = %e, "reloading keys after a change");
+                        }
+                    }
+                    // The connection was lost and re-established: resync everything.
+                    Ok(None) => self.reload_all(&signers).await,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "key-change listener failed; reconnecting");
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn reload_all(&self, signers: &[String]) {
+        for s in signers {
+            if let Err(e) = self.reload_signer(s).await {
+                tracing::warn!(signer = %s, error = %e, "reloading keys");
+            }
+        }
+    }
+}
+
+impl KeyManager {
+    /// Signers and every key with its outstanding links (ListSigningKeys).
+    pub async fn list_keys(
+        &self,
+        signer: Option<&str>,
+    ) -> Result<
+        (
+            Vec<registry::signers::SignerRow>,
+            Vec<registry::keys::KeySummaryRow>,
+        ),
+        crate::revocation::RevocationError,
+    > {
+        let signers = registry::signers::list(&self.pool)
+            .await?
+            .into_iter()
+            .filter(|s| signer.is_none_or(|n| n == s.name))
+            .collect();
+        let keys = registry::keys::list_with_outstanding(&self.pool, signer).await?;
+        Ok((signers, keys))
     }
 }

@@ -13,6 +13,7 @@ pub mod issuance;
 pub mod keys;
 pub mod proto;
 pub mod registry;
+pub mod revocation;
 pub mod seal;
 pub mod secret;
 pub mod signing;

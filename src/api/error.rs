@@ -1,8 +1,10 @@
 //! The one error type at the edge and its mapping to gRPC codes. Internal causes
 //! are logged here with context and reach the caller as an opaque message.
 
+use crate::backend::BackendError;
 use crate::domain::FieldError;
 use crate::issuance::IssueError;
+use crate::revocation::RevocationError;
 use tonic::Status;
 
 #[derive(Debug, thiserror::Error)]
@@ -11,6 +13,8 @@ pub enum ApiError {
     InvalidArgument(#[from] FieldError),
     #[error("{0}")]
     NotFound(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
     #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
@@ -37,11 +41,44 @@ impl From<IssueError> for ApiError {
     }
 }
 
+impl From<RevocationError> for ApiError {
+    fn from(e: RevocationError) -> Self {
+        use RevocationError::*;
+        match e {
+            InvalidArgument(f) => Self::InvalidArgument(f),
+            UnknownSigner(_) | UnknownKey(_) | NotFound(_) => Self::NotFound(e.to_string()),
+            NoActiveKey(_) | ExpectedKeyMismatch { .. } | AlreadyRunning { .. } => {
+                Self::FailedPrecondition(e.to_string())
+            }
+            Backend(BackendError::Unavailable(ref m)) => {
+                tracing::warn!(error = %m, "key backend unavailable");
+                Self::Unavailable("key backend unavailable; retry shortly".into())
+            }
+            Backend(BackendError::Refused(ref m)) => {
+                Self::FailedPrecondition(format!("key backend refused: {m}"))
+            }
+            Registry(ref cause) if crate::registry::is_unavailable(cause) => {
+                tracing::warn!(error = %cause, "registry unavailable");
+                Self::Unavailable("registry unavailable; retry shortly".into())
+            }
+            Registry(ref cause) => {
+                tracing::error!(error = %cause, "registry error");
+                Self::Internal("registry error".into())
+            }
+            Other(ref cause) => {
+                tracing::error!(error = format!("{cause:#}"), "revocation error");
+                Self::Internal("internal error; see the server log".into())
+            }
+        }
+    }
+}
+
 impl From<ApiError> for Status {
     fn from(e: ApiError) -> Self {
         match e {
             ApiError::InvalidArgument(f) => Status::invalid_argument(f.to_string()),
             ApiError::NotFound(m) => Status::not_found(m),
+            ApiError::FailedPrecondition(m) => Status::failed_precondition(m),
             ApiError::Unavailable(m) => Status::unavailable(m),
             ApiError::Internal(m) => Status::internal(m),
         }

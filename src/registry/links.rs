@@ -123,3 +123,22 @@ pub async fn find_by_signature(
         .fetch_optional(db)
         .await
 }
+
+/// Marks every outstanding link of a key as revoked by `revocation_id`; returns
+/// how many. Run in the transaction that deactivates the key, after the key row
+/// is locked, so no link of that key can be inserted concurrently.
+pub async fn revoke_outstanding(
+    db: impl PgExecutor<'_>,
+    key_id: &str,
+    revocation_id: Uuid,
+) -> Result<u64, sqlx::Error> {
+    sqlx::query(
+        "UPDATE links SET revocation_id = $2
+         WHERE key_id = $1 AND expires_at > now() AND revocation_id IS NULL",
+    )
+    .bind(key_id)
+    .bind(revocation_id)
+    .execute(db)
+    .await
+    .map(|r| r.rows_affected())
+}

@@ -32,3 +32,24 @@ pub async fn list(db: impl PgExecutor<'_>) -> Result<Vec<SignerRow>, sqlx::Error
         .fetch_all(db)
         .await
 }
+
+/// Pauses or resumes issuance for a signer (EMERGENCY rotation).
+pub async fn set_paused(
+    db: impl PgExecutor<'_>,
+    name: &str,
+    paused: bool,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE signers SET paused = $2 WHERE name = $1")
+        .bind(name)
+        .bind(paused)
+        .execute(db)
+        .await
+        .map(|_| ())
+}
+
+pub async fn exists(db: impl PgExecutor<'_>, name: &str) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM signers WHERE name = $1)")
+        .bind(name)
+        .fetch_one(db)
+        .await
+}

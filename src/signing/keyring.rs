@@ -32,6 +32,10 @@ impl Keyring {
         }
     }
 
+    pub fn remove_signer(&self, signer: &str) {
+        self.active.write().expect("keyring lock").remove(signer);
+    }
+
     pub fn is_empty(&self) -> bool {
         self.active.read().expect("keyring lock").is_empty()
     }

@@ -4,7 +4,10 @@
 use clap::Parser;
 use presignd::app::App;
 use presignd::config::Config;
-use presignd::proto::{self, link_service_client::LinkServiceClient};
+use presignd::keys::KeyManager;
+use presignd::proto::{
+    self, key_service_client::KeyServiceClient, link_service_client::LinkServiceClient,
+};
 use sqlx::PgPool;
 use sqlx::postgres::PgConnectOptions;
 use std::time::Duration;
@@ -14,8 +17,19 @@ use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
+/// The admin caller every test client uses by default.
 pub const TOKEN: &str = "it-token-for-tests-only";
 pub const CALLER: &str = "it-caller";
+/// A plain (non-admin) caller.
+pub const TOKEN_B: &str = "it-token-b-for-tests-only";
+pub const CALLER_B: &str = "it-caller-b";
+
+/// One master key per test process, so a test can restart a server on the same
+/// database and still open the sealed secrets.
+pub fn master_key_hex() -> &'static str {
+    static KEY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| presignd::seal::MasterKey::generate().to_hex().to_string())
+}
 
 #[derive(Parser)]
 struct Wrapper {
@@ -40,14 +54,16 @@ pub fn test_bucket() -> String {
 /// A config for a test server: every setting given explicitly so the
 /// developer's environment does not leak in.
 pub fn test_config(extra: &[&str]) -> Config {
-    let token_hash = presignd::auth::hash_token(TOKEN);
-    let master = presignd::seal::MasterKey::generate();
     let mut args: Vec<String> = vec![
         "presignd".into(),
         "--listen=127.0.0.1:0".into(),
-        format!("--callers={CALLER}:{token_hash}"),
+        format!(
+            "--callers={CALLER}:{},{CALLER_B}:{}",
+            presignd::auth::hash_token(TOKEN),
+            presignd::auth::hash_token(TOKEN_B)
+        ),
         format!("--admins={CALLER}"),
-        format!("--master-key={}", &*master.to_hex()),
+        format!("--master-key={}", master_key_hex()),
         "--backend=garage".into(),
         format!("--garage-admin-url={}", env("GARAGE_ADMIN_URL")),
         format!("--garage-admin-token={}", env("GARAGE_ADMIN_TOKEN")),
@@ -63,16 +79,18 @@ pub fn test_config(extra: &[&str]) -> Config {
         .config
 }
 
-pub type Links = LinkServiceClient<
-    InterceptedService<
-        Channel,
-        fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>,
-    >,
->;
+pub type Auth = fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>;
+pub type Links = LinkServiceClient<InterceptedService<Channel, Auth>>;
+pub type Keys = KeyServiceClient<InterceptedService<Channel, Auth>>;
 
 pub struct TestApp {
+    pub port: u16,
     pub channel: Channel,
     pub links: Links,
+    /// KeyService as the admin caller.
+    pub keys: Keys,
+    /// The server's key manager, to drive revocations step by step.
+    pub km: KeyManager,
     pub http: reqwest::Client,
     pub bucket: String,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
@@ -86,9 +104,17 @@ impl Drop for TestApp {
     }
 }
 
-fn with_token(mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+pub fn with_token(mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
     r.metadata_mut()
         .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+    Ok(r)
+}
+
+pub fn with_token_b(mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    r.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {TOKEN_B}").parse().unwrap(),
+    );
     Ok(r)
 }
 
@@ -103,6 +129,7 @@ pub async fn spawn_app(pool: &PgPool) -> TestApp {
 pub async fn spawn_app_with(config: Config, db: PgConnectOptions) -> TestApp {
     let app = App::build_with_db(config, db).await.expect("app builds");
     let port = app.port();
+    let km = app.key_manager();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(app.run_until(async {
         let _ = rx.await;
@@ -113,10 +140,14 @@ pub async fn spawn_app_with(config: Config, db: PgConnectOptions) -> TestApp {
         .connect()
         .await
         .expect("connect to the test server");
-    let links = LinkServiceClient::with_interceptor(channel.clone(), with_token as fn(_) -> _);
+    let links = LinkServiceClient::with_interceptor(channel.clone(), with_token as Auth);
+    let keys = KeyServiceClient::with_interceptor(channel.clone(), with_token as Auth);
     TestApp {
+        port,
         channel,
         links,
+        keys,
+        km,
         http: reqwest::Client::new(),
         bucket: test_bucket(),
         shutdown: Some(tx),

@@ -6,5 +6,7 @@
 mod health;
 mod helpers;
 mod issue_link;
+mod presignctl;
 mod registry_down;
+mod revocation;
 mod validation;

@@ -1,6 +1,8 @@
 //! presignctl: the command line for operators and scripts. Talks to a running
 //! presignd over gRPC with a bearer token (PRESIGND_TOKEN).
 
+mod keys;
+
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use presignd::proto::{self, link_service_client::LinkServiceClient};
@@ -18,6 +20,15 @@ use tonic_health::pb::{
     about = "Operate presignd: issue links, inspect and revoke keys"
 )]
 struct Cli {
+    #[command(flatten)]
+    conn: Conn,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+/// How to reach presignd, and how to print: shared by every command.
+#[derive(clap::Args)]
+pub(crate) struct Conn {
     /// presignd's gRPC endpoint.
     #[arg(
         long,
@@ -25,15 +36,13 @@ struct Cli {
         default_value = "http://127.0.0.1:50051",
         global = true
     )]
-    endpoint: String,
+    pub(crate) endpoint: String,
     /// Bearer token identifying you to presignd.
     #[arg(long, env = "PRESIGND_TOKEN", hide_env_values = true, global = true)]
-    token: Option<String>,
+    pub(crate) token: Option<String>,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
-    json: bool,
-    #[command(subcommand)]
-    command: Cmd,
+    pub(crate) json: bool,
 }
 
 #[derive(Subcommand)]
@@ -62,6 +71,21 @@ enum Cmd {
         #[arg(long, default_value_t = 60)]
         timeout_secs: u64,
     },
+    /// Signers and their keys, with outstanding links (admins).
+    Keys {
+        #[arg(long)]
+        signer: Option<String>,
+    },
+    /// What breaks if a key is deactivated: the blast radius (admins).
+    Plan(keys::PlanArgs),
+    /// Rotate a signer's key: shows the plan, asks, rotates, reports (admins).
+    Rotate(keys::RotateArgs),
+    /// One revocation by id, or the latest ones (admins).
+    Revocations {
+        id: Option<String>,
+        #[arg(long)]
+        signer: Option<String>,
+    },
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -79,7 +103,7 @@ async fn main() {
     }
 }
 
-async fn channel(endpoint: &str) -> anyhow::Result<Channel> {
+pub(crate) async fn channel(endpoint: &str) -> anyhow::Result<Channel> {
     Channel::from_shared(endpoint.to_owned())
         .context("invalid --endpoint")?
         .connect_timeout(Duration::from_secs(5))
@@ -88,7 +112,9 @@ async fn channel(endpoint: &str) -> anyhow::Result<Channel> {
         .with_context(|| format!("cannot connect to presignd at {endpoint}"))
 }
 
-fn bearer(token: &Option<String>) -> anyhow::Result<MetadataValue<tonic::metadata::Ascii>> {
+pub(crate) fn bearer(
+    token: &Option<String>,
+) -> anyhow::Result<MetadataValue<tonic::metadata::Ascii>> {
     let token = token
         .as_deref()
         .context("no token: set PRESIGND_TOKEN or --token")?;
@@ -97,12 +123,17 @@ fn bearer(token: &Option<String>) -> anyhow::Result<MetadataValue<tonic::metadat
         .context("the token is not valid ASCII")
 }
 
-fn status_error(s: tonic::Status) -> anyhow::Error {
+pub(crate) fn status_error(s: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{:?}: {}", s.code(), s.message())
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    let conn = &cli.conn;
     match cli.command {
+        Cmd::Keys { signer } => keys::keys(conn, signer).await,
+        Cmd::Plan(args) => keys::plan(conn, args).await,
+        Cmd::Rotate(args) => keys::rotate(conn, args).await,
+        Cmd::Revocations { id, signer } => keys::revocations(conn, id, signer).await,
         Cmd::Issue {
             bucket,
             key,
@@ -111,9 +142,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             content_type,
             labels,
         } => {
-            let auth = bearer(&cli.token)?;
+            let auth = bearer(&conn.token)?;
             let mut client = LinkServiceClient::with_interceptor(
-                channel(&cli.endpoint).await?,
+                channel(&conn.endpoint).await?,
                 move |mut r: tonic::Request<()>| {
                     r.metadata_mut().insert("authorization", auth.clone());
                     Ok(r)
@@ -136,7 +167,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            if cli.json {
+            if conn.json {
                 let link = resp.link.unwrap_or_default();
                 let out = serde_json::json!({
                     "url": resp.url,
@@ -155,7 +186,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let deadline = Instant::now() + Duration::from_secs(timeout_secs);
             loop {
                 let status = async {
-                    let mut h = HealthClient::new(channel(&cli.endpoint).await?);
+                    let mut h = HealthClient::new(channel(&conn.endpoint).await?);
                     let r = h
                         .check(HealthCheckRequest {
                             service: String::new(),
@@ -170,7 +201,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 if Instant::now() > deadline {
                     bail!(
                         "presignd at {} not SERVING after {timeout_secs}s (last: {status:?})",
-                        cli.endpoint
+                        conn.endpoint
                     );
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;

@@ -1,0 +1,191 @@
+//! Revocations: the persisted state machine of each rotation.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgExecutor;
+use sqlx::types::Json;
+use uuid::Uuid;
+
+use super::blast_radius::BlastRadius;
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct StepRecord {
+    pub name: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct RevocationRow {
+    pub id: Uuid,
+    pub signer: String,
+    pub mode: String,
+    pub requested_by: String,
+    pub reason: String,
+    pub old_key_id: Option<String>,
+    pub new_key_id: Option<String>,
+    pub state: String,
+    pub next_step: String,
+    pub blast_radius: Json<BlastRadius>,
+    pub links_revoked: i64,
+    pub steps: Json<Vec<StepRecord>>,
+    pub error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+const COLUMNS: &str =
+    "id, signer, mode, requested_by, reason, old_key_id, new_key_id, state, next_step,
+    blast_radius, links_revoked, steps, error, created_at, finished_at";
+
+pub struct NewRevocation<'a> {
+    pub id: Uuid,
+    pub signer: &'a str,
+    pub mode: &'a str,
+    pub requested_by: &'a str,
+    pub reason: &'a str,
+    pub old_key_id: Option<&'a str>,
+    pub first_step: &'a str,
+    pub blast_radius: &'a BlastRadius,
+}
+
+pub async fn insert(db: impl PgExecutor<'_>, r: &NewRevocation<'_>) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO revocations (id, signer, mode, requested_by, reason, old_key_id, state, next_step, blast_radius)
+         VALUES ($1, $2, $3, $4, $5, $6, 'running', $7, $8)",
+    )
+    .bind(r.id)
+    .bind(r.signer)
+    .bind(r.mode)
+    .bind(r.requested_by)
+    .bind(r.reason)
+    .bind(r.old_key_id)
+    .bind(r.first_step)
+    .bind(Json(r.blast_radius))
+    .execute(db)
+    .await
+    .map(|_| ())
+}
+
+pub async fn get(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<RevocationRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM revocations WHERE id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(db)
+    .await
+}
+
+/// Locks the revocation for one step: drivers on several replicas take turns.
+pub async fn lock(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<RevocationRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM revocations WHERE id = $1 FOR UPDATE"
+    )))
+    .bind(id)
+    .fetch_optional(db)
+    .await
+}
+
+pub async fn running_ids(db: impl PgExecutor<'_>) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar("SELECT id FROM revocations WHERE state = 'running' ORDER BY created_at")
+        .fetch_all(db)
+        .await
+}
+
+pub async fn running_for_signer(
+    db: impl PgExecutor<'_>,
+    signer: &str,
+) -> Result<Option<Uuid>, sqlx::Error> {
+    sqlx::query_scalar("SELECT id FROM revocations WHERE signer = $1 AND state = 'running'")
+        .bind(signer)
+        .fetch_optional(db)
+        .await
+}
+
+/// Records a finished step and moves to the next one.
+pub async fn advance(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    step: &StepRecord,
+    next_step: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE revocations SET steps = steps || $2, next_step = $3, error = NULL,
+             state = CASE WHEN $3 = 'done' THEN 'succeeded' ELSE state END,
+             finished_at = CASE WHEN $3 = 'done' THEN now() ELSE finished_at END
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(Json(vec![step]))
+    .bind(next_step)
+    .execute(db)
+    .await
+    .map(|_| ())
+}
+
+pub async fn set_new_key(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    key_id: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE revocations SET new_key_id = $2 WHERE id = $1")
+        .bind(id)
+        .bind(key_id)
+        .execute(db)
+        .await
+        .map(|_| ())
+}
+
+pub async fn add_revoked(db: impl PgExecutor<'_>, id: Uuid, n: i64) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE revocations SET links_revoked = links_revoked + $2 WHERE id = $1")
+        .bind(id)
+        .bind(n)
+        .execute(db)
+        .await
+        .map(|_| ())
+}
+
+/// A step failed for good: the revocation stops here, with the failed step recorded.
+pub async fn fail(db: impl PgExecutor<'_>, id: Uuid, step: &StepRecord) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE revocations SET steps = steps || $2, state = 'failed', error = $3, finished_at = now()
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(Json(vec![step]))
+    .bind(&step.error)
+    .execute(db)
+    .await
+    .map(|_| ())
+}
+
+/// A step failed for now (backend or registry unavailable): noted, retried later.
+pub async fn note_error(db: impl PgExecutor<'_>, id: Uuid, error: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE revocations SET error = $2 WHERE id = $1 AND state = 'running'")
+        .bind(id)
+        .bind(error)
+        .execute(db)
+        .await
+        .map(|_| ())
+}
+
+/// Newest first, keyset-paged by (created_at, id).
+pub async fn list(
+    db: impl PgExecutor<'_>,
+    signer: Option<&str>,
+    after: Option<(DateTime<Utc>, Uuid)>,
+    limit: i64,
+) -> Result<Vec<RevocationRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM revocations
+         WHERE ($1::text IS NULL OR signer = $1)
+           AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3))
+         ORDER BY created_at DESC, id DESC LIMIT $4"
+    )))
+    .bind(signer)
+    .bind(after.map(|a| a.0))
+    .bind(after.map(|a| a.1))
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}

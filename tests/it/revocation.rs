@@ -1,0 +1,789 @@
+//! Revocation end to end against Garage: the plan counts exactly, REVOKE and
+//! EMERGENCY kill every outstanding link (Garage answers 403) and report exactly
+//! how many, GRACEFUL keeps links working and deactivates the old key after the
+//! last one expires, and an interrupted procedure completes after a restart.
+
+use crate::helpers::*;
+use presignd::proto::{
+    self, IssueLinkResponse, Method, PlanRevocationRequest, RevocationState, RotateKeyRequest,
+    RotationMode, link_service_client::LinkServiceClient, plan_revocation_request::Target,
+};
+use presignd::revocation::{self, Advance, Mode, RotateRequest, Rotation, Step};
+use reqwest::StatusCode;
+use sqlx::PgPool;
+use std::collections::HashMap;
+use tonic::Code;
+
+pub fn buckets() -> Vec<String> {
+    env("PRESIGND_TEST_BUCKETS")
+        .split(',')
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Puts an object in `bucket` through a PUT link and returns its key.
+pub async fn put_sample(app: &mut TestApp, bucket: &str) -> (String, IssueLinkResponse) {
+    let key = unique_key("sample");
+    let put = app
+        .issue(link_request(bucket, &key, Method::Put, 600))
+        .await
+        .unwrap();
+    let r = send(
+        &app.http,
+        reqwest::Method::PUT,
+        &put,
+        Some(b"sample".to_vec()),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    (key, put)
+}
+
+/// What Garage answers to the link's request: 200 (served) or 403 (refused).
+pub async fn try_link(http: &reqwest::Client, link: &IssueLinkResponse) -> StatusCode {
+    let l = link.link.as_ref().unwrap();
+    let (method, body) = match Method::try_from(l.method).unwrap() {
+        Method::Put => (reqwest::Method::PUT, Some(b"again".to_vec())),
+        Method::Head => (reqwest::Method::HEAD, None),
+        Method::Delete => (reqwest::Method::DELETE, None),
+        _ => (reqwest::Method::GET, None),
+    };
+    send(http, method, link, body).await.status()
+}
+
+fn rotate_req(mode: RotationMode, expected: &str) -> RotateKeyRequest {
+    RotateKeyRequest {
+        signer: "default".into(),
+        mode: mode as i32,
+        reason: "integration test: suspected leak".into(),
+        expected_key_id: expected.into(),
+        dry_run: false,
+    }
+}
+
+fn count_of(counts: &[proto::Count], name: &str) -> u64 {
+    counts
+        .iter()
+        .find(|c| c.name == name)
+        .map(|c| c.count)
+        .unwrap_or(0)
+}
+
+#[sqlx::test]
+async fn revoke_kills_every_outstanding_link_and_reports_exactly_them(pool: PgPool) {
+    let mut app = spawn_app(&pool).await;
+    let bs = buckets();
+    let mut issued = Vec::new();
+    let (obj0, put0) = put_sample(&mut app, &bs[0]).await;
+    let (obj1, put1) = put_sample(&mut app, &bs[1]).await;
+    issued.extend([put0, put1]);
+    let mut as_b = LinkServiceClient::with_interceptor(app.channel.clone(), with_token_b as Auth);
+    for i in 0..12 {
+        let (bucket, obj) = if i % 3 == 0 {
+            (&bs[1], &obj1)
+        } else {
+            (&bs[0], &obj0)
+        };
+        let req = if i % 2 == 0 {
+            link_request(bucket, obj, Method::Get, 600)
+        } else {
+            link_request(bucket, &unique_key("revoke-put"), Method::Put, 600)
+        };
+        let resp = if i % 4 == 0 {
+            as_b.issue_link(req).await.unwrap().into_inner()
+        } else {
+            app.issue(req).await.unwrap()
+        };
+        issued.push(resp);
+    }
+    for link in &issued {
+        let s = try_link(&app.http, link).await;
+        assert_eq!(s, StatusCode::OK, "every link works before the revocation");
+    }
+    let n = issued.len() as u64;
+
+    let plan = app
+        .keys
+        .plan_revocation(PlanRevocationRequest {
+            target: Some(Target::Signer("default".into())),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(plan.outstanding_links, n);
+    let by = |f: &dyn Fn(&IssueLinkResponse) -> String, name: &str| {
+        issued.iter().filter(|l| f(l) == name).count() as u64
+    };
+    let bucket_of = |l: &IssueLinkResponse| l.link.as_ref().unwrap().bucket.clone();
+    let caller_of = |l: &IssueLinkResponse| l.link.as_ref().unwrap().caller.clone();
+    let method_of = |l: &IssueLinkResponse| {
+        Method::try_from(l.link.as_ref().unwrap().method)
+            .unwrap()
+            .as_str_name()
+            .trim_start_matches("METHOD_")
+            .to_owned()
+    };
+    assert_eq!(count_of(&plan.top_buckets, &bs[0]), by(&bucket_of, &bs[0]));
+    assert_eq!(count_of(&plan.top_buckets, &bs[1]), by(&bucket_of, &bs[1]));
+    assert_eq!(count_of(&plan.top_callers, CALLER), by(&caller_of, CALLER));
+    assert_eq!(
+        count_of(&plan.top_callers, CALLER_B),
+        by(&caller_of, CALLER_B)
+    );
+    assert_eq!(count_of(&plan.per_method, "GET"), by(&method_of, "GET"));
+    assert_eq!(count_of(&plan.per_method, "PUT"), by(&method_of, "PUT"));
+    assert_eq!(plan.sample_link_ids.len(), 5);
+    let old_key = plan.key_id.clone();
+
+    let report = app
+        .keys
+        .rotate_key(rotate_req(RotationMode::Revoke, &old_key))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        report.state,
+        RevocationState::Succeeded as i32,
+        "{report:?}"
+    );
+    assert_eq!(report.links_revoked, n);
+    assert_eq!(report.blast_radius.as_ref().unwrap().outstanding_links, n);
+    assert_eq!(report.old_key_id, old_key);
+    assert_ne!(report.new_key_id, old_key);
+    assert_eq!(report.requested_by, CALLER);
+    let names: Vec<&str> = report.steps.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "create_key",
+            "verify_key",
+            "activate_key",
+            "deactivate_old_key"
+        ]
+    );
+
+    for link in &issued {
+        assert_eq!(
+            try_link(&app.http, link).await,
+            StatusCode::FORBIDDEN,
+            "a revoked link is dead"
+        );
+    }
+    let marked: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM links WHERE revocation_id = $1::uuid")
+            .bind(&report.id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(marked as u64, n);
+
+    let after = app
+        .issue(link_request(&bs[0], &obj0, Method::Get, 60))
+        .await
+        .unwrap();
+    assert_eq!(after.link.as_ref().unwrap().key_id, report.new_key_id);
+    assert_eq!(
+        try_link(&app.http, &after).await,
+        StatusCode::OK,
+        "links issued after the rotation work"
+    );
+}
+
+#[sqlx::test]
+async fn links_issued_during_a_revoke_are_either_revoked_and_dead_or_active_and_served(
+    pool: PgPool,
+) {
+    let mut app = spawn_app(&pool).await;
+    let bucket = buckets()[0].clone();
+    let (obj, _) = put_sample(&mut app, &bucket).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..3 {
+        let (mut client, stop, bucket, obj) =
+            (app.links.clone(), stop.clone(), bucket.clone(), obj.clone());
+        tasks.spawn(async move {
+            let mut out = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let r = client
+                    .issue_link(link_request(&bucket, &obj, Method::Get, 600))
+                    .await;
+                out.push(r.expect("issuance never pauses during REVOKE").into_inner());
+            }
+            out
+        });
+    }
+    // Let issuance run, rotate in the middle of it, let it run on.
+    wait_for_links(&pool, 30).await;
+    let report = app
+        .keys
+        .rotate_key(rotate_req(RotationMode::Revoke, ""))
+        .await
+        .unwrap()
+        .into_inner();
+    let after_rotation: i64 = sqlx::query_scalar("SELECT count(*) FROM links")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    wait_for_links(&pool, after_rotation + 30).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut issued = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        issued.extend(r.unwrap());
+    }
+    assert_eq!(report.state, RevocationState::Succeeded as i32);
+
+    let states: HashMap<String, (String, Option<uuid::Uuid>)> = sqlx::query_as::<_, (uuid::Uuid, String, Option<uuid::Uuid>)>(
+        sqlx::AssertSqlSafe(format!("SELECT l.id, {} AS state, l.revocation_id FROM links l JOIN signing_keys k USING (key_id)", presignd::registry::links::STATE_SQL)),
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|(id, s, r)| (id.to_string(), (s, r)))
+    .collect();
+    let (mut revoked, mut active) = (0, 0);
+    for link in &issued {
+        let l = link.link.as_ref().unwrap();
+        let (state, _) = &states[&l.id];
+        let status = try_link(&app.http, link).await;
+        match state.as_str() {
+            "revoked" => {
+                revoked += 1;
+                assert_eq!(status, StatusCode::FORBIDDEN, "a REVOKED link must be dead");
+                assert_eq!(l.key_id, report.old_key_id);
+            }
+            "active" => {
+                active += 1;
+                assert_eq!(status, StatusCode::OK, "an ACTIVE link must work");
+                assert_eq!(l.key_id, report.new_key_id);
+            }
+            other => panic!("unexpected state {other}"),
+        }
+    }
+    assert!(
+        revoked > 0 && active > 0,
+        "the rotation happened mid-stream ({revoked} revoked, {active} active)"
+    );
+    let marked = states
+        .values()
+        .filter(|(_, r)| r.map(|r| r.to_string()) == Some(report.id.clone()))
+        .count();
+    assert_eq!(
+        report.links_revoked as usize, marked,
+        "the report counts exactly the rows it revoked"
+    );
+    // Every link of the old key (the sample's PUT link included) is revoked.
+    assert_eq!(marked, revoked + 1);
+}
+
+async fn wait_for_links(pool: &PgPool, at_least: i64) {
+    for _ in 0..600 {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM links")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        if n >= at_least {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("fewer than {at_least} links were issued in 12 s");
+}
+
+#[sqlx::test]
+async fn graceful_keeps_old_links_working_then_deactivates_the_old_key_once_they_expired(
+    pool: PgPool,
+) {
+    let mut app = spawn_app_with(
+        test_config(&["--maintenance-interval-secs=1"]),
+        (*pool.connect_options()).clone(),
+    )
+    .await;
+    app.wait_for(tonic_health::pb::health_check_response::ServingStatus::Serving)
+        .await;
+    let bucket = buckets()[0].clone();
+    let (obj, _) = put_sample(&mut app, &bucket).await;
+    // The sample's PUT link lives 600 s: expire it by hand so the test is quick.
+    sqlx::query("UPDATE links SET expires_at = issued_at + interval '1 second'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let old = app
+        .issue(link_request(&bucket, &obj, Method::Get, 3))
+        .await
+        .unwrap();
+    let old_key = old.link.as_ref().unwrap().key_id.clone();
+
+    let report = app
+        .keys
+        .rotate_key(rotate_req(RotationMode::Graceful, &old_key))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(report.state, RevocationState::Succeeded as i32);
+    assert_eq!(report.links_revoked, 0);
+    assert_eq!(
+        try_link(&app.http, &old).await,
+        StatusCode::OK,
+        "GRACEFUL breaks nothing"
+    );
+    let state: String = sqlx::query_scalar("SELECT state FROM signing_keys WHERE key_id = $1")
+        .bind(&old_key)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(state, "retired");
+    let new = app
+        .issue(link_request(&bucket, &obj, Method::Get, 60))
+        .await
+        .unwrap();
+    assert_eq!(new.link.as_ref().unwrap().key_id, report.new_key_id);
+
+    // Once the last link expired, the maintenance loop deactivates the old key.
+    let mut state = String::new();
+    for _ in 0..300 {
+        state = sqlx::query_scalar("SELECT state FROM signing_keys WHERE key_id = $1")
+            .bind(&old_key)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        if state == "inactive" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        state, "inactive",
+        "the retired key was not deactivated after its links expired"
+    );
+    assert!(
+        garage_key_expired(&old_key).await,
+        "Garage refuses the old key"
+    );
+    assert_eq!(try_link(&app.http, &new).await, StatusCode::OK);
+}
+
+pub async fn garage_key_expired(key_id: &str) -> bool {
+    let info: serde_json::Value = reqwest::Client::new()
+        .get(format!("{}/v2/GetKeyInfo", env("GARAGE_ADMIN_URL")))
+        .query(&[("id", key_id)])
+        .bearer_auth(env("GARAGE_ADMIN_TOKEN"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    info["expired"].as_bool().expect("GetKeyInfo has 'expired'")
+}
+
+fn domain_req(mode: Mode) -> RotateRequest {
+    RotateRequest {
+        signer: presignd::domain::SignerName::parse("default").unwrap(),
+        mode,
+        reason: "integration test".into(),
+        expected_key_id: None,
+        dry_run: false,
+        requested_by: CALLER.into(),
+    }
+}
+
+#[sqlx::test]
+async fn emergency_kills_the_old_key_before_the_new_one_exists(pool: PgPool) {
+    let mut app = spawn_app(&pool).await;
+    let bucket = buckets()[0].clone();
+    let (obj, put) = put_sample(&mut app, &bucket).await;
+    let get = app
+        .issue(link_request(&bucket, &obj, Method::Get, 600))
+        .await
+        .unwrap();
+    let Rotation::Ran(row) = revocation::start(&app.km, domain_req(Mode::Emergency))
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+
+    assert_eq!(
+        revocation::try_advance(&app.km, row.id).await.unwrap(),
+        Advance::Stepped(Step::DeactivateOld)
+    );
+    assert_eq!(
+        try_link(&app.http, &get).await,
+        StatusCode::FORBIDDEN,
+        "the old key is dead after one step"
+    );
+    assert_eq!(try_link(&app.http, &put).await, StatusCode::FORBIDDEN);
+    let live_keys: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM signing_keys WHERE state IN ('pending', 'active')",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(live_keys, 0, "no replacement exists yet");
+    let status = app
+        .issue(link_request(&bucket, &obj, Method::Get, 60))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        status.code(),
+        Code::Unavailable,
+        "issuance pauses in between: {status:?}"
+    );
+
+    assert_eq!(
+        revocation::drive(&app.km, row.id).await.unwrap(),
+        "succeeded"
+    );
+    let report = revocation::get(&app.km, row.id).await.unwrap();
+    assert_eq!(report.links_revoked, 2);
+    let after = app
+        .issue(link_request(&bucket, &obj, Method::Get, 60))
+        .await
+        .unwrap();
+    assert_eq!(
+        after.link.as_ref().unwrap().key_id,
+        report.new_key_id.unwrap()
+    );
+    assert_eq!(try_link(&app.http, &after).await, StatusCode::OK);
+}
+
+/// Interrupts a rotation after each possible number of steps (and, for the
+/// deactivation, after the backend call but before the registry knew), restarts
+/// the server, and checks that the revocation completed consistently.
+async fn crash_and_resume(pool: PgPool, mode: Mode) {
+    let steps = mode.steps(true);
+    for done in 0..=steps.len() {
+        let mut app = spawn_app(&pool).await;
+        let bucket = buckets()[0].clone();
+        let (obj, put) = put_sample(&mut app, &bucket).await;
+        let get = app
+            .issue(link_request(&bucket, &obj, Method::Get, 600))
+            .await
+            .unwrap();
+        let Rotation::Ran(row) = revocation::start(&app.km, domain_req(mode)).await.unwrap() else {
+            panic!()
+        };
+        for _ in 0..done {
+            revocation::try_advance(&app.km, row.id).await.unwrap();
+        }
+        if steps.get(done) == Some(&Step::DeactivateOld) {
+            // Crash in the middle of the step: the backend already refuses the key.
+            app.km
+                .backend
+                .deactivate_key(row.old_key_id.as_deref().unwrap())
+                .await
+                .unwrap();
+        }
+        drop(app); // the crash
+
+        let mut app = spawn_app(&pool).await; // SERVING only once the revocation finished
+        let report = revocation::get(&app.km, row.id).await.unwrap();
+        assert_eq!(
+            report.state, "succeeded",
+            "{mode:?} after {done} steps: {report:?}"
+        );
+        assert_eq!(report.steps.0.len(), steps.len(), "each step recorded once");
+        let dead = mode != Mode::Graceful;
+        // Nothing was issued meanwhile: the plan's count is exactly what died
+        // (the sample's links plus the previous round's last link).
+        let planned = report.blast_radius.0.outstanding_links;
+        assert!(planned >= 2);
+        assert_eq!(
+            report.links_revoked,
+            if dead { planned } else { 0 },
+            "{mode:?} after {done} steps"
+        );
+        let expected = if dead {
+            StatusCode::FORBIDDEN
+        } else {
+            StatusCode::OK
+        };
+        assert_eq!(
+            try_link(&app.http, &get).await,
+            expected,
+            "{mode:?} after {done} steps"
+        );
+        assert_eq!(try_link(&app.http, &put).await, expected);
+        let after = app
+            .issue(link_request(&bucket, &obj, Method::Get, 60))
+            .await
+            .unwrap();
+        assert_eq!(
+            after.link.as_ref().unwrap().key_id,
+            report.new_key_id.clone().unwrap()
+        );
+        assert_eq!(try_link(&app.http, &after).await, StatusCode::OK);
+        let active: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM signing_keys WHERE state = 'active'")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert_eq!(active, 1);
+    }
+}
+
+#[sqlx::test]
+async fn an_interrupted_revoke_completes_after_a_restart(pool: PgPool) {
+    crash_and_resume(pool, Mode::Revoke).await;
+}
+
+#[sqlx::test]
+async fn an_interrupted_emergency_completes_after_a_restart(pool: PgPool) {
+    crash_and_resume(pool, Mode::Emergency).await;
+}
+
+#[sqlx::test]
+async fn an_interrupted_graceful_rotation_completes_after_a_restart(pool: PgPool) {
+    crash_and_resume(pool, Mode::Graceful).await;
+}
+
+#[sqlx::test]
+async fn another_replica_signs_with_the_new_key_promptly(pool: PgPool) {
+    let a = spawn_app(&pool).await;
+    let mut b = spawn_app(&pool).await;
+    let bucket = buckets()[0].clone();
+    let before = b
+        .issue(link_request(&bucket, "k", Method::Get, 60))
+        .await
+        .unwrap();
+    let mut keys = a.keys.clone();
+    let report = keys
+        .rotate_key(rotate_req(RotationMode::Revoke, ""))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(report.old_key_id, before.link.unwrap().key_id);
+    // B hears of it through LISTEN/NOTIFY, before it tries to sign anything:
+    // watch its keyring for a bounded time.
+    let mut held = String::new();
+    for _ in 0..100 {
+        held =
+            b.km.keyring
+                .active("default")
+                .map(|k| k.key_id.clone())
+                .unwrap_or_default();
+        if held == report.new_key_id {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        held, report.new_key_id,
+        "replica B's keyring did not follow the rotation within 5 s"
+    );
+    let now = b
+        .issue(link_request(&bucket, "k", Method::Get, 60))
+        .await
+        .unwrap();
+    assert_eq!(now.link.unwrap().key_id, report.new_key_id);
+}
+
+#[sqlx::test]
+async fn a_stale_expected_key_id_is_a_failed_precondition(pool: PgPool) {
+    let mut app = spawn_app(&pool).await;
+    let plan = app
+        .keys
+        .plan_revocation(PlanRevocationRequest {
+            target: Some(Target::Signer("default".into())),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = app
+        .keys
+        .rotate_key(rotate_req(RotationMode::Graceful, &plan.key_id))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.state, RevocationState::Succeeded as i32);
+    // A second responder with the same (now stale) plan:
+    let status = app
+        .keys
+        .rotate_key(rotate_req(RotationMode::Revoke, &plan.key_id))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(status.message().contains("rotated already"), "{status:?}");
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM revocations")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(count, 1, "the second rotation did not happen");
+}
+
+#[sqlx::test]
+async fn a_dry_run_returns_the_plan_and_touches_nothing(pool: PgPool) {
+    let mut app = spawn_app(&pool).await;
+    let bucket = buckets()[0].clone();
+    let link = app
+        .issue(link_request(&bucket, "k", Method::Get, 60))
+        .await
+        .unwrap();
+    let mut req = rotate_req(RotationMode::Emergency, "");
+    req.dry_run = true;
+    let plan = app.keys.rotate_key(req).await.unwrap().into_inner();
+    assert!(plan.dry_run);
+    assert_eq!(plan.state, RevocationState::Planned as i32);
+    assert_eq!(plan.blast_radius.unwrap().outstanding_links, 1);
+    assert_eq!(plan.steps[0].name, "deactivate_old_key");
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM revocations")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(count, 0);
+    let key = link.link.unwrap().key_id;
+    assert!(!garage_key_expired(&key).await, "the key still works");
+}
+
+#[sqlx::test]
+async fn key_service_refuses_bad_requests_and_non_admins_precisely(pool: PgPool) {
+    let mut app = spawn_app(&pool).await;
+    let mut req = rotate_req(RotationMode::Revoke, "");
+    req.signer = "nobody".into();
+    assert_eq!(
+        app.keys.rotate_key(req).await.unwrap_err().code(),
+        Code::NotFound
+    );
+    let mut req = rotate_req(RotationMode::Unspecified, "");
+    req.mode = 0;
+    let s = app.keys.rotate_key(req).await.unwrap_err();
+    assert_eq!(
+        (s.code(), s.message().starts_with("mode:")),
+        (Code::InvalidArgument, true),
+        "{s:?}"
+    );
+    let mut req = rotate_req(RotationMode::Revoke, "");
+    req.reason = "  ".into();
+    let s = app.keys.rotate_key(req).await.unwrap_err();
+    assert_eq!(
+        (s.code(), s.message().starts_with("reason:")),
+        (Code::InvalidArgument, true),
+        "{s:?}"
+    );
+    let s = app
+        .keys
+        .get_revocation(proto::GetRevocationRequest { id: "x".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::InvalidArgument);
+    let s = app
+        .keys
+        .get_revocation(proto::GetRevocationRequest {
+            id: uuid::Uuid::now_v7().to_string(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::NotFound);
+    let s = app
+        .keys
+        .plan_revocation(PlanRevocationRequest {
+            target: Some(Target::KeyId("GKnope".into())),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::NotFound);
+
+    let mut plain = presignd::proto::key_service_client::KeyServiceClient::with_interceptor(
+        app.channel.clone(),
+        with_token_b as Auth,
+    );
+    let s = plain
+        .rotate_key(rotate_req(RotationMode::Emergency, ""))
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::PermissionDenied);
+    let s = plain
+        .list_signing_keys(proto::ListSigningKeysRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::PermissionDenied);
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM revocations")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(count, 0);
+}
+
+#[sqlx::test]
+async fn keys_and_revocations_are_listed_with_outstanding_counts(pool: PgPool) {
+    let mut app = spawn_app(&pool).await;
+    let bucket = buckets()[0].clone();
+    for _ in 0..3 {
+        app.issue(link_request(&bucket, "k", Method::Get, 600))
+            .await
+            .unwrap();
+    }
+    let first = app
+        .keys
+        .rotate_key(rotate_req(RotationMode::Graceful, ""))
+        .await
+        .unwrap()
+        .into_inner();
+    app.issue(link_request(&bucket, "k", Method::Get, 600))
+        .await
+        .unwrap();
+    let second = app
+        .keys
+        .rotate_key(rotate_req(RotationMode::Graceful, ""))
+        .await
+        .unwrap()
+        .into_inner();
+
+    let listed = app
+        .keys
+        .list_signing_keys(proto::ListSigningKeysRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.signers.len(), 1);
+    let keys: HashMap<String, (i32, u64)> = listed.signers[0]
+        .keys
+        .iter()
+        .map(|k| (k.key_id.clone(), (k.state, k.outstanding_links)))
+        .collect();
+    assert_eq!(
+        keys[&first.old_key_id],
+        (proto::KeyState::Retired as i32, 3)
+    );
+    assert_eq!(
+        keys[&second.old_key_id],
+        (proto::KeyState::Retired as i32, 1)
+    );
+    assert_eq!(
+        keys[&second.new_key_id],
+        (proto::KeyState::Active as i32, 0)
+    );
+
+    let page1 = app
+        .keys
+        .list_revocations(proto::ListRevocationsRequest {
+            page_size: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(page1.revocations[0].id, second.id, "newest first");
+    let page2 = app
+        .keys
+        .list_revocations(proto::ListRevocationsRequest {
+            page_size: 1,
+            page_token: page1.next_page_token,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(page2.revocations[0].id, first.id);
+    assert!(page2.next_page_token.is_empty());
+    let got = app
+        .keys
+        .get_revocation(proto::GetRevocationRequest {
+            id: first.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.reason, "integration test: suspected leak");
+}
