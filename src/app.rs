@@ -8,6 +8,7 @@
 
 use crate::api::{KeyApi, LinkApi};
 use crate::auth::Authenticator;
+use crate::backend::aws::{AwsBackend, AwsSettings};
 use crate::backend::{KeyBackend, garage::GarageBackend};
 use crate::config::Config;
 use crate::domain::SignerName;
@@ -58,7 +59,7 @@ impl App {
             );
         }
         let signers = config.signer_names()?;
-        let backend = backend(&config)?;
+        let backend = backend(&config).await?;
         let pool = registry::lazy_pool(db, config.db_max_connections, config.db_acquire_timeout());
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
@@ -172,7 +173,7 @@ impl App {
     }
 }
 
-fn backend(config: &Config) -> anyhow::Result<Arc<dyn KeyBackend>> {
+async fn backend(config: &Config) -> anyhow::Result<Arc<dyn KeyBackend>> {
     match config.backend.as_str() {
         "garage" => {
             let token = config
@@ -185,7 +186,15 @@ fn backend(config: &Config) -> anyhow::Result<Arc<dyn KeyBackend>> {
                 config.buckets.clone(),
             )))
         }
-        other => bail!("unknown backend {other:?}: expected garage"),
+        "aws" => Ok(Arc::new(
+            AwsBackend::new(AwsSettings {
+                region: config.aws_region.clone(),
+                iam_endpoint: config.aws_iam_endpoint.clone(),
+                user_prefix: config.aws_iam_user_prefix.clone(),
+            })
+            .await,
+        )),
+        other => bail!("unknown backend {other:?}: expected garage or aws"),
     }
 }
 

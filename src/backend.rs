@@ -2,6 +2,7 @@
 //! deactivates it (every URL it signed dies), and deletes it. Garage is the
 //! self-hosted implementation; AWS IAM comes next behind the same trait.
 
+pub mod aws;
 pub mod garage;
 
 use crate::secret::SecretString;
@@ -19,9 +20,19 @@ pub enum BackendError {
     /// The backend could not be reached or answered 5xx: retry later.
     #[error("key backend unavailable: {0}")]
     Unavailable(String),
-    /// The backend refused the operation (bad token, limits, unknown bucket...).
+    /// The backend refused the operation (bad token, unknown bucket...).
     #[error("key backend refused: {0}")]
     Refused(String),
+    /// The signer has as many keys as the backend allows (AWS IAM: 2 per user).
+    #[error("key backend limit: {0}")]
+    LimitExceeded(String),
+}
+
+/// A key as the backend sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendKey {
+    pub access_key_id: String,
+    pub active: bool,
 }
 
 #[async_trait::async_trait]
@@ -32,9 +43,15 @@ pub trait KeyBackend: Send + Sync + 'static {
     /// Creates a new access key for `signer`, allowed on the configured buckets.
     async fn create_key(&self, signer: &str) -> Result<NewKey, BackendError>;
 
-    /// Makes the key unusable: every URL it signed stops working.
-    async fn deactivate_key(&self, access_key_id: &str) -> Result<(), BackendError>;
+    /// Makes the key unusable: every URL it signed stops working. Idempotent.
+    async fn deactivate_key(&self, signer: &str, access_key_id: &str) -> Result<(), BackendError>;
 
-    /// Removes the key for good.
-    async fn delete_key(&self, access_key_id: &str) -> Result<(), BackendError>;
+    /// Removes the key for good. Idempotent.
+    async fn delete_key(&self, signer: &str, access_key_id: &str) -> Result<(), BackendError>;
+
+    /// The signer's keys, where the backend limits how many a signer may have
+    /// (empty where there is no such limit).
+    async fn list_keys(&self, _signer: &str) -> Result<Vec<BackendKey>, BackendError> {
+        Ok(Vec::new())
+    }
 }

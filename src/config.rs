@@ -111,6 +111,22 @@ pub struct Config {
     #[arg(long, env = "PRESIGND_MAINTENANCE_INTERVAL_SECS", default_value_t = 15)]
     pub maintenance_interval_secs: u64,
 
+    /// AWS region for IAM (aws backend).
+    #[arg(long, env = "PRESIGND_AWS_REGION", default_value = "us-east-1")]
+    pub aws_region: String,
+
+    /// IAM endpoint override (aws backend), e.g. a moto server in tests.
+    #[arg(long, env = "PRESIGND_AWS_IAM_ENDPOINT")]
+    pub aws_iam_endpoint: Option<String>,
+
+    /// A signer's IAM user is this prefix followed by the signer's name.
+    #[arg(
+        long,
+        env = "PRESIGND_AWS_IAM_USER_PREFIX",
+        default_value = "presignd-"
+    )]
+    pub aws_iam_user_prefix: String,
+
     /// How many times a new key is tried against the backend before it is used.
     #[arg(long, env = "PRESIGND_KEY_VERIFY_ATTEMPTS", default_value_t = 20)]
     pub key_verify_attempts: u32,

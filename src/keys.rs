@@ -2,7 +2,7 @@
 //! backend, and loading active keys into the keyring (opening their sealed
 //! secrets). Rotation and revocation build on these steps.
 
-use crate::backend::KeyBackend;
+use crate::backend::{BackendError, KeyBackend, NewKey};
 use crate::registry;
 use crate::seal::MasterKey;
 use crate::secret::SecretString;
@@ -128,13 +128,70 @@ impl KeyManager {
         Ok(())
     }
 
-    /// Creates a key at the backend for `signer`.
+    /// Creates a key at the backend for `signer`. Where the backend limits keys
+    /// per signer (AWS IAM: 2 per user) and the limit is reached, one slot is
+    /// freed if a key can go without breaking anything (see `free_key_slot`).
     pub async fn create_backend_key(
         &self,
-        _conn: &mut sqlx::PgConnection,
+        conn: &mut sqlx::PgConnection,
         signer: &str,
-    ) -> Result<crate::backend::NewKey, crate::backend::BackendError> {
-        self.backend.create_key(signer).await
+    ) -> Result<NewKey, BackendError> {
+        match self.backend.create_key(signer).await {
+            Err(BackendError::LimitExceeded(limit)) => {
+                self.free_key_slot(conn, signer, &limit).await?;
+                self.backend.create_key(signer).await
+            }
+            other => other,
+        }
+    }
+
+    /// Deletes one of the signer's backend keys whose links are all dead or
+    /// expired: an inactive key, or a retired one with no outstanding link. A key
+    /// presignd does not know is never touched. Otherwise says what to do.
+    async fn free_key_slot(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        signer: &str,
+        limit: &str,
+    ) -> Result<(), BackendError> {
+        let unavailable = |e: sqlx::Error| BackendError::Unavailable(format!("registry: {e}"));
+        let mut described = Vec::new();
+        for key in self.backend.list_keys(signer).await? {
+            let id = &key.access_key_id;
+            let state = registry::keys::get(&mut *conn, id)
+                .await
+                .map_err(unavailable)?
+                .map(|k| k.state);
+            let outstanding = registry::keys::outstanding_links(&mut *conn, id)
+                .await
+                .map_err(unavailable)?;
+            let freeable = match state.as_deref() {
+                Some("inactive" | "deleted") => true,
+                Some("retired") => outstanding == 0,
+                _ => false,
+            };
+            if freeable {
+                if key.active {
+                    self.backend.deactivate_key(signer, id).await?;
+                }
+                self.backend.delete_key(signer, id).await?;
+                registry::keys::mark_deleted(&mut *conn, id)
+                    .await
+                    .map_err(unavailable)?;
+                tracing::info!(signer, key_id = %id, "deleted a spent key to stay within the backend's key limit");
+                return Ok(());
+            }
+            described.push(format!(
+                "{id}: {} in presignd, {} at the backend, {outstanding} outstanding links",
+                state.as_deref().unwrap_or("unknown"),
+                if key.active { "active" } else { "inactive" },
+            ));
+        }
+        Err(BackendError::Refused(format!(
+            "signer {signer} already has as many keys as the backend allows ({limit}) and none can go without breaking links: {}. \
+             Use mode EMERGENCY (it deactivates the active key first), or wait until the retired key's links expire, then retry",
+            described.join("; ")
+        )))
     }
 
     /// Follows key changes made by any replica (NOTIFY presignd_keys, sent by the

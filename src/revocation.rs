@@ -144,6 +144,8 @@ pub enum RevocationError {
     AlreadyRunning { id: Uuid, signer: String },
     #[error("revocation {0} not found")]
     NotFound(Uuid),
+    #[error("revocation {id} failed: {message} (see GetRevocation {id} for the steps)")]
+    Failed { id: Uuid, message: String },
     #[error(transparent)]
     Backend(#[from] BackendError),
     #[error("registry: {0}")]

@@ -101,6 +101,23 @@ for b in "${BUCKETS[@]}"; do
 done
 log "Garage ready (S3 http://127.0.0.1:3900, admin http://127.0.0.1:3903)"
 
+# ---------------------------------------------------------------- moto (IAM API only)
+# moto serves AWS IAM's API semantics for the aws backend's tests. It does not
+# check signatures or key status: it never proves a link works or is dead.
+if ! command -v moto_server >/dev/null; then
+    log "installing moto server"
+    python3 -m pip install --quiet 'moto[server]'
+fi
+if ! curl -fsS -o /dev/null http://127.0.0.1:5000/moto-api/ 2>/dev/null; then
+    log "starting moto"
+    nohup moto_server -H 127.0.0.1 -p 5000 >"$STATE/moto.log" 2>&1 &
+    for _ in $(seq 1 100); do
+        curl -fsS -o /dev/null http://127.0.0.1:5000/moto-api/ 2>/dev/null && break
+        sleep 0.2
+    done
+fi
+log "moto ready (IAM http://127.0.0.1:5000)"
+
 # ---------------------------------------------------------------- environment
 [ -f "$STATE/master.key" ] || (umask 077 && openssl rand -hex 32 >"$STATE/master.key")
 cat >"$STATE/env" <<ENV
@@ -111,5 +128,9 @@ export GARAGE_S3_URL='http://127.0.0.1:3900'
 export GARAGE_REGION='garage'
 export PRESIGND_DEV_MASTER_KEY_FILE='$STATE/master.key'
 export PRESIGND_TEST_BUCKETS='presignd-test,presignd-test-b'
+export MOTO_URL='http://127.0.0.1:5000'
+# moto accepts any credentials; these only make the AWS SDK's chain find some.
+export AWS_ACCESS_KEY_ID='moto-testing'
+export AWS_SECRET_ACCESS_KEY='moto-testing'
 ENV
 log "environment written to $STATE/env"

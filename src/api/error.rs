@@ -54,9 +54,10 @@ impl From<RevocationError> for ApiError {
                 tracing::warn!(error = %m, "key backend unavailable");
                 Self::Unavailable("key backend unavailable; retry shortly".into())
             }
-            Backend(BackendError::Refused(ref m)) => {
+            Backend(BackendError::Refused(ref m) | BackendError::LimitExceeded(ref m)) => {
                 Self::FailedPrecondition(format!("key backend refused: {m}"))
             }
+            Failed { .. } => Self::FailedPrecondition(e.to_string()),
             Registry(ref cause) if crate::registry::is_unavailable(cause) => {
                 tracing::warn!(error = %cause, "registry unavailable");
                 Self::Unavailable("registry unavailable; retry shortly".into())

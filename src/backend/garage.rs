@@ -128,7 +128,7 @@ impl KeyBackend for GarageBackend {
         })
     }
 
-    async fn deactivate_key(&self, access_key_id: &str) -> Result<(), BackendError> {
+    async fn deactivate_key(&self, _signer: &str, access_key_id: &str) -> Result<(), BackendError> {
         let past = (Utc::now() - Duration::minutes(1)).to_rfc3339();
         self.call(
             reqwest::Method::POST,
@@ -140,7 +140,7 @@ impl KeyBackend for GarageBackend {
         .map(|_| ())
     }
 
-    async fn delete_key(&self, access_key_id: &str) -> Result<(), BackendError> {
+    async fn delete_key(&self, _signer: &str, access_key_id: &str) -> Result<(), BackendError> {
         match self
             .call(
                 reqwest::Method::POST,

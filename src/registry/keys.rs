@@ -180,3 +180,13 @@ pub async fn notify_changed(db: impl PgExecutor<'_>, signer: &str) -> Result<(),
 }
 
 pub const KEYS_CHANNEL: &str = "presignd_keys";
+
+/// Links of a key that still work: not expired, not revoked.
+pub async fn outstanding_links(db: impl PgExecutor<'_>, key_id: &str) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM links WHERE key_id = $1 AND expires_at > now() AND revocation_id IS NULL",
+    )
+    .bind(key_id)
+    .fetch_one(db)
+    .await
+}

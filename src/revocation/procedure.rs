@@ -43,7 +43,9 @@ impl From<BackendError> for StepError {
     fn from(e: BackendError) -> Self {
         match e {
             BackendError::Unavailable(_) => Self::Retry(e.into()),
-            BackendError::Refused(m) => Self::Fatal(format!("key backend refused: {m}")),
+            BackendError::Refused(m) | BackendError::LimitExceeded(m) => {
+                Self::Fatal(format!("key backend refused: {m}"))
+            }
         }
     }
 }
@@ -203,7 +205,7 @@ async fn deactivate_old(
         return Ok(());
     };
     // Stop the bleeding first: from here on, the backend refuses the old key.
-    km.backend.deactivate_key(old).await?;
+    km.backend.deactivate_key(&row.signer, old).await?;
     // Locking the key row waits for in-flight inserts; later ones see it inactive.
     keys::deactivate(&mut *tx, old, Some(row.id)).await?;
     if mode == Mode::Emergency {
@@ -230,7 +232,7 @@ async fn fail(
             .await?
             .is_some_and(|k| k.state == "pending")
     {
-        match km.backend.delete_key(new).await {
+        match km.backend.delete_key(&row.signer, new).await {
             Ok(()) => keys::mark_deleted(&mut *tx, new).await?,
             Err(e) => {
                 tracing::warn!(key_id = %new, error = %e, "could not delete the unused replacement key")

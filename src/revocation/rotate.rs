@@ -99,6 +99,14 @@ pub async fn rotate(km: &KeyManager, req: RotateRequest) -> Result<Rotation, Rev
     let row = revocations::get(&km.pool, id)
         .await?
         .ok_or(RevocationError::NotFound(id))?;
+    if row.state == "failed" {
+        // The report stays readable with GetRevocation; the caller gets a
+        // status that says the rotation did not happen, and why.
+        return Err(RevocationError::Failed {
+            id,
+            message: row.error.unwrap_or_default(),
+        });
+    }
     Ok(Rotation::Ran(Box::new(row)))
 }
 

@@ -10,7 +10,7 @@ use crate::registry::keys;
 pub async fn sweep_retired_keys(km: &KeyManager) -> Result<Vec<String>, RevocationError> {
     let mut done = Vec::new();
     for key in keys::retired_without_outstanding_links(&km.pool).await? {
-        km.backend.deactivate_key(&key.key_id).await?;
+        km.backend.deactivate_key(&key.signer, &key.key_id).await?;
         let mut tx = km.pool.begin().await?;
         keys::deactivate(&mut *tx, &key.key_id, None).await?;
         keys::notify_changed(&mut *tx, &key.signer).await?;

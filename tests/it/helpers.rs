@@ -52,7 +52,7 @@ pub fn test_bucket() -> String {
 }
 
 /// A config for a test server: every setting given explicitly so the
-/// developer's environment does not leak in.
+/// developer's environment does not leak in. `extra` overrides defaults.
 pub fn test_config(extra: &[&str]) -> Config {
     let mut args: Vec<String> = vec![
         "presignd".into(),
@@ -73,7 +73,15 @@ pub fn test_config(extra: &[&str]) -> Config {
         "--db-acquire-timeout-secs=1".into(),
         "--health-interval-secs=1".into(),
     ];
-    args.extend(extra.iter().map(|s| s.to_string()));
+    // An extra `--flag=value` replaces the default of the same flag; a bare
+    // `--flag` removes it.
+    for e in extra {
+        let flag = e.split('=').next().unwrap();
+        args.retain(|a| a.split('=').next().unwrap() != flag);
+        if e.contains('=') {
+            args.push(e.to_string());
+        }
+    }
     Wrapper::try_parse_from(args)
         .expect("test config parses")
         .config

@@ -3,6 +3,7 @@
 //! Needs `deploy/dev/stack.sh` to have run and its env sourced; a missing service
 //! fails the tests loudly.
 
+mod aws_backend;
 mod health;
 mod helpers;
 mod issue_link;

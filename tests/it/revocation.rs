@@ -471,7 +471,7 @@ async fn crash_and_resume(pool: PgPool, mode: Mode) {
             // Crash in the middle of the step: the backend already refuses the key.
             app.km
                 .backend
-                .deactivate_key(row.old_key_id.as_deref().unwrap())
+                .deactivate_key("default", row.old_key_id.as_deref().unwrap())
                 .await
                 .unwrap();
         }

@@ -1,0 +1,145 @@
+//! AWS: each signer is an IAM user (`{prefix}{signer}`, created by whoever runs
+//! the account) whose access keys sign links. Deactivation is
+//! UpdateAccessKey(Inactive): S3 then refuses every URL the key signed. IAM allows
+//! two access keys per user; `list_keys` lets the key manager free a slot.
+
+use super::{BackendError, BackendKey, KeyBackend, NewKey};
+use crate::secret::SecretString;
+use aws_sdk_iam::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_iam::types::StatusType;
+use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
+
+pub struct AwsBackend {
+    iam: aws_sdk_iam::Client,
+    user_prefix: String,
+}
+
+/// Where and how to reach IAM. Credentials come from the usual AWS chain
+/// (environment, profile, instance role...).
+pub struct AwsSettings {
+    pub region: String,
+    /// An IAM endpoint other than AWS's (tests use moto).
+    pub iam_endpoint: Option<String>,
+    pub user_prefix: String,
+}
+
+fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(
+    op: &str,
+    e: SdkError<E, aws_sdk_iam::config::http::HttpResponse>,
+) -> BackendError {
+    let code = e.code().map(str::to_owned);
+    // Never the raw response: a CreateAccessKey answer carries the secret.
+    let text = match (&e, e.code(), e.message()) {
+        (_, Some(code), Some(message)) => format!("IAM {op}: {code}: {message}"),
+        (SdkError::DispatchFailure(d), ..) => format!(
+            "IAM {op}: cannot reach IAM: {:?}",
+            d.as_connector_error().map(|c| c.to_string())
+        ),
+        (SdkError::TimeoutError(_), ..) => format!("IAM {op}: timed out"),
+        (SdkError::ResponseError(_), ..) => format!("IAM {op}: unreadable response"),
+        (SdkError::ServiceError(s), ..) => format!("IAM {op}: HTTP {}", s.raw().status()),
+        _ => format!("IAM {op}: request failed"),
+    };
+    match (&e, code.as_deref()) {
+        (_, Some("LimitExceeded")) => BackendError::LimitExceeded(text),
+        (SdkError::ServiceError(s), _) if s.raw().status().is_server_error() => {
+            BackendError::Unavailable(text)
+        }
+        (SdkError::ServiceError(_), _) => BackendError::Refused(text),
+        _ => BackendError::Unavailable(text),
+    }
+}
+
+impl AwsBackend {
+    pub async fn new(settings: AwsSettings) -> Self {
+        let http = aws_smithy_http_client::Builder::new()
+            .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
+            .build_https();
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new(settings.region))
+            .http_client(http);
+        if let Some(endpoint) = settings.iam_endpoint {
+            loader = loader.endpoint_url(endpoint);
+        }
+        let config = loader.load().await;
+        Self {
+            iam: aws_sdk_iam::Client::new(&config),
+            user_prefix: settings.user_prefix,
+        }
+    }
+
+    fn user(&self, signer: &str) -> String {
+        format!("{}{signer}", self.user_prefix)
+    }
+}
+
+#[async_trait::async_trait]
+impl KeyBackend for AwsBackend {
+    fn kind(&self) -> &'static str {
+        "aws"
+    }
+
+    async fn create_key(&self, signer: &str) -> Result<NewKey, BackendError> {
+        let out = self
+            .iam
+            .create_access_key()
+            .user_name(self.user(signer))
+            .send()
+            .await
+            .map_err(|e| classify("CreateAccessKey", e))?;
+        let key = out
+            .access_key
+            .ok_or_else(|| BackendError::Refused("IAM CreateAccessKey returned no key".into()))?;
+        Ok(NewKey {
+            access_key_id: key.access_key_id,
+            secret_access_key: SecretString::new(key.secret_access_key),
+        })
+    }
+
+    async fn deactivate_key(&self, signer: &str, access_key_id: &str) -> Result<(), BackendError> {
+        self.iam
+            .update_access_key()
+            .user_name(self.user(signer))
+            .access_key_id(access_key_id)
+            .status(StatusType::Inactive)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| classify("UpdateAccessKey", e))
+    }
+
+    async fn delete_key(&self, signer: &str, access_key_id: &str) -> Result<(), BackendError> {
+        match self
+            .iam
+            .delete_access_key()
+            .user_name(self.user(signer))
+            .access_key_id(access_key_id)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some("NoSuchEntity") => Ok(()),
+            Err(e) => Err(classify("DeleteAccessKey", e)),
+        }
+    }
+
+    async fn list_keys(&self, signer: &str) -> Result<Vec<BackendKey>, BackendError> {
+        let out = self
+            .iam
+            .list_access_keys()
+            .user_name(self.user(signer))
+            .send()
+            .await
+            .map_err(|e| classify("ListAccessKeys", e))?;
+        Ok(out
+            .access_key_metadata
+            .into_iter()
+            .filter_map(|k| {
+                Some(BackendKey {
+                    active: k.status == Some(StatusType::Active),
+                    access_key_id: k.access_key_id?,
+                })
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,196 @@
+//! The aws backend against moto's IAM: keys created, rotated, deactivated and
+//! deleted on the signer's IAM user, and IAM's 2-keys-per-user limit handled.
+//! moto checks no signature and no key status: these tests prove the IAM calls
+//! and their semantics, never that a link works or is dead (Garage does that).
+
+use crate::helpers::*;
+use aws_sdk_iam::types::StatusType;
+use presignd::proto::{Method, RevocationState, RotateKeyRequest, RotationMode};
+use sqlx::PgPool;
+use std::collections::BTreeMap;
+use tonic::Code;
+
+async fn iam() -> aws_sdk_iam::Client {
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .endpoint_url(env("MOTO_URL"))
+        .http_client(
+            aws_smithy_http_client::Builder::new()
+                .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+                    aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+                ))
+                .build_https(),
+        )
+        .load()
+        .await;
+    aws_sdk_iam::Client::new(&config)
+}
+
+/// The IAM user's keys: id -> active?
+async fn iam_keys(iam: &aws_sdk_iam::Client, user: &str) -> BTreeMap<String, bool> {
+    iam.list_access_keys()
+        .user_name(user)
+        .send()
+        .await
+        .expect("moto answers ListAccessKeys")
+        .access_key_metadata
+        .into_iter()
+        .map(|k| {
+            (
+                k.access_key_id.unwrap(),
+                k.status == Some(StatusType::Active),
+            )
+        })
+        .collect()
+}
+
+async fn key_states(pool: &PgPool) -> BTreeMap<String, String> {
+    sqlx::query_as::<_, (String, String)>("SELECT key_id, state FROM signing_keys")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+fn rotate(signer: &str, mode: RotationMode) -> RotateKeyRequest {
+    RotateKeyRequest {
+        signer: signer.into(),
+        mode: mode as i32,
+        reason: "moto test".into(),
+        ..Default::default()
+    }
+}
+
+#[sqlx::test]
+async fn keys_live_on_the_signers_iam_user_within_the_two_key_limit(pool: PgPool) {
+    let iam = iam().await;
+    let signer = format!("aws-{}", &uuid::Uuid::now_v7().simple().to_string()[24..]);
+    let user = format!("presignd-{signer}");
+    iam.create_user()
+        .user_name(&user)
+        .send()
+        .await
+        .expect("moto creates the user");
+
+    let config = test_config(&[
+        "--backend=aws",
+        &format!("--aws-iam-endpoint={}", env("MOTO_URL")),
+        &format!("--signers={signer}"),
+        // moto cannot serve S3 probes that mean anything: no bucket to probe.
+        "--buckets",
+    ]);
+    let mut app = spawn_app_with(config, (*pool.connect_options()).clone()).await;
+    app.wait_for(tonic_health::pb::health_check_response::ServingStatus::Serving)
+        .await;
+
+    // Provisioned on start: one active key, the same in IAM and in the registry.
+    let k1 = iam_keys(&iam, &user).await;
+    assert_eq!(k1.len(), 1);
+    let key1 = k1.keys().next().unwrap().clone();
+    assert!(k1[&key1]);
+    assert_eq!(key_states(&pool).await[&key1], "active");
+    let link = app
+        .issue(link_request(&buckets0(), "k", Method::Get, 600))
+        .await
+        .unwrap();
+    assert_eq!(link.link.unwrap().key_id, key1);
+
+    // REVOKE: key2 created, key1 set Inactive in IAM.
+    let r = app
+        .keys
+        .rotate_key(rotate(&signer, RotationMode::Revoke))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (r.state, r.links_revoked),
+        (RevocationState::Succeeded as i32, 1)
+    );
+    let key2 = r.new_key_id.clone();
+    assert_eq!(
+        iam_keys(&iam, &user).await,
+        BTreeMap::from([(key1.clone(), false), (key2.clone(), true)])
+    );
+
+    // REVOKE again: the user is at 2 keys; key1 is spent (inactive) and is
+    // deleted to make room; key2 goes Inactive.
+    let r = app
+        .keys
+        .rotate_key(rotate(&signer, RotationMode::Revoke))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.state, RevocationState::Succeeded as i32, "{r:?}");
+    let key3 = r.new_key_id.clone();
+    assert_eq!(
+        iam_keys(&iam, &user).await,
+        BTreeMap::from([(key2.clone(), false), (key3.clone(), true)])
+    );
+    assert_eq!(key_states(&pool).await[&key1], "deleted");
+
+    // GRACEFUL with an outstanding link: key3 stays Active (retired); key2 (spent)
+    // is deleted for key4.
+    app.issue(link_request(&buckets0(), "k", Method::Get, 600))
+        .await
+        .unwrap();
+    let r = app
+        .keys
+        .rotate_key(rotate(&signer, RotationMode::Graceful))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.state, RevocationState::Succeeded as i32);
+    let key4 = r.new_key_id.clone();
+    assert_eq!(
+        iam_keys(&iam, &user).await,
+        BTreeMap::from([(key3.clone(), true), (key4.clone(), true)])
+    );
+
+    // Another GRACEFUL: key3 still has an outstanding link and key4 is active:
+    // nothing can go without breaking links. FAILED_PRECONDITION says what to do.
+    let s = app
+        .keys
+        .rotate_key(rotate(&signer, RotationMode::Graceful))
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::FailedPrecondition, "{s:?}");
+    assert!(
+        s.message().contains("EMERGENCY") && s.message().contains(&key3),
+        "{}",
+        s.message()
+    );
+    assert_eq!(
+        iam_keys(&iam, &user).await.len(),
+        2,
+        "nothing was created or deleted"
+    );
+    let active: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM signing_keys WHERE state = 'active'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(active, 1, "the signer still signs with key4");
+
+    // EMERGENCY deactivates key4 first, which frees its slot.
+    let r = app
+        .keys
+        .rotate_key(rotate(&signer, RotationMode::Emergency))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.state, RevocationState::Succeeded as i32, "{r:?}");
+    let keys = iam_keys(&iam, &user).await;
+    assert_eq!(keys.len(), 2);
+    assert!(keys[&key3], "the retired key keeps serving its link");
+    assert!(keys[&r.new_key_id]);
+    let after = app
+        .issue(link_request(&buckets0(), "k", Method::Get, 60))
+        .await
+        .unwrap();
+    assert_eq!(after.link.unwrap().key_id, r.new_key_id);
+}
+
+fn buckets0() -> String {
+    test_bucket()
+}
