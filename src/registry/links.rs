@@ -66,10 +66,15 @@ pub const STATE_SQL: &str = "CASE
     WHEN l.expires_at <= now() THEN 'expired'
     ELSE 'active' END";
 
+/// The revocation that killed a link: the one that deactivated its key while
+/// the link was still unexpired.
+pub const REVOCATION_SQL: &str =
+    "coalesce(l.revocation_id, CASE WHEN l.expires_at > k.deactivated_at THEN k.revocation_id END)";
+
 fn select_sql(filter: &str) -> String {
     format!(
         "SELECT l.id, l.key_id, l.signer, l.caller, l.method, l.bucket, l.object_key, l.labels,
-                l.issued_at, l.expires_at, l.revocation_id, {STATE_SQL} AS state
+                l.issued_at, l.expires_at, {REVOCATION_SQL} AS revocation_id, {STATE_SQL} AS state
          FROM links l JOIN signing_keys k ON k.key_id = l.key_id
          {filter}"
     )
@@ -124,21 +129,20 @@ pub async fn find_by_signature(
         .await
 }
 
-/// Marks every outstanding link of a key as revoked by `revocation_id`; returns
-/// how many. Run in the transaction that deactivates the key, after the key row
-/// is locked, so no link of that key can be inserted concurrently.
-pub async fn revoke_outstanding(
+/// How many links a deactivation revoked: those of the key still unexpired when
+/// it was deactivated. Nothing is written per link (a key with a million links
+/// is revoked in one row update); reads derive each link's revocation from its
+/// key (see `STATE_SQL` and `REVOCATION_SQL`). Run in the transaction that
+/// deactivated the key: its row lock has made in-flight inserts finish first.
+pub async fn count_revoked_by_deactivation(
     db: impl PgExecutor<'_>,
     key_id: &str,
-    revocation_id: Uuid,
-) -> Result<u64, sqlx::Error> {
-    sqlx::query(
-        "UPDATE links SET revocation_id = $2
-         WHERE key_id = $1 AND expires_at > now() AND revocation_id IS NULL",
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM links l JOIN signing_keys k ON k.key_id = l.key_id
+         WHERE l.key_id = $1 AND l.expires_at > k.deactivated_at",
     )
     .bind(key_id)
-    .bind(revocation_id)
-    .execute(db)
+    .fetch_one(db)
     .await
-    .map(|r| r.rows_affected())
 }

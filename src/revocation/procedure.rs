@@ -211,8 +211,8 @@ async fn deactivate_old(
     if mode == Mode::Emergency {
         signers::set_paused(&mut *tx, &row.signer, true).await?;
     }
-    let revoked = links::revoke_outstanding(&mut *tx, old, row.id).await?;
-    revocations::add_revoked(&mut *tx, row.id, revoked as i64).await?;
+    let revoked = links::count_revoked_by_deactivation(&mut *tx, old).await?;
+    revocations::add_revoked(&mut *tx, row.id, revoked).await?;
     keys::notify_changed(&mut *tx, &row.signer).await?;
     tracing::warn!(revocation_id = %row.id, key_id = old, links_revoked = revoked, "old key deactivated");
     Ok(())

@@ -169,13 +169,7 @@ async fn revoke_kills_every_outstanding_link_and_reports_exactly_them(pool: PgPo
             "a revoked link is dead"
         );
     }
-    let marked: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM links WHERE revocation_id = $1::uuid")
-            .bind(&report.id)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-    assert_eq!(marked as u64, n);
+    assert_eq!(revoked_by(&pool, &report.id).await as u64, n);
 
     let after = app
         .issue(link_request(&bs[0], &obj0, Method::Get, 60))
@@ -232,15 +226,20 @@ async fn links_issued_during_a_revoke_are_either_revoked_and_dead_or_active_and_
     }
     assert_eq!(report.state, RevocationState::Succeeded as i32);
 
-    let states: HashMap<String, (String, Option<uuid::Uuid>)> = sqlx::query_as::<_, (uuid::Uuid, String, Option<uuid::Uuid>)>(
-        sqlx::AssertSqlSafe(format!("SELECT l.id, {} AS state, l.revocation_id FROM links l JOIN signing_keys k USING (key_id)", presignd::registry::links::STATE_SQL)),
-    )
-    .fetch_all(&pool)
-    .await
-    .unwrap()
-    .into_iter()
-    .map(|(id, s, r)| (id.to_string(), (s, r)))
-    .collect();
+    let states: HashMap<String, (String, Option<uuid::Uuid>)> =
+        sqlx::query_as::<_, (uuid::Uuid, String, Option<uuid::Uuid>)>(sqlx::AssertSqlSafe(
+            format!(
+                "SELECT l.id, {} AS state, {} FROM links l JOIN signing_keys k USING (key_id)",
+                presignd::registry::links::STATE_SQL,
+                presignd::registry::links::REVOCATION_SQL
+            ),
+        ))
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(id, s, r)| (id.to_string(), (s, r)))
+        .collect();
     let (mut revoked, mut active) = (0, 0);
     for link in &issued {
         let l = link.link.as_ref().unwrap();
@@ -274,6 +273,18 @@ async fn links_issued_during_a_revoke_are_either_revoked_and_dead_or_active_and_
     );
     // Every link of the old key (the sample's PUT link included) is revoked.
     assert_eq!(marked, revoked + 1);
+}
+
+/// Links whose derived revocation is `revocation_id`, as every read reports it.
+pub async fn revoked_by(pool: &PgPool, revocation_id: &str) -> i64 {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FROM links l JOIN signing_keys k USING (key_id) WHERE {} = $1::uuid",
+        presignd::registry::links::REVOCATION_SQL
+    )))
+    .bind(revocation_id)
+    .fetch_one(pool)
+    .await
+    .unwrap()
 }
 
 async fn wait_for_links(pool: &PgPool, at_least: i64) {
