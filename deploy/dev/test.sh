@@ -17,4 +17,4 @@ if ! cargo nextest --version >/dev/null 2>&1; then
     cargo install cargo-nextest --locked
 fi
 cd "$REPO"
-exec cargo nextest run --all-targets --no-fail-fast "$@"
+exec cargo nextest run --no-fail-fast "$@"
