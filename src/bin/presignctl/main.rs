@@ -1,6 +1,7 @@
 //! presignctl: the command line for operators and scripts. Talks to a running
 //! presignd over gRPC with a bearer token (PRESIGND_TOKEN).
 
+mod audit;
 mod keys;
 
 use anyhow::{Context, bail};
@@ -80,6 +81,8 @@ enum Cmd {
     Plan(keys::PlanArgs),
     /// Rotate a signer's key: shows the plan, asks, rotates, reports (admins).
     Rotate(keys::RotateArgs),
+    /// The audit trail, newest first: admin calls and denied requests (admins).
+    Audit(audit::AuditArgs),
     /// One revocation by id, or the latest ones (admins).
     Revocations {
         id: Option<String>,
@@ -131,6 +134,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let conn = &cli.conn;
     match cli.command {
         Cmd::Keys { signer } => keys::keys(conn, signer).await,
+        Cmd::Audit(args) => audit::audit(conn, args).await,
         Cmd::Plan(args) => keys::plan(conn, args).await,
         Cmd::Rotate(args) => keys::rotate(conn, args).await,
         Cmd::Revocations { id, signer } => keys::revocations(conn, id, signer).await,
