@@ -138,7 +138,8 @@ pub fn clean(text: &str, max_chars: usize) -> String {
     }
 }
 
-fn looks_like_credential(word: &str) -> bool {
+/// Whether a word looks like a URL or a piece of a presigned one.
+pub fn looks_like_credential(word: &str) -> bool {
     let lower = word.to_ascii_lowercase();
     lower.contains("://") || lower.contains("x-amz-") || lower.contains("signature=")
 }

@@ -74,6 +74,13 @@ async fn every_admin_call_and_every_denial_is_audited(pool: PgPool) {
         .await
         .unwrap()
         .into_inner();
+    let mut leaked = rotate("default", "");
+    leaked.reason = format!("leaked: {}/b/k?X-Amz-Signature=00ff", env("GARAGE_S3_URL"));
+    let st = app.keys.rotate_key(leaked).await.unwrap_err();
+    assert!(
+        st.message().starts_with("reason: must not contain a URL"),
+        "{st:?}"
+    );
     let codes = [
         app.keys
             .rotate_key(rotate("nobody", ""))
@@ -141,6 +148,7 @@ async fn every_admin_call_and_every_denial_is_audited(pool: PgPool) {
         [
             expect(CALLER, "ListSigningKeys", "OK"),
             expect(CALLER, "RotateKey", "OK"),
+            expect(CALLER, "RotateKey", "INVALID_ARGUMENT"),
             expect(CALLER, "RotateKey", "NOT_FOUND"),
             expect(CALLER, "RotateKey", "FAILED_PRECONDITION"),
             expect(CALLER, "GetRevocation", "INVALID_ARGUMENT"),
