@@ -127,3 +127,65 @@ async fn tls_without_client_certificates_serves_tokens_and_refuses_plaintext(poo
         .unwrap();
     assert_eq!(links, 1);
 }
+
+#[sqlx::test]
+async fn presignctl_speaks_mtls_with_a_client_certificate(pool: PgPool) {
+    let s = spawn_secure_app(&pool, &[]).await;
+    let dir = pki::temp_dir();
+    let leaf = s.ca.client("cert-svc");
+    let write = |name: &str, text: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    let (ca, cert, key) = (
+        write("ca.pem", &s.ca.pem),
+        write("c.pem", &leaf.cert),
+        write("c.key", &leaf.key),
+    );
+    let bucket = crate::revocation::buckets()[0].clone();
+    let run = |args: Vec<String>| {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_presignctl"));
+        cmd.args(args)
+            .env(
+                "PRESIGND_ENDPOINT",
+                format!("https://127.0.0.1:{}", s.app.port),
+            )
+            .env("PRESIGND_CA_CERT", &ca)
+            .env("PRESIGND_CLIENT_CERT", &cert)
+            .env("PRESIGND_CLIENT_KEY", &key)
+            .env("PRESIGND_TLS_SERVER_NAME", "localhost")
+            .env_remove("PRESIGND_TOKEN");
+        cmd.output()
+    };
+    let out = run([
+        "issue",
+        "--bucket",
+        &bucket,
+        "--key",
+        "certs/cli",
+        "--ttl",
+        "60",
+        "--json",
+    ]
+    .map(String::from)
+    .to_vec())
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = v["link_id"].as_str().unwrap().to_owned();
+    let caller: String = sqlx::query_scalar("SELECT caller FROM links WHERE id = $1::uuid")
+        .bind(&id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(caller, "cert-svc");
+    let out = run(vec!["keys".into()]).await.unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("PermissionDenied"));
+}
