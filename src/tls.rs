@@ -29,6 +29,9 @@ use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes in progress at once; past that, new connections are dropped
+/// until some finish (slow or hostile clients cannot pile up tasks).
+const MAX_HANDSHAKES: usize = 1024;
 const CACHE_LIMIT: usize = 4096;
 
 pub struct TlsSetup {
@@ -91,12 +94,14 @@ fn read_certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
 }
 
 /// Accepts TLS connections in the background (one task per handshake, so a slow
-/// client does not hold up the others) and yields the established ones.
+/// client does not hold up the others, at most `MAX_HANDSHAKES` at once, each
+/// within `HANDSHAKE_TIMEOUT`) and yields the established ones.
 pub fn incoming(
     listener: TcpListener,
     acceptor: TlsAcceptor,
 ) -> ReceiverStream<std::io::Result<TlsStream<TcpStream>>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
@@ -111,9 +116,14 @@ pub fn incoming(
                     continue;
                 }
             };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                tracing::warn!(%peer, "too many TLS handshakes in progress: connection dropped");
+                continue;
+            };
             let _ = tcp.set_nodelay(true);
             let (acceptor, tx) = (acceptor.clone(), tx.clone());
             tokio::spawn(async move {
+                let _slot = slot;
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
                         let _ = tx.send(Ok(tls)).await;
