@@ -2,10 +2,13 @@
 //! become INVALID_ARGUMENT naming the field), call a domain module, and map the
 //! result or error back. No SQL, signing or policy here.
 
+mod audit_events;
 mod convert;
 mod error;
 mod key_service;
 mod link_service;
+#[cfg(test)]
+mod prop_tests;
 
 pub use error::ApiError;
 pub use key_service::KeyApi;

@@ -5,8 +5,12 @@
 //! Health follows readiness: NOT_SERVING until migrations ran and every signer has
 //! an active key loaded; NOT_SERVING again whenever the registry stops answering,
 //! and on shutdown.
+//!
+//! Security wiring: TLS (and mTLS) when configured, the policy (reloaded on
+//! SIGHUP without dropping connections), per-caller rate limits, the audit trail.
 
 use crate::api::{KeyApi, LinkApi};
+use crate::audit::Auditor;
 use crate::auth::Authenticator;
 use crate::backend::aws::{AwsBackend, AwsSettings};
 use crate::backend::{KeyBackend, garage::GarageBackend};
@@ -14,8 +18,10 @@ use crate::config::Config;
 use crate::domain::SignerName;
 use crate::issuance::Issuer;
 use crate::keys::KeyManager;
+use crate::policy::PolicyHandle;
 use crate::proto::key_service_server::KeyServiceServer;
 use crate::proto::link_service_server::LinkServiceServer;
+use crate::ratelimit::RateLimits;
 use crate::registry;
 use crate::revocation;
 use crate::signing::{Keyring, S3Target};
@@ -36,6 +42,9 @@ pub struct App {
     auth: Authenticator,
     keys: KeyManager,
     signers: Vec<SignerName>,
+    policy: PolicyHandle,
+    audit: Auditor,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl App {
@@ -51,16 +60,22 @@ impl App {
     /// database's).
     pub async fn build_with_db(config: Config, db: PgConnectOptions) -> anyhow::Result<Self> {
         let master_key = config.master_key()?;
-        let auth = Authenticator::from_specs(&config.callers, config.admin_names()?)
-            .context("PRESIGND_CALLERS")?;
-        if config.callers.is_empty() {
+        let policy = PolicyHandle::load(config.policy_file.clone(), config.policy_settings()?)?;
+        let tls = config.tls()?;
+        let client_certs = tls.as_ref().and_then(|t| t.client_certs.clone());
+        if config.callers.is_empty() && client_certs.is_none() {
             bail!(
-                "no callers configured: set PRESIGND_CALLERS to NAME:SHA256(token) entries (see `presignd hash-token`)"
+                "no callers configured: set PRESIGND_CALLERS to NAME:SHA256(token) entries (see `presignd hash-token`), or PRESIGND_CLIENT_CA for client certificates"
             );
         }
         let signers = config.signer_names()?;
         let backend = backend(&config).await?;
         let pool = registry::lazy_pool(db, config.db_max_connections, config.db_acquire_timeout());
+        let audit = Auditor::new(pool.clone(), config.audit_denials_per_sec);
+        let auth = Authenticator::from_specs(&config.callers, policy.clone())
+            .context("PRESIGND_CALLERS")?
+            .with_client_certs(client_certs)
+            .with_audit(audit.clone());
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .build()
@@ -90,7 +105,15 @@ impl App {
             auth,
             keys,
             signers,
+            policy,
+            audit,
+            tls: tls.map(|t| t.acceptor),
         })
+    }
+
+    /// The policy in force (tests reload it as SIGHUP does).
+    pub fn policy(&self) -> PolicyHandle {
+        self.policy.clone()
     }
 
     pub fn port(&self) -> u16 {
@@ -128,7 +151,9 @@ impl App {
             .context("building the reflection service")?;
         let issuer = Issuer {
             keys: self.keys.clone(),
-            default_signer: self.signers[0].to_string(),
+            policy: self.policy.clone(),
+            limits: RateLimits::default(),
+            audit: self.audit.clone(),
         };
         let auth = self.auth.clone();
         let links =
@@ -139,6 +164,7 @@ impl App {
         let keys = InterceptedService::new(
             KeyServiceServer::new(KeyApi {
                 keys: self.keys.clone(),
+                audit: self.audit.clone(),
             }),
             move |req| auth.intercept(req),
         );
@@ -149,22 +175,52 @@ impl App {
             self.config.maintenance_interval(),
         ));
 
-        tracing::info!(port = self.port, "presignd serving");
+        let reloader = self
+            .config
+            .policy_file
+            .is_some()
+            .then(|| tokio::spawn(reload_on_hangup(self.policy.clone())));
+
+        tracing::info!(
+            port = self.port,
+            tls = self.tls.is_some(),
+            "presignd serving"
+        );
         let stopping = health.clone();
-        let result = tonic::transport::Server::builder()
+        let router = tonic::transport::Server::builder()
+            .layer(tower::util::MapRequestLayer::new(
+                crate::audit::tag_rpc::<tonic::body::Body>,
+            ))
             .add_service(health_service)
             .add_service(reflection)
             .add_service(links)
-            .add_service(keys)
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(self.listener),
-                async move {
-                    shutdown.await;
-                    tracing::info!("shutting down: draining in-flight requests");
-                    set_status(&stopping, ServingStatus::NotServing).await;
-                },
-            )
-            .await;
+            .add_service(keys);
+        let shutdown = async move {
+            shutdown.await;
+            tracing::info!("shutting down: draining in-flight requests");
+            set_status(&stopping, ServingStatus::NotServing).await;
+        };
+        let result = match self.tls {
+            Some(acceptor) => {
+                router
+                    .serve_with_incoming_shutdown(
+                        crate::tls::incoming(self.listener, acceptor),
+                        shutdown,
+                    )
+                    .await
+            }
+            None => {
+                router
+                    .serve_with_incoming_shutdown(
+                        tokio_stream::wrappers::TcpListenerStream::new(self.listener),
+                        shutdown,
+                    )
+                    .await
+            }
+        };
+        if let Some(r) = reloader {
+            r.abort();
+        }
         readiness.abort();
         follower.abort();
         maintenance.abort();
@@ -287,6 +343,27 @@ async fn maintain(keys: KeyManager, interval: Duration) {
             tracing::warn!(error = %e, "deactivating expired retired keys");
         }
     }
+}
+
+/// Reloads the policy on every SIGHUP; connections and the old policy stay up
+/// (a malformed file is refused and logged).
+async fn reload_on_hangup(policy: PolicyHandle) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP: the policy will not be reloaded");
+                return;
+            }
+        };
+        while hup.recv().await.is_some() {
+            policy.reload_and_log();
+        }
+    }
+    #[cfg(not(unix))]
+    std::future::pending::<()>().await;
 }
 
 async fn shutdown_signal() {

@@ -1,13 +1,18 @@
-//! Who is calling. A caller presents a bearer token in the `authorization`
-//! metadata; presignd holds only SHA-256 hashes of tokens and compares them in
-//! constant time. The resolved `Caller` travels in the request's extensions, so
-//! mTLS identities (later) plug in at the same seam.
+//! Who is calling. A caller presents a client certificate (mTLS, see `tls`) or a
+//! bearer token in the `authorization` metadata; presignd holds only SHA-256
+//! hashes of tokens and compares them in constant time. Either way the resolved
+//! `Caller` travels in the request's extensions, with its role from the policy.
+//! Refused requests are recorded in the audit trail, caller unknown.
 
+use crate::audit::{AuditEvent, Auditor, rpc_of};
 use crate::domain::CallerName;
+use crate::policy::PolicyHandle;
+use crate::tls::ClientCerts;
 use anyhow::{Context, bail};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
+use tonic::metadata::MetadataValue;
 use tonic::{Request, Status};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,17 +21,27 @@ pub struct Caller {
     pub admin: bool,
 }
 
+impl Caller {
+    /// Whether this caller may see what `other` did (its links): admins see
+    /// everyone's, a plain caller only its own.
+    pub fn may_see_caller(&self, other: &str) -> bool {
+        self.admin || self.name.as_str() == other
+    }
+}
+
 #[derive(Clone)]
 struct Entry {
     name: CallerName,
     token_sha256: [u8; 32],
 }
 
-/// The configured callers, by token hash.
-#[derive(Clone, Default)]
+/// The configured callers: by token hash, or by client certificate.
+#[derive(Clone)]
 pub struct Authenticator {
     entries: Arc<Vec<Entry>>,
-    admins: Arc<Vec<CallerName>>,
+    policy: PolicyHandle,
+    certs: Option<Arc<ClientCerts>>,
+    audit: Option<Auditor>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -49,8 +64,8 @@ pub fn hash_token(token: &str) -> String {
 }
 
 impl Authenticator {
-    /// From `NAME:SHA256HEX` specs.
-    pub fn from_specs(specs: &[String], admins: Vec<CallerName>) -> anyhow::Result<Self> {
+    /// From `NAME:SHA256HEX` specs; roles come from `policy`.
+    pub fn from_specs(specs: &[String], policy: PolicyHandle) -> anyhow::Result<Self> {
         let mut entries = Vec::new();
         for spec in specs.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
             let (name, hash) = spec
@@ -74,8 +89,22 @@ impl Authenticator {
         }
         Ok(Self {
             entries: Arc::new(entries),
-            admins: Arc::new(admins),
+            policy,
+            certs: None,
+            audit: None,
         })
+    }
+
+    /// Accepts client certificates verified by `certs` (mTLS).
+    pub fn with_client_certs(mut self, certs: Option<Arc<ClientCerts>>) -> Self {
+        self.certs = certs;
+        self
+    }
+
+    /// Records refused requests in the audit trail.
+    pub fn with_audit(mut self, audit: Auditor) -> Self {
+        self.audit = Some(audit);
+        self
     }
 
     /// The caller a bearer token belongs to. Every entry is compared, so the time
@@ -89,18 +118,76 @@ impl Authenticator {
             }
         }
         found.map(|name| Caller {
-            admin: self.admins.contains(&name),
+            admin: self.policy.current().is_admin(&name),
             name,
         })
     }
 
-    /// Resolves the caller from the request metadata and stores it in the
-    /// request's extensions for handlers.
+    /// Resolves the caller (client certificate, else bearer token) and stores
+    /// it in the request's extensions for handlers. A refusal is audited.
     #[allow(clippy::result_large_err)]
     pub fn intercept(&self, mut req: Request<()>) -> Result<Request<()>, Status> {
-        let header = req.metadata().get("authorization").ok_or_else(|| {
-            Status::unauthenticated("missing credentials: send 'authorization: Bearer <token>'")
-        })?;
+        match self.authenticate(&req) {
+            Ok(caller) => {
+                req.extensions_mut().insert(caller);
+                Ok(req)
+            }
+            Err(status) => {
+                if let Some(audit) = &self.audit {
+                    audit.record_denial_detached(AuditEvent {
+                        caller: None,
+                        peer: req.remote_addr().map(|a| a.to_string()),
+                        rpc: rpc_of(&req),
+                        target: String::new(),
+                        code: status.code(),
+                        message: status.message().to_owned(),
+                    });
+                }
+                Err(status)
+            }
+        }
+    }
+
+    #[allow(clippy::result_large_err)]
+    fn authenticate(&self, req: &Request<()>) -> Result<Caller, Status> {
+        let policy = self.policy.current();
+        let by_cert = match (&self.certs, req.peer_certs()) {
+            (Some(certs), Some(chain)) if !chain.is_empty() => {
+                let refused =
+                    |r: String| Status::unauthenticated(format!("client certificate: {r}"));
+                let id = certs.identify(&chain).map_err(refused)?;
+                Some(policy.caller_for_cert(&id.names).map_err(refused)?)
+            }
+            _ => None,
+        };
+        let by_token = match req.metadata().get("authorization") {
+            Some(header) => Some(self.token_caller(header)?),
+            None => None,
+        };
+        let name = match (by_cert, by_token) {
+            (Some(c), Some(t)) if c != t => {
+                return Err(Status::unauthenticated(format!(
+                    "the client certificate names caller {c} but the bearer token is another caller's"
+                )));
+            }
+            (Some(name), _) | (None, Some(name)) => name,
+            (None, None) => {
+                return Err(Status::unauthenticated(
+                    "missing credentials: present a client certificate or send 'authorization: Bearer <token>'",
+                ));
+            }
+        };
+        Ok(Caller {
+            admin: policy.is_admin(&name),
+            name,
+        })
+    }
+
+    #[allow(clippy::result_large_err)]
+    fn token_caller(
+        &self,
+        header: &MetadataValue<tonic::metadata::Ascii>,
+    ) -> Result<CallerName, Status> {
         let value = header
             .to_str()
             .map_err(|_| Status::unauthenticated("authorization metadata is not ASCII"))?;
@@ -110,11 +197,9 @@ impl Authenticator {
             .ok_or_else(|| {
                 Status::unauthenticated("authorization metadata must be 'Bearer <token>'")
             })?;
-        let caller = self
-            .authenticate_token(token.trim())
-            .ok_or_else(|| Status::unauthenticated("unknown token"))?;
-        req.extensions_mut().insert(caller);
-        Ok(req)
+        self.authenticate_token(token.trim())
+            .map(|c| c.name)
+            .ok_or_else(|| Status::unauthenticated("unknown token"))
     }
 }
 
@@ -131,12 +216,24 @@ pub fn caller_of<T>(req: &Request<T>) -> Result<Caller, Status> {
 mod tests {
     use super::*;
 
+    fn policy() -> PolicyHandle {
+        PolicyHandle::load(
+            None,
+            crate::policy::Settings {
+                signers: vec![crate::domain::SignerName::parse("default").unwrap()],
+                admins: vec![CallerName::parse("ops").unwrap()],
+                default_rate: None,
+            },
+        )
+        .unwrap()
+    }
+
     fn auth() -> Authenticator {
         let specs = vec![
             format!("svc-a:{}", hash_token("token-a")),
             format!("ops:{}", hash_token("token-ops")),
         ];
-        Authenticator::from_specs(&specs, vec![CallerName::parse("ops").unwrap()]).unwrap()
+        Authenticator::from_specs(&specs, policy()).unwrap()
     }
 
     #[test]
@@ -179,7 +276,17 @@ mod tests {
 
     #[test]
     fn a_malformed_hash_in_the_config_is_rejected() {
-        assert!(Authenticator::from_specs(&["x:abc".into()], vec![]).is_err());
-        assert!(Authenticator::from_specs(&["nocolon".into()], vec![]).is_err());
+        assert!(Authenticator::from_specs(&["x:abc".into()], policy()).is_err());
+        assert!(Authenticator::from_specs(&["nocolon".into()], policy()).is_err());
+    }
+
+    #[test]
+    fn a_plain_caller_sees_only_its_own_links_and_an_admin_everyones() {
+        let a = auth();
+        let plain = a.authenticate_token("token-a").unwrap();
+        assert!(plain.may_see_caller("svc-a"));
+        assert!(!plain.may_see_caller("ops"));
+        let admin = a.authenticate_token("token-ops").unwrap();
+        assert!(admin.may_see_caller("svc-a") && admin.may_see_caller("anyone"));
     }
 }

@@ -61,6 +61,39 @@ pub struct Config {
     #[arg(long, env = "PRESIGND_ADMINS", value_delimiter = ',')]
     pub admins: Vec<String>,
 
+    /// Server certificate chain (PEM): serve gRPC over TLS (with --tls-key).
+    #[arg(long, env = "PRESIGND_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// Server private key (PEM) for --tls-cert.
+    #[arg(long, env = "PRESIGND_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+
+    /// CA bundle (PEM): client certificates it issued identify callers (mTLS;
+    /// needs --tls-cert). The certificate's URI or DNS SAN, or its CN, names the caller.
+    #[arg(long, env = "PRESIGND_CLIENT_CA")]
+    pub client_ca: Option<PathBuf>,
+
+    /// Policy file (TOML): per caller, the buckets, key prefixes, methods, max TTL,
+    /// role, rate limit and signer it may use. Reloaded on SIGHUP. Without one,
+    /// every caller may do anything on the first signer.
+    #[arg(long, env = "PRESIGND_POLICY_FILE")]
+    pub policy_file: Option<PathBuf>,
+
+    /// IssueLink requests per second per caller (0: no limit), for callers whose
+    /// policy sets none.
+    #[arg(long, env = "PRESIGND_ISSUE_RATE_PER_SEC", default_value_t = 0)]
+    pub issue_rate_per_sec: u32,
+
+    /// Burst of IssueLink requests per caller (0: the rate).
+    #[arg(long, env = "PRESIGND_ISSUE_BURST", default_value_t = 0)]
+    pub issue_burst: u32,
+
+    /// Denied requests recorded in the audit trail per second at most (0: every
+    /// one); the rest are counted in the log.
+    #[arg(long, env = "PRESIGND_AUDIT_DENIALS_PER_SEC", default_value_t = 100)]
+    pub audit_denials_per_sec: u32,
+
     /// Signers (revocation domains), comma separated. The first signs links by default.
     #[arg(
         long,
@@ -216,6 +249,25 @@ impl Config {
             .iter()
             .map(|s| SignerName::parse(s.trim()).map_err(anyhow::Error::from))
             .collect()
+    }
+
+    /// What a policy is validated against.
+    pub fn policy_settings(&self) -> anyhow::Result<crate::policy::Settings> {
+        Ok(crate::policy::Settings {
+            signers: self.signer_names()?,
+            admins: self.admin_names()?,
+            default_rate: crate::policy::RateSpec::new(self.issue_rate_per_sec, self.issue_burst),
+        })
+    }
+
+    /// The TLS setup, if --tls-cert is given.
+    pub fn tls(&self) -> anyhow::Result<Option<crate::tls::TlsSetup>> {
+        match (&self.tls_cert, &self.tls_key, &self.client_ca) {
+            (None, None, None) => Ok(None),
+            (Some(cert), Some(key), ca) => crate::tls::load(cert, key, ca.as_deref()).map(Some),
+            (None, _, Some(_)) => bail!("--client-ca needs --tls-cert and --tls-key (mTLS is TLS)"),
+            _ => bail!("set both --tls-cert and --tls-key"),
+        }
     }
 
     pub fn admin_names(&self) -> anyhow::Result<Vec<CallerName>> {

@@ -1,9 +1,14 @@
-//! Issuing a link: sign, record, commit, and only then hand the URL out
-//! (invariant 1). The row holds the SHA-256 of the signature, never the URL.
+//! Issuing a link: check the caller's policy, sign with the caller's signer,
+//! record, commit, and only then hand the URL out (invariant 1). The row holds
+//! the SHA-256 of the signature, never the URL. A request the policy refuses is
+//! audited.
 
+use crate::audit::{AuditEvent, Auditor};
 use crate::auth::Caller;
 use crate::domain::Labels;
 use crate::keys::KeyManager;
+use crate::policy::{Denied, PolicyHandle};
+use crate::ratelimit::{RateLimited, RateLimits};
 use crate::registry::{self, links::NewLink};
 use crate::signing::{LinkSpec, SignError};
 use chrono::{DateTime, Utc};
@@ -23,6 +28,10 @@ pub enum IssueError {
     Registry(#[source] sqlx::Error),
     #[error(transparent)]
     Sign(#[from] SignError),
+    #[error(transparent)]
+    Denied(#[from] Denied),
+    #[error(transparent)]
+    RateLimited(#[from] RateLimited),
 }
 
 impl From<sqlx::Error> for IssueError {
@@ -45,7 +54,9 @@ pub struct IssuedLink {
 #[derive(Clone)]
 pub struct Issuer {
     pub keys: KeyManager,
-    pub default_signer: String,
+    pub policy: PolicyHandle,
+    pub limits: RateLimits,
+    pub audit: Auditor,
 }
 
 /// Now, truncated to the second: SigV4's X-Amz-Date has second precision, so the
@@ -58,14 +69,44 @@ fn now_in_seconds() -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(secs)
 }
 
+const RPC: &str = "presignd.v1.LinkService/IssueLink";
+
 impl Issuer {
+    /// Takes one of the caller's IssueLink tokens: called before anything else
+    /// is looked at, so floods of bad requests are limited too.
+    pub fn admit(&self, caller: &Caller) -> Result<(), IssueError> {
+        let rate = self.policy.current().rate_for(&caller.name);
+        Ok(self.limits.check(&caller.name, rate)?)
+    }
+
     pub async fn issue(
         &self,
         caller: &Caller,
         spec: LinkSpec,
         labels: Labels,
     ) -> Result<IssuedLink, IssueError> {
-        let signer = self.default_signer.as_str();
+        let grant = match self.policy.current().authorize_issue(&caller.name, &spec) {
+            Ok(grant) => grant,
+            Err(denied) => {
+                self.audit
+                    .record_denial(AuditEvent {
+                        caller: Some(caller.name.to_string()),
+                        peer: None,
+                        rpc: RPC.into(),
+                        target: format!(
+                            "{} {}/{}",
+                            spec.method.as_str(),
+                            spec.bucket,
+                            spec.object_key.as_str()
+                        ),
+                        code: tonic::Code::PermissionDenied,
+                        message: denied.to_string(),
+                    })
+                    .await;
+                return Err(denied.into());
+            }
+        };
+        let signer = grant.signer.as_str();
         // A rotation may deactivate the key between our read and our insert; the
         // insert then refuses, and one retry picks up the new key.
         for _ in 0..2 {

@@ -5,16 +5,21 @@
 
 pub mod api;
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod backend;
 pub mod config;
 pub mod domain;
 pub mod issuance;
 pub mod keys;
+pub mod policy;
 pub mod proto;
+pub mod ratelimit;
 pub mod registry;
+pub mod reseal;
 pub mod revocation;
 pub mod seal;
 pub mod secret;
 pub mod signing;
 pub mod telemetry;
+pub mod tls;

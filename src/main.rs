@@ -1,7 +1,8 @@
 //! presignd: the server. Thin: parse the command line, set up logging, run.
 
+use anyhow::Context;
 use clap::{Arg, ArgAction, Args, Command};
-use presignd::{app::App, auth, config::Config, registry, telemetry};
+use presignd::{app::App, auth, config::Config, registry, reseal, seal, secret, telemetry};
 use std::io::Read;
 
 fn cli() -> Command {
@@ -15,6 +16,17 @@ fn cli() -> Command {
         .subcommand(Config::augment_args(
             Command::new("migrate").about("Apply pending registry migrations and exit"),
         ))
+        .subcommand(
+            Config::augment_args(Command::new("reseal").about(
+                "Re-encrypt every sealed secret under a new master key, in one transaction (stop every replica first)",
+            ))
+            .arg(
+                Arg::new("new-master-key-file")
+                    .long("new-master-key-file")
+                    .required(true)
+                    .help("File holding the new master key (64 hex characters or base64 of 32 bytes)"),
+            ),
+        )
         .subcommand(
             Command::new("hash-token")
                 .about("Print the SHA-256 of a caller token read from stdin, for PRESIGND_CALLERS")
@@ -41,6 +53,23 @@ async fn main() -> anyhow::Result<()> {
             let pool = registry::lazy_pool(options, 2, config.db_acquire_timeout());
             registry::migrate(&pool).await?;
             println!("registry migrated");
+            Ok(())
+        }
+        Some(("reseal", m)) => {
+            let config = Config::from_matches(m)?;
+            let old = config.master_key()?;
+            let path = m
+                .get_one::<String>("new-master-key-file")
+                .expect("required by clap");
+            let text = secret::SecretString::new(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("reading new master key file {path}"))?,
+            );
+            let new = seal::MasterKey::parse(text.expose()).context("--new-master-key-file")?;
+            let options = config.database_url()?.parse()?;
+            let pool = registry::lazy_pool(options, 2, config.db_acquire_timeout());
+            let n = reseal::reseal(&pool, &old, &new).await?;
+            println!("resealed {n} secret(s); restart every replica with the new master key");
             Ok(())
         }
         Some(("hash-token", m)) => {

@@ -2,10 +2,12 @@
 //! Functions take an executor (a pool, a connection or a transaction) so callers
 //! compose multi-step changes into one transaction.
 
+pub mod audit;
 pub mod blast_radius;
 pub mod keys;
 pub mod links;
 pub mod revocations;
+pub mod sealed;
 pub mod signers;
 
 use anyhow::Context;

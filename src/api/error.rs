@@ -14,6 +14,10 @@ pub enum ApiError {
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
+    ResourceExhausted(String),
+    #[error("{0}")]
     FailedPrecondition(String),
     #[error("{0}")]
     Unavailable(String),
@@ -25,6 +29,8 @@ impl From<IssueError> for ApiError {
     fn from(e: IssueError) -> Self {
         match e {
             IssueError::NoActiveKey(_) => Self::Unavailable(e.to_string()),
+            IssueError::Denied(ref d) => Self::PermissionDenied(d.to_string()),
+            IssueError::RateLimited(ref r) => Self::ResourceExhausted(r.to_string()),
             IssueError::RegistryUnavailable(ref cause) => {
                 tracing::warn!(error = %cause, "registry unavailable");
                 Self::Unavailable("registry unavailable: no link was issued; retry shortly".into())
@@ -79,6 +85,8 @@ impl From<ApiError> for Status {
         match e {
             ApiError::InvalidArgument(f) => Status::invalid_argument(f.to_string()),
             ApiError::NotFound(m) => Status::not_found(m),
+            ApiError::PermissionDenied(m) => Status::permission_denied(m),
+            ApiError::ResourceExhausted(m) => Status::resource_exhausted(m),
             ApiError::FailedPrecondition(m) => Status::failed_precondition(m),
             ApiError::Unavailable(m) => Status::unavailable(m),
             ApiError::Internal(m) => Status::internal(m),

@@ -1,15 +1,19 @@
 //! KeyService: for admins only (the security team). Plans and runs revocations.
+//! Every call is audited, whatever its outcome (see `audited`).
 
-use super::{ApiError, convert};
-use crate::auth::caller_of;
+use super::{ApiError, audit_events, convert};
+use crate::audit::{AuditEvent, Auditor};
+use crate::auth::{Caller, caller_of};
 use crate::domain::{FieldError, SignerName};
 use crate::keys::KeyManager;
 use crate::proto::{self, key_service_server::KeyService};
 use crate::revocation::{self, Mode, PlanTarget, RotateRequest};
+use std::future::Future;
 use tonic::{Request, Response, Status};
 
 pub struct KeyApi {
     pub keys: KeyManager,
+    pub audit: Auditor,
 }
 
 #[allow(clippy::result_large_err)]
@@ -17,11 +21,57 @@ fn admin_only<T>(req: &Request<T>) -> Result<crate::auth::Caller, Status> {
     let caller = caller_of(req)?;
     if !caller.admin {
         return Err(Status::permission_denied(format!(
-            "KeyService is for admins; caller {} is not one (see PRESIGND_ADMINS)",
+            "KeyService is for admins; caller {} is not one (role admin in the policy, or PRESIGND_ADMINS)",
             caller.name
         )));
     }
     Ok(caller)
+}
+
+impl KeyApi {
+    /// Runs `call` for an admin (PERMISSION_DENIED otherwise) and records the
+    /// call and its outcome in the audit trail.
+    async fn audited<Req, Resp, F, Fut>(
+        &self,
+        rpc: &str,
+        target: String,
+        request: Request<Req>,
+        call: F,
+    ) -> Result<Response<Resp>, Status>
+    where
+        F: FnOnce(Caller, Request<Req>) -> Fut,
+        Fut: Future<Output = Result<Response<Resp>, Status>>,
+    {
+        let caller = caller_of(&request)?;
+        let peer = request.remote_addr().map(|a| a.to_string());
+        let result = match admin_only(&request) {
+            Ok(admin) => call(admin, request).await,
+            Err(denied) => Err(denied),
+        };
+        let (code, message) = match &result {
+            Ok(_) => (tonic::Code::Ok, String::new()),
+            Err(s) => (s.code(), s.message().to_owned()),
+        };
+        self.audit
+            .record(AuditEvent {
+                caller: Some(caller.name.to_string()),
+                peer,
+                rpc: format!("presignd.v1.KeyService/{rpc}"),
+                target,
+                code,
+                message,
+            })
+            .await;
+        result
+    }
+}
+
+fn signer_target(signer: &str) -> String {
+    if signer.is_empty() {
+        String::new()
+    } else {
+        format!("signer={signer}")
+    }
 }
 
 fn optional_signer(s: &str) -> Result<Option<SignerName>, FieldError> {
@@ -38,99 +88,165 @@ impl KeyService for KeyApi {
         &self,
         request: Request<proto::ListSigningKeysRequest>,
     ) -> Result<Response<proto::ListSigningKeysResponse>, Status> {
-        admin_only(&request)?;
-        let signer = optional_signer(&request.get_ref().signer).map_err(ApiError::from)?;
-        let (signers, keys) = self
-            .keys
-            .list_keys(signer.as_ref().map(|s| s.as_str()))
-            .await
-            .map_err(ApiError::from)?;
-        Ok(Response::new(convert::signers(signers, keys)))
+        let target = signer_target(&request.get_ref().signer);
+        self.audited(
+            "ListSigningKeys",
+            target,
+            request,
+            |_, request| async move {
+                let signer = optional_signer(&request.get_ref().signer).map_err(ApiError::from)?;
+                let (signers, keys) = self
+                    .keys
+                    .list_keys(signer.as_ref().map(|s| s.as_str()))
+                    .await
+                    .map_err(ApiError::from)?;
+                Ok(Response::new(convert::signers(signers, keys)))
+            },
+        )
+        .await
     }
 
     async fn plan_revocation(
         &self,
         request: Request<proto::PlanRevocationRequest>,
     ) -> Result<Response<proto::BlastRadius>, Status> {
-        admin_only(&request)?;
         use proto::plan_revocation_request::Target;
-        let target = match &request.get_ref().target {
-            Some(Target::KeyId(k)) if !k.is_empty() => PlanTarget::Key(k.clone()),
-            Some(Target::Signer(s)) => {
-                PlanTarget::Signer(SignerName::parse(s).map_err(ApiError::from)?)
-            }
-            _ => {
-                return Err(
-                    ApiError::from(FieldError::new("target", "set key_id or signer")).into(),
-                );
-            }
+        let audit_target = match &request.get_ref().target {
+            Some(Target::KeyId(k)) => format!("key={k}"),
+            Some(Target::Signer(s)) => format!("signer={s}"),
+            None => String::new(),
         };
-        let radius = revocation::plan(&self.keys, target)
-            .await
-            .map_err(ApiError::from)?;
-        Ok(Response::new(convert::blast_radius(&radius)))
+        self.audited(
+            "PlanRevocation",
+            audit_target,
+            request,
+            |_, request| async move {
+                let target = match &request.get_ref().target {
+                    Some(Target::KeyId(k)) if !k.is_empty() => PlanTarget::Key(k.clone()),
+                    Some(Target::Signer(s)) => {
+                        PlanTarget::Signer(SignerName::parse(s).map_err(ApiError::from)?)
+                    }
+                    _ => {
+                        return Err(ApiError::from(FieldError::new(
+                            "target",
+                            "set key_id or signer",
+                        ))
+                        .into());
+                    }
+                };
+                let radius = revocation::plan(&self.keys, target)
+                    .await
+                    .map_err(ApiError::from)?;
+                Ok(Response::new(convert::blast_radius(&radius)))
+            },
+        )
+        .await
     }
 
     async fn rotate_key(
         &self,
         request: Request<proto::RotateKeyRequest>,
     ) -> Result<Response<proto::Revocation>, Status> {
-        let caller = admin_only(&request)?;
-        let r = request.into_inner();
-        let req = RotateRequest {
-            signer: SignerName::parse(&r.signer).map_err(ApiError::from)?,
-            mode: Mode::from_proto(r.mode).map_err(ApiError::from)?,
-            reason: r.reason,
-            expected_key_id: Some(r.expected_key_id).filter(|k| !k.is_empty()),
-            dry_run: r.dry_run,
-            requested_by: caller.name.to_string(),
-        };
-        let rotation = revocation::rotate(&self.keys, req)
-            .await
-            .map_err(ApiError::from)?;
-        Ok(Response::new(convert::rotation(rotation)))
+        let r = request.get_ref();
+        let mode = proto::RotationMode::try_from(r.mode).map_or("?", |m| m.as_str_name());
+        let target = format!("signer={} mode={mode} dry_run={}", r.signer, r.dry_run);
+        self.audited("RotateKey", target, request, |caller, request| async move {
+            let r = request.into_inner();
+            let req = RotateRequest {
+                signer: SignerName::parse(&r.signer).map_err(ApiError::from)?,
+                mode: Mode::from_proto(r.mode).map_err(ApiError::from)?,
+                reason: r.reason,
+                expected_key_id: Some(r.expected_key_id).filter(|k| !k.is_empty()),
+                dry_run: r.dry_run,
+                requested_by: caller.name.to_string(),
+            };
+            let rotation = revocation::rotate(&self.keys, req)
+                .await
+                .map_err(ApiError::from)?;
+            Ok(Response::new(convert::rotation(rotation)))
+        })
+        .await
     }
 
     async fn get_revocation(
         &self,
         request: Request<proto::GetRevocationRequest>,
     ) -> Result<Response<proto::Revocation>, Status> {
-        admin_only(&request)?;
-        let id = convert::uuid("id", &request.get_ref().id).map_err(ApiError::from)?;
-        let row = revocation::get(&self.keys, id)
-            .await
-            .map_err(ApiError::from)?;
-        Ok(Response::new(convert::revocation(row)))
+        let target = format!("revocation={}", request.get_ref().id);
+        self.audited("GetRevocation", target, request, |_, request| async move {
+            let id = convert::uuid("id", &request.get_ref().id).map_err(ApiError::from)?;
+            let row = revocation::get(&self.keys, id)
+                .await
+                .map_err(ApiError::from)?;
+            Ok(Response::new(convert::revocation(row)))
+        })
+        .await
     }
 
     async fn list_revocations(
         &self,
         request: Request<proto::ListRevocationsRequest>,
     ) -> Result<Response<proto::ListRevocationsResponse>, Status> {
-        admin_only(&request)?;
-        let r = request.get_ref();
-        let signer = optional_signer(&r.signer).map_err(ApiError::from)?;
-        let limit = convert::page_size(r.page_size).map_err(ApiError::from)?;
-        let after = convert::revocation_cursor(&r.page_token).map_err(ApiError::from)?;
-        let mut rows = revocation::list(
-            &self.keys,
-            signer.as_ref().map(|s| s.as_str()),
-            after,
-            limit + 1,
+        let target = signer_target(&request.get_ref().signer);
+        self.audited(
+            "ListRevocations",
+            target,
+            request,
+            |_, request| async move {
+                let r = request.get_ref();
+                let signer = optional_signer(&r.signer).map_err(ApiError::from)?;
+                let limit = convert::page_size(r.page_size).map_err(ApiError::from)?;
+                let after = convert::revocation_cursor(&r.page_token).map_err(ApiError::from)?;
+                let mut rows = revocation::list(
+                    &self.keys,
+                    signer.as_ref().map(|s| s.as_str()),
+                    after,
+                    limit + 1,
+                )
+                .await
+                .map_err(ApiError::from)?;
+                let next = if rows.len() as i64 > limit {
+                    rows.truncate(limit as usize);
+                    rows.last()
+                        .map(|r| convert::revocation_token(r.created_at, r.id))
+                        .unwrap_or_default()
+                } else {
+                    String::new()
+                };
+                Ok(Response::new(proto::ListRevocationsResponse {
+                    revocations: rows.into_iter().map(convert::revocation).collect(),
+                    next_page_token: next,
+                }))
+            },
         )
         .await
-        .map_err(ApiError::from)?;
-        let next = if rows.len() as i64 > limit {
-            rows.truncate(limit as usize);
-            rows.last()
-                .map(|r| convert::revocation_token(r.created_at, r.id))
-                .unwrap_or_default()
-        } else {
-            String::new()
+    }
+
+    async fn list_audit_events(
+        &self,
+        request: Request<proto::ListAuditEventsRequest>,
+    ) -> Result<Response<proto::ListAuditEventsResponse>, Status> {
+        let target = match request.get_ref().caller.as_str() {
+            "" => String::new(),
+            c => format!("caller={c}"),
         };
-        Ok(Response::new(proto::ListRevocationsResponse {
-            revocations: rows.into_iter().map(convert::revocation).collect(),
-            next_page_token: next,
-        }))
+        self.audited(
+            "ListAuditEvents",
+            target,
+            request,
+            |_, request| async move {
+                let page = audit_events::page(request.get_ref()).map_err(ApiError::from)?;
+                let rows = crate::registry::audit::list(
+                    &self.keys.pool,
+                    page.caller.as_deref(),
+                    page.after,
+                    page.limit + 1,
+                )
+                .await
+                .map_err(|e| ApiError::from(revocation::RevocationError::Registry(e)))?;
+                Ok(Response::new(audit_events::response(rows, page.limit)))
+            },
+        )
+        .await
     }
 }

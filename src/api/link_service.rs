@@ -17,6 +17,7 @@ impl LinkService for LinkApi {
         request: Request<proto::IssueLinkRequest>,
     ) -> Result<Response<proto::IssueLinkResponse>, Status> {
         let caller = caller_of(&request)?;
+        self.issuer.admit(&caller).map_err(ApiError::from)?;
         let (spec, labels) = convert::link_request(request.get_ref()).map_err(ApiError::from)?;
         let issued = self
             .issuer

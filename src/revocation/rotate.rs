@@ -82,6 +82,17 @@ fn validate_reason(reason: &str) -> Result<String, FieldError> {
             "must not contain control characters",
         ));
     }
+    // A responder may paste the leaked URL: stored here it would be a live
+    // credential in the registry (invariant 5).
+    if reason
+        .split_whitespace()
+        .any(crate::audit::looks_like_credential)
+    {
+        return Err(FieldError::new(
+            "reason",
+            "must not contain a URL or a signature (it would be stored as a live credential); name the link by its id instead (LookupLink finds it)",
+        ));
+    }
     Ok(reason.to_owned())
 }
 

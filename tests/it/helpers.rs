@@ -5,6 +5,7 @@ use clap::Parser;
 use presignd::app::App;
 use presignd::config::Config;
 use presignd::keys::KeyManager;
+use presignd::policy::PolicyHandle;
 use presignd::proto::{
     self, key_service_client::KeyServiceClient, link_service_client::LinkServiceClient,
 };
@@ -12,7 +13,7 @@ use sqlx::PgPool;
 use sqlx::postgres::PgConnectOptions;
 use std::time::Duration;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
@@ -99,6 +100,8 @@ pub struct TestApp {
     pub keys: Keys,
     /// The server's key manager, to drive revocations step by step.
     pub km: KeyManager,
+    /// The policy in force (reloadable).
+    pub policy: PolicyHandle,
     pub http: reqwest::Client,
     pub bucket: String,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
@@ -135,19 +138,57 @@ pub async fn spawn_app(pool: &PgPool) -> TestApp {
 
 /// Starts presignd without waiting for readiness.
 pub async fn spawn_app_with(config: Config, db: PgConnectOptions) -> TestApp {
+    spawn_app_on(config, db, None).await
+}
+
+/// Starts a presignd serving TLS (its certificate issued by the CA `ca_pem`)
+/// and waits until it is SERVING; the clients trust that CA and send tokens.
+pub async fn spawn_tls_app(config: Config, db: PgConnectOptions, ca_pem: &str) -> TestApp {
+    let app = spawn_app_on(config, db, Some(ca_pem)).await;
+    app.wait_for(ServingStatus::Serving).await;
+    app
+}
+
+/// A TLS channel to a test server, trusting `ca_pem`, with an optional client
+/// certificate and key (PEM).
+pub async fn tls_channel(
+    port: u16,
+    ca_pem: &str,
+    identity: Option<(&str, &str)>,
+) -> Result<Channel, tonic::transport::Error> {
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca_pem))
+        .domain_name("localhost");
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(Identity::from_pem(cert, key));
+    }
+    Channel::from_shared(format!("https://127.0.0.1:{port}"))
+        .unwrap()
+        .tls_config(tls)?
+        .connect()
+        .await
+}
+
+async fn spawn_app_on(config: Config, db: PgConnectOptions, ca_pem: Option<&str>) -> TestApp {
     let app = App::build_with_db(config, db).await.expect("app builds");
     let port = app.port();
     let km = app.key_manager();
+    let policy = app.policy();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(app.run_until(async {
         let _ = rx.await;
     }));
     // The listener is bound already: connecting cannot race the server's start.
-    let channel = Channel::from_shared(format!("http://127.0.0.1:{port}"))
-        .unwrap()
-        .connect()
-        .await
-        .expect("connect to the test server");
+    let channel = match ca_pem {
+        None => Channel::from_shared(format!("http://127.0.0.1:{port}"))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect to the test server"),
+        Some(ca) => tls_channel(port, ca, None)
+            .await
+            .expect("TLS connect to the test server"),
+    };
     let links = LinkServiceClient::with_interceptor(channel.clone(), with_token as Auth);
     let keys = KeyServiceClient::with_interceptor(channel.clone(), with_token as Auth);
     TestApp {
@@ -156,6 +197,7 @@ pub async fn spawn_app_with(config: Config, db: PgConnectOptions) -> TestApp {
         links,
         keys,
         km,
+        policy,
         http: reqwest::Client::new(),
         bucket: test_bucket(),
         shutdown: Some(tx),
@@ -243,4 +285,46 @@ pub async fn send(
         req = req.body(body);
     }
     req.send().await.expect("the S3 endpoint answers")
+}
+
+/// A test config with a policy file holding `policy` (and `--admins` cleared:
+/// roles come from the policy).
+pub fn policy_config(policy: &str, extra: &[&str]) -> (Config, std::path::PathBuf) {
+    let dir = crate::pki::temp_dir();
+    let path = dir.join("policy.toml");
+    std::fs::write(&path, policy).unwrap();
+    let flag = format!("--policy-file={}", path.display());
+    let mut args: Vec<&str> = extra.to_vec();
+    args.push(&flag);
+    let mut config = test_config(&args);
+    config.admins.clear();
+    (config, path)
+}
+
+/// The URL of this test's own database (the dev stack's URL, another name).
+pub fn database_url(pool: &PgPool) -> String {
+    let base = env("DATABASE_URL");
+    let (server, _) = base.rsplit_once('/').unwrap();
+    format!(
+        "{server}/{}",
+        pool.connect_options()
+            .get_database()
+            .expect("a database name")
+    )
+}
+
+/// Polls `query` (a count) until it reaches `at_least` (10 s at most).
+pub async fn wait_for_count(pool: &PgPool, query: &str, at_least: i64) -> i64 {
+    let mut n = 0;
+    for _ in 0..200 {
+        n = sqlx::query_scalar(sqlx::AssertSqlSafe(query.to_owned()))
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        if n >= at_least {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    n
 }

@@ -3,11 +3,21 @@
 //! Needs `deploy/dev/stack.sh` to have run and its env sourced; a missing service
 //! fails the tests loudly.
 
+mod audit;
+mod authz;
 mod aws_backend;
 mod health;
 mod helpers;
 mod issue_link;
+mod mtls;
+mod pki;
+mod policy_reload;
 mod presignctl;
+mod prop_issue;
+mod rate_limit;
 mod registry_down;
+mod reseal;
 mod revocation;
+mod secrets;
+mod signers;
 mod validation;

@@ -57,10 +57,12 @@ type Client = KeyServiceClient<
 >;
 
 pub async fn client(cli: &Conn) -> anyhow::Result<Client> {
-    let auth = crate::bearer(&cli.token)?;
-    let channel = crate::channel(&cli.endpoint).await?;
+    let auth = crate::bearer(cli)?;
+    let channel = crate::channel(cli).await?;
     let interceptor: Interceptor = Box::new(move |mut r: tonic::Request<()>| {
-        r.metadata_mut().insert("authorization", auth.clone());
+        if let Some(a) = &auth {
+            r.metadata_mut().insert("authorization", a.clone());
+        }
         Ok(r)
     });
     Ok(KeyServiceClient::with_interceptor(channel, interceptor))

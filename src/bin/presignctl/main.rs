@@ -1,7 +1,10 @@
 //! presignctl: the command line for operators and scripts. Talks to a running
-//! presignd over gRPC with a bearer token (PRESIGND_TOKEN).
+//! presignd over gRPC with a bearer token (PRESIGND_TOKEN) and/or a client
+//! certificate (mTLS, see tls.rs).
 
+mod audit;
 mod keys;
+mod tls;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
@@ -43,6 +46,8 @@ pub(crate) struct Conn {
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     pub(crate) json: bool,
+    #[command(flatten)]
+    pub(crate) tls: tls::TlsArgs,
 }
 
 #[derive(Subcommand)]
@@ -80,6 +85,8 @@ enum Cmd {
     Plan(keys::PlanArgs),
     /// Rotate a signer's key: shows the plan, asks, rotates, reports (admins).
     Rotate(keys::RotateArgs),
+    /// The audit trail, newest first: admin calls and denied requests (admins).
+    Audit(audit::AuditArgs),
     /// One revocation by id, or the latest ones (admins).
     Revocations {
         id: Option<String>,
@@ -103,23 +110,32 @@ async fn main() {
     }
 }
 
-pub(crate) async fn channel(endpoint: &str) -> anyhow::Result<Channel> {
-    Channel::from_shared(endpoint.to_owned())
+pub(crate) async fn channel(conn: &Conn) -> anyhow::Result<Channel> {
+    let endpoint = &conn.endpoint;
+    let mut builder = Channel::from_shared(endpoint.to_owned())
         .context("invalid --endpoint")?
-        .connect_timeout(Duration::from_secs(5))
+        .connect_timeout(Duration::from_secs(5));
+    if let Some(tls) = conn.tls.client_config()? {
+        builder = builder.tls_config(tls).context("TLS settings")?;
+    }
+    builder
         .connect()
         .await
         .with_context(|| format!("cannot connect to presignd at {endpoint}"))
 }
 
-pub(crate) fn bearer(
-    token: &Option<String>,
-) -> anyhow::Result<MetadataValue<tonic::metadata::Ascii>> {
-    let token = token
-        .as_deref()
-        .context("no token: set PRESIGND_TOKEN or --token")?;
+/// The authorization metadata, if a token is given; with neither a token nor
+/// a client certificate there is no way in.
+pub(crate) fn bearer(conn: &Conn) -> anyhow::Result<Option<MetadataValue<tonic::metadata::Ascii>>> {
+    let Some(token) = conn.token.as_deref() else {
+        if conn.tls.client_cert.is_some() {
+            return Ok(None);
+        }
+        anyhow::bail!("no credentials: set PRESIGND_TOKEN (--token) or --client-cert");
+    };
     format!("Bearer {token}")
         .parse()
+        .map(Some)
         .context("the token is not valid ASCII")
 }
 
@@ -131,6 +147,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let conn = &cli.conn;
     match cli.command {
         Cmd::Keys { signer } => keys::keys(conn, signer).await,
+        Cmd::Audit(args) => audit::audit(conn, args).await,
         Cmd::Plan(args) => keys::plan(conn, args).await,
         Cmd::Rotate(args) => keys::rotate(conn, args).await,
         Cmd::Revocations { id, signer } => keys::revocations(conn, id, signer).await,
@@ -142,11 +159,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             content_type,
             labels,
         } => {
-            let auth = bearer(&conn.token)?;
+            let auth = bearer(conn)?;
             let mut client = LinkServiceClient::with_interceptor(
-                channel(&conn.endpoint).await?,
+                channel(conn).await?,
                 move |mut r: tonic::Request<()>| {
-                    r.metadata_mut().insert("authorization", auth.clone());
+                    if let Some(a) = &auth {
+                        r.metadata_mut().insert("authorization", a.clone());
+                    }
                     Ok(r)
                 },
             );
@@ -186,7 +205,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let deadline = Instant::now() + Duration::from_secs(timeout_secs);
             loop {
                 let status = async {
-                    let mut h = HealthClient::new(channel(&conn.endpoint).await?);
+                    let mut h = HealthClient::new(channel(conn).await?);
                     let r = h
                         .check(HealthCheckRequest {
                             service: String::new(),

@@ -1,0 +1,216 @@
+//! Who may ask for what. A policy file (TOML) gives each caller its rules:
+//! buckets, object key prefixes, methods, maximum TTL, role, rate limit, and the
+//! signer that signs its links (its revocation domain). Anything outside the
+//! rules is refused with PERMISSION_DENIED naming the rule.
+//!
+//! Without a policy file every authenticated caller may do anything, on the
+//! first signer, and `--admins` names the admins (presignd's behaviour before
+//! policies). The policy in force is swapped atomically on reload (SIGHUP); a
+//! policy that does not validate is refused and the previous one stays.
+
+mod file;
+mod rules;
+
+pub use rules::{Denied, Grant, RateSpec, Role, Rules, key_has_dot_segment};
+
+use crate::domain::{CallerName, SignerName};
+use anyhow::{Context, bail};
+use arc_swap::ArcSwap;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// What a policy is checked against: the server's configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `--signers`: every signer a policy may name (each has an active key).
+    pub signers: Vec<SignerName>,
+    /// `--admins`.
+    pub admins: Vec<CallerName>,
+    /// `--issue-rate-per-sec` / `--issue-burst`: the limit of callers whose
+    /// rules set none.
+    pub default_rate: Option<RateSpec>,
+}
+
+#[derive(Debug)]
+pub struct Policy {
+    /// None: no policy file.
+    callers: Option<BTreeMap<CallerName, Rules>>,
+    settings: Settings,
+}
+
+impl Policy {
+    /// Every authenticated caller may do anything, signed by the first signer.
+    pub fn permissive(settings: Settings) -> anyhow::Result<Self> {
+        if settings.signers.is_empty() {
+            bail!("no signers configured");
+        }
+        Ok(Self {
+            callers: None,
+            settings,
+        })
+    }
+
+    /// Parses and validates a policy file's text.
+    pub fn parse(text: &str, settings: Settings) -> anyhow::Result<Self> {
+        let callers = file::parse(text, &settings)?;
+        Ok(Self {
+            callers: Some(callers),
+            settings,
+        })
+    }
+
+    pub fn from_file(path: &std::path::Path, settings: Settings) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading policy file {}", path.display()))?;
+        Self::parse(&text, settings).with_context(|| format!("policy file {}", path.display()))
+    }
+
+    pub fn has_file(&self) -> bool {
+        self.callers.is_some()
+    }
+
+    pub fn caller_count(&self) -> usize {
+        self.callers.as_ref().map_or(0, |c| c.len())
+    }
+
+    fn default_signer(&self) -> &SignerName {
+        &self.settings.signers[0]
+    }
+
+    pub fn rules(&self, caller: &CallerName) -> Option<&Rules> {
+        self.callers.as_ref().and_then(|c| c.get(caller))
+    }
+
+    pub fn is_admin(&self, caller: &CallerName) -> bool {
+        match &self.callers {
+            Some(_) => self.rules(caller).is_some_and(|r| r.role == Role::Admin),
+            None => self.settings.admins.contains(caller),
+        }
+    }
+
+    /// The caller a client certificate names: one whose policy entry lists one
+    /// of the certificate's names in `cert_names`, else the first name (URI SAN,
+    /// DNS SAN, then CN) that is a valid caller name. With a policy file, only
+    /// callers it lists are candidates.
+    pub fn caller_for_cert(&self, names: &[String]) -> Result<CallerName, String> {
+        if let Some(callers) = &self.callers {
+            let mut found: Vec<&CallerName> = callers
+                .iter()
+                .filter(|(name, rules)| {
+                    names
+                        .iter()
+                        .any(|n| rules.cert_names.contains(n) || n == name.as_str())
+                })
+                .map(|(name, _)| name)
+                .collect();
+            found.dedup();
+            return match found.as_slice() {
+                [one] => Ok((*one).clone()),
+                [] => Err(format!(
+                    "no caller in the policy is named by the certificate ({})",
+                    names.join(", ")
+                )),
+                many => Err(format!(
+                    "the certificate names several callers ({}): refused as ambiguous",
+                    many.iter()
+                        .map(|c| c.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
+            };
+        }
+        names
+            .iter()
+            .find_map(|n| CallerName::parse(n).ok())
+            .ok_or_else(|| {
+                format!(
+                    "no name of the certificate ({}) is a valid caller name",
+                    names.join(", ")
+                )
+            })
+    }
+
+    /// May `caller` have a link for this request, and which signer signs it?
+    pub fn authorize_issue(
+        &self,
+        caller: &CallerName,
+        spec: &crate::signing::LinkSpec,
+    ) -> Result<Grant, Denied> {
+        match &self.callers {
+            None => Ok(Grant {
+                signer: self.default_signer().clone(),
+            }),
+            Some(callers) => callers
+                .get(caller)
+                .ok_or_else(|| Denied::new(format!("caller {caller} has no entry in the policy")))?
+                .authorize(caller, spec),
+        }
+    }
+
+    /// The IssueLink rate limit of `caller` (None: unlimited).
+    pub fn rate_for(&self, caller: &CallerName) -> Option<RateSpec> {
+        self.rules(caller)
+            .and_then(|r| r.rate)
+            .or(self.settings.default_rate)
+    }
+}
+
+/// The policy in force, shared by every request and swapped whole on reload.
+#[derive(Clone)]
+pub struct PolicyHandle {
+    current: Arc<ArcSwap<Policy>>,
+    source: Option<PathBuf>,
+    settings: Settings,
+}
+
+impl std::fmt::Debug for PolicyHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyHandle")
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+impl PolicyHandle {
+    /// From `--policy-file` if given, else permissive.
+    pub fn load(source: Option<PathBuf>, settings: Settings) -> anyhow::Result<Self> {
+        let policy = match &source {
+            Some(path) => Policy::from_file(path, settings.clone())?,
+            None => Policy::permissive(settings.clone())?,
+        };
+        Ok(Self {
+            current: Arc::new(ArcSwap::from_pointee(policy)),
+            source,
+            settings,
+        })
+    }
+
+    pub fn current(&self) -> Arc<Policy> {
+        self.current.load_full()
+    }
+
+    /// Re-reads the policy file. On any error the policy in force stays.
+    pub fn reload(&self) -> anyhow::Result<Arc<Policy>> {
+        let Some(path) = &self.source else {
+            bail!("no policy file is configured (--policy-file): nothing to reload");
+        };
+        let policy = Arc::new(Policy::from_file(path, self.settings.clone())?);
+        self.current.store(policy.clone());
+        Ok(policy)
+    }
+
+    /// Reloads and logs the outcome (the SIGHUP handler).
+    pub fn reload_and_log(&self) {
+        match self.reload() {
+            Ok(p) => tracing::info!(
+                source = ?self.source, callers = p.caller_count(),
+                "policy reloaded"
+            ),
+            Err(e) => tracing::error!(
+                error = format!("{e:#}"),
+                "policy reload refused; the previous policy stays in force"
+            ),
+        }
+    }
+}
