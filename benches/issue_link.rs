@@ -1,0 +1,249 @@
+//! Benchmark: IssueLink throughput and latency, every link committed, against a
+//! no-op RPC (grpc.health.v1.Health/Check) on the same server and machine.
+//!
+//!   deploy/dev/stack.sh && source deploy/dev/.state/env && cargo bench --bench issue_link
+//!
+//! The server runs in this process (real Postgres, Garage as the key backend)
+//! against the scratch database `presignd_bench_issue`. Closed loop: C clients
+//! each send requests back to back for D seconds (max throughput). Open loop:
+//! requests sent at half the measured IssueLink throughput (p99 at half load).
+
+use clap::Parser;
+use presignd::app::App;
+use presignd::config::Config;
+use presignd::proto::{self, link_service_client::LinkServiceClient};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{Connection, Executor, PgConnection};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+const DB: &str = "presignd_bench_issue";
+const TOKEN: &str = "bench-token";
+const CLIENTS: usize = 64;
+const CHANNELS: usize = 4;
+const SECONDS: u64 = 10;
+
+#[derive(Parser)]
+struct Wrapper {
+    #[command(flatten)]
+    config: Config,
+}
+
+fn env(name: &str) -> String {
+    std::env::var(name)
+        .unwrap_or_else(|_| panic!("{name} is not set: source deploy/dev/.state/env"))
+}
+
+#[derive(Clone, Copy)]
+enum Rpc {
+    Issue,
+    Health,
+}
+
+async fn call(rpc: Rpc, channel: Channel, bucket: &str) -> Result<(), tonic::Status> {
+    match rpc {
+        Rpc::Issue => {
+            let mut c = LinkServiceClient::new(channel);
+            let mut req = tonic::Request::new(proto::IssueLinkRequest {
+                bucket: bucket.to_owned(),
+                object_key: "bench/object.bin".into(),
+                method: proto::Method::Get as i32,
+                ttl: Some(prost_types::Duration {
+                    seconds: 600,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            });
+            req.metadata_mut()
+                .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+            c.issue_link(req).await.map(|_| ())
+        }
+        Rpc::Health => {
+            let mut c = HealthClient::new(channel);
+            c.check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .map(|_| ())
+        }
+    }
+}
+
+struct Run {
+    per_sec: f64,
+    latencies: Vec<Duration>,
+    errors: usize,
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
+}
+
+/// CLIENTS tasks back to back for SECONDS.
+async fn closed_loop(rpc: Rpc, channels: &[Channel], bucket: &str) -> Run {
+    let deadline = Instant::now() + Duration::from_secs(SECONDS);
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..CLIENTS {
+        let (ch, bucket) = (channels[i % channels.len()].clone(), bucket.to_owned());
+        tasks.spawn(async move {
+            let (mut lat, mut errors) = (Vec::new(), 0);
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                match call(rpc, ch.clone(), &bucket).await {
+                    Ok(()) => lat.push(t.elapsed()),
+                    Err(_) => errors += 1,
+                }
+            }
+            (lat, errors)
+        });
+    }
+    let started = Instant::now();
+    let (mut latencies, mut errors) = (Vec::new(), 0);
+    while let Some(r) = tasks.join_next().await {
+        let (l, e) = r.unwrap();
+        latencies.extend(l);
+        errors += e;
+    }
+    latencies.sort();
+    Run {
+        per_sec: latencies.len() as f64 / started.elapsed().as_secs_f64(),
+        latencies,
+        errors,
+    }
+}
+
+/// Requests started at a fixed rate for SECONDS, whatever the answers' pace.
+async fn open_loop(rpc: Rpc, channels: &[Channel], bucket: &str, rate: f64) -> Run {
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let results = Arc::new(std::sync::Mutex::new((Vec::new(), 0usize)));
+    let mut tasks = tokio::task::JoinSet::new();
+    let total = (rate * SECONDS as f64) as usize;
+    let started = Instant::now();
+    for i in 0..total {
+        tick.tick().await;
+        let (ch, bucket, results) = (
+            channels[i % channels.len()].clone(),
+            bucket.to_owned(),
+            results.clone(),
+        );
+        tasks.spawn(async move {
+            let t = Instant::now();
+            let r = call(rpc, ch, &bucket).await;
+            let mut g = results.lock().unwrap();
+            match r {
+                Ok(()) => g.0.push(t.elapsed()),
+                Err(_) => g.1 += 1,
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    let (mut latencies, errors) = std::mem::take(&mut *results.lock().unwrap());
+    latencies.sort();
+    Run {
+        per_sec: latencies.len() as f64 / started.elapsed().as_secs_f64(),
+        latencies,
+        errors,
+    }
+}
+
+fn row(name: &str, r: &Run) {
+    println!(
+        "| {name} | {:.0}/s | {:.2} ms | {:.2} ms | {:.2} ms | {} |",
+        r.per_sec,
+        pct(&r.latencies, 0.5).as_secs_f64() * 1e3,
+        pct(&r.latencies, 0.99).as_secs_f64() * 1e3,
+        pct(&r.latencies, 0.999).as_secs_f64() * 1e3,
+        r.errors
+    );
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    if !std::env::args().any(|a| a == "--bench") {
+        return Ok(()); // `cargo test` runs bench binaries too
+    }
+    let admin: PgConnectOptions = env("DATABASE_URL").parse()?;
+    let mut c = PgConnection::connect_with(&admin).await?;
+    c.execute(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {DB} WITH (FORCE)"
+    )))
+    .await?;
+    c.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {DB}")))
+        .await?;
+    let bucket = env("PRESIGND_TEST_BUCKETS")
+        .split(',')
+        .next()
+        .unwrap()
+        .to_owned();
+    let args = vec![
+        "presignd".to_owned(),
+        "--listen=127.0.0.1:0".into(),
+        format!("--callers=bench:{}", presignd::auth::hash_token(TOKEN)),
+        format!(
+            "--master-key={}",
+            &*presignd::seal::MasterKey::generate().to_hex()
+        ),
+        format!("--garage-admin-url={}", env("GARAGE_ADMIN_URL")),
+        format!("--garage-admin-token={}", env("GARAGE_ADMIN_TOKEN")),
+        format!("--s3-endpoint={}", env("GARAGE_S3_URL")),
+        format!("--s3-region={}", env("GARAGE_REGION")),
+        format!("--buckets={bucket}"),
+    ];
+    let config = Wrapper::try_parse_from(args)?.config;
+    let app = App::build_with_db(config, admin.clone().database(DB)).await?;
+    let port = app.port();
+    tokio::spawn(app.run_until_stopped());
+    let mut channels = Vec::new();
+    for _ in 0..CHANNELS {
+        channels.push(
+            Channel::from_shared(format!("http://127.0.0.1:{port}"))?
+                .connect()
+                .await?,
+        );
+    }
+    // Wait for SERVING (migrations, key provisioning).
+    let mut health = HealthClient::new(channels[0].clone());
+    while health
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await?
+        .into_inner()
+        .status
+        != 1
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Warm up connection pools and caches.
+    let _ = closed_loop(Rpc::Issue, &channels, &bucket).await;
+
+    let noop = closed_loop(Rpc::Health, &channels, &bucket).await;
+    let issue = closed_loop(Rpc::Issue, &channels, &bucket).await;
+    let half = open_loop(Rpc::Issue, &channels, &bucket, issue.per_sec / 2.0).await;
+    let links: i64 = sqlx::query_scalar("SELECT count(*) FROM links")
+        .fetch_one(&mut PgConnection::connect_with(&admin.database(DB)).await?)
+        .await?;
+
+    println!(
+        "| load ({CLIENTS} clients on {CHANNELS} HTTP/2 connections, {SECONDS} s) | throughput | p50 | p99 | p99.9 | errors |"
+    );
+    println!("|---|---|---|---|---|---|");
+    row("no-op RPC (Health/Check), closed loop", &noop);
+    row("IssueLink, closed loop", &issue);
+    row(
+        &format!(
+            "IssueLink, open loop at {:.0}/s (half)",
+            issue.per_sec / 2.0
+        ),
+        &half,
+    );
+    println!();
+    println!(
+        "IssueLink / no-op throughput: {:.2}; links committed in the registry: {links}",
+        issue.per_sec / noop.per_sec
+    );
+    Ok(())
+}

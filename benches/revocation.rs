@@ -1,0 +1,158 @@
+//! Benchmark: the blast radius and the revoke step for a key with 1,000,000
+//! outstanding links in a registry of 10,000,000 rows.
+//!
+//!   source deploy/dev/.state/env && cargo bench --bench revocation
+//!
+//! Creates (or, with BENCH_REUSE=1, reuses) the scratch database
+//! `presignd_bench_revocation` next to DATABASE_URL's, fills it in SQL, then times
+//! the same registry functions the service runs. Prints a Markdown table.
+
+use presignd::registry::{self, blast_radius, keys, links};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, Executor, PgConnection};
+use std::time::{Duration, Instant};
+
+const DB: &str = "presignd_bench_revocation";
+const TOTAL: i64 = 10_000_000;
+const TARGET: i64 = 1_000_000;
+const CHUNK: i64 = 1_000_000;
+const RUNS: usize = 7;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    if !std::env::args().any(|a| a == "--bench") {
+        // `cargo test` runs bench binaries too: do nothing then.
+        return Ok(());
+    }
+    let url = std::env::var("DATABASE_URL").expect("DATABASE_URL (source deploy/dev/.state/env)");
+    let admin: PgConnectOptions = url.parse()?;
+    let reuse = std::env::var("BENCH_REUSE").is_ok_and(|v| v == "1");
+    if !reuse {
+        let mut c = PgConnection::connect_with(&admin).await?;
+        c.execute(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {DB}")))
+            .await?;
+        c.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {DB}")))
+            .await?;
+    }
+    let pool = PgPoolOptions::new()
+        .max_connections(2)
+        .connect_with(admin.database(DB))
+        .await?;
+    registry::migrate(&pool).await?;
+    if !reuse {
+        seed(&pool).await?;
+    }
+
+    let mut radius_times = Vec::new();
+    let mut radius = None;
+    for _ in 0..RUNS {
+        let mut tx = pool.begin().await?;
+        tx.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await?;
+        let t = Instant::now();
+        radius = Some(blast_radius::compute(&mut tx, "bench-target", "s0").await?);
+        radius_times.push(t.elapsed());
+        tx.rollback().await?;
+    }
+    let radius = radius.unwrap();
+    assert_eq!(
+        radius.outstanding_links, TARGET,
+        "the seed gives the target key exactly 1M outstanding links"
+    );
+
+    // The revoke step's registry part: deactivate the key row (waiting for
+    // in-flight inserts), count what died. Rolled back to run it again.
+    let rev = uuid::Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO revocations (id, signer, mode, requested_by, reason, state, next_step, blast_radius)
+         VALUES ($1, 's0', 'revoke', 'bench', 'bench', 'succeeded', 'done', '{}')",
+    )
+    .bind(rev)
+    .execute(&pool)
+    .await?;
+    let mut revoke_times = Vec::new();
+    for _ in 0..RUNS {
+        let mut tx = pool.begin().await?;
+        let t = Instant::now();
+        keys::deactivate(&mut *tx, "bench-target", Some(rev)).await?;
+        let n = links::count_revoked_by_deactivation(&mut *tx, "bench-target").await?;
+        revoke_times.push(t.elapsed());
+        assert_eq!(n, TARGET);
+        tx.rollback().await?;
+    }
+
+    println!(
+        "| measure ({TARGET} outstanding links of one key, {TOTAL} rows) | median | min | max |"
+    );
+    println!("|---|---|---|---|");
+    for (name, times) in [
+        ("blast radius (PlanRevocation)", &mut radius_times),
+        ("revoke step, registry part", &mut revoke_times),
+    ] {
+        times.sort();
+        println!(
+            "| {name} | {} | {} | {} |",
+            ms(times[times.len() / 2]),
+            ms(times[0]),
+            ms(times[times.len() - 1])
+        );
+    }
+    Ok(())
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+async fn seed(pool: &sqlx::PgPool) -> anyhow::Result<()> {
+    let started = Instant::now();
+    pool.execute(
+        "INSERT INTO signers (name, backend) SELECT 's' || i, 'garage' FROM generate_series(0, 3) i;
+         INSERT INTO signing_keys (key_id, signer, state, sealed_secret)
+             VALUES ('bench-target', 's0', 'active', '\\x00');
+         INSERT INTO signing_keys (key_id, signer, state, sealed_secret)
+             SELECT 'bench-k' || i, 's' || (i % 4), CASE WHEN i < 3 THEN 'active' ELSE 'retired' END, '\\x00'
+             FROM generate_series(1, 9) i;",
+    )
+    .await?;
+    // Rows 1..=TARGET belong to the target key, all unexpired; the other 9M are
+    // spread over 9 keys, half of them expired.
+    let mut from = 1;
+    while from <= TOTAL {
+        let to = (from + CHUNK - 1).min(TOTAL);
+        sqlx::query(
+            "INSERT INTO links (id, key_id, signer, caller, method, bucket, object_key, labels,
+                                issued_at, expires_at, signature_sha256)
+             SELECT gen_random_uuid(),
+                    CASE WHEN g <= $3 THEN 'bench-target' ELSE 'bench-k' || (1 + g % 9) END,
+                    CASE WHEN g <= $3 THEN 's0' ELSE 's' || ((1 + g % 9) % 4) END,
+                    'caller-' || (g % 50),
+                    (ARRAY['GET', 'PUT', 'HEAD', 'DELETE'])[1 + g % 4],
+                    'bucket-' || (g % 20),
+                    'objects/' || g,
+                    '{}'::jsonb,
+                    now() - interval '3 days' + make_interval(secs => g % 86400),
+                    CASE WHEN g > $3 AND g % 2 = 0
+                         THEN now() - interval '3 days' + make_interval(secs => g % 86400 + 3600)
+                         ELSE now() + make_interval(secs => 60 + g % 600000) END,
+                    sha256(g::text::bytea)
+             FROM generate_series($1::bigint, $2::bigint) g",
+        )
+        .bind(from)
+        .bind(to)
+        .bind(TARGET)
+        .execute(pool)
+        .await?;
+        eprintln!(
+            "seeded {to} rows ({:.0} s)",
+            started.elapsed().as_secs_f64()
+        );
+        from = to + 1;
+    }
+    pool.execute("VACUUM ANALYZE links").await?;
+    eprintln!(
+        "seeded and analyzed in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
