@@ -2,7 +2,9 @@
 //! Functions take an executor (a pool, a connection or a transaction) so callers
 //! compose multi-step changes into one transaction.
 
+pub mod blast_radius;
 pub mod keys;
+pub mod link_queries;
 pub mod links;
 pub mod signers;
 

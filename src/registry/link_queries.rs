@@ -1,0 +1,197 @@
+//! The dashboards' reads of the links table: a filtered listing paged by keyset,
+//! summaries per key / signer / bucket / caller, and the outstanding links per key
+//! for the metrics gauge.
+//!
+//! Filters are bound parameters (`QueryBuilder::push_bind`); the only SQL text
+//! chosen at run time comes from enums. Listing walks `(issued_at DESC, id DESC)`
+//! and an equality filter picks the index that starts with its column (bucket,
+//! caller, key_id, signer: migrations 0001 and 0003), so a page reads about
+//! `limit` index entries however deep the cursor is, unless the filters left on
+//! top (state, prefix, expiry window) reject most rows.
+
+use super::links::{LinkRow, STATE_SQL, select_sql};
+use crate::domain::LinkState;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{PgExecutor, Postgres, QueryBuilder};
+use uuid::Uuid;
+
+/// A link's key is dead: every link it signed is revoked.
+const KEY_DEAD: &str = "k.state IN ('inactive', 'deleted')";
+
+/// `STATE_SQL = 'x'` spelled out per state, so the planner sees plain predicates
+/// (tests check that both always agree).
+fn state_predicate(state: LinkState) -> String {
+    match state {
+        LinkState::Revoked => format!("({KEY_DEAD} OR l.revocation_id IS NOT NULL)"),
+        LinkState::Expired => {
+            format!("(NOT {KEY_DEAD} AND l.revocation_id IS NULL AND l.expires_at <= now())")
+        }
+        LinkState::Active => {
+            format!("(NOT {KEY_DEAD} AND l.revocation_id IS NULL AND l.expires_at > now())")
+        }
+    }
+}
+
+/// Which links to read. Every field narrows; `None` does not filter. Validated by
+/// the caller (`dashboard`); serialized to bind page tokens to their filter.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct LinkFilter {
+    pub state: Option<LinkState>,
+    pub bucket: Option<String>,
+    pub object_key_prefix: Option<String>,
+    pub caller: Option<String>,
+    pub key_id: Option<String>,
+    pub signer: Option<String>,
+    /// Inclusive.
+    pub expires_after: Option<DateTime<Utc>>,
+    /// Exclusive.
+    pub expires_before: Option<DateTime<Utc>>,
+}
+
+/// Where a page ends: the last row's position in `(issued_at DESC, id DESC)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    pub issued_at: DateTime<Utc>,
+    pub id: Uuid,
+}
+
+impl From<&LinkRow> for Cursor {
+    fn from(row: &LinkRow) -> Self {
+        Self {
+            issued_at: row.issued_at,
+            id: row.id,
+        }
+    }
+}
+
+fn push_filter(q: &mut QueryBuilder<Postgres>, f: &LinkFilter) {
+    q.push(" WHERE TRUE");
+    if let Some(state) = f.state {
+        q.push(" AND ").push(state_predicate(state));
+    }
+    if let Some(v) = &f.bucket {
+        q.push(" AND l.bucket = ").push_bind(v.clone());
+    }
+    if let Some(v) = &f.object_key_prefix {
+        // starts_with, not LIKE: '%' and '_' in a prefix are plain characters.
+        q.push(" AND starts_with(l.object_key, ")
+            .push_bind(v.clone())
+            .push(")");
+    }
+    if let Some(v) = &f.caller {
+        q.push(" AND l.caller = ").push_bind(v.clone());
+    }
+    if let Some(v) = &f.key_id {
+        q.push(" AND l.key_id = ").push_bind(v.clone());
+    }
+    if let Some(v) = &f.signer {
+        q.push(" AND l.signer = ").push_bind(v.clone());
+    }
+    if let Some(t) = f.expires_after {
+        q.push(" AND l.expires_at >= ").push_bind(t);
+    }
+    if let Some(t) = f.expires_before {
+        q.push(" AND l.expires_at < ").push_bind(t);
+    }
+}
+
+/// Up to `limit` links matching `filter`, newest first (`issued_at DESC, id
+/// DESC`), strictly after `after`. Rows inserted while a client pages never shift
+/// the rows it has not seen yet: the cursor is a position, not an offset.
+pub async fn list_page(
+    db: impl PgExecutor<'_>,
+    filter: &LinkFilter,
+    after: Option<Cursor>,
+    limit: i64,
+) -> Result<Vec<LinkRow>, sqlx::Error> {
+    let mut q = QueryBuilder::new(select_sql(""));
+    push_filter(&mut q, filter);
+    if let Some(c) = after {
+        q.push(" AND (l.issued_at, l.id) < (")
+            .push_bind(c.issued_at)
+            .push(", ")
+            .push_bind(c.id)
+            .push(")");
+    }
+    q.push(" ORDER BY l.issued_at DESC, l.id DESC LIMIT ")
+        .push_bind(limit);
+    q.build_query_as().fetch_all(db).await
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupBy {
+    Key,
+    Signer,
+    Bucket,
+    Caller,
+}
+
+impl GroupBy {
+    fn column(self) -> &'static str {
+        match self {
+            Self::Key => "l.key_id",
+            Self::Signer => "l.signer",
+            Self::Bucket => "l.bucket",
+            Self::Caller => "l.caller",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct SummaryRow {
+    pub group: String,
+    pub active: i64,
+    pub expired: i64,
+    pub revoked: i64,
+    /// The latest expiry among the group's links that match the filter.
+    pub latest_expiry: Option<DateTime<Utc>>,
+}
+
+/// Links matching `filter`, counted per state in each group, groups by name.
+/// A plain aggregate over every matching row: see docs/BENCHMARKS.md for what
+/// it costs on a large registry.
+pub async fn summarize(
+    db: impl PgExecutor<'_>,
+    filter: &LinkFilter,
+    group_by: GroupBy,
+) -> Result<Vec<SummaryRow>, sqlx::Error> {
+    let mut q = QueryBuilder::new(format!(
+        "SELECT s.grp AS \"group\",
+                count(*) FILTER (WHERE s.state = 'active') AS active,
+                count(*) FILTER (WHERE s.state = 'expired') AS expired,
+                count(*) FILTER (WHERE s.state = 'revoked') AS revoked,
+                max(s.expires_at) AS latest_expiry
+         FROM (SELECT {} AS grp, {STATE_SQL} AS state, l.expires_at
+               FROM links l JOIN signing_keys k ON k.key_id = l.key_id",
+        group_by.column()
+    ));
+    push_filter(&mut q, filter);
+    q.push(") s GROUP BY s.grp ORDER BY s.grp");
+    q.build_query_as().fetch_all(db).await
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct OutstandingRow {
+    pub signer: String,
+    pub key_id: String,
+    pub outstanding: i64,
+}
+
+/// Outstanding links (as the blast radius counts them) of every key that still
+/// signs or whose links still work (active, retired): one index range per key.
+pub async fn outstanding_per_key(
+    db: impl PgExecutor<'_>,
+) -> Result<Vec<OutstandingRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT k.signer, k.key_id,
+                (SELECT count(*) FROM links l
+                 WHERE l.key_id = k.key_id AND l.expires_at > now()
+                   AND l.revocation_id IS NULL) AS outstanding
+         FROM signing_keys k
+         WHERE k.state IN ('active', 'retired')
+         ORDER BY k.signer, k.key_id",
+    )
+    .fetch_all(db)
+    .await
+}
