@@ -10,12 +10,13 @@ use crate::api::LinkApi;
 use crate::auth::Authenticator;
 use crate::backend::{KeyBackend, garage::GarageBackend};
 use crate::config::Config;
+use crate::dashboard::{Dashboard, PageTokens};
 use crate::domain::SignerName;
 use crate::issuance::Issuer;
 use crate::keys::KeyManager;
 use crate::proto::link_service_server::LinkServiceServer;
-use crate::registry;
 use crate::signing::{Keyring, S3Target};
+use crate::{metrics, registry};
 use anyhow::{Context, bail};
 use sqlx::postgres::PgConnectOptions;
 use std::future::Future;
@@ -30,6 +31,8 @@ pub struct App {
     config: Config,
     listener: TcpListener,
     port: u16,
+    metrics_listener: TcpListener,
+    metrics_port: u16,
     auth: Authenticator,
     keys: KeyManager,
     signers: Vec<SignerName>,
@@ -80,10 +83,16 @@ impl App {
             .await
             .with_context(|| format!("binding {}", config.listen))?;
         let port = listener.local_addr()?.port();
+        let metrics_listener = TcpListener::bind(config.metrics_listen)
+            .await
+            .with_context(|| format!("binding the metrics listener {}", config.metrics_listen))?;
+        let metrics_port = metrics_listener.local_addr()?.port();
         Ok(Self {
             config,
             listener,
             port,
+            metrics_listener,
+            metrics_port,
             auth,
             keys,
             signers,
@@ -92,6 +101,11 @@ impl App {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The bound port of the Prometheus listener (`/metrics`).
+    pub fn metrics_port(&self) -> u16 {
+        self.metrics_port
     }
 
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
@@ -122,13 +136,26 @@ impl App {
             keyring: self.keys.keyring.clone(),
             default_signer: self.signers[0].to_string(),
         };
+        let dashboard = Dashboard {
+            pool: self.keys.pool.clone(),
+            tokens: PageTokens::new(&self.keys.master_key),
+        };
         let auth = self.auth.clone();
-        let links =
-            InterceptedService::new(LinkServiceServer::new(LinkApi { issuer }), move |req| {
-                auth.intercept(req)
-            });
+        let links = InterceptedService::new(
+            LinkServiceServer::new(LinkApi { issuer, dashboard }),
+            move |req| auth.intercept(req),
+        );
+        let metrics_server = tokio::spawn(metrics::serve(self.metrics_listener));
+        let outstanding = tokio::spawn(metrics::keep_outstanding_fresh(
+            self.keys.pool.clone(),
+            self.config.metrics_refresh(),
+        ));
 
-        tracing::info!(port = self.port, "presignd serving");
+        tracing::info!(
+            port = self.port,
+            metrics_port = self.metrics_port,
+            "presignd serving"
+        );
         let stopping = health.clone();
         let result = tonic::transport::Server::builder()
             .add_service(health_service)
@@ -144,6 +171,8 @@ impl App {
             )
             .await;
         readiness.abort();
+        metrics_server.abort();
+        outstanding.abort();
         self.keys.pool.close().await;
         result.context("gRPC server failed")
     }

@@ -24,6 +24,20 @@ pub struct Config {
     #[arg(long, env = "PRESIGND_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
 
+    /// Address of the Prometheus metrics listener, serving GET /metrics (port 0:
+    /// any free port).
+    #[arg(
+        long,
+        env = "PRESIGND_METRICS_LISTEN",
+        default_value = "127.0.0.1:9464"
+    )]
+    pub metrics_listen: SocketAddr,
+
+    /// Seconds between recomputations of the outstanding-links gauge (one
+    /// registry query per active or retired key).
+    #[arg(long, env = "PRESIGND_METRICS_REFRESH_SECS", default_value_t = 15)]
+    pub metrics_refresh_secs: u64,
+
     /// PostgreSQL URL of the registry.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<SecretString>,
@@ -158,6 +172,10 @@ impl Config {
 
     pub fn db_acquire_timeout(&self) -> Duration {
         Duration::from_secs(self.db_acquire_timeout_secs.max(1))
+    }
+
+    pub fn metrics_refresh(&self) -> Duration {
+        Duration::from_secs(self.metrics_refresh_secs.max(1))
     }
 
     pub fn health_interval(&self) -> Duration {

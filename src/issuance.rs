@@ -3,6 +3,7 @@
 
 use crate::auth::Caller;
 use crate::domain::Labels;
+use crate::metrics;
 use crate::registry::{self, links::NewLink};
 use crate::signing::{Keyring, LinkSpec, SignError};
 use chrono::{DateTime, Utc};
@@ -58,7 +59,31 @@ fn now_in_seconds() -> SystemTime {
 }
 
 impl Issuer {
+    /// Issues one link, recording its latency and outcome in the metrics.
     pub async fn issue(
+        &self,
+        caller: &Caller,
+        spec: LinkSpec,
+        labels: Labels,
+    ) -> Result<IssuedLink, IssueError> {
+        let started = std::time::Instant::now();
+        let result = self.issue_unmetered(caller, spec, labels).await;
+        let outcome = match &result {
+            Ok(issued) => {
+                metrics::record_issued(&issued.link.method, &issued.link.signer);
+                "ok"
+            }
+            Err(IssueError::Registry(_) | IssueError::RegistryUnavailable(_)) => {
+                metrics::record_registry_error("issue_link");
+                "error"
+            }
+            Err(_) => "error",
+        };
+        metrics::record_issue_latency(started.elapsed(), outcome);
+        result
+    }
+
+    async fn issue_unmetered(
         &self,
         caller: &Caller,
         spec: LinkSpec,

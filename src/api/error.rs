@@ -1,6 +1,7 @@
 //! The one error type at the edge and its mapping to gRPC codes. Internal causes
 //! are logged here with context and reach the caller as an opaque message.
 
+use crate::dashboard::DashboardError;
 use crate::domain::FieldError;
 use crate::issuance::IssueError;
 use tonic::Status;
@@ -11,6 +12,8 @@ pub enum ApiError {
     InvalidArgument(#[from] FieldError),
     #[error("{0}")]
     NotFound(String),
+    #[error("{0}")]
+    PermissionDenied(String),
     #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
@@ -37,11 +40,30 @@ impl From<IssueError> for ApiError {
     }
 }
 
+impl From<DashboardError> for ApiError {
+    fn from(e: DashboardError) -> Self {
+        match e {
+            DashboardError::InvalidArgument(f) => Self::InvalidArgument(f),
+            DashboardError::NotFound(m) => Self::NotFound(m),
+            DashboardError::PermissionDenied(m) => Self::PermissionDenied(m),
+            DashboardError::RegistryUnavailable(ref cause) => {
+                tracing::warn!(error = %cause, "registry unavailable");
+                Self::Unavailable("registry unavailable; retry shortly".into())
+            }
+            DashboardError::Registry(ref cause) => {
+                tracing::error!(error = %cause, "registry error");
+                Self::Internal("registry error".into())
+            }
+        }
+    }
+}
+
 impl From<ApiError> for Status {
     fn from(e: ApiError) -> Self {
         match e {
             ApiError::InvalidArgument(f) => Status::invalid_argument(f.to_string()),
             ApiError::NotFound(m) => Status::not_found(m),
+            ApiError::PermissionDenied(m) => Status::permission_denied(m),
             ApiError::Unavailable(m) => Status::unavailable(m),
             ApiError::Internal(m) => Status::internal(m),
         }
