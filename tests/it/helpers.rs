@@ -45,6 +45,7 @@ pub fn test_config(extra: &[&str]) -> Config {
     let mut args: Vec<String> = vec![
         "presignd".into(),
         "--listen=127.0.0.1:0".into(),
+        "--metrics-listen=127.0.0.1:0".into(),
         format!("--callers={CALLER}:{token_hash}"),
         format!("--admins={CALLER}"),
         format!("--master-key={}", &*master.to_hex()),
@@ -71,6 +72,8 @@ pub type Links = LinkServiceClient<
 >;
 
 pub struct TestApp {
+    pub port: u16,
+    pub metrics_port: u16,
     pub channel: Channel,
     pub links: Links,
     pub http: reqwest::Client,
@@ -103,6 +106,7 @@ pub async fn spawn_app(pool: &PgPool) -> TestApp {
 pub async fn spawn_app_with(config: Config, db: PgConnectOptions) -> TestApp {
     let app = App::build_with_db(config, db).await.expect("app builds");
     let port = app.port();
+    let metrics_port = app.metrics_port();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(app.run_until(async {
         let _ = rx.await;
@@ -115,6 +119,8 @@ pub async fn spawn_app_with(config: Config, db: PgConnectOptions) -> TestApp {
         .expect("connect to the test server");
     let links = LinkServiceClient::with_interceptor(channel.clone(), with_token as fn(_) -> _);
     TestApp {
+        port,
+        metrics_port,
         channel,
         links,
         http: reqwest::Client::new(),

@@ -3,8 +3,11 @@
 //! Needs `deploy/dev/stack.sh` to have run and its env sourced; a missing service
 //! fails the tests loudly.
 
+mod dashboards;
 mod health;
 mod helpers;
 mod issue_link;
+mod lookup_link;
+mod metrics;
 mod registry_down;
 mod validation;
