@@ -9,5 +9,6 @@ mod helpers;
 mod issue_link;
 mod lookup_link;
 mod metrics;
+mod presignctl;
 mod registry_down;
 mod validation;

@@ -1,6 +1,8 @@
 //! presignctl: the command line for operators and scripts. Talks to a running
 //! presignd over gRPC with a bearer token (PRESIGND_TOKEN).
 
+mod links;
+
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use presignd::proto::{self, link_service_client::LinkServiceClient};
@@ -57,6 +59,12 @@ enum Cmd {
         #[arg(long = "label", value_parser = parse_label)]
         labels: Vec<(String, String)>,
     },
+    /// List links, newest first, narrowed by the filters.
+    Links(links::ListArgs),
+    /// Count links per state, grouped by key, signer, bucket or caller.
+    Summarize(links::SummarizeArgs),
+    /// Which link is this URL? Prints it and the blast radius of its key.
+    Lookup(links::LookupArgs),
     /// Wait until presignd reports SERVING (exit 1 on timeout).
     WaitReady {
         #[arg(long, default_value_t = 60)]
@@ -151,6 +159,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Cmd::Links(args) => links::list(&cli.endpoint, &cli.token, cli.json, args).await,
+        Cmd::Summarize(args) => links::summarize(&cli.endpoint, &cli.token, cli.json, args).await,
+        Cmd::Lookup(args) => links::lookup(&cli.endpoint, &cli.token, cli.json, args).await,
         Cmd::WaitReady { timeout_secs } => {
             let deadline = Instant::now() + Duration::from_secs(timeout_secs);
             loop {
