@@ -19,7 +19,7 @@ pub use method::Method;
 pub use name::{CallerName, SignerName};
 pub use object_key::ObjectKey;
 pub use presigned_url::PresignedUrl;
-pub use ttl::Ttl;
+pub use ttl::{MAX_TTL, Ttl};
 
 /// Why one field of a request was refused. The message starts with the field's
 /// name so a human can fix the right thing.

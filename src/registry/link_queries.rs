@@ -11,7 +11,7 @@
 
 use super::links::{LinkRow, STATE_SQL, select_sql};
 use crate::domain::LinkState;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use serde::Serialize;
 use sqlx::{PgExecutor, Postgres, QueryBuilder};
 use uuid::Uuid;
@@ -65,10 +65,43 @@ impl From<&LinkRow> for Cursor {
     }
 }
 
+/// The newest issued_at of any revoked link: the newest link of each dead key
+/// (one probe of `links_by_key_issued` per key) or of the marked links (one probe
+/// of `links_marked_by_revocation`). Live keys' links, newer than every revoked
+/// one after a rotation, are then skipped by the index instead of read.
+const NEWEST_REVOKED_SQL: &str = "(SELECT greatest(
+    (SELECT max(newest.issued_at) FROM signing_keys dead
+     CROSS JOIN LATERAL (SELECT x.issued_at FROM links x WHERE x.key_id = dead.key_id
+                         ORDER BY x.issued_at DESC LIMIT 1) newest
+     WHERE dead.state IN ('inactive', 'deleted')),
+    (SELECT max(x.issued_at) FROM links x WHERE x.revocation_id IS NOT NULL)))";
+
+/// A link lives at most this long (`links_live_at_most_7_days` in 0003).
+const MAX_LIFETIME_SECS: i64 = crate::domain::MAX_TTL.as_secs() as i64;
+
 fn push_filter(q: &mut QueryBuilder<Postgres>, f: &LinkFilter) {
     q.push(" WHERE TRUE");
     if let Some(state) = f.state {
         q.push(" AND ").push(state_predicate(state));
+    }
+    // Bounds on issued_at implied by the filter and the maximum lifetime: they
+    // let a scan in issued_at order stop where no more link can match.
+    if f.state == Some(LinkState::Active) {
+        q.push(" AND l.issued_at > now() - make_interval(secs => ")
+            .push_bind(MAX_LIFETIME_SECS as f64)
+            .push(")");
+    }
+    if f.state == Some(LinkState::Revoked) {
+        q.push(" AND l.issued_at <= ").push(NEWEST_REVOKED_SQL);
+    }
+    if let Some(t) = f
+        .expires_after
+        .and_then(|t| t.checked_sub_signed(TimeDelta::seconds(MAX_LIFETIME_SECS)))
+    {
+        q.push(" AND l.issued_at >= ").push_bind(t);
+    }
+    if let Some(t) = f.expires_before {
+        q.push(" AND l.issued_at < ").push_bind(t);
     }
     if let Some(v) = &f.bucket {
         q.push(" AND l.bucket = ").push_bind(v.clone());

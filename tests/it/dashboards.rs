@@ -614,3 +614,20 @@ async fn paging_returns_every_link_once_while_links_are_being_added(pool: PgPool
         "newest first, strictly"
     );
 }
+
+#[sqlx::test]
+async fn a_link_marked_by_a_revocation_is_revoked_even_while_its_key_lives(pool: PgPool) {
+    let mut app = spawn_app_with_fixture(&pool).await;
+    // The newest link, of an active key: newer than every link of a dead key.
+    sqlx::query("UPDATE links SET revocation_id = gen_random_uuid() WHERE id = $1::uuid")
+        .bind(id(1))
+        .execute(&pool)
+        .await
+        .unwrap();
+    let revoked = LinkFilter {
+        state: LinkState::Revoked as i32,
+        ..Default::default()
+    };
+    assert_eq!(list_ids(&mut app, revoked).await, ids(&[1, 5, 6, 9, 10]));
+    assert_eq!(state_of(&mut app, &id(1)).await, LinkState::Revoked as i32);
+}
