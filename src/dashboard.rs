@@ -13,7 +13,8 @@ pub use page_token::PageTokens;
 
 use crate::auth::Caller;
 use crate::domain::{FieldError, PresignedUrl};
-use crate::registry::link_queries::{self, Cursor, GroupBy, LinkFilter, SummaryRow};
+use crate::registry::link_queries::{self, Cursor, LinkFilter};
+use crate::registry::link_summary::{self, GroupBy, SummaryRow};
 use crate::registry::links::{self, BlastRadiusRow, LinkRow};
 use crate::{metrics, registry};
 use sqlx::PgPool;
@@ -141,7 +142,7 @@ impl Dashboard {
         group_by: GroupBy,
     ) -> Result<Vec<SummaryRow>, DashboardError> {
         let filter = scope(caller, filter)?;
-        Ok(link_queries::summarize(&self.pool, &filter, group_by).await?)
+        Ok(link_summary::summarize(&self.pool, &filter, group_by).await?)
     }
 
     /// The link `url` was issued as. Found by the hash of its signature, then

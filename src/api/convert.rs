@@ -5,7 +5,8 @@ use crate::domain::{
     ObjectKey, SignerName, Ttl,
 };
 use crate::proto;
-use crate::registry::link_queries::{GroupBy, LinkFilter, SummaryRow};
+use crate::registry::link_queries::LinkFilter;
+use crate::registry::link_summary::{GroupBy, SummaryRow};
 use crate::registry::links::{BlastRadiusRow, LinkRow};
 use crate::signing::LinkSpec;
 use chrono::{DateTime, Utc};

@@ -1,6 +1,6 @@
-//! The dashboards' reads of the links table: a filtered listing paged by keyset,
-//! summaries per key / signer / bucket / caller, and the outstanding links per key
-//! for the metrics gauge.
+//! The dashboards' reads of the links table: the filter they share, a filtered
+//! listing paged by keyset, and the outstanding links per key for the metrics
+//! gauge (summaries: `link_summary`).
 //!
 //! Filters are bound parameters (`QueryBuilder::push_bind`); the only SQL text
 //! chosen at run time comes from enums. Listing walks `(issued_at DESC, id DESC)`
@@ -9,7 +9,7 @@
 //! `limit` index entries however deep the cursor is, unless the filters left on
 //! top (state, prefix, expiry window) reject most rows.
 
-use super::links::{LinkRow, STATE_SQL, select_sql};
+use super::links::{LinkRow, select_sql};
 use crate::domain::LinkState;
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::Serialize;
@@ -65,10 +65,9 @@ impl From<&LinkRow> for Cursor {
     }
 }
 
-/// The newest issued_at of any revoked link: the newest link of each dead key
-/// (one probe of `links_by_key_issued` per key) or of the marked links (one probe
-/// of `links_marked_by_revocation`). Live keys' links, newer than every revoked
-/// one after a rotation, are then skipped by the index instead of read.
+/// The newest issued_at of any revoked link, NULL if none: the newest link of
+/// each dead key (one probe of `links_by_key_issued` per key) or of the marked
+/// links (one probe of `links_marked_by_revocation`).
 const NEWEST_REVOKED_SQL: &str = "(SELECT greatest(
     (SELECT max(newest.issued_at) FROM signing_keys dead
      CROSS JOIN LATERAL (SELECT x.issued_at FROM links x WHERE x.key_id = dead.key_id
@@ -76,23 +75,42 @@ const NEWEST_REVOKED_SQL: &str = "(SELECT greatest(
      WHERE dead.state IN ('inactive', 'deleted')),
     (SELECT max(x.issued_at) FROM links x WHERE x.revocation_id IS NOT NULL)))";
 
+/// The oldest issued_at of any link of a live key, NULL if none: one probe of
+/// `links_by_key_issued` per active or retired key.
+const OLDEST_OF_LIVE_KEYS_SQL: &str = "(SELECT min(oldest.issued_at) FROM signing_keys live
+     CROSS JOIN LATERAL (SELECT x.issued_at FROM links x WHERE x.key_id = live.key_id
+                         ORDER BY x.issued_at LIMIT 1) oldest
+     WHERE live.state NOT IN ('inactive', 'deleted'))";
+
 /// A link lives at most this long (`links_live_at_most_7_days` in 0003).
 const MAX_LIFETIME_SECS: i64 = crate::domain::MAX_TTL.as_secs() as i64;
 
-fn push_filter(q: &mut QueryBuilder<Postgres>, f: &LinkFilter) {
+/// Conditions every link in `state` meets without looking at its key, so a
+/// query on `links` alone can narrow by them.
+pub(super) fn state_necessary(state: LinkState) -> String {
+    match state {
+        LinkState::Active => format!(
+            "(l.revocation_id IS NULL AND l.expires_at > now()
+              AND l.issued_at > now() - make_interval(secs => {MAX_LIFETIME_SECS}))"
+        ),
+        LinkState::Expired => "(l.revocation_id IS NULL AND l.expires_at <= now())".into(),
+        LinkState::Revoked => "TRUE".into(),
+    }
+}
+
+/// `filter` as conditions on `links l` (and, for a state, `signing_keys k`).
+pub(super) fn push_filter(q: &mut QueryBuilder<Postgres>, f: &LinkFilter) {
     q.push(" WHERE TRUE");
     if let Some(state) = f.state {
-        q.push(" AND ").push(state_predicate(state));
+        q.push(" AND ")
+            .push(state_predicate(state))
+            .push(" AND ")
+            .push(state_necessary(state));
     }
-    // Bounds on issued_at implied by the filter and the maximum lifetime: they
+    // Bounds on issued_at implied by the filter and the 7-day lifetime: they
     // let a scan in issued_at order stop where no more link can match.
-    if f.state == Some(LinkState::Active) {
-        q.push(" AND l.issued_at > now() - make_interval(secs => ")
-            .push_bind(MAX_LIFETIME_SECS as f64)
-            .push(")");
-    }
-    if f.state == Some(LinkState::Revoked) {
-        q.push(" AND l.issued_at <= ").push(NEWEST_REVOKED_SQL);
+    if f.state == Some(LinkState::Expired) {
+        q.push(" AND l.issued_at >= ").push(OLDEST_OF_LIVE_KEYS_SQL);
     }
     if let Some(t) = f
         .expires_after
@@ -129,6 +147,45 @@ fn push_filter(q: &mut QueryBuilder<Postgres>, f: &LinkFilter) {
     }
 }
 
+/// Where the scan starts: strictly after the cursor. For REVOKED, also past
+/// the newest revoked link, so the live links newer than it (every link signed
+/// since the last rotation) are skipped by the index instead of read. One row
+/// comparison carries both: the index starts from it.
+fn push_start(q: &mut QueryBuilder<Postgres>, f: &LinkFilter, after: Option<Cursor>) {
+    const NIL: &str = "'00000000-0000-0000-0000-000000000000'::uuid";
+    let revoked = f.state == Some(LinkState::Revoked);
+    let bound = format!("coalesce({NEWEST_REVOKED_SQL} + interval '1 microsecond', '-infinity')");
+    match (revoked, after) {
+        (false, None) => {}
+        (false, Some(c)) => {
+            q.push(" AND (l.issued_at, l.id) < (")
+                .push_bind(c.issued_at)
+                .push(", ")
+                .push_bind(c.id)
+                .push(")");
+        }
+        (true, None) => {
+            q.push(format!(
+                " AND (l.issued_at, l.id) < ((SELECT {bound}), {NIL})"
+            ));
+        }
+        (true, Some(c)) => {
+            // The older of (bound, NIL) and the cursor, spelled per column.
+            q.push(format!(
+                " AND (l.issued_at, l.id) < (CASE WHEN (SELECT {bound}) < "
+            ))
+            .push_bind(c.issued_at)
+            .push(format!(" THEN (SELECT {bound}) ELSE "))
+            .push_bind(c.issued_at)
+            .push(format!(" END, CASE WHEN (SELECT {bound}) < "))
+            .push_bind(c.issued_at)
+            .push(format!(" THEN {NIL} ELSE "))
+            .push_bind(c.id)
+            .push(" END)");
+        }
+    }
+}
+
 /// Up to `limit` links matching `filter`, newest first (`issued_at DESC, id
 /// DESC`), strictly after `after`. Rows inserted while a client pages never shift
 /// the rows it has not seen yet: the cursor is a position, not an offset.
@@ -140,67 +197,9 @@ pub async fn list_page(
 ) -> Result<Vec<LinkRow>, sqlx::Error> {
     let mut q = QueryBuilder::new(select_sql(""));
     push_filter(&mut q, filter);
-    if let Some(c) = after {
-        q.push(" AND (l.issued_at, l.id) < (")
-            .push_bind(c.issued_at)
-            .push(", ")
-            .push_bind(c.id)
-            .push(")");
-    }
+    push_start(&mut q, filter, after);
     q.push(" ORDER BY l.issued_at DESC, l.id DESC LIMIT ")
         .push_bind(limit);
-    q.build_query_as().fetch_all(db).await
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GroupBy {
-    Key,
-    Signer,
-    Bucket,
-    Caller,
-}
-
-impl GroupBy {
-    fn column(self) -> &'static str {
-        match self {
-            Self::Key => "l.key_id",
-            Self::Signer => "l.signer",
-            Self::Bucket => "l.bucket",
-            Self::Caller => "l.caller",
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
-pub struct SummaryRow {
-    pub group: String,
-    pub active: i64,
-    pub expired: i64,
-    pub revoked: i64,
-    /// The latest expiry among the group's links that match the filter.
-    pub latest_expiry: Option<DateTime<Utc>>,
-}
-
-/// Links matching `filter`, counted per state in each group, groups by name.
-/// A plain aggregate over every matching row: see docs/BENCHMARKS.md for what
-/// it costs on a large registry.
-pub async fn summarize(
-    db: impl PgExecutor<'_>,
-    filter: &LinkFilter,
-    group_by: GroupBy,
-) -> Result<Vec<SummaryRow>, sqlx::Error> {
-    let mut q = QueryBuilder::new(format!(
-        "SELECT s.grp AS \"group\",
-                count(*) FILTER (WHERE s.state = 'active') AS active,
-                count(*) FILTER (WHERE s.state = 'expired') AS expired,
-                count(*) FILTER (WHERE s.state = 'revoked') AS revoked,
-                max(s.expires_at) AS latest_expiry
-         FROM (SELECT {} AS grp, {STATE_SQL} AS state, l.expires_at
-               FROM links l JOIN signing_keys k ON k.key_id = l.key_id",
-        group_by.column()
-    ));
-    push_filter(&mut q, filter);
-    q.push(") s GROUP BY s.grp ORDER BY s.grp");
     q.build_query_as().fetch_all(db).await
 }
 

@@ -505,6 +505,15 @@ async fn every_group_by_counts_each_state_and_the_latest_expiry(pool: PgPool) {
             ("alpha", 3, 0, 0, 4),
             ("beta", 2, 0, 0, 7),
         ]),
+        (GroupBy::Bucket, LinkFilter { state: LinkState::Expired as i32, ..all() }, vec![
+            ("docs", 0, 2, 0, 3),
+        ]),
+        (GroupBy::Key, LinkFilter { state: LinkState::Revoked as i32, ..all() }, vec![
+            ("GKALPHA0", 0, 0, 2, 5),
+            ("GKBETA0", 0, 0, 1, 10),
+            ("GKBETA2", 0, 0, 1, 9),
+        ]),
+        (GroupBy::Caller, LinkFilter { caller: "nobody".into(), ..all() }, vec![]),
     ];
     for (group_by, filter, expected) in cases {
         assert_summary(&mut app, &pool, filter, group_by, &expected).await;
