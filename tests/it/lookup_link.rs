@@ -1,7 +1,7 @@
 //! LookupLink: from a URL back to its link and the blast radius of its key; and
 //! the blast radius itself, against links whose answers are known.
 
-use crate::dashboards::seed_fixture;
+use crate::fixture::seed_fixture;
 use crate::helpers::*;
 use presignd::proto::{self, Method, link_service_client::LinkServiceClient};
 use presignd::registry::links::blast_radius;

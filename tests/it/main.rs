@@ -4,9 +4,12 @@
 //! fails the tests loudly.
 
 mod dashboards;
+mod fixture;
 mod health;
 mod helpers;
 mod issue_link;
+mod link_paging;
+mod link_summaries;
 mod lookup_link;
 mod metrics;
 mod presignctl;
