@@ -15,6 +15,7 @@ use crate::auth::Authenticator;
 use crate::backend::aws::{AwsBackend, AwsSettings};
 use crate::backend::{KeyBackend, garage::GarageBackend};
 use crate::config::Config;
+use crate::dashboard::{Dashboard, PageTokens};
 use crate::domain::SignerName;
 use crate::issuance::Issuer;
 use crate::keys::KeyManager;
@@ -22,9 +23,9 @@ use crate::policy::PolicyHandle;
 use crate::proto::key_service_server::KeyServiceServer;
 use crate::proto::link_service_server::LinkServiceServer;
 use crate::ratelimit::RateLimits;
-use crate::registry;
 use crate::revocation;
 use crate::signing::{Keyring, S3Target};
+use crate::{metrics, registry};
 use anyhow::{Context, bail};
 use sqlx::postgres::PgConnectOptions;
 use std::future::Future;
@@ -39,6 +40,8 @@ pub struct App {
     config: Config,
     listener: TcpListener,
     port: u16,
+    metrics_listener: TcpListener,
+    metrics_port: u16,
     auth: Authenticator,
     keys: KeyManager,
     signers: Vec<SignerName>,
@@ -98,10 +101,16 @@ impl App {
             .await
             .with_context(|| format!("binding {}", config.listen))?;
         let port = listener.local_addr()?.port();
+        let metrics_listener = TcpListener::bind(config.metrics_listen)
+            .await
+            .with_context(|| format!("binding the metrics listener {}", config.metrics_listen))?;
+        let metrics_port = metrics_listener.local_addr()?.port();
         Ok(Self {
             config,
             listener,
             port,
+            metrics_listener,
+            metrics_port,
             auth,
             keys,
             signers,
@@ -124,6 +133,11 @@ impl App {
     /// step by step through it).
     pub fn key_manager(&self) -> KeyManager {
         self.keys.clone()
+    }
+
+    /// The bound port of the Prometheus listener (`/metrics`).
+    pub fn metrics_port(&self) -> u16 {
+        self.metrics_port
     }
 
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
@@ -162,11 +176,15 @@ impl App {
             limits: RateLimits::default(),
             audit: self.audit.clone(),
         };
+        let dashboard = Dashboard {
+            pool: self.keys.pool.clone(),
+            tokens: PageTokens::new(&self.keys.master_key),
+        };
         let auth = self.auth.clone();
-        let links =
-            InterceptedService::new(LinkServiceServer::new(LinkApi { issuer }), move |req| {
-                auth.intercept(req)
-            });
+        let links = InterceptedService::new(
+            LinkServiceServer::new(LinkApi { issuer, dashboard }),
+            move |req| auth.intercept(req),
+        );
         let auth = self.auth.clone();
         let keys = InterceptedService::new(
             KeyServiceServer::new(KeyApi {
@@ -188,8 +206,15 @@ impl App {
             .is_some()
             .then(|| tokio::spawn(reload_on_hangup(self.policy.clone())));
 
+        let metrics_server = tokio::spawn(metrics::serve(self.metrics_listener));
+        let outstanding = tokio::spawn(metrics::keep_outstanding_fresh(
+            self.keys.pool.clone(),
+            self.config.metrics_refresh(),
+        ));
+
         tracing::info!(
             port = self.port,
+            metrics_port = self.metrics_port,
             tls = self.tls.is_some(),
             "presignd serving"
         );
@@ -232,6 +257,8 @@ impl App {
         readiness.abort();
         follower.abort();
         maintenance.abort();
+        metrics_server.abort();
+        outstanding.abort();
         self.keys.pool.close().await;
         result.context("gRPC server failed")
     }

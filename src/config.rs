@@ -24,6 +24,21 @@ pub struct Config {
     #[arg(long, env = "PRESIGND_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
 
+    /// Address of the Prometheus metrics listener, serving GET /metrics (port 0:
+    /// any free port).
+    #[arg(
+        long,
+        env = "PRESIGND_METRICS_LISTEN",
+        default_value = "127.0.0.1:9464"
+    )]
+    pub metrics_listen: SocketAddr,
+
+    /// Seconds between recomputations of the outstanding-links gauge: one index
+    /// range per active or retired key (about 0.9 s for 1.4M outstanding links;
+    /// see docs/BENCHMARKS.md).
+    #[arg(long, env = "PRESIGND_METRICS_REFRESH_SECS", default_value_t = 60)]
+    pub metrics_refresh_secs: u64,
+
     /// PostgreSQL URL of the registry.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<SecretString>,
@@ -216,6 +231,10 @@ impl Config {
 
     pub fn maintenance_interval(&self) -> Duration {
         Duration::from_secs(self.maintenance_interval_secs.max(1))
+    }
+
+    pub fn metrics_refresh(&self) -> Duration {
+        Duration::from_secs(self.metrics_refresh_secs.max(1))
     }
 
     pub fn health_interval(&self) -> Duration {

@@ -4,18 +4,22 @@
 mod bucket;
 mod headers;
 mod labels;
+mod link_state;
 mod method;
 mod name;
 mod object_key;
+mod presigned_url;
 mod ttl;
 
 pub use bucket::Bucket;
 pub use headers::{ContentDisposition, ContentType};
 pub use labels::Labels;
+pub use link_state::LinkState;
 pub use method::Method;
 pub use name::{CallerName, SignerName};
 pub use object_key::ObjectKey;
-pub use ttl::Ttl;
+pub use presigned_url::PresignedUrl;
+pub use ttl::{MAX_TTL, Ttl};
 
 /// Why one field of a request was refused. The message starts with the field's
 /// name so a human can fix the right thing.

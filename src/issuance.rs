@@ -7,6 +7,7 @@ use crate::audit::{AuditEvent, Auditor};
 use crate::auth::Caller;
 use crate::domain::Labels;
 use crate::keys::KeyManager;
+use crate::metrics;
 use crate::policy::{Denied, PolicyHandle};
 use crate::ratelimit::{RateLimited, RateLimits};
 use crate::registry::{self, links::NewLink};
@@ -79,7 +80,31 @@ impl Issuer {
         Ok(self.limits.check(&caller.name, rate)?)
     }
 
+    /// Issues one link, recording its latency and outcome in the metrics.
     pub async fn issue(
+        &self,
+        caller: &Caller,
+        spec: LinkSpec,
+        labels: Labels,
+    ) -> Result<IssuedLink, IssueError> {
+        let started = std::time::Instant::now();
+        let result = self.issue_unmetered(caller, spec, labels).await;
+        let outcome = match &result {
+            Ok(issued) => {
+                metrics::record_issued(&issued.link.method, &issued.link.signer);
+                "ok"
+            }
+            Err(IssueError::Registry(_) | IssueError::RegistryUnavailable(_)) => {
+                metrics::record_registry_error("issue_link");
+                "error"
+            }
+            Err(_) => "error",
+        };
+        metrics::record_issue_latency(started.elapsed(), outcome);
+        result
+    }
+
+    async fn issue_unmetered(
         &self,
         caller: &Caller,
         spec: LinkSpec,

@@ -5,6 +5,8 @@
 pub mod audit;
 pub mod blast_radius;
 pub mod keys;
+pub mod link_queries;
+pub mod link_summary;
 pub mod links;
 pub mod revocations;
 pub mod sealed;

@@ -1,12 +1,16 @@
 //! Conversions between registry rows / domain values and proto messages.
 
 use crate::domain::{
-    Bucket, ContentDisposition, ContentType, FieldError, Labels, Method, ObjectKey, Ttl,
+    Bucket, CallerName, ContentDisposition, ContentType, FieldError, Labels, LinkState, Method,
+    ObjectKey, SignerName, Ttl,
 };
 use crate::proto;
-use crate::registry::links::LinkRow;
+use crate::registry::link_queries::LinkFilter;
+use crate::registry::link_summary::{GroupBy, SummaryRow};
+use crate::registry::links::{BlastRadius, LinkRow};
 use crate::signing::LinkSpec;
 use chrono::{DateTime, Utc};
+use uuid::Uuid;
 
 pub fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
     prost_types::Timestamp {
@@ -42,6 +46,138 @@ pub fn link(row: LinkRow) -> proto::Link {
         state: link_state(&row.state) as i32,
         revocation_id: row.revocation_id.map(|r| r.to_string()).unwrap_or_default(),
     }
+}
+
+pub fn blast_radius(row: &BlastRadius) -> proto::BlastRadius {
+    let row = row.clone();
+    let counts = |v: Vec<(String, i64)>| {
+        v.into_iter()
+            .map(|(name, n)| proto::Count {
+                name,
+                count: n.max(0) as u64,
+            })
+            .collect()
+    };
+    proto::BlastRadius {
+        key_id: row.key_id,
+        signer: row.signer,
+        outstanding_links: row.outstanding_links.max(0) as u64,
+        earliest_expiry: row.earliest_expiry.map(timestamp),
+        latest_expiry: row.latest_expiry.map(timestamp),
+        top_buckets: counts(row.top_buckets),
+        top_callers: counts(row.top_callers),
+        per_method: counts(row.per_method),
+        sample_link_ids: row.sample_link_ids.iter().map(Uuid::to_string).collect(),
+        computed_at: Some(timestamp(row.computed_at)),
+    }
+}
+
+pub fn summary_group(row: SummaryRow) -> proto::LinkSummaryGroup {
+    proto::LinkSummaryGroup {
+        group: row.group,
+        active: row.active.max(0) as u64,
+        expired: row.expired.max(0) as u64,
+        revoked: row.revoked.max(0) as u64,
+        latest_expiry: row.latest_expiry.map(timestamp),
+    }
+}
+
+pub fn link_id(id: &str) -> Result<Uuid, FieldError> {
+    match id {
+        "" => Err(FieldError::new("id", "is required")),
+        id => {
+            Uuid::parse_str(id).map_err(|_| FieldError::new("id", format!("{id:?} is not a UUID")))
+        }
+    }
+}
+
+pub fn group_by(value: i32) -> Result<GroupBy, FieldError> {
+    match proto::GroupBy::try_from(value) {
+        Ok(proto::GroupBy::Key) => Ok(GroupBy::Key),
+        Ok(proto::GroupBy::Signer) => Ok(GroupBy::Signer),
+        Ok(proto::GroupBy::Bucket) => Ok(GroupBy::Bucket),
+        Ok(proto::GroupBy::Caller) => Ok(GroupBy::Caller),
+        Ok(proto::GroupBy::Unspecified) | Err(_) => Err(FieldError::new(
+            "group_by",
+            "is required: one of KEY, SIGNER, BUCKET, CALLER",
+        )),
+    }
+}
+
+fn time(
+    field: &'static str,
+    t: &Option<prost_types::Timestamp>,
+) -> Result<Option<DateTime<Utc>>, FieldError> {
+    t.as_ref()
+        .map(|t| {
+            u32::try_from(t.nanos)
+                .ok()
+                .and_then(|nanos| DateTime::from_timestamp(t.seconds, nanos))
+                .ok_or_else(|| FieldError::new(field, "is not a valid timestamp"))
+        })
+        .transpose()
+}
+
+/// A field of the filter, validated by `parse` and named `filter.<field>`; empty
+/// means "do not filter".
+fn filter_field<T>(
+    field: &'static str,
+    value: &str,
+    parse: impl FnOnce(&str) -> Result<T, FieldError>,
+) -> Result<Option<T>, FieldError> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    parse(value)
+        .map(Some)
+        .map_err(|e| FieldError::new(field, e.reason))
+}
+
+fn key_id(s: &str) -> Result<String, FieldError> {
+    let ok = s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'));
+    match ok {
+        true => Ok(s.to_owned()),
+        false => Err(FieldError::new(
+            "key_id",
+            "must be at most 128 characters of A-Z, a-z, 0-9, '-' and '_'",
+        )),
+    }
+}
+
+/// Validates a LinkFilter (absent: every link); a bad field is named `filter.<field>`.
+pub fn link_filter(f: Option<&proto::LinkFilter>) -> Result<LinkFilter, FieldError> {
+    let Some(f) = f else {
+        return Ok(LinkFilter::default());
+    };
+    let filter = LinkFilter {
+        state: LinkState::from_proto("filter.state", f.state)?,
+        bucket: filter_field("filter.bucket", &f.bucket, |s| {
+            Bucket::parse(s).map(|b| b.as_str().to_owned())
+        })?,
+        object_key_prefix: filter_field("filter.object_key_prefix", &f.object_key_prefix, |s| {
+            ObjectKey::parse(s).map(|k| k.as_str().to_owned())
+        })?,
+        caller: filter_field("filter.caller", &f.caller, |s| {
+            CallerName::parse(s).map(|c| c.as_str().to_owned())
+        })?,
+        key_id: filter_field("filter.key_id", &f.key_id, key_id)?,
+        signer: filter_field("filter.signer", &f.signer, |s| {
+            SignerName::parse(s).map(|c| c.as_str().to_owned())
+        })?,
+        expires_after: time("filter.expires_after", &f.expires_after)?,
+        expires_before: time("filter.expires_before", &f.expires_before)?,
+    };
+    if let (Some(after), Some(before)) = (filter.expires_after, filter.expires_before)
+        && after >= before
+    {
+        return Err(FieldError::new(
+            "filter.expires_before",
+            "must be later than filter.expires_after",
+        ));
+    }
+    Ok(filter)
 }
 
 /// Validates an IssueLinkRequest field by field; the first bad field is named.
@@ -105,30 +241,6 @@ pub fn page_size(n: u32) -> Result<i64, FieldError> {
             format!("{n} is over the maximum of {MAX_PAGE_SIZE}"),
         )),
         n => Ok(n as i64),
-    }
-}
-
-fn counts(v: &[(String, i64)]) -> Vec<proto::Count> {
-    v.iter()
-        .map(|(name, count)| proto::Count {
-            name: name.clone(),
-            count: *count as u64,
-        })
-        .collect()
-}
-
-pub fn blast_radius(b: &crate::registry::blast_radius::BlastRadius) -> proto::BlastRadius {
-    proto::BlastRadius {
-        key_id: b.key_id.clone(),
-        signer: b.signer.clone(),
-        outstanding_links: b.outstanding_links as u64,
-        earliest_expiry: b.earliest_expiry.map(timestamp),
-        latest_expiry: b.latest_expiry.map(timestamp),
-        top_buckets: counts(&b.top_buckets),
-        top_callers: counts(&b.top_callers),
-        per_method: counts(&b.per_method),
-        sample_link_ids: b.sample_link_ids.iter().map(|id| id.to_string()).collect(),
-        computed_at: Some(timestamp(b.computed_at)),
     }
 }
 

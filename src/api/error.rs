@@ -2,6 +2,7 @@
 //! are logged here with context and reach the caller as an opaque message.
 
 use crate::backend::BackendError;
+use crate::dashboard::DashboardError;
 use crate::domain::FieldError;
 use crate::issuance::IssueError;
 use crate::revocation::RevocationError;
@@ -75,6 +76,24 @@ impl From<RevocationError> for ApiError {
             Other(ref cause) => {
                 tracing::error!(error = format!("{cause:#}"), "revocation error");
                 Self::Internal("internal error; see the server log".into())
+            }
+        }
+    }
+}
+
+impl From<DashboardError> for ApiError {
+    fn from(e: DashboardError) -> Self {
+        match e {
+            DashboardError::InvalidArgument(f) => Self::InvalidArgument(f),
+            DashboardError::NotFound(m) => Self::NotFound(m),
+            DashboardError::PermissionDenied(m) => Self::PermissionDenied(m),
+            DashboardError::RegistryUnavailable(ref cause) => {
+                tracing::warn!(error = %cause, "registry unavailable");
+                Self::Unavailable("registry unavailable; retry shortly".into())
+            }
+            DashboardError::Registry(ref cause) => {
+                tracing::error!(error = %cause, "registry error");
+                Self::Internal("registry error".into())
             }
         }
     }

@@ -2,12 +2,15 @@
 
 use super::{ApiError, convert};
 use crate::auth::caller_of;
+use crate::dashboard::Dashboard;
+use crate::domain::PresignedUrl;
 use crate::issuance::Issuer;
 use crate::proto::{self, link_service_server::LinkService};
 use tonic::{Request, Response, Status};
 
 pub struct LinkApi {
     pub issuer: Issuer,
+    pub dashboard: Dashboard,
 }
 
 #[tonic::async_trait]
@@ -37,31 +40,69 @@ impl LinkService for LinkApi {
 
     async fn get_link(
         &self,
-        _: Request<proto::GetLinkRequest>,
+        request: Request<proto::GetLinkRequest>,
     ) -> Result<Response<proto::Link>, Status> {
-        Err(Status::unimplemented("GetLink is not implemented yet"))
+        let caller = caller_of(&request)?;
+        let id = convert::link_id(&request.get_ref().id).map_err(ApiError::from)?;
+        let link = self
+            .dashboard
+            .get(&caller, id)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(convert::link(link)))
     }
 
     async fn list_links(
         &self,
-        _: Request<proto::ListLinksRequest>,
+        request: Request<proto::ListLinksRequest>,
     ) -> Result<Response<proto::ListLinksResponse>, Status> {
-        Err(Status::unimplemented("ListLinks is not implemented yet"))
+        let caller = caller_of(&request)?;
+        let req = request.get_ref();
+        let filter = convert::link_filter(req.filter.as_ref()).map_err(ApiError::from)?;
+        let page = self
+            .dashboard
+            .list(&caller, filter, req.page_size, &req.page_token)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(proto::ListLinksResponse {
+            links: page.links.into_iter().map(convert::link).collect(),
+            next_page_token: page.next_page_token.unwrap_or_default(),
+        }))
     }
 
     async fn summarize_links(
         &self,
-        _: Request<proto::SummarizeLinksRequest>,
+        request: Request<proto::SummarizeLinksRequest>,
     ) -> Result<Response<proto::SummarizeLinksResponse>, Status> {
-        Err(Status::unimplemented(
-            "SummarizeLinks is not implemented yet",
-        ))
+        let caller = caller_of(&request)?;
+        let req = request.get_ref();
+        let filter = convert::link_filter(req.filter.as_ref()).map_err(ApiError::from)?;
+        let group_by = convert::group_by(req.group_by).map_err(ApiError::from)?;
+        let groups = self
+            .dashboard
+            .summarize(&caller, filter, group_by)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(proto::SummarizeLinksResponse {
+            groups: groups.into_iter().map(convert::summary_group).collect(),
+        }))
     }
 
     async fn lookup_link(
         &self,
-        _: Request<proto::LookupLinkRequest>,
+        request: Request<proto::LookupLinkRequest>,
     ) -> Result<Response<proto::LookupLinkResponse>, Status> {
-        Err(Status::unimplemented("LookupLink is not implemented yet"))
+        let caller = caller_of(&request)?;
+        // The URL is a bearer credential: parsed here, never logged.
+        let url = PresignedUrl::parse(&request.get_ref().url).map_err(ApiError::from)?;
+        let found = self
+            .dashboard
+            .lookup(&caller, &url)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(proto::LookupLinkResponse {
+            link: Some(convert::link(found.link)),
+            blast_radius: found.blast_radius.as_ref().map(convert::blast_radius),
+        }))
     }
 }

@@ -7,6 +7,8 @@ use sqlx::{AssertSqlSafe, PgExecutor};
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
+pub use super::blast_radius::{BlastRadius, blast_radius};
+
 #[derive(Debug, Clone)]
 pub struct NewLink<'a> {
     pub id: Uuid,
@@ -71,7 +73,7 @@ pub const STATE_SQL: &str = "CASE
 pub const REVOCATION_SQL: &str =
     "coalesce(l.revocation_id, CASE WHEN l.expires_at > k.deactivated_at THEN k.revocation_id END)";
 
-fn select_sql(filter: &str) -> String {
+pub(super) fn select_sql(filter: &str) -> String {
     format!(
         "SELECT l.id, l.key_id, l.signer, l.caller, l.method, l.bucket, l.object_key, l.labels,
                 l.issued_at, l.expires_at, {REVOCATION_SQL} AS revocation_id, {STATE_SQL} AS state
@@ -119,14 +121,18 @@ pub async fn get(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<LinkRow>, s
         .await
 }
 
+/// The earliest link recorded with this signature hash: identical requests signed
+/// in the same second share one URL, so the hash is not unique.
 pub async fn find_by_signature(
     db: impl PgExecutor<'_>,
     signature_sha256: &[u8],
 ) -> Result<Option<LinkRow>, sqlx::Error> {
-    sqlx::query_as(AssertSqlSafe(select_sql("WHERE l.signature_sha256 = $1")))
-        .bind(signature_sha256)
-        .fetch_optional(db)
-        .await
+    sqlx::query_as(AssertSqlSafe(select_sql(
+        "WHERE l.signature_sha256 = $1 ORDER BY l.issued_at, l.id LIMIT 1",
+    )))
+    .bind(signature_sha256)
+    .fetch_optional(db)
+    .await
 }
 
 /// How many links a deactivation revoked: those of the key still unexpired when

@@ -99,6 +99,7 @@ fn validate_reason(reason: &str) -> Result<String, FieldError> {
 /// Plans, records and runs a rotation to its end (or to a step that must be
 /// retried later: the report then says RUNNING, with the error).
 pub async fn rotate(km: &KeyManager, req: RotateRequest) -> Result<Rotation, RevocationError> {
+    let req_mode = req.mode;
     let id = match start(km, req).await? {
         dry_run @ Rotation::DryRun { .. } => return Ok(dry_run),
         Rotation::Ran(row) => row.id,
@@ -110,6 +111,12 @@ pub async fn rotate(km: &KeyManager, req: RotateRequest) -> Result<Rotation, Rev
     let row = revocations::get(&km.pool, id)
         .await?
         .ok_or(RevocationError::NotFound(id))?;
+    let outcome = match row.state.as_str() {
+        "succeeded" => "succeeded",
+        "failed" => "failed",
+        _ => "pending_retry",
+    };
+    crate::metrics::record_revocation(req_mode.as_str(), outcome);
     if row.state == "failed" {
         // The report stays readable with GetRevocation; the caller gets a
         // status that says the rotation did not happen, and why.

@@ -89,5 +89,10 @@ async fn reflection_v1alpha_answers_too_for_older_tools(pool: PgPool) {
     let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
         panic!("unexpected reflection answer: {response:?}");
     };
-    assert!(list.service.iter().any(|s| s.name == "presignd.v1.KeyService"), "{list:?}");
+    assert!(
+        list.service
+            .iter()
+            .any(|s| s.name == "presignd.v1.KeyService"),
+        "{list:?}"
+    );
 }

@@ -63,6 +63,7 @@ pub fn test_config(extra: &[&str]) -> Config {
             presignd::auth::hash_token(TOKEN),
             presignd::auth::hash_token(TOKEN_B)
         ),
+        "--metrics-listen=127.0.0.1:0".into(),
         format!("--admins={CALLER}"),
         format!("--master-key={}", master_key_hex()),
         "--backend=garage".into(),
@@ -94,6 +95,7 @@ pub type Keys = KeyServiceClient<InterceptedService<Channel, Auth>>;
 
 pub struct TestApp {
     pub port: u16,
+    pub metrics_port: u16,
     pub channel: Channel,
     pub links: Links,
     /// KeyService as the admin caller.
@@ -174,6 +176,7 @@ async fn spawn_app_on(config: Config, db: PgConnectOptions, ca_pem: Option<&str>
     let port = app.port();
     let km = app.key_manager();
     let policy = app.policy();
+    let metrics_port = app.metrics_port();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(app.run_until(async {
         let _ = rx.await;
@@ -193,6 +196,7 @@ async fn spawn_app_on(config: Config, db: PgConnectOptions, ca_pem: Option<&str>
     let keys = KeyServiceClient::with_interceptor(channel.clone(), with_token as Auth);
     TestApp {
         port,
+        metrics_port,
         channel,
         links,
         keys,

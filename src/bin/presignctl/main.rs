@@ -6,6 +6,8 @@ mod audit;
 mod keys;
 mod tls;
 
+mod links;
+
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use presignd::proto::{self, link_service_client::LinkServiceClient};
@@ -71,6 +73,12 @@ enum Cmd {
         #[arg(long = "label", value_parser = parse_label)]
         labels: Vec<(String, String)>,
     },
+    /// List links, newest first, narrowed by the filters.
+    Links(links::ListArgs),
+    /// Count links per state, grouped by key, signer, bucket or caller.
+    Summarize(links::SummarizeArgs),
+    /// Which link is this URL? Prints it and the blast radius of its key.
+    Lookup(links::LookupArgs),
     /// Wait until presignd reports SERVING (exit 1 on timeout).
     WaitReady {
         #[arg(long, default_value_t = 60)]
@@ -201,6 +209,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Cmd::Links(args) => links::list(conn, conn.json, args).await,
+        Cmd::Summarize(args) => links::summarize(conn, conn.json, args).await,
+        Cmd::Lookup(args) => links::lookup(conn, conn.json, args).await,
         Cmd::WaitReady { timeout_secs } => {
             let deadline = Instant::now() + Duration::from_secs(timeout_secs);
             loop {

@@ -1,0 +1,394 @@
+//! The dashboards' queries over a large registry: a ListLinks page at several
+//! depths, with and without filters, SummarizeLinks, and a blast radius, timed
+//! through the registry functions the service runs. Results: docs/BENCHMARKS.md.
+//!
+//!   DATABASE_URL=... cargo bench --bench dashboards
+//!
+//! Creates a scratch database (PRESIGND_BENCH_DB, default presignd_bench_dashboards)
+//! on the server of DATABASE_URL (the role needs CREATEDB), fills it with
+//! PRESIGND_BENCH_ROWS links (default 10,000,000; several minutes), and reuses it
+//! on the next run if it holds that many. PRESIGND_BENCH_DROP=1 drops it at the end.
+//! Not a test: without `--bench` (as under `cargo test` or nextest) it does nothing.
+
+use presignd::domain::LinkState;
+use presignd::registry::link_queries::{self, Cursor, LinkFilter};
+use presignd::registry::link_summary::{self, GroupBy};
+use presignd::registry::{self, links};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, Executor, PgPool};
+use std::time::{Duration, Instant};
+
+const PAGE: i64 = 100;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if !args.iter().any(|a| a == "--bench") {
+        // `cargo test --benches` and nextest's `--list` land here: nothing to run.
+        return Ok(());
+    }
+    let url = std::env::var("DATABASE_URL").map_err(|_| anyhow::anyhow!("set DATABASE_URL"))?;
+    let rows: i64 = std::env::var("PRESIGND_BENCH_ROWS")
+        .ok()
+        .map(|s| s.replace('_', "").parse())
+        .transpose()?
+        .unwrap_or(10_000_000);
+    let name =
+        std::env::var("PRESIGND_BENCH_DB").unwrap_or_else(|_| "presignd_bench_dashboards".into());
+    let admin: PgConnectOptions = url.parse()?;
+
+    let pool = scratch_database(&admin, &name).await?;
+    let have: i64 = sqlx::query_scalar("SELECT count(*) FROM links")
+        .fetch_one(&pool)
+        .await?;
+    if have == rows {
+        println!("reusing {name}: {have} links");
+    } else {
+        generate(&pool, rows).await?;
+    }
+    report(&pool).await?;
+    measure(&pool).await?;
+    pool.close().await;
+
+    if std::env::var("PRESIGND_BENCH_DROP").is_ok_and(|v| v == "1") {
+        let mut conn = sqlx::PgConnection::connect_with(&admin).await?;
+        conn.execute(sqlx::AssertSqlSafe(format!("DROP DATABASE {name}")))
+            .await?;
+        println!("dropped {name}");
+    }
+    Ok(())
+}
+
+async fn scratch_database(admin: &PgConnectOptions, name: &str) -> anyhow::Result<PgPool> {
+    anyhow::ensure!(
+        name.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+        "PRESIGND_BENCH_DB: lowercase letters, digits and '_' only"
+    );
+    let mut conn = sqlx::PgConnection::connect_with(admin).await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT FROM pg_database WHERE datname = $1)")
+            .bind(name)
+            .fetch_one(&mut conn)
+            .await?;
+    if !exists {
+        conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .await?;
+    }
+    let pool = PgPoolOptions::new()
+        .max_connections(4)
+        .connect_with(admin.clone().database(name))
+        .await?;
+    registry::migrate(&pool).await?;
+    Ok(pool)
+}
+
+/// `rows` links: 10% for one key of a "bulk" signer, all issued within the last
+/// day with a 7-day TTL (a key with a large blast radius); the rest spread evenly
+/// over 30 days across three signers, each with four generations of keys
+/// (deleted, inactive with its links marked by a revocation, retired, active).
+/// Callers, buckets, methods and TTLs are skewed as real traffic is.
+async fn generate(pool: &PgPool, rows: i64) -> anyhow::Result<()> {
+    let started = Instant::now();
+    println!("generating {rows} links (this takes minutes)");
+    let mut tx = pool.begin().await?;
+    tx.execute("TRUNCATE links, signing_keys, signers").await?;
+    tx.execute(
+        "INSERT INTO signers (name, backend)
+         VALUES ('web', 'garage'), ('batch', 'garage'), ('partners', 'garage'), ('bulk', 'garage')",
+    )
+    .await?;
+    tx.execute(
+        "INSERT INTO signing_keys (key_id, signer, state, sealed_secret)
+         SELECT 'GK' || s || g, s,
+                (ARRAY['deleted', 'inactive', 'retired', 'active'])[g + 1], '\\x00'::bytea
+         FROM unnest(ARRAY['web', 'batch', 'partners']) AS s, generate_series(0, 3) AS g
+         UNION ALL SELECT 'GKbulk', 'bulk', 'active', '\\x00'::bytea",
+    )
+    .await?;
+    // Bulk loading: build the indexes and check the foreign keys once at the end
+    // (exactly the migrated definitions, read back from the catalog).
+    let indexes: Vec<(String, String)> = sqlx::query_as(
+        "SELECT indexname, indexdef FROM pg_indexes
+         WHERE tablename = 'links' AND indexname <> 'links_pkey'",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    let constraints: Vec<(String, String)> = sqlx::query_as(
+        "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint
+         WHERE conrelid = 'links'::regclass AND contype IN ('f', 'c')",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    for (name, _) in &indexes {
+        tx.execute(sqlx::AssertSqlSafe(format!("DROP INDEX {name}")))
+            .await?;
+    }
+    for (name, _) in &constraints {
+        tx.execute(sqlx::AssertSqlSafe(format!(
+            "ALTER TABLE links DROP CONSTRAINT {name}"
+        )))
+        .await?;
+    }
+    tx.execute("SELECT setseed(0.42)").await?;
+    let bulk = rows / 10;
+    let spread = rows - bulk;
+    sqlx::query(
+        "INSERT INTO links (id, key_id, signer, caller, method, bucket, object_key,
+                            issued_at, expires_at, signature_sha256, revocation_id)
+         SELECT -- a UUIDv7-like id: milliseconds first, like Uuid::now_v7
+                (lpad(to_hex((extract(epoch FROM issued_at) * 1000)::bigint), 12, '0')
+                 || '7' || substr(h, 1, 3) || '8' || substr(h, 4, 15))::uuid,
+                key_id, signer, caller, method, bucket,
+                caller || '/' || to_char(issued_at, 'YYYY/MM/DD') || '/obj-' || i || '.bin',
+                issued_at, issued_at + ttl, sha256(h::bytea),
+                CASE WHEN key_id LIKE '%1' THEN '0198c0de-0000-7000-8000-000000000001'::uuid END
+         FROM (
+             SELECT i, md5(i::text) AS h, signer,
+                    CASE WHEN signer = 'bulk' THEN 'GKbulk'
+                         ELSE 'GK' || signer || greatest(0, 3 - floor(-age_days / 7.5)::int) END AS key_id,
+                    'svc-' || lpad(floor(20 * random() ^ 2)::int::text, 2, '0') AS caller,
+                    'bucket-' || floor(8 * random() ^ 2)::int AS bucket,
+                    (ARRAY['GET','GET','GET','GET','GET','GET','GET','PUT','PUT','HEAD','DELETE'])
+                        [1 + floor(random() * 11)::int] AS method,
+                    CASE WHEN signer = 'bulk' THEN interval '7 days'
+                         ELSE (ARRAY[interval '15 minutes', interval '15 minutes',
+                                     interval '15 minutes', interval '1 hour',
+                                     interval '1 day', interval '7 days'])
+                                  [1 + floor(random() * 6)::int] END AS ttl,
+                    date_trunc('second', now() + age_days * interval '1 day') AS issued_at
+             FROM (
+                 SELECT i,
+                        CASE WHEN i <= $2 THEN 'bulk'
+                             ELSE (ARRAY['web','web','web','web','web','web',
+                                         'batch','batch','batch','partners'])[1 + i % 10] END
+                            AS signer,
+                        CASE WHEN i <= $2 THEN -random()
+                             ELSE -30 + 30.0 * (i - $2) / $3 END AS age_days
+                 FROM generate_series(1, $1) AS i
+             ) base
+         ) gen",
+    )
+    .bind(rows)
+    .bind(bulk)
+    .bind(spread)
+    .execute(&mut *tx)
+    .await?;
+    println!("  rows inserted after {:.0?}", started.elapsed());
+    tx.execute("SET LOCAL maintenance_work_mem = '1GB'").await?;
+    for (name, def) in &indexes {
+        let t = Instant::now();
+        tx.execute(sqlx::AssertSqlSafe(def.clone())).await?;
+        println!("  {name} built in {:.0?}", t.elapsed());
+    }
+    for (name, def) in &constraints {
+        tx.execute(sqlx::AssertSqlSafe(format!(
+            "ALTER TABLE links ADD CONSTRAINT {name} {def}"
+        )))
+        .await?;
+    }
+    tx.commit().await?;
+    pool.execute("VACUUM ANALYZE links").await?;
+    println!("generated in {:.0?}", started.elapsed());
+    Ok(())
+}
+
+async fn report(pool: &PgPool) -> anyhow::Result<()> {
+    let (size, version): (String, String) = sqlx::query_as(
+        "SELECT pg_size_pretty(pg_total_relation_size('links')), current_setting('server_version')",
+    )
+    .fetch_one(pool)
+    .await?;
+    let by_state: Vec<(String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT state, count(*) FROM (SELECT {} AS state FROM links l
+         JOIN signing_keys k ON k.key_id = l.key_id) s GROUP BY state ORDER BY state",
+        links::STATE_SQL
+    )))
+    .fetch_all(pool)
+    .await?;
+    println!("PostgreSQL {version}; links with indexes: {size}; by state: {by_state:?}");
+    Ok(())
+}
+
+/// Median and slowest of `runs` executions (after one warm-up).
+async fn time<F, Fut, T>(runs: usize, mut f: F) -> anyhow::Result<(Duration, Duration, T)>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+{
+    let mut last = f().await?;
+    let mut took = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let t = Instant::now();
+        last = f().await?;
+        took.push(t.elapsed());
+    }
+    took.sort();
+    Ok((took[runs / 2], took[runs - 1], last))
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+async fn measure(pool: &PgPool) -> anyhow::Result<()> {
+    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM links")
+        .fetch_one(pool)
+        .await?;
+    // A cursor is a position in time: the link at that depth of the whole list.
+    let mut depths = vec![("first page", None)];
+    for (label, fraction) in [("10% deep", 0.1), ("50% deep", 0.5), ("99% deep", 0.99)] {
+        let offset = (total as f64 * fraction) as i64;
+        let (issued_at, id) = sqlx::query_as(
+            "SELECT issued_at, id FROM links ORDER BY issued_at DESC, id DESC OFFSET $1 LIMIT 1",
+        )
+        .bind(offset)
+        .fetch_one(pool)
+        .await?;
+        depths.push((label, Some(Cursor { issued_at, id })));
+    }
+    let f = LinkFilter::default;
+    let filters = vec![
+        ("no filter", f()),
+        (
+            "bucket",
+            LinkFilter {
+                bucket: Some("bucket-3".into()),
+                ..f()
+            },
+        ),
+        (
+            "caller (rare)",
+            LinkFilter {
+                caller: Some("svc-19".into()),
+                ..f()
+            },
+        ),
+        (
+            "signer (10%)",
+            LinkFilter {
+                signer: Some("partners".into()),
+                ..f()
+            },
+        ),
+        (
+            "key id (old, inactive)",
+            LinkFilter {
+                key_id: Some("GKweb1".into()),
+                ..f()
+            },
+        ),
+        (
+            "state active",
+            LinkFilter {
+                state: Some(LinkState::Active),
+                ..f()
+            },
+        ),
+        (
+            "state expired",
+            LinkFilter {
+                state: Some(LinkState::Expired),
+                ..f()
+            },
+        ),
+        (
+            "state revoked",
+            LinkFilter {
+                state: Some(LinkState::Revoked),
+                ..f()
+            },
+        ),
+        (
+            "bucket + key prefix",
+            LinkFilter {
+                bucket: Some("bucket-1".into()),
+                object_key_prefix: Some("svc-02/".into()),
+                ..f()
+            },
+        ),
+        (
+            "key prefix, no match",
+            LinkFilter {
+                object_key_prefix: Some("nobody/".into()),
+                ..f()
+            },
+        ),
+        (
+            "expiring in the next hour",
+            LinkFilter {
+                expires_after: Some(chrono::Utc::now()),
+                expires_before: Some(chrono::Utc::now() + chrono::Duration::hours(1)),
+                ..f()
+            },
+        ),
+    ];
+    println!("\nListLinks, page_size {PAGE} (median / slowest of 20 runs, rows returned):");
+    println!(
+        "| filter | {} |",
+        depths.iter().map(|d| d.0).collect::<Vec<_>>().join(" | ")
+    );
+    println!("|---|{}", "---|".repeat(depths.len()));
+    for (label, filter) in &filters {
+        let mut cells = Vec::new();
+        for (_, cursor) in &depths {
+            let (median, max, rows) = time(20, || {
+                link_queries::list_page(pool, filter, *cursor, PAGE + 1)
+            })
+            .await?;
+            cells.push(format!("{} / {} ({})", ms(median), ms(max), rows.len()));
+        }
+        println!("| {label} | {} |", cells.join(" | "));
+    }
+
+    println!("\nSummarizeLinks (median / slowest of 5 runs, groups):");
+    for (label, group_by, filter) in [
+        ("by signer, no filter", GroupBy::Signer, f()),
+        ("by key, no filter", GroupBy::Key, f()),
+        ("by caller, no filter", GroupBy::Caller, f()),
+        (
+            "by bucket, signer partners",
+            GroupBy::Bucket,
+            LinkFilter {
+                signer: Some("partners".into()),
+                ..f()
+            },
+        ),
+        (
+            "by signer, state active",
+            GroupBy::Signer,
+            LinkFilter {
+                state: Some(LinkState::Active),
+                ..f()
+            },
+        ),
+    ] {
+        let (median, max, groups) =
+            time(5, || link_summary::summarize(pool, &filter, group_by)).await?;
+        println!(
+            "| {label} | {} / {} | {} groups |",
+            ms(median),
+            ms(max),
+            groups.len()
+        );
+    }
+
+    println!("\nBlast radius (median / slowest of 5 runs):");
+    for key in ["GKbulk", "GKweb3", "GKpartners2"] {
+        let (median, max, radius) = time(5, || links::blast_radius(pool, key)).await?;
+        let outstanding = radius.map_or(0, |r| r.outstanding_links);
+        println!(
+            "| {key} | {outstanding} outstanding | {} / {} |",
+            ms(median),
+            ms(max)
+        );
+    }
+    let (median, max, rows) = time(5, || link_queries::outstanding_per_key(pool)).await?;
+    println!(
+        "| outstanding_per_key (metrics gauge) | {} keys | {} / {} |",
+        rows.len(),
+        ms(median),
+        ms(max)
+    );
+    Ok(())
+}

@@ -1,0 +1,158 @@
+//! Prometheus metrics, served as text on their own HTTP listener (`/metrics`).
+//!
+//! The `metrics` facade has one global recorder per process, installed once
+//! (`handle()`); every `App` in the process serves that same recorder (tests run
+//! many servers in one process, so they assert that counters move, not values).
+//! Labels take only bounded values: method, signer, key id, mode, outcome,
+//! operation. Never an object key, a URL or a caller name.
+
+use metrics::{
+    Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use sqlx::PgPool;
+use std::collections::BTreeSet;
+use std::sync::OnceLock;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+pub const LINKS_ISSUED: &str = "presignd_links_issued_total";
+pub const ISSUE_LINK_SECONDS: &str = "presignd_issue_link_duration_seconds";
+pub const OUTSTANDING_LINKS: &str = "presignd_outstanding_links";
+pub const REVOCATIONS: &str = "presignd_revocations_total";
+pub const REGISTRY_ERRORS: &str = "presignd_registry_errors_total";
+
+/// IssueLink's latency buckets, in seconds, around the 3 ms p99 target.
+const ISSUE_LINK_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// The process's recorder, installed on first use.
+pub fn handle() -> &'static PrometheusHandle {
+    HANDLE.get_or_init(install)
+}
+
+fn install() -> PrometheusHandle {
+    let builder = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(ISSUE_LINK_SECONDS.into()), ISSUE_LINK_BUCKETS)
+        .expect("the bucket list is not empty");
+    let handle = match builder.install_recorder() {
+        Ok(handle) => handle,
+        Err(e) => {
+            // Someone else installed a recorder first: our metrics go to it, and
+            // /metrics serves an empty registry rather than failing startup.
+            tracing::warn!(error = %e, "a metrics recorder is already installed");
+            PrometheusBuilder::new().build_recorder().handle()
+        }
+    };
+    describe_counter!(
+        LINKS_ISSUED,
+        "Links issued (committed to the registry), by method and signer"
+    );
+    describe_histogram!(
+        ISSUE_LINK_SECONDS,
+        Unit::Seconds,
+        "IssueLink latency from validated request to committed link, by outcome"
+    );
+    describe_gauge!(
+        OUTSTANDING_LINKS,
+        "Links not expired nor revoked, per signer and key (active and retired keys), refreshed periodically"
+    );
+    describe_counter!(REVOCATIONS, "Key revocations, by mode and outcome");
+    describe_counter!(
+        REGISTRY_ERRORS,
+        "Registry (PostgreSQL) errors, by operation"
+    );
+    // Histograms accumulate between scrapes; drain them even if nobody scrapes.
+    let upkeep = handle.clone();
+    std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(Duration::from_secs(5));
+                upkeep.run_upkeep();
+            }
+        })
+        .expect("spawning the metrics upkeep thread");
+    handle
+}
+
+pub fn record_issued(method: &str, signer: &str) {
+    handle();
+    counter!(LINKS_ISSUED, "method" => method.to_owned(), "signer" => signer.to_owned())
+        .increment(1);
+}
+
+/// `outcome`: "ok" or "error".
+pub fn record_issue_latency(elapsed: Duration, outcome: &'static str) {
+    handle();
+    histogram!(ISSUE_LINK_SECONDS, "outcome" => outcome).record(elapsed.as_secs_f64());
+}
+
+/// `operation`: a fixed name for what failed ("issue_link", "dashboard",
+/// "outstanding_links", ...).
+pub fn record_registry_error(operation: &'static str) {
+    handle();
+    counter!(REGISTRY_ERRORS, "operation" => operation).increment(1);
+}
+
+/// One finished revocation. `mode`: "graceful", "revoke" or "emergency";
+/// `outcome`: "succeeded", "failed" or "dry_run".
+pub fn record_revocation(mode: &'static str, outcome: &'static str) {
+    handle();
+    counter!(REVOCATIONS, "mode" => mode, "outcome" => outcome).increment(1);
+}
+
+/// Serves `GET /metrics` on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener) -> std::io::Result<()> {
+    let metrics = handle();
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || async move {
+            (
+                [(
+                    axum::http::header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                )],
+                metrics.render(),
+            )
+        }),
+    );
+    axum::serve(listener, app).await
+}
+
+/// Sets the outstanding-links gauge from the registry once. Keys that left the
+/// active/retired states since the last time (`reported`) drop to 0.
+pub async fn refresh_outstanding(
+    pool: &PgPool,
+    reported: &mut BTreeSet<(String, String)>,
+) -> Result<(), sqlx::Error> {
+    handle();
+    let rows = crate::registry::link_queries::outstanding_per_key(pool).await?;
+    let mut now = BTreeSet::new();
+    for row in rows {
+        gauge!(OUTSTANDING_LINKS, "signer" => row.signer.clone(), "key_id" => row.key_id.clone())
+            .set(row.outstanding as f64);
+        now.insert((row.signer, row.key_id));
+    }
+    for (signer, key_id) in reported.difference(&now) {
+        gauge!(OUTSTANDING_LINKS, "signer" => signer.clone(), "key_id" => key_id.clone()).set(0.0);
+    }
+    *reported = now;
+    Ok(())
+}
+
+/// `refresh_outstanding` every `interval`, forever (errors are counted and logged).
+pub async fn keep_outstanding_fresh(pool: PgPool, interval: Duration) {
+    let mut reported = BTreeSet::new();
+    loop {
+        // Sleep first: at startup the registry may not be migrated yet.
+        tokio::time::sleep(interval).await;
+        if let Err(e) = refresh_outstanding(&pool, &mut reported).await {
+            record_registry_error("outstanding_links");
+            tracing::debug!(error = %e, "could not refresh the outstanding-links gauge");
+        }
+    }
+}

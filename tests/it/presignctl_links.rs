@@ -1,0 +1,153 @@
+//! The CLI against a running server: `presignctl links`, `summarize` and
+//! `lookup`, as text and JSON; a failure exits non-zero.
+
+use crate::helpers::*;
+use presignd::proto::Method;
+use sqlx::PgPool;
+use std::process::Stdio;
+use tokio::io::AsyncWriteExt;
+
+struct Output {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+async fn presignctl(app: &TestApp, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_presignctl"))
+        .args(args)
+        .env(
+            "PRESIGND_ENDPOINT",
+            format!("http://127.0.0.1:{}", app.port),
+        )
+        .env("PRESIGND_TOKEN", TOKEN)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("presignctl runs");
+    let mut input = child.stdin.take().unwrap();
+    input
+        .write_all(stdin.unwrap_or("").as_bytes())
+        .await
+        .unwrap();
+    drop(input);
+    let out = child.wait_with_output().await.unwrap();
+    Output {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8(out.stdout).unwrap(),
+        stderr: String::from_utf8(out.stderr).unwrap(),
+    }
+}
+
+#[sqlx::test]
+async fn links_lists_issued_links_as_a_table_or_as_json(pool: PgPool) {
+    let mut app = spawn_app(&pool).await;
+    let bucket = app.bucket.clone();
+    let mut ids = Vec::new();
+    for method in [Method::Get, Method::Put] {
+        let issued = app
+            .issue(link_request(&bucket, &unique_key("cli"), method, 600))
+            .await
+            .unwrap();
+        ids.push(issued.link.unwrap().id);
+    }
+
+    let out = presignctl(&app, &["links", "--bucket", &bucket], None).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert!(lines[0].starts_with("ID"), "a header: {}", out.stdout);
+    assert_eq!(lines.len(), 3, "{}", out.stdout);
+    assert!(
+        lines[1].starts_with(&ids[1]),
+        "newest first: {}",
+        out.stdout
+    );
+    assert!(lines[2].starts_with(&ids[0]) && lines[2].contains("active"));
+
+    let out = presignctl(
+        &app,
+        &["links", "--json", "--state", "active", "--limit", "1"],
+        None,
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let json: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(json["links"].as_array().unwrap().len(), 1);
+    assert_eq!(json["links"][0]["id"], ids[1]);
+    assert_eq!(json["links"][0]["method"], "PUT");
+    let next = json["next_page_token"].as_str().unwrap();
+    assert!(!next.is_empty(), "one more link to page to");
+
+    let out = presignctl(
+        &app,
+        &["links", "--json", "--state", "active", "--page-token", next],
+        None,
+    )
+    .await;
+    let json: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(json["links"][0]["id"], ids[0]);
+    assert_eq!(json["next_page_token"], "");
+
+    let out = presignctl(&app, &["summarize", "--by", "signer", "--json"], None).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let json: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(json["groups"][0]["group"], "default");
+    assert_eq!(json["groups"][0]["active"], 2);
+}
+
+#[sqlx::test]
+async fn lookup_prints_the_link_and_its_blast_radius(pool: PgPool) {
+    let mut app = spawn_app(&pool).await;
+    let issued = app
+        .issue(link_request(
+            &app.bucket.clone(),
+            &unique_key("cli"),
+            Method::Get,
+            600,
+        ))
+        .await
+        .unwrap();
+    let link = issued.link.unwrap();
+
+    // From stdin (the default): the URL stays out of the process list.
+    let out = presignctl(&app, &["lookup"], Some(&issued.url)).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout.contains(&format!("link       {}", link.id)),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains(&format!("blast radius of revoking key {}", link.key_id))
+    );
+    assert!(
+        out.stdout.contains("outstanding links  1"),
+        "{}",
+        out.stdout
+    );
+
+    let out = presignctl(&app, &["lookup", "--json", &issued.url], None).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let json: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(json["link"]["id"], link.id);
+    assert_eq!(json["blast_radius"]["outstanding_links"], 1);
+    assert_eq!(json["blast_radius"]["per_method"][0]["name"], "GET");
+}
+
+#[sqlx::test]
+async fn a_failed_lookup_or_listing_exits_non_zero_saying_why(pool: PgPool) {
+    let app = spawn_app(&pool).await;
+    let out = presignctl(&app, &["lookup", "not a url"], None).await;
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("InvalidArgument"), "{}", out.stderr);
+    assert!(out.stderr.contains("url:"), "{}", out.stderr);
+
+    let out = presignctl(&app, &["links", "--bucket", "NOT VALID"], None).await;
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("filter.bucket"), "{}", out.stderr);
+
+    let out = presignctl(&app, &["summarize", "--by", "colour"], None).await;
+    assert_ne!(out.code, 0, "clap refuses an unknown group");
+}
