@@ -35,18 +35,30 @@ pub async fn all_active(db: impl PgExecutor<'_>) -> Result<Vec<KeyRow>, sqlx::Er
     .await
 }
 
+/// A key provisioned for a signer that has none: it signs at once.
 pub async fn insert_active(
     db: impl PgExecutor<'_>,
     key_id: &str,
     signer: &str,
     sealed_secret: &[u8],
 ) -> Result<(), sqlx::Error> {
+    insert(db, key_id, signer, "active", sealed_secret).await
+}
+
+async fn insert(
+    db: impl PgExecutor<'_>,
+    key_id: &str,
+    signer: &str,
+    state: &str,
+    sealed_secret: &[u8],
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO signing_keys (key_id, signer, state, sealed_secret, activated_at)
-         VALUES ($1, $2, 'active', $3, now())",
+         VALUES ($1, $2, $3, $4, CASE WHEN $3 = 'active' THEN now() END)",
     )
     .bind(key_id)
     .bind(signer)
+    .bind(state)
     .bind(sealed_secret)
     .execute(db)
     .await
@@ -69,13 +81,7 @@ pub async fn insert_pending(
     signer: &str,
     sealed_secret: &[u8],
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO signing_keys (key_id, signer, state, sealed_secret) VALUES ($1, $2, 'pending', $3)")
-        .bind(key_id)
-        .bind(signer)
-        .bind(sealed_secret)
-        .execute(db)
-        .await
-        .map(|_| ())
+    insert(db, key_id, signer, "pending", sealed_secret).await
 }
 
 /// active -> retired. Updating the row waits for in-flight link inserts (they

@@ -82,7 +82,7 @@ async fn plan_and_rotate_from_the_command_line(pool: PgPool) {
     let (code, out, _) = presignctl(&app, TOKEN, &["keys"]).await;
     assert_eq!(code, 0);
     assert!(
-        out.contains("KEY_STATE_INACTIVE") && out.contains("KEY_STATE_ACTIVE"),
+        out.contains(" inactive ") && out.contains(" active "),
         "{out}"
     );
     let (code, out, _) = presignctl(

@@ -111,6 +111,17 @@ pub fn print_radius(b: &proto::BlastRadius) {
     }
 }
 
+/// "active", "retired"... as operators say it.
+fn key_state(s: i32) -> String {
+    proto::KeyState::try_from(s)
+        .map(|s| {
+            s.as_str_name()
+                .trim_start_matches("KEY_STATE_")
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_else(|_| "?".into())
+}
+
 fn state_name(s: i32) -> &'static str {
     match proto::RevocationState::try_from(s) {
         Ok(proto::RevocationState::Planned) => "PLANNED",
@@ -190,7 +201,7 @@ pub async fn keys(cli: &Conn, signer: Option<String>) -> anyhow::Result<()> {
             .iter()
             .flat_map(|s| s.keys.iter().map(move |k| json!({
                 "signer": s.name, "backend": s.backend, "key_id": k.key_id,
-                "state": proto::KeyState::try_from(k.state).map(|s| s.as_str_name()).unwrap_or("?"),
+                "state": key_state(k.state),
                 "outstanding_links": k.outstanding_links, "latest_expiry": ts(&k.latest_expiry), "created_at": ts(&k.created_at),
             })))
             .collect();
@@ -198,16 +209,14 @@ pub async fn keys(cli: &Conn, signer: Option<String>) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:<16} {:<28} {:<18} {:>12}  {:<20}  CREATED",
+        "{:<16} {:<28} {:<10} {:>12}  {:<20}  CREATED",
         "SIGNER", "KEY", "STATE", "OUTSTANDING", "LATEST EXPIRY"
     );
     for s in &resp.signers {
         for k in &s.keys {
-            let state = proto::KeyState::try_from(k.state)
-                .map(|s| s.as_str_name())
-                .unwrap_or("?");
+            let state = key_state(k.state);
             println!(
-                "{:<16} {:<28} {:<18} {:>12}  {:<20}  {}",
+                "{:<16} {:<28} {:<10} {:>12}  {:<20}  {}",
                 s.name,
                 k.key_id,
                 state,
