@@ -375,7 +375,10 @@ async fn measure(pool: &PgPool) -> anyhow::Result<()> {
 
     println!("\nBlast radius (median / slowest of 5 runs):");
     for key in ["GKbulk", "GKweb3", "GKpartners2"] {
-        let (median, max, radius) = time(5, || links::blast_radius(pool, key)).await?;
+        let (median, max, radius) = time(5, || async move {
+            links::blast_radius(&mut *pool.acquire().await?, key).await
+        })
+        .await?;
         let outstanding = radius.map_or(0, |r| r.outstanding_links);
         println!(
             "| {key} | {outstanding} outstanding | {} / {} |",

@@ -166,7 +166,7 @@ impl Dashboard {
             })
             .ok_or_else(not_found)?;
         let blast_radius = match caller.admin {
-            true => links::blast_radius(&self.pool, &link.key_id).await?,
+            true => links::blast_radius(&mut *self.pool.acquire().await?, &link.key_id).await?,
             false => None,
         };
         Ok(Lookup { link, blast_radius })

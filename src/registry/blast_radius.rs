@@ -2,13 +2,11 @@
 //! by the key, not expired, the key not yet deactivated), counted and described.
 //! LookupLink shows it next to a link; PlanRevocation and RotateKey report it.
 //!
-//! One statement, so one snapshot: the count, the breakdowns and the samples always
-//! agree with each other. It reads the `(key_id, expires_at)` index range of the
-//! key once (GROUPING SETS aggregate every breakdown in the same pass), so the
-//! cost grows with the key's outstanding links, not with the whole table.
+//! It reads the `(key_id, expires_at)` index range of the key once (GROUPING SETS
+//! aggregate every breakdown in the same pass), so the cost grows with the key's
+//! outstanding links, not with the whole table.
 
 use chrono::{DateTime, Utc};
-use sqlx::PgExecutor;
 use uuid::Uuid;
 
 /// How many buckets, callers and sample links the blast radius names.
@@ -37,10 +35,6 @@ pub struct BlastRadius {
 
 #[derive(sqlx::FromRow)]
 struct Part {
-    signer: String,
-    key_state: String,
-    computed_at: DateTime<Utc>,
-    samples: Vec<Uuid>,
     /// GROUPING(bucket, caller, method): 7 for the total, 3 per bucket, 5 per
     /// caller, 6 per method (a set bit is a column not grouped by).
     grouping: Option<i32>,
@@ -52,52 +46,61 @@ struct Part {
     latest: Option<DateTime<Utc>>,
 }
 
-const SQL: &str = "
-SELECT k.signer, k.state AS key_state, now() AS computed_at,
-       ARRAY(SELECT s.id FROM links s
-             WHERE s.key_id = k.key_id AND s.expires_at > now() AND s.revocation_id IS NULL
-               AND k.state IN ('pending', 'active', 'retired')
-             ORDER BY s.expires_at DESC, s.id DESC LIMIT 5) AS samples,
-       a.grouping, a.bucket, a.caller, a.method, a.n, a.earliest, a.latest
-FROM signing_keys k
-LEFT JOIN LATERAL (
-    SELECT GROUPING(l.bucket, l.caller, l.method) AS grouping,
-           l.bucket, l.caller, l.method,
-           count(*) AS n, min(l.expires_at) AS earliest, max(l.expires_at) AS latest
-    FROM links l
-    WHERE l.key_id = k.key_id AND l.expires_at > now() AND l.revocation_id IS NULL
-      AND k.state IN ('pending', 'active', 'retired')
-    GROUP BY GROUPING SETS ((), (l.bucket), (l.caller), (l.method))
-) a ON true
-WHERE k.key_id = $1";
+/// Outstanding as of $2 (the database's clock when the key was read).
+const OUTSTANDING: &str = "key_id = $1 AND expires_at > $2 AND revocation_id IS NULL";
+
+/// Every breakdown in one pass: GROUPING SETS over the key's index range. Its own
+/// statement (not a LATERAL join) so PostgreSQL can read it with parallel workers.
+fn aggregate_sql() -> String {
+    format!(
+        "SELECT GROUPING(bucket, caller, method) AS grouping, bucket, caller, method,
+                count(*) AS n, min(expires_at) AS earliest, max(expires_at) AS latest
+         FROM links WHERE {OUTSTANDING}
+         GROUP BY GROUPING SETS ((), (bucket), (caller), (method))"
+    )
+}
 
 /// The blast radius of deactivating `key_id` now; `None` if no such key.
 ///
 /// Outstanding means `expires_at > now()`, not marked by a revocation, and the
-/// key not deactivated: an inactive or deleted key has none left to break. To make the count exact with respect to
-/// concurrent issuance, run it in the transaction that locks the key's row
-/// (issuance inserts under a FOR SHARE lock of that row).
+/// key not deactivated: an inactive or deleted key has none left to break. Run
+/// it in a REPEATABLE READ transaction for one snapshot across its three
+/// statements; to make the count exact with respect to concurrent issuance, in
+/// the transaction that locks the key's row (inserts hold it FOR SHARE).
 pub async fn blast_radius(
-    db: impl PgExecutor<'_>,
+    conn: &mut sqlx::PgConnection,
     key_id: &str,
 ) -> Result<Option<BlastRadius>, sqlx::Error> {
-    let parts: Vec<Part> = sqlx::query_as(SQL).bind(key_id).fetch_all(db).await?;
-    let Some(first) = parts.first() else {
+    let key: Option<(String, String, DateTime<Utc>)> =
+        sqlx::query_as("SELECT signer, state, now() FROM signing_keys WHERE key_id = $1")
+            .bind(key_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    let Some((signer, key_state, computed_at)) = key else {
         return Ok(None);
     };
     let mut radius = BlastRadius {
         key_id: key_id.to_owned(),
-        signer: first.signer.clone(),
-        key_state: first.key_state.clone(),
-        outstanding_links: 0,
-        earliest_expiry: None,
-        latest_expiry: None,
-        top_buckets: Vec::new(),
-        top_callers: Vec::new(),
-        per_method: Vec::new(),
-        sample_link_ids: first.samples.clone(),
-        computed_at: first.computed_at,
+        signer,
+        key_state,
+        computed_at,
+        ..Default::default()
     };
+    if !matches!(radius.key_state.as_str(), "pending" | "active" | "retired") {
+        return Ok(Some(radius));
+    }
+    let parts: Vec<Part> = sqlx::query_as(sqlx::AssertSqlSafe(aggregate_sql()))
+        .bind(key_id)
+        .bind(computed_at)
+        .fetch_all(&mut *conn)
+        .await?;
+    radius.sample_link_ids = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT id FROM links WHERE {OUTSTANDING} ORDER BY expires_at DESC, id DESC LIMIT {TOP_N}"
+    )))
+    .bind(key_id)
+    .bind(computed_at)
+    .fetch_all(&mut *conn)
+    .await?;
     for p in parts {
         let n = p.n.unwrap_or(0);
         match (p.grouping, p.bucket, p.caller, p.method) {

@@ -264,7 +264,10 @@ async fn a_caller_who_is_not_admin_finds_only_its_own_links_and_no_blast_radius(
 async fn the_blast_radius_counts_only_the_outstanding_links_of_the_key(pool: PgPool) {
     seed_fixture(&pool).await;
     // Fixture links 1, 2, 4 are outstanding for GKALPHA1 (3 has expired).
-    let r = blast_radius(&pool, "GKALPHA1").await.unwrap().unwrap();
+    let r = blast_radius(&mut pool.acquire().await.unwrap(), "GKALPHA1")
+        .await
+        .unwrap()
+        .unwrap();
     let ids = |ns: &[u8]| -> Vec<uuid::Uuid> {
         ns.iter()
             .map(|n| {
@@ -304,19 +307,27 @@ async fn the_blast_radius_counts_only_the_outstanding_links_of_the_key(pool: PgP
     // A link marked by a revocation is not outstanding (fixture 9); an inactive
     // key has nothing left to break, and its state says why.
     assert_eq!(
-        blast_radius(&pool, "GKBETA2")
+        blast_radius(&mut pool.acquire().await.unwrap(), "GKBETA2")
             .await
             .unwrap()
             .unwrap()
             .outstanding_links,
         1
     );
-    let inactive = blast_radius(&pool, "GKALPHA0").await.unwrap().unwrap();
+    let inactive = blast_radius(&mut pool.acquire().await.unwrap(), "GKALPHA0")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(
         (inactive.outstanding_links, inactive.key_state.as_str()),
         (0, "inactive")
     );
-    assert!(blast_radius(&pool, "GKNOSUCHKEY").await.unwrap().is_none());
+    assert!(
+        blast_radius(&mut pool.acquire().await.unwrap(), "GKNOSUCHKEY")
+            .await
+            .unwrap()
+            .is_none()
+    );
 
     // A key with no outstanding link at all.
     sqlx::query(
@@ -325,7 +336,10 @@ async fn the_blast_radius_counts_only_the_outstanding_links_of_the_key(pool: PgP
     .execute(&pool)
     .await
     .unwrap();
-    let none = blast_radius(&pool, "GKBETA1").await.unwrap().unwrap();
+    let none = blast_radius(&mut pool.acquire().await.unwrap(), "GKBETA1")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(none.outstanding_links, 0);
     assert!(none.top_buckets.is_empty() && none.sample_link_ids.is_empty());
     assert_eq!(none.latest_expiry, None);
@@ -341,7 +355,10 @@ async fn the_blast_radius_counts_only_the_outstanding_links_of_the_key(pool: PgP
     .execute(&pool)
     .await
     .unwrap();
-    let top = blast_radius(&pool, "GKBETA1").await.unwrap().unwrap();
+    let top = blast_radius(&mut pool.acquire().await.unwrap(), "GKBETA1")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(top.outstanding_links, 28);
     assert_eq!(
         top.top_buckets,
