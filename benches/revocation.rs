@@ -74,7 +74,7 @@ async fn main() -> anyhow::Result<()> {
     for _ in 0..RUNS {
         let mut tx = pool.begin().await?;
         let t = Instant::now();
-        keys::deactivate(&mut *tx, "bench-target", Some(rev)).await?;
+        keys::deactivate(&mut tx, "bench-target", Some(rev)).await?;
         let n = links::count_revoked_by_deactivation(&mut *tx, "bench-target").await?;
         revoke_times.push(t.elapsed());
         assert_eq!(n, TARGET);

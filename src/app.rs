@@ -17,7 +17,7 @@ use crate::backend::{KeyBackend, garage::GarageBackend};
 use crate::config::Config;
 use crate::dashboard::{Dashboard, PageTokens};
 use crate::domain::SignerName;
-use crate::issuance::Issuer;
+use crate::issuance::{Issuer, Recorder};
 use crate::keys::KeyManager;
 use crate::policy::PolicyHandle;
 use crate::proto::key_service_server::KeyServiceServer;
@@ -172,6 +172,11 @@ impl App {
             .context("building the reflection service")?;
         let issuer = Issuer {
             keys: self.keys.clone(),
+            recorder: Recorder::start(
+                self.keys.pool.clone(),
+                self.config.record_workers,
+                self.config.record_batch_max,
+            ),
             policy: self.policy.clone(),
             limits: RateLimits::default(),
             audit: self.audit.clone(),

@@ -154,6 +154,14 @@ pub struct Config {
     #[arg(long, env = "PRESIGND_GARAGE_ADMIN_TOKEN", hide_env_values = true)]
     pub garage_admin_token: Option<SecretString>,
 
+    /// Writers committing link rows in batches (group commit).
+    #[arg(long, env = "PRESIGND_RECORD_WORKERS", default_value_t = 4)]
+    pub record_workers: usize,
+
+    /// Most link rows one commit holds.
+    #[arg(long, env = "PRESIGND_RECORD_BATCH_MAX", default_value_t = 256)]
+    pub record_batch_max: usize,
+
     /// Seconds between background upkeep runs: retrying unfinished revocations and
     /// deactivating retired keys whose last link expired.
     #[arg(long, env = "PRESIGND_MAINTENANCE_INTERVAL_SECS", default_value_t = 15)]

@@ -3,6 +3,10 @@
 //! the SHA-256 of the signature, never the URL. A request the policy refuses is
 //! audited.
 
+mod recorder;
+
+pub use recorder::{RecordError, Recorder};
+
 use crate::audit::{AuditEvent, Auditor};
 use crate::auth::Caller;
 use crate::domain::Labels;
@@ -24,9 +28,9 @@ pub enum IssueError {
     )]
     NoActiveKey(String),
     #[error("registry unavailable: {0}")]
-    RegistryUnavailable(#[source] sqlx::Error),
+    RegistryUnavailable(String),
     #[error("registry error: {0}")]
-    Registry(#[source] sqlx::Error),
+    Registry(String),
     #[error(transparent)]
     Sign(#[from] SignError),
     #[error(transparent)]
@@ -37,10 +41,16 @@ pub enum IssueError {
 
 impl From<sqlx::Error> for IssueError {
     fn from(e: sqlx::Error) -> Self {
-        if registry::is_unavailable(&e) {
-            Self::RegistryUnavailable(e)
+        RecordError::from(e).into()
+    }
+}
+
+impl From<RecordError> for IssueError {
+    fn from(e: RecordError) -> Self {
+        if e.unavailable {
+            Self::RegistryUnavailable(e.message)
         } else {
-            Self::Registry(e)
+            Self::Registry(e.message)
         }
     }
 }
@@ -55,6 +65,8 @@ pub struct IssuedLink {
 #[derive(Clone)]
 pub struct Issuer {
     pub keys: KeyManager,
+    /// Group commit of link rows (see `recorder`).
+    pub recorder: Recorder,
     pub policy: PolicyHandle,
     pub limits: RateLimits,
     pub audit: Auditor,
@@ -148,26 +160,25 @@ impl Issuer {
             let issued_at: DateTime<Utc> = issued.into();
             let row = NewLink {
                 id: Uuid::now_v7(),
-                key_id: &key.key_id,
-                signer,
-                caller: caller.name.as_str(),
+                key_id: key.key_id.clone(),
+                signer: signer.to_owned(),
+                caller: caller.name.to_string(),
                 method: spec.method.as_str(),
-                bucket: spec.bucket.as_str(),
-                object_key: spec.object_key.as_str(),
-                labels: labels.as_map(),
+                bucket: spec.bucket.to_string(),
+                object_key: spec.object_key.as_str().to_owned(),
+                labels: labels.as_map().clone(),
                 issued_at,
                 expires_at: issued_at + spec.ttl.as_duration(),
-                signature_sha256: &Sha256::digest(signature.as_bytes()),
+                signature_sha256: Sha256::digest(signature.as_bytes()).to_vec(),
             };
-            if registry::links::insert_if_key_active(&self.keys.pool, &row).await? {
+            if let Some(row) = self.recorder.record(row).await? {
                 tracing::info!(
                     link_id = %row.id, caller = %caller.name, signer, key_id = %key.key_id,
                     method = spec.method.as_str(), bucket = %spec.bucket, ttl_s = spec.ttl.as_secs(),
                     "issued link"
                 );
-                let link = registry::links::LinkRow::just_issued(&row);
                 return Ok(IssuedLink {
-                    link,
+                    link: registry::links::LinkRow::just_issued(row),
                     url: presigned.url,
                     headers: presigned.headers,
                 });

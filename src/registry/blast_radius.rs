@@ -66,7 +66,7 @@ fn aggregate_sql() -> String {
 /// key not deactivated: an inactive or deleted key has none left to break. Run
 /// it in a REPEATABLE READ transaction for one snapshot across its three
 /// statements; to make the count exact with respect to concurrent issuance, in
-/// the transaction that locks the key's row (inserts hold it FOR SHARE).
+/// the transaction that holds the key's issuance lock (`keys::lock_for_state_change`).
 pub async fn blast_radius(
     conn: &mut sqlx::PgConnection,
     key_id: &str,

@@ -1,7 +1,7 @@
 //! Signing keys: one row per access key, its secret sealed.
 
 use chrono::{DateTime, Utc};
-use sqlx::{AssertSqlSafe, PgExecutor};
+use sqlx::{AssertSqlSafe, PgConnection, PgExecutor};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct KeyRow {
@@ -84,12 +84,30 @@ pub async fn insert_pending(
     insert(db, key_id, signer, "pending", sealed_secret).await
 }
 
-/// active -> retired. Updating the row waits for in-flight link inserts (they
-/// hold it FOR SHARE), and no insert signed by this key succeeds afterwards.
-pub async fn retire(db: impl PgExecutor<'_>, key_id: &str) -> Result<bool, sqlx::Error> {
+/// Takes the key's issuance lock exclusively until the end of the transaction:
+/// waits for every in-flight batch of links signed by it to commit, and holds
+/// new ones off until this transaction commits (see `links::lock_active_keys`).
+/// Every change of a key's state runs after it.
+pub async fn lock_for_state_change(
+    conn: &mut PgConnection,
+    key_id: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(AssertSqlSafe(format!(
+        "SELECT pg_advisory_xact_lock({}, hashtext($1))",
+        super::links::ISSUANCE_LOCK_CLASS
+    )))
+    .bind(key_id)
+    .execute(conn)
+    .await
+    .map(|_| ())
+}
+
+/// active -> retired: no link signed by this key is recorded afterwards.
+pub async fn retire(conn: &mut PgConnection, key_id: &str) -> Result<bool, sqlx::Error> {
+    lock_for_state_change(&mut *conn, key_id).await?;
     sqlx::query("UPDATE signing_keys SET state = 'retired', retired_at = now() WHERE key_id = $1 AND state = 'active'")
         .bind(key_id)
-        .execute(db)
+        .execute(conn)
         .await
         .map(|r| r.rows_affected() == 1)
 }
@@ -103,12 +121,14 @@ pub async fn activate(db: impl PgExecutor<'_>, key_id: &str) -> Result<bool, sql
         .map(|r| r.rows_affected() == 1)
 }
 
-/// Marks a key deactivated at its backend (idempotent).
+/// Marks a key deactivated at its backend (idempotent), after its in-flight
+/// links are recorded (`lock_for_state_change`).
 pub async fn deactivate(
-    db: impl PgExecutor<'_>,
+    conn: &mut PgConnection,
     key_id: &str,
     revocation_id: Option<uuid::Uuid>,
 ) -> Result<(), sqlx::Error> {
+    lock_for_state_change(&mut *conn, key_id).await?;
     sqlx::query(
         "UPDATE signing_keys
          SET state = 'inactive', deactivated_at = coalesce(deactivated_at, now()),
@@ -117,7 +137,7 @@ pub async fn deactivate(
     )
     .bind(key_id)
     .bind(revocation_id)
-    .execute(db)
+    .execute(conn)
     .await
     .map(|_| ())
 }

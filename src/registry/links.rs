@@ -3,25 +3,25 @@
 
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
-use sqlx::{AssertSqlSafe, PgExecutor};
+use sqlx::{AssertSqlSafe, PgConnection, PgExecutor};
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
 pub use super::blast_radius::{BlastRadius, blast_radius};
 
 #[derive(Debug, Clone)]
-pub struct NewLink<'a> {
+pub struct NewLink {
     pub id: Uuid,
-    pub key_id: &'a str,
-    pub signer: &'a str,
-    pub caller: &'a str,
-    pub method: &'a str,
-    pub bucket: &'a str,
-    pub object_key: &'a str,
-    pub labels: &'a BTreeMap<String, String>,
+    pub key_id: String,
+    pub signer: String,
+    pub caller: String,
+    pub method: &'static str,
+    pub bucket: String,
+    pub object_key: String,
+    pub labels: BTreeMap<String, String>,
     pub issued_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
-    pub signature_sha256: &'a [u8],
+    pub signature_sha256: Vec<u8>,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -42,17 +42,17 @@ pub struct LinkRow {
 }
 
 impl LinkRow {
-    /// The row as `insert_if_key_active` just wrote it (its key is active).
-    pub fn just_issued(link: &NewLink<'_>) -> Self {
+    /// The row as `insert_batch_if_keys_active` just wrote it (its key is active).
+    pub fn just_issued(link: NewLink) -> Self {
         Self {
             id: link.id,
-            key_id: link.key_id.to_owned(),
-            signer: link.signer.to_owned(),
-            caller: link.caller.to_owned(),
+            key_id: link.key_id,
+            signer: link.signer,
+            caller: link.caller,
             method: link.method.to_owned(),
-            bucket: link.bucket.to_owned(),
-            object_key: link.object_key.to_owned(),
-            labels: Json(link.labels.clone()),
+            bucket: link.bucket,
+            object_key: link.object_key,
+            labels: Json(link.labels),
             issued_at: link.issued_at,
             expires_at: link.expires_at,
             revocation_id: None,
@@ -82,36 +82,67 @@ pub(super) fn select_sql(filter: &str) -> String {
     )
 }
 
-/// Records a link, but only while its key is still active. The key row is locked
-/// FOR SHARE for the statement, so a revocation (which updates the key row)
-/// waits for in-flight inserts and then sees all of them: its count is exact.
-/// Returns false if the key is no longer active (nothing was inserted).
-pub async fn insert_if_key_active(
-    db: impl PgExecutor<'_>,
-    link: &NewLink<'_>,
-) -> Result<bool, sqlx::Error> {
-    let result = sqlx::query(
+/// Takes the keys' issuance locks in shared mode until the end of the
+/// transaction, then returns those still active. A key's state changes only
+/// under the same lock in exclusive mode (`keys::lock_for_state_change`), which
+/// waits for every transaction holding it shared: a revocation then sees every
+/// link inserted under it, and no link of that key is inserted after it (its
+/// count is exact). Advisory locks live in the lock manager: unlike FOR SHARE row
+/// locks, thousands of concurrent holders cost no MultiXact churn on the key row.
+pub async fn lock_active_keys(
+    conn: &mut PgConnection,
+    key_ids: &[&str],
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query(AssertSqlSafe(format!(
+        "SELECT pg_advisory_xact_lock_shared({ISSUANCE_LOCK_CLASS}, hashtext(k))
+         FROM unnest($1::text[]) k"
+    )))
+    .bind(key_ids)
+    .execute(&mut *conn)
+    .await?;
+    // A new statement, so a new snapshot: it sees any state change committed
+    // before the locks were granted.
+    sqlx::query_scalar(
+        "SELECT key_id FROM signing_keys WHERE key_id = ANY($1) AND state = 'active'",
+    )
+    .bind(key_ids)
+    .fetch_all(&mut *conn)
+    .await
+}
+
+/// The advisory lock class of a key's issuance lock ("ps").
+pub const ISSUANCE_LOCK_CLASS: i32 = 0x7073;
+
+/// Inserts many links in one statement (group commit: one WAL flush for the
+/// whole batch instead of one per link).
+pub async fn insert_batch(conn: &mut PgConnection, links: &[&NewLink]) -> Result<(), sqlx::Error> {
+    let col = |f: fn(&NewLink) -> String| links.iter().map(|l| f(l)).collect::<Vec<_>>();
+    sqlx::query(
         "INSERT INTO links (id, key_id, signer, caller, method, bucket, object_key, labels,
                             issued_at, expires_at, signature_sha256)
-         SELECT $1, k.key_id, $3, $4, $5, $6, $7, $8, $9, $10, $11
-         FROM signing_keys k
-         WHERE k.key_id = $2 AND k.state = 'active'
-         FOR SHARE",
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
+                              $6::text[], $7::text[], $8::jsonb[], $9::timestamptz[],
+                              $10::timestamptz[], $11::bytea[])",
     )
-    .bind(link.id)
-    .bind(link.key_id)
-    .bind(link.signer)
-    .bind(link.caller)
-    .bind(link.method)
-    .bind(link.bucket)
-    .bind(link.object_key)
-    .bind(Json(link.labels))
-    .bind(link.issued_at)
-    .bind(link.expires_at)
-    .bind(link.signature_sha256)
-    .execute(db)
-    .await?;
-    Ok(result.rows_affected() == 1)
+    .bind(links.iter().map(|l| l.id).collect::<Vec<_>>())
+    .bind(col(|l| l.key_id.clone()))
+    .bind(col(|l| l.signer.clone()))
+    .bind(col(|l| l.caller.clone()))
+    .bind(col(|l| l.method.to_owned()))
+    .bind(col(|l| l.bucket.clone()))
+    .bind(col(|l| l.object_key.clone()))
+    .bind(links.iter().map(|l| Json(&l.labels)).collect::<Vec<_>>())
+    .bind(links.iter().map(|l| l.issued_at).collect::<Vec<_>>())
+    .bind(links.iter().map(|l| l.expires_at).collect::<Vec<_>>())
+    .bind(
+        links
+            .iter()
+            .map(|l| l.signature_sha256.clone())
+            .collect::<Vec<_>>(),
+    )
+    .execute(conn)
+    .await
+    .map(|_| ())
 }
 
 pub async fn get(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<LinkRow>, sqlx::Error> {

@@ -206,7 +206,7 @@ async fn deactivate_old(
     };
     // Stop the bleeding first: from here on, the backend refuses the old key.
     km.backend.deactivate_key(&row.signer, old).await?;
-    // Locking the key row waits for in-flight inserts; later ones see it inactive.
+    // Under the key's issuance lock: in-flight batches commit first, later ones see it inactive.
     keys::deactivate(&mut *tx, old, Some(row.id)).await?;
     if mode == Mode::Emergency {
         signers::set_paused(&mut *tx, &row.signer, true).await?;

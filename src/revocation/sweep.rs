@@ -12,7 +12,7 @@ pub async fn sweep_retired_keys(km: &KeyManager) -> Result<Vec<String>, Revocati
     for key in keys::retired_without_outstanding_links(&km.pool).await? {
         km.backend.deactivate_key(&key.signer, &key.key_id).await?;
         let mut tx = km.pool.begin().await?;
-        keys::deactivate(&mut *tx, &key.key_id, None).await?;
+        keys::deactivate(&mut tx, &key.key_id, None).await?;
         keys::notify_changed(&mut *tx, &key.signer).await?;
         tx.commit().await?;
         tracing::info!(key_id = %key.key_id, signer = %key.signer, "retired key deactivated: its last link expired");
