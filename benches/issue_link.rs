@@ -21,7 +21,7 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 const DB: &str = "presignd_bench_issue";
 const TOKEN: &str = "bench-token";
-const CLIENTS: usize = 64;
+const DEFAULT_CLIENTS: usize = 64;
 const CHANNELS: usize = 4;
 const SECONDS: u64 = 10;
 
@@ -81,11 +81,19 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
 }
 
-/// CLIENTS tasks back to back for SECONDS.
+/// BENCH_CLIENTS overrides the number of closed-loop clients (1 shows the
+/// latency of a request alone).
+fn clients() -> usize {
+    std::env::var("BENCH_CLIENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(DEFAULT_CLIENTS)
+}
+
 async fn closed_loop(rpc: Rpc, channels: &[Channel], bucket: &str) -> Run {
     let deadline = Instant::now() + Duration::from_secs(SECONDS);
     let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..CLIENTS {
+    for i in 0..clients() {
         let (ch, bucket) = (channels[i % channels.len()].clone(), bucket.to_owned());
         tasks.spawn(async move {
             let (mut lat, mut errors) = (Vec::new(), 0);
@@ -228,7 +236,8 @@ async fn main() -> anyhow::Result<()> {
         .await?;
 
     println!(
-        "| load ({CLIENTS} clients on {CHANNELS} HTTP/2 connections, {SECONDS} s) | throughput | p50 | p99 | p99.9 | errors |"
+        "| load ({} clients on {CHANNELS} HTTP/2 connections, {SECONDS} s) | throughput | p50 | p99 | p99.9 | errors |",
+        clients()
     );
     println!("|---|---|---|---|---|---|");
     row("no-op RPC (Health/Check), closed loop", &noop);

@@ -250,7 +250,11 @@ impl App {
             None => {
                 router
                     .serve_with_incoming_shutdown(
-                        tokio_stream::wrappers::TcpListenerStream::new(self.listener),
+                        // TCP_NODELAY: a response is several HTTP/2 frames, and
+                        // Nagle's algorithm would hold the last one for the
+                        // client's delayed ACK (40 ms).
+                        tonic::transport::server::TcpIncoming::from(self.listener)
+                            .with_nodelay(Some(true)),
                         shutdown,
                     )
                     .await
