@@ -97,12 +97,7 @@ async fn keys_live_on_the_signers_iam_user_within_the_two_key_limit(pool: PgPool
     assert_eq!(link.link.unwrap().key_id, key1);
 
     // REVOKE: key2 created, key1 set Inactive in IAM.
-    let r = app
-        .keys
-        .rotate_key(rotate(&signer, RotationMode::Revoke))
-        .await
-        .unwrap()
-        .into_inner();
+    let r = app.rotate(rotate(&signer, RotationMode::Revoke)).await;
     assert_eq!(
         (r.state, r.links_revoked),
         (RevocationState::Succeeded as i32, 1)
@@ -115,12 +110,7 @@ async fn keys_live_on_the_signers_iam_user_within_the_two_key_limit(pool: PgPool
 
     // REVOKE again: the user is at 2 keys; key1 is spent (inactive) and is
     // deleted to make room; key2 goes Inactive.
-    let r = app
-        .keys
-        .rotate_key(rotate(&signer, RotationMode::Revoke))
-        .await
-        .unwrap()
-        .into_inner();
+    let r = app.rotate(rotate(&signer, RotationMode::Revoke)).await;
     assert_eq!(r.state, RevocationState::Succeeded as i32, "{r:?}");
     let key3 = r.new_key_id.clone();
     assert_eq!(
@@ -134,12 +124,7 @@ async fn keys_live_on_the_signers_iam_user_within_the_two_key_limit(pool: PgPool
     app.issue(link_request(&buckets0(), "k", Method::Get, 600))
         .await
         .unwrap();
-    let r = app
-        .keys
-        .rotate_key(rotate(&signer, RotationMode::Graceful))
-        .await
-        .unwrap()
-        .into_inner();
+    let r = app.rotate(rotate(&signer, RotationMode::Graceful)).await;
     assert_eq!(r.state, RevocationState::Succeeded as i32);
     let key4 = r.new_key_id.clone();
     assert_eq!(
@@ -173,12 +158,7 @@ async fn keys_live_on_the_signers_iam_user_within_the_two_key_limit(pool: PgPool
     assert_eq!(active, 1, "the signer still signs with key4");
 
     // EMERGENCY deactivates key4 first, which frees its slot.
-    let r = app
-        .keys
-        .rotate_key(rotate(&signer, RotationMode::Emergency))
-        .await
-        .unwrap()
-        .into_inner();
+    let r = app.rotate(rotate(&signer, RotationMode::Emergency)).await;
     assert_eq!(r.state, RevocationState::Succeeded as i32, "{r:?}");
     let keys = iam_keys(&iam, &user).await;
     assert_eq!(keys.len(), 2);

@@ -242,6 +242,15 @@ impl TestApp {
             .unwrap_or_else(|_| panic!("presignd did not report {status:?} within 30 s"));
     }
 
+    /// RotateKey as the admin caller; panics on an error status.
+    pub async fn rotate(&mut self, req: proto::RotateKeyRequest) -> proto::Revocation {
+        self.keys
+            .rotate_key(req)
+            .await
+            .expect("RotateKey succeeds")
+            .into_inner()
+    }
+
     pub async fn issue(
         &mut self,
         req: proto::IssueLinkRequest,

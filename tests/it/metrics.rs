@@ -127,16 +127,13 @@ async fn a_rotation_moves_the_revocations_counter_by_mode_and_outcome(pool: PgPo
     let labels = [("mode", "graceful"), ("outcome", "succeeded")];
     let before = sample(&scrape(&app).await, "presignd_revocations_total", &labels);
     let report = app
-        .keys
-        .rotate_key(presignd::proto::RotateKeyRequest {
+        .rotate(presignd::proto::RotateKeyRequest {
             signer: "default".into(),
             mode: presignd::proto::RotationMode::Graceful as i32,
             reason: "metrics test".into(),
             ..Default::default()
         })
-        .await
-        .unwrap()
-        .into_inner();
+        .await;
     assert_eq!(
         report.state,
         presignd::proto::RevocationState::Succeeded as i32

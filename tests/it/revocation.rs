@@ -135,12 +135,7 @@ async fn revoke_kills_every_outstanding_link_and_reports_exactly_them(pool: PgPo
     assert_eq!(plan.sample_link_ids.len(), 5);
     let old_key = plan.key_id.clone();
 
-    let report = app
-        .keys
-        .rotate_key(rotate_req(RotationMode::Revoke, &old_key))
-        .await
-        .unwrap()
-        .into_inner();
+    let report = app.rotate(rotate_req(RotationMode::Revoke, &old_key)).await;
     assert_eq!(
         report.state,
         RevocationState::Succeeded as i32,
@@ -208,12 +203,7 @@ async fn links_issued_during_a_revoke_are_either_revoked_and_dead_or_active_and_
     }
     // Let issuance run, rotate in the middle of it, let it run on.
     wait_for_links(&pool, 30).await;
-    let report = app
-        .keys
-        .rotate_key(rotate_req(RotationMode::Revoke, ""))
-        .await
-        .unwrap()
-        .into_inner();
+    let report = app.rotate(rotate_req(RotationMode::Revoke, "")).await;
     let after_rotation: i64 = sqlx::query_scalar("SELECT count(*) FROM links")
         .fetch_one(&pool)
         .await
@@ -326,11 +316,8 @@ async fn graceful_keeps_old_links_working_then_deactivates_the_old_key_once_they
     let old_key = old.link.as_ref().unwrap().key_id.clone();
 
     let report = app
-        .keys
-        .rotate_key(rotate_req(RotationMode::Graceful, &old_key))
-        .await
-        .unwrap()
-        .into_inner();
+        .rotate(rotate_req(RotationMode::Graceful, &old_key))
+        .await;
     assert_eq!(report.state, RevocationState::Succeeded as i32);
     assert_eq!(report.links_revoked, 0);
     assert_eq!(
@@ -602,11 +589,8 @@ async fn a_stale_expected_key_id_is_a_failed_precondition(pool: PgPool) {
         .unwrap()
         .into_inner();
     let first = app
-        .keys
-        .rotate_key(rotate_req(RotationMode::Graceful, &plan.key_id))
-        .await
-        .unwrap()
-        .into_inner();
+        .rotate(rotate_req(RotationMode::Graceful, &plan.key_id))
+        .await;
     assert_eq!(first.state, RevocationState::Succeeded as i32);
     // A second responder with the same (now stale) plan:
     let status = app
@@ -633,7 +617,7 @@ async fn a_dry_run_returns_the_plan_and_touches_nothing(pool: PgPool) {
         .unwrap();
     let mut req = rotate_req(RotationMode::Emergency, "");
     req.dry_run = true;
-    let plan = app.keys.rotate_key(req).await.unwrap().into_inner();
+    let plan = app.rotate(req).await;
     assert!(plan.dry_run);
     assert_eq!(plan.state, RevocationState::Planned as i32);
     assert_eq!(plan.blast_radius.unwrap().outstanding_links, 1);
@@ -725,21 +709,11 @@ async fn keys_and_revocations_are_listed_with_outstanding_counts(pool: PgPool) {
             .await
             .unwrap();
     }
-    let first = app
-        .keys
-        .rotate_key(rotate_req(RotationMode::Graceful, ""))
-        .await
-        .unwrap()
-        .into_inner();
+    let first = app.rotate(rotate_req(RotationMode::Graceful, "")).await;
     app.issue(link_request(&bucket, "k", Method::Get, 600))
         .await
         .unwrap();
-    let second = app
-        .keys
-        .rotate_key(rotate_req(RotationMode::Graceful, ""))
-        .await
-        .unwrap()
-        .into_inner();
+    let second = app.rotate(rotate_req(RotationMode::Graceful, "")).await;
 
     let listed = app
         .keys

@@ -81,17 +81,14 @@ async fn revoking_one_signer_leaves_the_other_callers_links_working(pool: PgPool
         [(CALLER_B, 4)]
     );
     let report = app
-        .keys
-        .rotate_key(RotateKeyRequest {
+        .rotate(RotateKeyRequest {
             signer: "other".into(),
             mode: RotationMode::Revoke as i32,
             reason: "caller b's key leaked".into(),
             expected_key_id: plan.key_id.clone(),
             dry_run: false,
         })
-        .await
-        .unwrap()
-        .into_inner();
+        .await;
     assert_eq!(
         report.state,
         RevocationState::Succeeded as i32,
