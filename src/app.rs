@@ -155,6 +155,7 @@ impl App {
             self.signers.clone(),
             self.config.migrate_on_start,
             self.config.health_interval(),
+            self.config.maintenance_interval(),
             health.clone(),
         ));
 
@@ -198,12 +199,6 @@ impl App {
             }),
             move |req| auth.intercept(req),
         );
-        let signer_names: Vec<String> = self.signers.iter().map(|s| s.to_string()).collect();
-        let follower = tokio::spawn(self.keys.clone().follow_key_changes(signer_names));
-        let maintenance = tokio::spawn(maintain(
-            self.keys.clone(),
-            self.config.maintenance_interval(),
-        ));
 
         let reloader = self
             .config
@@ -264,8 +259,6 @@ impl App {
             r.abort();
         }
         readiness.abort();
-        follower.abort();
-        maintenance.abort();
         metrics_server.abort();
         outstanding.abort();
         self.keys.pool.close().await;
@@ -315,12 +308,15 @@ async fn set_status(health: &HealthReporter, status: ServingStatus) {
 }
 
 /// Runs migrations and provisions keys until both succeed (retrying while the
-/// registry or the backend is down), then follows the registry's liveness.
+/// registry or the backend is down); then, once the registry has its schema,
+/// follows the registry's liveness, other replicas' key changes, and the
+/// background upkeep.
 async fn become_ready(
     keys: KeyManager,
     signers: Vec<SignerName>,
     migrate: bool,
     interval: Duration,
+    maintenance: Duration,
     health: HealthReporter,
 ) {
     let mut backoff = Duration::from_millis(200);
@@ -340,6 +336,15 @@ async fn become_ready(
     }
     tracing::info!("ready: registry migrated, signing keys loaded");
     set_status(&health, ServingStatus::Serving).await;
+    let names = signers.iter().map(|s| s.to_string()).collect();
+    tokio::join!(
+        follow_liveness(&keys, interval, &health),
+        keys.clone().follow_key_changes(names),
+        maintain(keys.clone(), maintenance),
+    );
+}
+
+async fn follow_liveness(keys: &KeyManager, interval: Duration, health: &HealthReporter) {
     let mut serving = true;
     loop {
         tokio::time::sleep(interval).await;
@@ -350,10 +355,10 @@ async fn become_ready(
             serving = ok;
             if ok {
                 tracing::info!("registry reachable again: SERVING");
-                set_status(&health, ServingStatus::Serving).await;
+                set_status(health, ServingStatus::Serving).await;
             } else {
                 tracing::warn!("registry unreachable: NOT_SERVING");
-                set_status(&health, ServingStatus::NotServing).await;
+                set_status(health, ServingStatus::NotServing).await;
             }
         }
     }
