@@ -13,7 +13,7 @@
 use presignd::domain::LinkState;
 use presignd::registry::link_queries::{self, Cursor, LinkFilter};
 use presignd::registry::link_summary::{self, GroupBy};
-use presignd::registry::{self, links};
+use presignd::registry::{self, keys, links};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, Executor, PgPool};
 use std::time::{Duration, Instant};
@@ -386,9 +386,9 @@ async fn measure(pool: &PgPool) -> anyhow::Result<()> {
             ms(max)
         );
     }
-    let (median, max, rows) = time(5, || link_queries::outstanding_per_key(pool)).await?;
+    let (median, max, rows) = time(5, || keys::list_with_outstanding(pool, None)).await?;
     println!(
-        "| outstanding_per_key (metrics gauge) | {} keys | {} / {} |",
+        "| keys::list_with_outstanding (metrics gauge, ListSigningKeys) | {} keys | {} / {} |",
         rows.len(),
         ms(median),
         ms(max)

@@ -6,7 +6,7 @@ use crate::backend::{BackendError, KeyBackend, NewKey};
 use crate::registry;
 use crate::seal::MasterKey;
 use crate::secret::SecretString;
-use crate::signing::{Keyring, S3Target, SigningKey, verify_usable};
+use crate::signing::{Keyring, NotUsable, S3Target, SigningKey, verify_usable};
 use anyhow::Context;
 use sqlx::PgPool;
 use std::sync::Arc;
@@ -53,22 +53,34 @@ impl KeyManager {
             &new.secret_access_key,
             signer,
         );
-        match &self.probe_bucket {
-            Some(bucket) => verify_usable(&self.http, &key, bucket, self.verify_attempts).await?,
-            None => tracing::warn!(
-                signer,
-                "no bucket configured: the new key was not probed before use"
-            ),
-        }
-        let sealed = self.master_key.seal(
-            &new.access_key_id,
-            new.secret_access_key.expose().as_bytes(),
-        );
-        registry::keys::insert_active(&mut *tx, &new.access_key_id, signer, &sealed).await?;
+        self.prove_usable(&key).await?;
+        registry::keys::insert_active(&mut *tx, &new.access_key_id, signer, &self.seal(&new))
+            .await?;
         tx.commit().await?;
         tracing::info!(signer, key_id = %new.access_key_id, "provisioned a signing key");
         self.keyring.install(key);
         Ok(())
+    }
+
+    /// A presigned probe against the S3 endpoint, retried while the backend
+    /// propagates the key: a key signs nothing before it passes.
+    pub async fn prove_usable(&self, key: &SigningKey) -> Result<(), NotUsable> {
+        match &self.probe_bucket {
+            Some(bucket) => verify_usable(&self.http, key, bucket, self.verify_attempts).await,
+            None => {
+                tracing::warn!(signer = %key.signer, key_id = %key.key_id,
+                    "no bucket configured: the new key was not probed before use");
+                Ok(())
+            }
+        }
+    }
+
+    /// The new key's secret sealed for the registry (the key id as associated data).
+    pub fn seal(&self, new: &NewKey) -> Vec<u8> {
+        self.master_key.seal(
+            &new.access_key_id,
+            new.secret_access_key.expose().as_bytes(),
+        )
     }
 
     /// Loads every active key from the registry into the keyring.

@@ -130,11 +130,15 @@ pub async fn refresh_outstanding(
     reported: &mut BTreeSet<(String, String)>,
 ) -> Result<(), sqlx::Error> {
     handle();
-    let rows = crate::registry::link_queries::outstanding_per_key(pool).await?;
+    // The same counts as ListSigningKeys, for the keys whose links still work.
+    let rows = crate::registry::keys::list_with_outstanding(pool, None).await?;
     let mut now = BTreeSet::new();
-    for row in rows {
+    for row in rows
+        .into_iter()
+        .filter(|k| matches!(k.state.as_str(), "active" | "retired"))
+    {
         gauge!(OUTSTANDING_LINKS, "signer" => row.signer.clone(), "key_id" => row.key_id.clone())
-            .set(row.outstanding as f64);
+            .set(row.outstanding_links as f64);
         now.insert((row.signer, row.key_id));
     }
     for (signer, key_id) in reported.difference(&now) {

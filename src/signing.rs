@@ -8,4 +8,4 @@ mod verify;
 
 pub use keyring::Keyring;
 pub use presign::{LinkSpec, Presigned, S3Target, SignError, SigningKey, signature_of};
-pub use verify::verify_usable;
+pub use verify::{NotUsable, verify_usable};

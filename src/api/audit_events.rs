@@ -21,21 +21,14 @@ pub fn page(r: &proto::ListAuditEventsRequest) -> Result<Page, FieldError> {
     Ok(Page {
         caller,
         // Same opaque (time, id) token as ListRevocations.
-        after: convert::revocation_cursor(&r.page_token)?,
+        after: convert::time_id_cursor(&r.page_token)?,
         limit: convert::page_size(r.page_size)?,
     })
 }
 
 /// `rows` was fetched with `limit + 1`: the extra row says there is a next page.
 pub fn response(mut rows: Vec<AuditRow>, limit: i64) -> proto::ListAuditEventsResponse {
-    let next_page_token = if rows.len() as i64 > limit {
-        rows.truncate(limit as usize);
-        rows.last()
-            .map(|r| convert::revocation_token(r.at, r.id))
-            .unwrap_or_default()
-    } else {
-        String::new()
-    };
+    let next_page_token = convert::next_page(&mut rows, limit, |r| (r.at, r.id));
     proto::ListAuditEventsResponse {
         events: rows
             .into_iter()

@@ -196,7 +196,7 @@ impl KeyService for KeyApi {
                 let r = request.get_ref();
                 let signer = optional_signer(&r.signer).map_err(ApiError::from)?;
                 let limit = convert::page_size(r.page_size).map_err(ApiError::from)?;
-                let after = convert::revocation_cursor(&r.page_token).map_err(ApiError::from)?;
+                let after = convert::time_id_cursor(&r.page_token).map_err(ApiError::from)?;
                 let mut rows = revocation::list(
                     &self.keys,
                     signer.as_ref().map(|s| s.as_str()),
@@ -205,14 +205,7 @@ impl KeyService for KeyApi {
                 )
                 .await
                 .map_err(ApiError::from)?;
-                let next = if rows.len() as i64 > limit {
-                    rows.truncate(limit as usize);
-                    rows.last()
-                        .map(|r| convert::revocation_token(r.created_at, r.id))
-                        .unwrap_or_default()
-                } else {
-                    String::new()
-                };
+                let next = convert::next_page(&mut rows, limit, |r| (r.created_at, r.id));
                 Ok(Response::new(proto::ListRevocationsResponse {
                     revocations: rows.into_iter().map(convert::revocation).collect(),
                     next_page_token: next,

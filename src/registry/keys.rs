@@ -198,7 +198,8 @@ pub async fn list_with_outstanding(
 /// Tells every replica (LISTEN presignd_keys) that a signer's keys changed;
 /// delivered when the surrounding transaction commits.
 pub async fn notify_changed(db: impl PgExecutor<'_>, signer: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT pg_notify('presignd_keys', $1)")
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(KEYS_CHANNEL)
         .bind(signer)
         .execute(db)
         .await

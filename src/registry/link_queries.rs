@@ -202,28 +202,3 @@ pub async fn list_page(
         .push_bind(limit);
     q.build_query_as().fetch_all(db).await
 }
-
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
-pub struct OutstandingRow {
-    pub signer: String,
-    pub key_id: String,
-    pub outstanding: i64,
-}
-
-/// Outstanding links (as the blast radius counts them) of every key that still
-/// signs or whose links still work (active, retired): one index range per key.
-pub async fn outstanding_per_key(
-    db: impl PgExecutor<'_>,
-) -> Result<Vec<OutstandingRow>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT k.signer, k.key_id,
-                (SELECT count(*) FROM links l
-                 WHERE l.key_id = k.key_id AND l.expires_at > now()
-                   AND l.revocation_id IS NULL) AS outstanding
-         FROM signing_keys k
-         WHERE k.state IN ('active', 'retired')
-         ORDER BY k.signer, k.key_id",
-    )
-    .fetch_all(db)
-    .await
-}

@@ -12,7 +12,7 @@ use crate::backend::BackendError;
 use crate::keys::KeyManager;
 use crate::registry::revocations::{RevocationRow, StepRecord};
 use crate::registry::{keys, links, revocations, signers};
-use crate::signing::{SigningKey, verify_usable};
+use crate::signing::SigningKey;
 use chrono::Utc;
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -146,11 +146,7 @@ async fn create_key(
     let new = km.create_backend_key(&mut *tx, &row.signer).await?;
     // Logged so that a crash before commit leaves a trace of the backend key.
     tracing::info!(revocation_id = %row.id, key_id = %new.access_key_id, "created replacement key");
-    let sealed = km.master_key.seal(
-        &new.access_key_id,
-        new.secret_access_key.expose().as_bytes(),
-    );
-    keys::insert_pending(&mut *tx, &new.access_key_id, &row.signer, &sealed).await?;
+    keys::insert_pending(&mut *tx, &new.access_key_id, &row.signer, &km.seal(&new)).await?;
     revocations::set_new_key(&mut *tx, row.id, &new.access_key_id).await?;
     Ok(())
 }
@@ -171,12 +167,9 @@ async fn verify_key(
         .open_secret(&key_row)
         .map_err(|e| StepError::Fatal(format!("{e:#}")))?;
     let key = SigningKey::new(&km.target, key_id, &secret, &row.signer);
-    if let Some(bucket) = &km.probe_bucket {
-        verify_usable(&km.http, &key, bucket, km.verify_attempts)
-            .await
-            .map_err(|e| StepError::Fatal(e.to_string()))?;
-    }
-    Ok(())
+    km.prove_usable(&key)
+        .await
+        .map_err(|e| StepError::Fatal(e.to_string()))
 }
 
 async fn activate_key(tx: &mut PgConnection, row: &RevocationRow) -> Result<(), StepError> {

@@ -24,19 +24,9 @@ impl Keyring {
         map.insert(key.signer.clone(), Arc::new(key));
     }
 
-    /// Forgets a key that is no longer active (only if it is still the one held).
-    pub fn remove(&self, signer: &str, key_id: &str) {
-        let mut map = self.active.write().expect("keyring lock");
-        if map.get(signer).is_some_and(|k| k.key_id == key_id) {
-            map.remove(signer);
-        }
-    }
-
+    /// The signer has no active key (an emergency rotation is replacing it):
+    /// its issuance pauses.
     pub fn remove_signer(&self, signer: &str) {
         self.active.write().expect("keyring lock").remove(signer);
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.active.read().expect("keyring lock").is_empty()
     }
 }
