@@ -55,8 +55,17 @@ pub fn is_unavailable(e: &sqlx::Error) -> bool {
             matches!(
                 db.code().as_deref(),
                 Some("57P01" | "57P02" | "57P03" | "53300")
-            )
+            ) || is_conflict(e)
         }
+        _ => false,
+    }
+}
+
+/// Whether Postgres aborted the transaction to break a conflict with another
+/// (deadlock_detected, serialization_failure): running it again may succeed.
+pub fn is_conflict(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => matches!(db.code().as_deref(), Some("40P01" | "40001")),
         _ => false,
     }
 }

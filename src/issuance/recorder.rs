@@ -15,6 +15,8 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 #[derive(Debug, Clone)]
 pub struct RecordError {
     pub unavailable: bool,
+    /// Postgres aborted the transaction to break a lock conflict.
+    pub conflict: bool,
     pub message: String,
 }
 
@@ -22,6 +24,7 @@ impl From<sqlx::Error> for RecordError {
     fn from(e: sqlx::Error) -> Self {
         Self {
             unavailable: registry::is_unavailable(&e),
+            conflict: registry::is_conflict(&e),
             message: e.to_string(),
         }
     }
@@ -57,6 +60,7 @@ impl Recorder {
     pub async fn record(&self, link: NewLink) -> Recorded {
         let stopped = || RecordError {
             unavailable: true,
+            conflict: false,
             message: "the link recorder stopped".into(),
         };
         let (done, answer) = oneshot::channel();
@@ -78,7 +82,14 @@ async fn work(pool: PgPool, rx: Arc<Mutex<mpsc::Receiver<Pending>>>, max_batch: 
                 return; // every sender is gone
             }
         }
-        let outcome = commit(&pool, &batch).await;
+        let mut outcome = commit(&pool, &batch).await;
+        if let Err(e) = &outcome
+            && e.conflict
+        {
+            // Nothing was committed and no URL has left: run the batch again once.
+            tracing::warn!(error = %e.message, rows = batch.len(), "link batch aborted by a lock conflict; retrying it");
+            outcome = commit(&pool, &batch).await;
+        }
         for p in batch {
             let recorded = match &outcome {
                 Ok(active) if active.contains(&p.link.key_id) => Ok(Some(p.link)),

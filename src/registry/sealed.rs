@@ -10,14 +10,17 @@ pub struct SealedRow {
 
 /// Every key's sealed secret, rows locked until the transaction ends.
 pub async fn all_for_update(db: impl PgExecutor<'_>) -> Result<Vec<SealedRow>, sqlx::Error> {
-    sqlx::query_as("SELECT key_id, sealed_secret FROM signing_keys ORDER BY key_id FOR UPDATE")
-        .fetch_all(db)
-        .await
+    sqlx::query_as(
+        "SELECT key_id, sealed_secret FROM signing_keys ORDER BY key_id FOR NO KEY UPDATE",
+    )
+    .fetch_all(db)
+    .await
 }
 
-/// Locks every signer: key provisioning and rotation steps take the same lock.
+/// Locks every signer: key provisioning and rotation steps take the same lock
+/// (FOR NO KEY UPDATE, as `signers::lock` does, so link inserts never wait on it).
 pub async fn lock_all_signers(db: impl PgExecutor<'_>) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT name FROM signers ORDER BY name FOR UPDATE")
+    sqlx::query("SELECT name FROM signers ORDER BY name FOR NO KEY UPDATE")
         .fetch_all(db)
         .await
         .map(|_| ())

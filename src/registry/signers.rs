@@ -20,8 +20,13 @@ pub async fn upsert(db: impl PgExecutor<'_>, name: &str, backend: &str) -> Resul
 
 /// Locks the signer's row for the rest of the transaction: key provisioning and
 /// rotations of one signer are serialized on it.
+///
+/// FOR NO KEY UPDATE, not FOR UPDATE: every link insert checks its foreign key
+/// with FOR KEY SHARE on this row, which FOR UPDATE would block. A rotation
+/// holding this lock while it waits for the issuance lock of the key it retires
+/// (held shared by a link batch waiting on this row) would then deadlock.
 pub async fn lock(db: impl PgExecutor<'_>, name: &str) -> Result<Option<SignerRow>, sqlx::Error> {
-    sqlx::query_as("SELECT name, backend, paused FROM signers WHERE name = $1 FOR UPDATE")
+    sqlx::query_as("SELECT name, backend, paused FROM signers WHERE name = $1 FOR NO KEY UPDATE")
         .bind(name)
         .fetch_optional(db)
         .await

@@ -265,6 +265,35 @@ async fn links_issued_during_a_revoke_are_either_revoked_and_dead_or_active_and_
     assert_eq!(marked, revoked + 1);
 }
 
+/// A rotation holds its signer's row lock while it waits for the issuance lock
+/// of the key it retires, which link batches hold shared while they insert. If
+/// an insert's foreign-key check waited on the signer's row, the two would
+/// deadlock (and issuance would fail with INTERNAL mid-rotation).
+#[sqlx::test]
+async fn issuance_does_not_wait_on_a_rotation_holding_its_signer(pool: PgPool) {
+    let mut app = spawn_app(&pool).await;
+    let bucket = buckets()[0].clone();
+    let mut rotation = pool.begin().await.unwrap();
+    presignd::registry::signers::lock(&mut *rotation, "default")
+        .await
+        .unwrap()
+        .expect("the default signer exists");
+    let issued = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        app.issue(link_request(&bucket, "held-signer", Method::Get, 60)),
+    )
+    .await
+    .expect("IssueLink must not wait for the signer's rotation lock")
+    .expect("IssueLink succeeds while a rotation holds the signer");
+    rotation.rollback().await.unwrap();
+    let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM links WHERE id = $1::uuid")
+        .bind(&issued.link.unwrap().id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(recorded, 1);
+}
+
 /// Links whose derived revocation is `revocation_id`, as every read reports it.
 pub async fn revoked_by(pool: &PgPool, revocation_id: &str) -> i64 {
     sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
