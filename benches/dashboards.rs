@@ -46,6 +46,15 @@ async fn main() -> anyhow::Result<()> {
     } else {
         generate(&pool, rows).await?;
     }
+    let t = Instant::now();
+    let folded = link_summary::fold(&pool).await?;
+    let cells: i64 = sqlx::query_scalar("SELECT count(*) FROM link_rollup")
+        .fetch_one(&pool)
+        .await?;
+    println!(
+        "roll-up folded in {:.0?} ({folded:?} rows written); link_rollup holds {cells} cells",
+        t.elapsed()
+    );
     report(&pool).await?;
     measure(&pool).await?;
     pool.close().await;
@@ -365,6 +374,26 @@ async fn measure(pool: &PgPool) -> anyhow::Result<()> {
     ] {
         let (median, max, groups) =
             time(5, || link_summary::summarize(pool, &filter, group_by)).await?;
+        println!(
+            "| {label} | {} / {} | {} groups |",
+            ms(median),
+            ms(max),
+            groups.len()
+        );
+    }
+    // What the roll-up replaced, and what still takes the full pass.
+    let prefix = LinkFilter {
+        object_key_prefix: Some("svc-02/".into()),
+        ..f()
+    };
+    for (label, filter) in [
+        ("by signer, scan", f()),
+        ("by signer, key prefix (scan)", prefix),
+    ] {
+        let (median, max, groups) = time(5, || {
+            link_summary::summarize_scan(pool, &filter, GroupBy::Signer)
+        })
+        .await?;
         println!(
             "| {label} | {} / {} | {} groups |",
             ms(median),

@@ -391,6 +391,9 @@ async fn maintain(keys: KeyManager, interval: Duration) {
         if let Err(e) = revocation::sweep_retired_keys(&keys).await {
             tracing::warn!(error = %e, "deactivating expired retired keys");
         }
+        if let Err(e) = registry::link_summary::fold(&keys.pool).await {
+            tracing::warn!(error = %e, "folding the link roll-up");
+        }
     }
 }
 

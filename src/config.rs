@@ -162,8 +162,9 @@ pub struct Config {
     #[arg(long, env = "PRESIGND_RECORD_BATCH_MAX", default_value_t = 256)]
     pub record_batch_max: usize,
 
-    /// Seconds between background upkeep runs: retrying unfinished revocations and
-    /// deactivating retired keys whose last link expired.
+    /// Seconds between background upkeep runs: retrying unfinished revocations,
+    /// deactivating retired keys whose last link expired, and folding the link
+    /// roll-up that SummarizeLinks reads.
     #[arg(long, env = "PRESIGND_MAINTENANCE_INTERVAL_SECS", default_value_t = 15)]
     pub maintenance_interval_secs: u64,
 

@@ -1,19 +1,23 @@
 //! SummarizeLinks: links matching a filter, counted per state in each group (key,
 //! signer, bucket or caller), with the latest expiry.
 //!
-//! A link's state depends on its key (see `links::STATE_SQL`), but joining every
-//! link to its key costs as much as reading it. So the links are first
-//! aggregated per (group, key) into three categories that need no key: live
-//! (unmarked, not expired), expired (unmarked) and marked by a revocation. Then
-//! each (group, key) row meets its key: for a dead key every category is
-//! revoked; otherwise live is active, expired is expired, marked is revoked,
-//! exactly as STATE_SQL says. Still one pass over every matching link: see
-//! docs/BENCHMARKS.md for what that costs on a large registry.
+//! Two ways to the same answer:
+//! * `summarize_rollup` reads the roll-up of migration 0005: links counted per
+//!   cell (key, signer, bucket, caller, hour of expiry, marked), kept exact by
+//!   triggers. Every cell but the current hour's of a live key has one state
+//!   now (see `CELL_STATE`); the current hour is counted from `links` by index
+//!   range. It serves every filter on those columns and on state.
+//! * `summarize_scan` is one pass over every matching link, for the filters a
+//!   cell cannot answer (object key prefix, expiry window). It is also the
+//!   oracle the roll-up is tested against.
+//!
+//! `fold` moves the triggers' deltas into `link_rollup` and merges the cells
+//! whose state no longer depends on time; the maintenance loop runs it.
 
 use super::link_queries::{LinkFilter, push_filter, state_necessary};
 use crate::domain::LinkState;
 use chrono::{DateTime, Utc};
-use sqlx::{PgExecutor, QueryBuilder};
+use sqlx::{AssertSqlSafe, PgExecutor, PgPool, Postgres, QueryBuilder};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GroupBy {
@@ -26,10 +30,10 @@ pub enum GroupBy {
 impl GroupBy {
     fn column(self) -> &'static str {
         match self {
-            Self::Key => "l.key_id",
-            Self::Signer => "l.signer",
-            Self::Bucket => "l.bucket",
-            Self::Caller => "l.caller",
+            Self::Key => "key_id",
+            Self::Signer => "signer",
+            Self::Bucket => "bucket",
+            Self::Caller => "caller",
         }
     }
 }
@@ -68,7 +72,176 @@ fn per_state(state: LinkState) -> (&'static str, &'static str) {
     }
 }
 
+/// The summary of the links matching `filter`, from the roll-up when the
+/// filter allows it.
 pub async fn summarize(
+    db: impl PgExecutor<'_>,
+    filter: &LinkFilter,
+    group_by: GroupBy,
+) -> Result<Vec<SummaryRow>, sqlx::Error> {
+    if rollup_answers(filter) {
+        summarize_rollup(db, filter, group_by).await
+    } else {
+        summarize_scan(db, filter, group_by).await
+    }
+}
+
+/// Whether every condition of `filter` is on a roll-up cell's columns.
+pub fn rollup_answers(filter: &LinkFilter) -> bool {
+    filter.object_key_prefix.is_none()
+        && filter.expires_after.is_none()
+        && filter.expires_before.is_none()
+}
+
+/// The state every link of a roll-up cell `c` of key `k` is in now, NULL for
+/// the current hour of a live key's unmarked links (counted from `links`).
+/// The same rules as `links::STATE_SQL`: a cell of an earlier hour holds links
+/// that expired before this hour began, one of a later hour links that expire
+/// after it ends.
+const CELL_STATE: &str = "CASE
+    WHEN k.state IN ('inactive', 'deleted') OR c.marked THEN 'revoked'
+    WHEN c.expires_hour < date_trunc('hour', now(), 'UTC') THEN 'expired'
+    WHEN c.expires_hour > date_trunc('hour', now(), 'UTC') THEN 'active' END";
+
+/// Equality filters on a cell's (or a link's) columns, for `alias`.
+fn push_columns_filter(q: &mut QueryBuilder<Postgres>, alias: &str, f: &LinkFilter) {
+    for (column, value) in [
+        ("bucket", &f.bucket),
+        ("caller", &f.caller),
+        ("key_id", &f.key_id),
+        ("signer", &f.signer),
+    ] {
+        if let Some(v) = value {
+            q.push(format!(" AND {alias}.{column} = "))
+                .push_bind(v.clone());
+        }
+    }
+}
+
+/// Per state, from rows `x(grp, state, links, latest)`: its count (0 unless
+/// wanted) and its latest expiry (omitted unless wanted).
+fn state_aggregates(filter: &LinkFilter) -> (String, String) {
+    let wanted = |s: LinkState| filter.state.is_none_or(|f| f == s);
+    let counts: Vec<String> = [LinkState::Active, LinkState::Expired, LinkState::Revoked]
+        .into_iter()
+        .map(|s| match wanted(s) {
+            true => format!(
+                "coalesce(sum(x.links) FILTER (WHERE x.state = '{}'), 0)::bigint",
+                s.as_str()
+            ),
+            false => "0::bigint".into(),
+        })
+        .collect();
+    let latest: Vec<String> = [LinkState::Active, LinkState::Expired, LinkState::Revoked]
+        .into_iter()
+        .filter(|&s| wanted(s))
+        .map(|s| format!("max(x.latest) FILTER (WHERE x.state = '{}')", s.as_str()))
+        .collect();
+    (
+        format!(
+            "{} AS active, {} AS expired, {} AS revoked, greatest({}) AS latest_expiry",
+            counts[0],
+            counts[1],
+            counts[2],
+            latest.join(", ")
+        ),
+        format!("{} + {} + {} > 0", counts[0], counts[1], counts[2]),
+    )
+}
+
+/// The summary from the roll-up: a few rows per cell instead of one per link.
+pub async fn summarize_rollup(
+    db: impl PgExecutor<'_>,
+    filter: &LinkFilter,
+    group_by: GroupBy,
+) -> Result<Vec<SummaryRow>, sqlx::Error> {
+    let (select, having) = state_aggregates(filter);
+    let g = group_by.column();
+    let mut q = QueryBuilder::new(format!(
+        "SELECT x.grp AS \"group\", {select}
+         FROM (SELECT c.{g} AS grp, {CELL_STATE} AS state, c.links, c.latest
+               FROM (SELECT key_id, signer, bucket, caller, expires_hour, marked, links, latest
+                     FROM link_rollup
+                     UNION ALL
+                     SELECT key_id, signer, bucket, caller, expires_hour, marked, links, latest
+                     FROM link_rollup_delta) c
+               JOIN signing_keys k ON k.key_id = c.key_id
+               WHERE TRUE"
+    ));
+    push_columns_filter(&mut q, "c", filter);
+    q.push(format!(
+        " UNION ALL
+               SELECT l.{g}, CASE WHEN l.expires_at <= now() THEN 'expired' ELSE 'active' END,
+                      1, l.expires_at
+               FROM signing_keys k
+               JOIN LATERAL (SELECT * FROM links l
+                             WHERE l.key_id = k.key_id AND l.revocation_id IS NULL
+                               AND l.expires_at >= date_trunc('hour', now(), 'UTC')
+                               AND l.expires_at < date_trunc('hour', now(), 'UTC') + interval '1 hour'"
+    ));
+    push_columns_filter(&mut q, "l", filter);
+    q.push(format!(
+        ") l ON TRUE
+               WHERE k.state NOT IN ('inactive', 'deleted')) x
+         WHERE x.state IS NOT NULL
+         GROUP BY x.grp
+         HAVING {having}
+         ORDER BY x.grp"
+    ));
+    q.build_query_as().fetch_all(db).await
+}
+
+/// The lock a fold takes, and the roll-up triggers' recount (0005's
+/// `link_rollup_lock`): a recount never interleaves with a fold.
+const ROLLUP_LOCK: (i32, i32) = (0x7074, 1);
+
+/// Moves the triggers' deltas into `link_rollup`, and merges every cell whose
+/// state no longer depends on time (an earlier hour, marked, or of a dead key)
+/// into its key's '-infinity' cell. One statement, so a summary sees the
+/// roll-up before or after it, never half. Returns None if another fold or a
+/// recount holds the lock (the next fold will do it), else the rows written.
+pub async fn fold(pool: &PgPool) -> Result<Option<u64>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1, $2)")
+        .bind(ROLLUP_LOCK.0)
+        .bind(ROLLUP_LOCK.1)
+        .fetch_one(&mut *tx)
+        .await?;
+    if !locked {
+        return Ok(None);
+    }
+    const SETTLED: &str = "(a.expires_hour < date_trunc('hour', now(), 'UTC') OR a.marked
+                            OR k.state IN ('inactive', 'deleted'))";
+    let written = sqlx::query(AssertSqlSafe(format!(
+        "WITH moved AS (
+             DELETE FROM link_rollup_delta
+             RETURNING key_id, signer, bucket, caller, expires_hour, marked, links, latest),
+         aged AS (
+             DELETE FROM link_rollup a USING signing_keys k
+             WHERE k.key_id = a.key_id AND a.expires_hour <> '-infinity' AND {SETTLED}
+             RETURNING a.key_id, a.signer, a.bucket, a.caller, a.expires_hour, a.marked,
+                       a.links, a.latest)
+         INSERT INTO link_rollup AS t
+             (key_id, signer, bucket, caller, expires_hour, marked, links, latest)
+         SELECT a.key_id, a.signer, a.bucket, a.caller,
+                CASE WHEN {SETTLED} THEN '-infinity'::timestamptz ELSE a.expires_hour END,
+                a.marked, sum(a.links), max(a.latest)
+         FROM (SELECT * FROM moved UNION ALL SELECT * FROM aged) a
+         JOIN signing_keys k ON k.key_id = a.key_id
+         GROUP BY 1, 2, 3, 4, 5, 6
+         ON CONFLICT (key_id, signer, bucket, caller, expires_hour, marked)
+         DO UPDATE SET links = t.links + EXCLUDED.links,
+                       latest = greatest(t.latest, EXCLUDED.latest)"
+    )))
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    tx.commit().await?;
+    Ok(Some(written))
+}
+
+/// The summary as one pass over every matching link.
+pub async fn summarize_scan(
     db: impl PgExecutor<'_>,
     filter: &LinkFilter,
     group_by: GroupBy,
@@ -85,6 +258,7 @@ pub async fn summarize(
         .filter(|&s| wanted(s))
         .map(|s| format!("max({})", per_state(s).1))
         .collect();
+    let group = format!("l.{}", group_by.column());
     let mut q = QueryBuilder::new(format!(
         "SELECT a.grp AS \"group\", {} AS active, {} AS expired, {} AS revoked,
                 greatest({}) AS latest_expiry
@@ -100,7 +274,7 @@ pub async fn summarize(
         count(LinkState::Expired),
         count(LinkState::Revoked),
         latest.join(", "),
-        group_by.column(),
+        group,
     ));
     // The filter without its state (which needs the key), narrowed by what the
     // state implies on the link alone.

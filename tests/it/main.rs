@@ -12,6 +12,7 @@ mod health;
 mod helpers;
 mod issue_link;
 mod link_paging;
+mod link_rollup;
 mod link_summaries;
 mod lookup_link;
 mod metrics;

@@ -1,0 +1,238 @@
+//! The link roll-up (migration 0005) answers every summary exactly as a pass
+//! over every link does: before and after folds, across hours, after links are
+//! updated, deleted or truncated, after a key dies, and while links are
+//! inserted during folds.
+
+use crate::fixture::seed_fixture;
+use presignd::domain::LinkState;
+use presignd::registry::link_queries::LinkFilter;
+use presignd::registry::link_summary::{self, GroupBy};
+use sqlx::PgPool;
+
+/// `n` links over the fixture's keys, buckets and callers, expiring from three
+/// hours ago to three hours ahead (so every hour kind is present, the current
+/// one included), one in twenty marked by the fixture's revocation.
+async fn add_links(pool: &PgPool, n: i64, seed: f64) {
+    let mut conn = pool.acquire().await.unwrap();
+    sqlx::query("SELECT setseed($1)")
+        .bind(seed)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO links (id, key_id, signer, caller, method, bucket, object_key,
+                            issued_at, expires_at, signature_sha256, revocation_id)
+         SELECT gen_random_uuid(), k.key_id, k.signer,
+                (ARRAY['svc-a', 'svc-b', 'svc-c'])[1 + floor(random() * 3)::int],
+                'GET',
+                (ARRAY['photos', 'docs', 'archive'])[1 + floor(random() * 3)::int],
+                'gen/' || i, e - interval '1 second' * (1 + (random() * 86400)::int), e,
+                sha256(i::text::bytea),
+                CASE WHEN random() < 0.05 THEN '0198c0de-0000-7000-8000-000000000001'::uuid END
+         FROM generate_series(1, $1) i
+         CROSS JOIN LATERAL (SELECT now() + interval '1 second' * (random() * 21600 - 10800)
+                             + interval '0' * i AS e) t
+         CROSS JOIN LATERAL (SELECT key_id, signer FROM signing_keys
+                             ORDER BY key_id OFFSET (i % 5) LIMIT 1) k",
+    )
+    .bind(n)
+    .execute(&mut *conn)
+    .await
+    .expect("generated links insert");
+}
+
+/// Adds one equality filter.
+type Narrow = fn(&mut LinkFilter);
+
+/// Every group_by, every state, and each equality filter: the roll-up's answer
+/// equals the scan's, both read in one transaction (one `now()`).
+async fn assert_rollup_equals_scan(pool: &PgPool, when: &str) {
+    let mut tx = pool.begin().await.unwrap();
+    let states = [
+        None,
+        Some(LinkState::Active),
+        Some(LinkState::Expired),
+        Some(LinkState::Revoked),
+    ];
+    let narrowed: [(&str, Narrow); 5] = [
+        ("no filter", |_| {}),
+        ("bucket", |f| f.bucket = Some("photos".into())),
+        ("caller", |f| f.caller = Some("svc-a".into())),
+        ("key", |f| f.key_id = Some("GKBETA2".into())),
+        ("signer", |f| f.signer = Some("beta".into())),
+    ];
+    let mut checked = 0;
+    for group_by in [
+        GroupBy::Key,
+        GroupBy::Signer,
+        GroupBy::Bucket,
+        GroupBy::Caller,
+    ] {
+        for state in states {
+            for (name, narrow) in narrowed {
+                let mut filter = LinkFilter {
+                    state,
+                    ..LinkFilter::default()
+                };
+                narrow(&mut filter);
+                assert!(link_summary::rollup_answers(&filter));
+                let scan = link_summary::summarize_scan(&mut *tx, &filter, group_by)
+                    .await
+                    .unwrap();
+                let rollup = link_summary::summarize_rollup(&mut *tx, &filter, group_by)
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    rollup, scan,
+                    "{when}: {group_by:?}, state {state:?}, {name}"
+                );
+                checked += scan.len();
+            }
+        }
+    }
+    assert!(checked > 100, "{when}: the cases compared real groups");
+    tx.rollback().await.unwrap();
+}
+
+async fn count(pool: &PgPool, sql: &str) -> i64 {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+async fn fold(pool: &PgPool) {
+    link_summary::fold(pool)
+        .await
+        .unwrap()
+        .expect("no other fold holds the lock");
+}
+
+#[sqlx::test]
+async fn the_rollup_answers_every_summary_as_a_scan_does(pool: PgPool) {
+    presignd::registry::migrate(&pool).await.unwrap();
+    seed_fixture(&pool).await;
+    add_links(&pool, 3000, 0.25).await;
+    assert_rollup_equals_scan(&pool, "deltas only").await;
+
+    fold(&pool).await;
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM link_rollup_delta").await,
+        0
+    );
+    assert!(
+        count(
+            &pool,
+            "SELECT count(*) FROM link_rollup WHERE expires_hour = '-infinity'"
+        )
+        .await
+            > 0,
+        "settled cells are merged"
+    );
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM link_rollup WHERE expires_hour <> '-infinity'
+               AND expires_hour < date_trunc('hour', now(), 'UTC')"
+        )
+        .await,
+        0,
+        "no cell of an earlier hour is left unmerged"
+    );
+    assert_eq!(
+        count(&pool, "SELECT sum(links)::bigint FROM link_rollup").await,
+        count(&pool, "SELECT count(*) FROM links").await
+    );
+    assert_rollup_equals_scan(&pool, "after a fold").await;
+
+    add_links(&pool, 1000, 0.5).await;
+    assert_rollup_equals_scan(&pool, "roll-up plus deltas").await;
+    fold(&pool).await;
+    assert_rollup_equals_scan(&pool, "after a second fold").await;
+
+    // UPDATE recounts the keys it touched (cells move across hours and states).
+    sqlx::query(
+        "UPDATE links SET expires_at = expires_at - interval '2 hours',
+                          issued_at = issued_at - interval '2 hours'
+         WHERE caller = 'svc-b'",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "UPDATE links SET revocation_id = '0198c0de-0000-7000-8000-000000000001'
+         WHERE caller = 'svc-c' AND bucket = 'docs'",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    assert_rollup_equals_scan(&pool, "after updates").await;
+
+    // A key dies: all its cells are revoked now, and the fold merges them.
+    sqlx::query("UPDATE signing_keys SET state = 'inactive' WHERE key_id = 'GKALPHA1'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_rollup_equals_scan(&pool, "after a key died").await;
+    fold(&pool).await;
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM link_rollup
+             WHERE key_id = 'GKALPHA1' AND expires_hour <> '-infinity'"
+        )
+        .await,
+        0,
+        "a dead key's cells are merged"
+    );
+    assert_rollup_equals_scan(&pool, "after folding a dead key").await;
+
+    sqlx::query("DELETE FROM links WHERE bucket = 'archive'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_rollup_equals_scan(&pool, "after a delete").await;
+    fold(&pool).await;
+    assert_rollup_equals_scan(&pool, "after a delete and a fold").await;
+
+    sqlx::query("TRUNCATE links").execute(&pool).await.unwrap();
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT (SELECT count(*) FROM link_rollup) + (SELECT count(*) FROM link_rollup_delta)"
+        )
+        .await,
+        0,
+        "TRUNCATE empties the roll-up"
+    );
+}
+
+/// Folds racing link inserts lose nothing and count nothing twice.
+#[sqlx::test]
+async fn folds_during_inserts_lose_and_double_count_nothing(pool: PgPool) {
+    presignd::registry::migrate(&pool).await.unwrap();
+    seed_fixture(&pool).await;
+    let inserting = tokio::spawn({
+        let pool = pool.clone();
+        async move {
+            for i in 0..40 {
+                add_links(&pool, 50, i as f64 / 100.0).await;
+            }
+        }
+    });
+    let mut folds = 0;
+    while !inserting.is_finished() {
+        if link_summary::fold(&pool).await.unwrap().is_some() {
+            folds += 1;
+        }
+    }
+    inserting.await.unwrap();
+    assert!(folds > 1, "folds ran while links were inserted ({folds})");
+    assert_rollup_equals_scan(&pool, "after racing folds").await;
+    fold(&pool).await;
+    assert_eq!(
+        count(&pool, "SELECT sum(links)::bigint FROM link_rollup").await,
+        count(&pool, "SELECT count(*) FROM links").await
+    );
+    assert_rollup_equals_scan(&pool, "after the last fold").await;
+}
