@@ -101,7 +101,8 @@ async fn generate(pool: &PgPool, rows: i64) -> anyhow::Result<()> {
     let started = Instant::now();
     println!("generating {rows} links (this takes minutes)");
     let mut tx = pool.begin().await?;
-    tx.execute("TRUNCATE links, signing_keys, signers").await?;
+    tx.execute("TRUNCATE links, signing_keys, signers, revocations")
+        .await?;
     tx.execute(
         "INSERT INTO signers (name, backend)
          VALUES ('web', 'garage'), ('batch', 'garage'), ('partners', 'garage'), ('bulk', 'garage')",
@@ -113,6 +114,14 @@ async fn generate(pool: &PgPool, rows: i64) -> anyhow::Result<()> {
                 (ARRAY['deleted', 'inactive', 'retired', 'active'])[g + 1], '\\x00'::bytea
          FROM unnest(ARRAY['web', 'batch', 'partners']) AS s, generate_series(0, 3) AS g
          UNION ALL SELECT 'GKbulk', 'bulk', 'active', '\\x00'::bytea",
+    )
+    .await?;
+    // The revocation that marked the links of every inactive key (generation 1).
+    tx.execute(
+        "INSERT INTO revocations (id, signer, mode, requested_by, reason, state, next_step,
+                                  blast_radius)
+         VALUES ('0198c0de-0000-7000-8000-000000000001', 'web', 'revoke', 'bench', 'bench',
+                 'succeeded', 'done', '{}')",
     )
     .await?;
     // Bulk loading: build the indexes and check the foreign keys once at the end
@@ -332,76 +341,84 @@ async fn measure(pool: &PgPool) -> anyhow::Result<()> {
             },
         ),
     ];
-    println!("\nListLinks, page_size {PAGE} (median / slowest of 20 runs, rows returned):");
-    println!(
-        "| filter | {} |",
-        depths.iter().map(|d| d.0).collect::<Vec<_>>().join(" | ")
-    );
-    println!("|---|{}", "---|".repeat(depths.len()));
-    for (label, filter) in &filters {
-        let mut cells = Vec::new();
-        for (_, cursor) in &depths {
-            let (median, max, rows) = time(20, || {
-                link_queries::list_page(pool, filter, *cursor, PAGE + 1)
+    // PRESIGND_BENCH_ONLY=list|summaries|blast runs one part.
+    let only = std::env::var("PRESIGND_BENCH_ONLY").ok();
+    let part = |name: &str| only.as_deref().is_none_or(|o| o == name);
+    if part("list") {
+        println!("\nListLinks, page_size {PAGE} (median / slowest of 20 runs, rows returned):");
+        println!(
+            "| filter | {} |",
+            depths.iter().map(|d| d.0).collect::<Vec<_>>().join(" | ")
+        );
+        println!("|---|{}", "---|".repeat(depths.len()));
+        for (label, filter) in &filters {
+            let mut cells = Vec::new();
+            for (_, cursor) in &depths {
+                let (median, max, rows) = time(20, || {
+                    link_queries::list_page(pool, filter, *cursor, PAGE + 1)
+                })
+                .await?;
+                cells.push(format!("{} / {} ({})", ms(median), ms(max), rows.len()));
+            }
+            println!("| {label} | {} |", cells.join(" | "));
+        }
+    }
+    if part("summaries") {
+        println!("\nSummarizeLinks (median / slowest of 5 runs, groups):");
+        for (label, group_by, filter) in [
+            ("by signer, no filter", GroupBy::Signer, f()),
+            ("by key, no filter", GroupBy::Key, f()),
+            ("by caller, no filter", GroupBy::Caller, f()),
+            (
+                "by bucket, signer partners",
+                GroupBy::Bucket,
+                LinkFilter {
+                    signer: Some("partners".into()),
+                    ..f()
+                },
+            ),
+            (
+                "by signer, state active",
+                GroupBy::Signer,
+                LinkFilter {
+                    state: Some(LinkState::Active),
+                    ..f()
+                },
+            ),
+        ] {
+            let (median, max, groups) =
+                time(5, || link_summary::summarize(pool, &filter, group_by)).await?;
+            println!(
+                "| {label} | {} / {} | {} groups |",
+                ms(median),
+                ms(max),
+                groups.len()
+            );
+        }
+        // What the roll-up replaced, and what still takes the full pass.
+        let prefix = LinkFilter {
+            object_key_prefix: Some("svc-02/".into()),
+            ..f()
+        };
+        for (label, filter) in [
+            ("by signer, scan", f()),
+            ("by signer, key prefix (scan)", prefix),
+        ] {
+            let (median, max, groups) = time(5, || {
+                link_summary::summarize_scan(pool, &filter, GroupBy::Signer)
             })
             .await?;
-            cells.push(format!("{} / {} ({})", ms(median), ms(max), rows.len()));
+            println!(
+                "| {label} | {} / {} | {} groups |",
+                ms(median),
+                ms(max),
+                groups.len()
+            );
         }
-        println!("| {label} | {} |", cells.join(" | "));
     }
-
-    println!("\nSummarizeLinks (median / slowest of 5 runs, groups):");
-    for (label, group_by, filter) in [
-        ("by signer, no filter", GroupBy::Signer, f()),
-        ("by key, no filter", GroupBy::Key, f()),
-        ("by caller, no filter", GroupBy::Caller, f()),
-        (
-            "by bucket, signer partners",
-            GroupBy::Bucket,
-            LinkFilter {
-                signer: Some("partners".into()),
-                ..f()
-            },
-        ),
-        (
-            "by signer, state active",
-            GroupBy::Signer,
-            LinkFilter {
-                state: Some(LinkState::Active),
-                ..f()
-            },
-        ),
-    ] {
-        let (median, max, groups) =
-            time(5, || link_summary::summarize(pool, &filter, group_by)).await?;
-        println!(
-            "| {label} | {} / {} | {} groups |",
-            ms(median),
-            ms(max),
-            groups.len()
-        );
+    if !part("blast") {
+        return Ok(());
     }
-    // What the roll-up replaced, and what still takes the full pass.
-    let prefix = LinkFilter {
-        object_key_prefix: Some("svc-02/".into()),
-        ..f()
-    };
-    for (label, filter) in [
-        ("by signer, scan", f()),
-        ("by signer, key prefix (scan)", prefix),
-    ] {
-        let (median, max, groups) = time(5, || {
-            link_summary::summarize_scan(pool, &filter, GroupBy::Signer)
-        })
-        .await?;
-        println!(
-            "| {label} | {} / {} | {} groups |",
-            ms(median),
-            ms(max),
-            groups.len()
-        );
-    }
-
     println!("\nBlast radius (median / slowest of 5 runs):");
     for key in ["GKbulk", "GKweb3", "GKpartners2"] {
         let (median, max, radius) = time(5, || async move {

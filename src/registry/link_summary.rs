@@ -97,11 +97,11 @@ pub fn rollup_answers(filter: &LinkFilter) -> bool {
 /// the current hour of a live key's unmarked links (counted from `links`).
 /// The same rules as `links::STATE_SQL`: a cell of an earlier hour holds links
 /// that expired before this hour began, one of a later hour links that expire
-/// after it ends.
+/// after it ends. (The hour is a sub-select so it is computed once, not per cell.)
 const CELL_STATE: &str = "CASE
     WHEN k.state IN ('inactive', 'deleted') OR c.marked THEN 'revoked'
-    WHEN c.expires_hour < date_trunc('hour', now(), 'UTC') THEN 'expired'
-    WHEN c.expires_hour > date_trunc('hour', now(), 'UTC') THEN 'active' END";
+    WHEN c.expires_hour < (SELECT date_trunc('hour', now(), 'UTC')) THEN 'expired'
+    WHEN c.expires_hour > (SELECT date_trunc('hour', now(), 'UTC')) THEN 'active' END";
 
 /// Equality filters on a cell's (or a link's) columns, for `alias`.
 fn push_columns_filter(q: &mut QueryBuilder<Postgres>, alias: &str, f: &LinkFilter) {
@@ -180,8 +180,10 @@ pub async fn summarize_rollup(
                                AND l.expires_at < date_trunc('hour', now(), 'UTC') + interval '1 hour'"
     ));
     push_columns_filter(&mut q, "l", filter);
+    // OFFSET 0 keeps the sub-select per key: flattened, the planner may read
+    // the whole of links_by_key_expiry for the hour instead of one range per key.
     q.push(format!(
-        ") l ON TRUE
+        " OFFSET 0) l ON TRUE
                WHERE k.state NOT IN ('inactive', 'deleted')) x
          WHERE x.state IS NOT NULL
          GROUP BY x.grp
