@@ -86,7 +86,7 @@ async fn scratch_database(admin: &PgConnectOptions, name: &str) -> anyhow::Resul
     }
     let pool = PgPoolOptions::new()
         .max_connections(4)
-        .connect_with(admin.clone().database(name))
+        .connect_with(registry::session_settings(admin.clone().database(name)))
         .await?;
     registry::migrate(&pool).await?;
     Ok(pool)
