@@ -92,10 +92,20 @@ async fn generate(pool: &PgPool, rows: i64) -> anyhow::Result<()> {
     let started = Instant::now();
     println!("generating {rows} links (this takes minutes)");
     let mut tx = pool.begin().await?;
-    tx.execute("TRUNCATE links, signing_keys, signers").await?;
+    tx.execute("TRUNCATE links, signing_keys, revocations, signers")
+        .await?;
     tx.execute(
         "INSERT INTO signers (name, backend)
          VALUES ('web', 'garage'), ('batch', 'garage'), ('partners', 'garage'), ('bulk', 'garage')",
+    )
+    .await?;
+    // The revocation that marked the inactive keys' links (links.revocation_id
+    // references it).
+    tx.execute(
+        "INSERT INTO revocations (id, signer, mode, requested_by, reason, state, next_step,
+                                  blast_radius)
+         VALUES ('0198c0de-0000-7000-8000-000000000001', 'web', 'revoke', 'bench', 'bench',
+                 'succeeded', 'done', '{}')",
     )
     .await?;
     tx.execute(
