@@ -318,6 +318,13 @@ async fn measure(pool: &PgPool) -> anyhow::Result<()> {
             },
         ),
         (
+            "key prefix, broad (one caller's keys)",
+            LinkFilter {
+                object_key_prefix: Some("svc-02/".into()),
+                ..f()
+            },
+        ),
+        (
             "key prefix, no match",
             LinkFilter {
                 object_key_prefix: Some("nobody/".into()),
