@@ -8,12 +8,13 @@
 -- the build (seconds per index at 10M links).
 -- (0005 is left to other work landing at the same time.)
 
--- An object key prefix as a range: link_queries adds
--- `object_key COLLATE "C" >= prefix AND < successor(prefix)` beside its exact
--- starts_with. In the C collation strings compare by bytes, and UTF-8 byte order
--- is code point order, so the keys with a prefix are one contiguous range (not
--- so in a linguistic collation, which the database default may be). The widest
--- index entry: keys are at most 1024 bytes, within a btree entry's limit.
+-- An object key prefix as a range: link_queries filters by
+-- `object_key COLLATE "C" >= prefix AND < successor(prefix)`, not starts_with
+-- (which no btree serves with a bound parameter). In the C collation strings
+-- compare by bytes, and UTF-8 byte order is code point order, so the keys with
+-- a prefix are one contiguous range (not so in a linguistic collation, which
+-- the database default may be). The widest index entry: keys are at most 1024
+-- bytes, within a btree entry's limit.
 CREATE INDEX links_by_object_key ON links (object_key COLLATE "C");
 
 -- An expiry window (`expires_after`/`expires_before` without a key): the
