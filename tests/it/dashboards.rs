@@ -422,3 +422,33 @@ async fn an_object_key_prefix_selects_exactly_the_keys_starting_with_it(pool: Pg
         assert_eq!(counted, expected.len() as u64, "summary of {prefix:?}");
     }
 }
+
+/// Whether walking issued_at or fetching a prefix's or an expiry window's
+/// links is faster depends on the values, so a page is never a cached
+/// prepared statement, which Postgres may switch to one generic plan after
+/// five runs (link_queries::list_page).
+#[sqlx::test]
+async fn a_listing_is_planned_for_its_values_every_time(pool: PgPool) {
+    use presignd::registry::link_queries::{self, LinkFilter};
+    seed_fixture(&pool).await;
+    let mut conn = pool.acquire().await.unwrap();
+    let filter = LinkFilter {
+        object_key_prefix: Some("users/".into()),
+        expires_after: Some(chrono::Utc::now()),
+        ..Default::default()
+    };
+    for _ in 0..8 {
+        let page = link_queries::list_page(&mut *conn, &filter, None, 3)
+            .await
+            .unwrap();
+        assert_eq!(page.len(), 3);
+    }
+    // The pattern is bound: this statement is prepared too.
+    let cached: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE $1")
+            .bind("%object_key COLLATE%")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+    assert_eq!(cached, 0);
+}
