@@ -424,11 +424,11 @@ async fn an_object_key_prefix_selects_exactly_the_keys_starting_with_it(pool: Pg
 }
 
 /// Whether walking issued_at or fetching a prefix's or an expiry window's
-/// links is faster depends on the values, so a page is never a cached
+/// links is faster depends on the values, so such a page is never a cached
 /// prepared statement, which Postgres may switch to one generic plan after
-/// five runs (link_queries::list_page).
+/// five runs (link_queries::list_page). Other filters keep theirs.
 #[sqlx::test]
-async fn a_listing_is_planned_for_its_values_every_time(pool: PgPool) {
+async fn a_listing_by_prefix_or_expiry_is_planned_for_its_values_every_time(pool: PgPool) {
     use presignd::registry::link_queries::{self, LinkFilter};
     seed_fixture(&pool).await;
     let mut conn = pool.acquire().await.unwrap();
@@ -451,4 +451,19 @@ async fn a_listing_is_planned_for_its_values_every_time(pool: PgPool) {
             .await
             .unwrap();
     assert_eq!(cached, 0);
+
+    let bucket = LinkFilter {
+        bucket: Some("photos".into()),
+        ..Default::default()
+    };
+    link_queries::list_page(&mut *conn, &bucket, None, 3)
+        .await
+        .unwrap();
+    let cached: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE $1")
+            .bind("%l.bucket = $1%")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+    assert_eq!(cached, 1);
 }
