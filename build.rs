@@ -11,5 +11,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .file_descriptor_set_path(out.join("presignd_descriptor.bin"))
         .compile_protos(&["proto/presignd/v1/presignd.proto"], &["proto"])?;
     println!("cargo:rerun-if-changed=proto");
+    // sqlx::migrate! embeds the migrations it finds when it expands; on stable
+    // Rust it cannot ask to be expanded again when a file is added, so a new
+    // migration would be missing from an incremental build (sqlx's advice).
+    println!("cargo:rerun-if-changed=migrations");
     Ok(())
 }

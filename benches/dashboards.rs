@@ -101,11 +101,20 @@ async fn generate(pool: &PgPool, rows: i64) -> anyhow::Result<()> {
     let started = Instant::now();
     println!("generating {rows} links (this takes minutes)");
     let mut tx = pool.begin().await?;
-    tx.execute("TRUNCATE links, signing_keys, signers, revocations")
+    tx.execute("TRUNCATE links, signing_keys, revocations, signers")
         .await?;
     tx.execute(
         "INSERT INTO signers (name, backend)
          VALUES ('web', 'garage'), ('batch', 'garage'), ('partners', 'garage'), ('bulk', 'garage')",
+    )
+    .await?;
+    // The revocation that marked the inactive keys' links (links.revocation_id
+    // references it).
+    tx.execute(
+        "INSERT INTO revocations (id, signer, mode, requested_by, reason, state, next_step,
+                                  blast_radius)
+         VALUES ('0198c0de-0000-7000-8000-000000000001', 'web', 'revoke', 'bench', 'bench',
+                 'succeeded', 'done', '{}')",
     )
     .await?;
     tx.execute(
@@ -114,14 +123,6 @@ async fn generate(pool: &PgPool, rows: i64) -> anyhow::Result<()> {
                 (ARRAY['deleted', 'inactive', 'retired', 'active'])[g + 1], '\\x00'::bytea
          FROM unnest(ARRAY['web', 'batch', 'partners']) AS s, generate_series(0, 3) AS g
          UNION ALL SELECT 'GKbulk', 'bulk', 'active', '\\x00'::bytea",
-    )
-    .await?;
-    // The revocation that marked the links of every inactive key (generation 1).
-    tx.execute(
-        "INSERT INTO revocations (id, signer, mode, requested_by, reason, state, next_step,
-                                  blast_radius)
-         VALUES ('0198c0de-0000-7000-8000-000000000001', 'web', 'revoke', 'bench', 'bench',
-                 'succeeded', 'done', '{}')",
     )
     .await?;
     // Bulk loading: build the indexes and check the foreign keys once at the end
@@ -321,6 +322,13 @@ async fn measure(pool: &PgPool) -> anyhow::Result<()> {
             "bucket + key prefix",
             LinkFilter {
                 bucket: Some("bucket-1".into()),
+                object_key_prefix: Some("svc-02/".into()),
+                ..f()
+            },
+        ),
+        (
+            "key prefix, broad (one caller's keys)",
+            LinkFilter {
                 object_key_prefix: Some("svc-02/".into()),
                 ..f()
             },

@@ -319,3 +319,151 @@ async fn a_link_marked_by_a_revocation_is_revoked_even_while_its_key_lives(pool:
     assert_eq!(list_ids(&mut app, revoked).await, ids(&[1, 5, 6, 9, 10]));
     assert_eq!(state_of(&mut app, &id(1)).await, LinkState::Revoked as i32);
 }
+
+/// Object keys around the edges of a prefix's range (link_queries'
+/// prefix_successor): LIKE's wildcards, multibyte chars, the last scalar
+/// value before the surrogates and the last of all. Link n was issued n - 100
+/// seconds ago: newer than every fixture link, and listed in order of n.
+const EDGE_KEYS: [(u16, &str); 17] = [
+    (101, "a%b/1"),
+    (102, "a%b/2"),
+    (103, "aXb/1"),
+    (104, "a_b/1"),
+    (105, "aYb/1"),
+    (106, "日本/1"),
+    (107, "日本/2"),
+    // The successor of "日本": its last char plus one.
+    (108, "日札"),
+    (109, "日本"),
+    (110, "q\u{D7FF}1"),
+    // The successor of "q\u{D7FF}": the surrogates are skipped.
+    (111, "q\u{E000}"),
+    (112, "\u{10FFFF}"),
+    (113, "\u{10FFFF}\u{10FFFF}/x"),
+    (114, "z\u{10FFFF}/1"),
+    // The successor of "z\u{10FFFF}": char::MAX cannot grow, so 'z' does.
+    (115, "{"),
+    (116, "z\u{10FFFE}"),
+    (117, "\u{10FFFE}\u{10FFFF}"),
+];
+
+fn edge_id(n: u16) -> String {
+    format!("00000000-0000-7000-8000-000000000{n:03}")
+}
+
+#[sqlx::test]
+async fn an_object_key_prefix_selects_exactly_the_keys_starting_with_it(pool: PgPool) {
+    let mut app = spawn_app_with_fixture(&pool).await;
+    // One statement, so one now() for all.
+    let (ns, keys): (Vec<i32>, Vec<&str>) =
+        EDGE_KEYS.iter().map(|&(n, k)| (i32::from(n), k)).unzip();
+    sqlx::query(
+        "INSERT INTO links (id, key_id, signer, caller, method, bucket, object_key,
+                            issued_at, expires_at, signature_sha256)
+         SELECT ('00000000-0000-7000-8000-000000000' || n)::uuid, 'GKALPHA1', 'alpha',
+                'svc-a', 'GET', 'edges', key,
+                date_trunc('second', now()) - (n - 100) * interval '1 second',
+                date_trunc('second', now()) + interval '1 hour', sha256(n::text::bytea)
+         FROM unnest($1::int[], $2::text[]) AS t (n, key)",
+    )
+    .bind(&ns)
+    .bind(&keys)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let cases: &[(&str, &[u16])] = &[
+        ("a%b/", &[101, 102]),
+        ("a%", &[101, 102]),
+        ("a_b", &[104]),
+        ("a", &[101, 102, 103, 104, 105]),
+        ("日本", &[106, 107, 109]),
+        ("日本/", &[106, 107]),
+        ("日", &[106, 107, 108, 109]),
+        ("q\u{D7FF}", &[110]),
+        // No string is greater than every one starting with it: no upper end.
+        ("\u{10FFFF}", &[112, 113]),
+        ("\u{10FFFF}\u{10FFFF}", &[113]),
+        ("z\u{10FFFF}", &[114]),
+        ("z", &[114, 116]),
+        ("\u{10FFFE}", &[117]),
+        ("nobody/", &[]),
+        ("\u{10FFFF}nobody", &[]),
+    ];
+    for &(prefix, expected) in cases {
+        // Every key the prefix should select does start with it, and no other.
+        let starting: Vec<u16> = EDGE_KEYS
+            .iter()
+            .filter(|(_, key)| key.starts_with(prefix))
+            .map(|&(n, _)| n)
+            .collect();
+        assert_eq!(starting, expected, "the case for {prefix:?} is wrong");
+        let filter = LinkFilter {
+            object_key_prefix: prefix.into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            list_ids(&mut app, filter.clone()).await,
+            expected.iter().map(|&n| edge_id(n)).collect::<Vec<_>>(),
+            "{prefix:?}"
+        );
+        let counted: u64 = app
+            .links
+            .summarize_links(proto::SummarizeLinksRequest {
+                filter: Some(filter),
+                group_by: proto::GroupBy::Signer as i32,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .groups
+            .iter()
+            .map(|g| g.active + g.expired + g.revoked)
+            .sum();
+        assert_eq!(counted, expected.len() as u64, "summary of {prefix:?}");
+    }
+}
+
+/// Whether walking issued_at or fetching a prefix's or an expiry window's
+/// links is faster depends on the values, so such a page is never a cached
+/// prepared statement, which Postgres may switch to one generic plan after
+/// five runs (link_queries::list_page). Other filters keep theirs.
+#[sqlx::test]
+async fn a_listing_by_prefix_or_expiry_is_planned_for_its_values_every_time(pool: PgPool) {
+    use presignd::registry::link_queries::{self, LinkFilter};
+    seed_fixture(&pool).await;
+    let mut conn = pool.acquire().await.unwrap();
+    let filter = LinkFilter {
+        object_key_prefix: Some("users/".into()),
+        expires_after: Some(chrono::Utc::now()),
+        ..Default::default()
+    };
+    for _ in 0..8 {
+        let page = link_queries::list_page(&mut *conn, &filter, None, 3)
+            .await
+            .unwrap();
+        assert_eq!(page.len(), 3);
+    }
+    // The pattern is bound: this statement is prepared too.
+    let cached: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE $1")
+            .bind("%object_key COLLATE%")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+    assert_eq!(cached, 0);
+
+    let bucket = LinkFilter {
+        bucket: Some("photos".into()),
+        ..Default::default()
+    };
+    link_queries::list_page(&mut *conn, &bucket, None, 3)
+        .await
+        .unwrap();
+    let cached: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE $1")
+            .bind("%l.bucket = $1%")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+    assert_eq!(cached, 1);
+}
