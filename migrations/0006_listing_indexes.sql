@@ -6,7 +6,6 @@
 -- them. Each costs IssueLink one more index insert per link (10 instead of 8
 -- with 0003); building them on an existing registry blocks link inserts for
 -- the build (seconds per index at 10M links).
--- (0005 is left to other work landing at the same time.)
 
 -- An object key prefix as a range: link_queries filters by
 -- `object_key COLLATE "C" >= prefix AND < successor(prefix)`, not starts_with
