@@ -72,25 +72,18 @@ fn per_state(state: LinkState) -> (&'static str, &'static str) {
     }
 }
 
-/// The summary of the links matching `filter`, from the roll-up when the
-/// filter allows it.
+/// The summary of the links matching `filter`: from the roll-up unless the
+/// filter holds a range a cell cannot answer (`LinkFilter::has_ranges`).
 pub async fn summarize(
     db: impl PgExecutor<'_>,
     filter: &LinkFilter,
     group_by: GroupBy,
 ) -> Result<Vec<SummaryRow>, sqlx::Error> {
-    if rollup_answers(filter) {
+    if !filter.has_ranges() {
         summarize_rollup(db, filter, group_by).await
     } else {
         summarize_scan(db, filter, group_by).await
     }
-}
-
-/// Whether every condition of `filter` is on a roll-up cell's columns.
-pub fn rollup_answers(filter: &LinkFilter) -> bool {
-    filter.object_key_prefix.is_none()
-        && filter.expires_after.is_none()
-        && filter.expires_before.is_none()
 }
 
 /// The state every link of a roll-up cell `c` of key `k` is in now, NULL for
