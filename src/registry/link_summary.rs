@@ -111,35 +111,44 @@ fn push_columns_filter(q: &mut QueryBuilder<Postgres>, alias: &str, f: &LinkFilt
     }
 }
 
-/// Per state, from rows `x(grp, state, links, latest)`: its count (0 unless
-/// wanted) and its latest expiry (omitted unless wanted).
-fn state_aggregates(filter: &LinkFilter) -> (String, String) {
+/// A summary over rows `x(grp, state, links, latest)`, which the caller pushes
+/// after the returned builder's text and closes with `close_summary`: per
+/// group, the links of each state (0 unless the filter's state wants it) and
+/// the latest expiry among the wanted states. A row whose state is NULL counts
+/// nowhere. Returns the builder and the HAVING condition (some wanted link).
+fn open_summary(filter: &LinkFilter) -> (QueryBuilder<Postgres>, String) {
+    let states = [LinkState::Active, LinkState::Expired, LinkState::Revoked];
     let wanted = |s: LinkState| filter.state.is_none_or(|f| f == s);
-    let counts: Vec<String> = [LinkState::Active, LinkState::Expired, LinkState::Revoked]
-        .into_iter()
-        .map(|s| match wanted(s) {
-            true => format!(
-                "coalesce(sum(x.links) FILTER (WHERE x.state = '{}'), 0)::bigint",
-                s.as_str()
-            ),
-            false => "0::bigint".into(),
-        })
-        .collect();
-    let latest: Vec<String> = [LinkState::Active, LinkState::Expired, LinkState::Revoked]
+    let counts = states.map(|s| match wanted(s) {
+        true => format!(
+            "coalesce(sum(x.links) FILTER (WHERE x.state = '{}'), 0)::bigint",
+            s.as_str()
+        ),
+        false => "0::bigint".into(),
+    });
+    let latest: Vec<String> = states
         .into_iter()
         .filter(|&s| wanted(s))
         .map(|s| format!("max(x.latest) FILTER (WHERE x.state = '{}')", s.as_str()))
         .collect();
-    (
-        format!(
-            "{} AS active, {} AS expired, {} AS revoked, greatest({}) AS latest_expiry",
-            counts[0],
-            counts[1],
-            counts[2],
-            latest.join(", ")
-        ),
-        format!("{} + {} + {} > 0", counts[0], counts[1], counts[2]),
-    )
+    let [active, expired, revoked] = counts;
+    let q = QueryBuilder::new(format!(
+        "SELECT x.grp AS \"group\", {active} AS active, {expired} AS expired,
+                {revoked} AS revoked, greatest({}) AS latest_expiry
+         FROM (",
+        latest.join(", ")
+    ));
+    (q, format!("{active} + {expired} + {revoked} > 0"))
+}
+
+fn close_summary(q: &mut QueryBuilder<Postgres>, having: &str) {
+    q.push(format!(
+        ") x
+         WHERE x.state IS NOT NULL
+         GROUP BY x.grp
+         HAVING {having}
+         ORDER BY x.grp"
+    ));
 }
 
 /// The summary from the roll-up: a few rows per cell instead of one per link.
@@ -148,11 +157,10 @@ pub async fn summarize_rollup(
     filter: &LinkFilter,
     group_by: GroupBy,
 ) -> Result<Vec<SummaryRow>, sqlx::Error> {
-    let (select, having) = state_aggregates(filter);
+    let (mut q, having) = open_summary(filter);
     let g = group_by.column();
-    let mut q = QueryBuilder::new(format!(
-        "SELECT x.grp AS \"group\", {select}
-         FROM (SELECT c.{g} AS grp, {CELL_STATE} AS state, c.links, c.latest
+    q.push(format!(
+        "SELECT c.{g} AS grp, {CELL_STATE} AS state, c.links, c.latest
                FROM (SELECT key_id, signer, bucket, caller, expires_hour, marked, links, latest
                      FROM link_rollup
                      UNION ALL
@@ -175,14 +183,11 @@ pub async fn summarize_rollup(
     push_columns_filter(&mut q, "l", filter);
     // OFFSET 0 keeps the sub-select per key: flattened, the planner may read
     // the whole of links_by_key_expiry for the hour instead of one range per key.
-    q.push(format!(
+    q.push(
         " OFFSET 0) l ON TRUE
-               WHERE k.state NOT IN ('inactive', 'deleted')) x
-         WHERE x.state IS NOT NULL
-         GROUP BY x.grp
-         HAVING {having}
-         ORDER BY x.grp"
-    ));
+               WHERE k.state NOT IN ('inactive', 'deleted')",
+    );
+    close_summary(&mut q, &having);
     q.build_query_as().fetch_all(db).await
 }
 
@@ -241,23 +246,17 @@ pub async fn summarize_scan(
     filter: &LinkFilter,
     group_by: GroupBy,
 ) -> Result<Vec<SummaryRow>, sqlx::Error> {
-    let states = [LinkState::Active, LinkState::Expired, LinkState::Revoked];
-    // Under a state filter, the other states count 0 and do not give the latest expiry.
-    let wanted = |s: LinkState| filter.state.is_none_or(|f| f == s);
-    let count = |s: LinkState| match wanted(s) {
-        true => format!("sum({})::bigint", per_state(s).0),
-        false => "0::bigint".into(),
-    };
-    let latest: Vec<String> = states
-        .into_iter()
-        .filter(|&s| wanted(s))
-        .map(|s| format!("max({})", per_state(s).1))
-        .collect();
-    let group = format!("l.{}", group_by.column());
-    let mut q = QueryBuilder::new(format!(
-        "SELECT a.grp AS \"group\", {} AS active, {} AS expired, {} AS revoked,
-                greatest({}) AS latest_expiry
-         FROM (SELECT {} AS grp, l.key_id,
+    let (mut q, having) = open_summary(filter);
+    // Each (group, key) row as three rows, one per state.
+    let state_rows = [LinkState::Active, LinkState::Expired, LinkState::Revoked]
+        .map(|s| {
+            let (links, latest) = per_state(s);
+            format!("('{}', {links}, {latest})", s.as_str())
+        })
+        .join(", ");
+    q.push(format!(
+        "SELECT a.grp, s.state, s.links, s.latest
+         FROM (SELECT l.{} AS grp, l.key_id,
                       count(*) FILTER (WHERE {LIVE}) AS live,
                       max(l.expires_at) FILTER (WHERE {LIVE}) AS live_latest,
                       count(*) FILTER (WHERE {EXPIRED}) AS expired,
@@ -265,11 +264,7 @@ pub async fn summarize_scan(
                       count(*) FILTER (WHERE {MARKED}) AS marked,
                       max(l.expires_at) FILTER (WHERE {MARKED}) AS marked_latest
                FROM links l",
-        count(LinkState::Active),
-        count(LinkState::Expired),
-        count(LinkState::Revoked),
-        latest.join(", "),
-        group,
+        group_by.column()
     ));
     // The filter without its state (which needs the key), narrowed by what the
     // state implies on the link alone.
@@ -287,12 +282,8 @@ pub async fn summarize_scan(
         " GROUP BY 1, 2) a
          JOIN (SELECT key_id, state IN ('inactive', 'deleted') AS dead FROM signing_keys) k
            ON k.key_id = a.key_id
-         GROUP BY a.grp
-         HAVING {} + {} + {} > 0
-         ORDER BY a.grp",
-        count(LinkState::Active),
-        count(LinkState::Expired),
-        count(LinkState::Revoked),
+         CROSS JOIN LATERAL (VALUES {state_rows}) s (state, links, latest)"
     ));
+    close_summary(&mut q, &having);
     q.build_query_as().fetch_all(db).await
 }
