@@ -30,16 +30,8 @@ CREATE TABLE link_rollup (
     PRIMARY KEY (key_id, signer, bucket, caller, expires_hour, marked)
 );
 
-CREATE TABLE link_rollup_delta (
-    key_id        TEXT NOT NULL,
-    signer        TEXT NOT NULL,
-    bucket        TEXT NOT NULL,
-    caller        TEXT NOT NULL,
-    expires_hour  TIMESTAMPTZ NOT NULL,
-    marked        BOOLEAN NOT NULL,
-    links         BIGINT NOT NULL,
-    latest        TIMESTAMPTZ NOT NULL
-);
+-- The same columns (no key: deltas of one cell pile up until a fold).
+CREATE TABLE link_rollup_delta (LIKE link_rollup);
 
 -- The lock folds and recounts take (class 0x7074, id 1): a recount must not
 -- interleave with a fold that moves the deltas it replaces.
@@ -105,8 +97,4 @@ CREATE TRIGGER link_rollup_truncate AFTER TRUNCATE ON links
     FOR EACH STATEMENT EXECUTE FUNCTION link_rollup_on_truncate();
 
 -- The links already recorded.
-INSERT INTO link_rollup_delta
-SELECT key_id, signer, bucket, caller, date_trunc('hour', expires_at, 'UTC'),
-       revocation_id IS NOT NULL, count(*), max(expires_at)
-FROM links
-GROUP BY 1, 2, 3, 4, 5, 6;
+SELECT link_rollup_recount(ARRAY(SELECT key_id FROM signing_keys));
