@@ -11,6 +11,7 @@ mod fixture;
 mod health;
 mod helpers;
 mod issue_link;
+mod layering;
 mod link_paging;
 mod link_rollup;
 mod link_summaries;
