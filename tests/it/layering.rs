@@ -138,7 +138,9 @@ fn violations(src: &Path) -> Vec<String> {
             }
         }
         if NO_SQL.contains(&module.as_str()) && text.contains("sqlx") {
-            bad.push(format!("{name}: {module} is an adapter or the domain and uses sqlx"));
+            bad.push(format!(
+                "{name}: {module} is an adapter or the domain and uses sqlx"
+            ));
         }
     }
     bad.sort();

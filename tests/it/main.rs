@@ -25,6 +25,7 @@ mod presignctl_links;
 mod prop_issue;
 mod rate_limit;
 mod registry_down;
+mod registry_errors;
 mod reseal;
 mod revocation;
 mod secrets;
