@@ -233,7 +233,7 @@ async fn report(pool: &PgPool) -> anyhow::Result<()> {
 async fn time<F, Fut, T>(runs: usize, mut f: F) -> anyhow::Result<(Duration, Duration, T)>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+    Fut: std::future::Future<Output = Result<T, registry::Error>>,
 {
     let mut last = f().await?;
     let mut took = Vec::with_capacity(runs);
@@ -430,7 +430,7 @@ async fn measure(pool: &PgPool) -> anyhow::Result<()> {
     println!("\nBlast radius (median / slowest of 5 runs):");
     for key in ["GKbulk", "GKweb3", "GKpartners2"] {
         let (median, max, radius) = time(5, || async move {
-            links::blast_radius(&mut *pool.acquire().await?, key).await
+            links::blast_radius(&mut *registry::begin_snapshot(pool).await?, key).await
         })
         .await?;
         let outstanding = radius.map_or(0, |r| r.outstanding_links);

@@ -3,12 +3,13 @@
 //! result or error back. No SQL, signing or policy here.
 
 mod audit_events;
-mod convert;
 mod error;
 mod key_service;
 mod link_service;
 #[cfg(test)]
 mod prop_tests;
+mod request;
+mod response;
 
 pub use error::ApiError;
 pub use key_service::KeyApi;

@@ -1,10 +1,8 @@
 //! Wiring: build every part from the config, bind the listener (so tests know the
-//! port before serving), then serve LinkService, health and reflection until a
-//! shutdown signal.
-//!
-//! Health follows readiness: NOT_SERVING until migrations ran and every signer has
-//! an active key loaded; NOT_SERVING again whenever the registry stops answering,
-//! and on shutdown.
+//! port before serving), then serve LinkService, KeyService, health and
+//! reflection until a shutdown signal. The registry pool is handed to each part
+//! that reads or writes it. Health follows readiness (`readiness`); the upkeep
+//! runs beside it (`maintenance`).
 //!
 //! Security wiring: TLS (and mTLS) when configured, the policy (reloaded on
 //! SIGHUP without dropping connections), per-caller rate limits, the audit trail.
@@ -19,15 +17,18 @@ use crate::dashboard::{Dashboard, PageTokens};
 use crate::domain::SignerName;
 use crate::health::Readiness;
 use crate::issuance::{Issuer, Recorder};
-use crate::keys::KeyManager;
+use crate::keys::{KeyManager, Probe};
 use crate::policy::PolicyHandle;
 use crate::proto::key_service_server::KeyServiceServer;
 use crate::proto::link_service_server::LinkServiceServer;
 use crate::ratelimit::RateLimits;
-use crate::revocation;
-use crate::signing::{Keyring, S3Target};
+use crate::revocation::Revocations;
+use crate::seal::MasterKey;
+use crate::signing::S3Target;
 use crate::{metrics, registry};
 use anyhow::{Context, bail};
+use readiness::{ReadinessTask, set_status};
+use sqlx::PgPool;
 use sqlx::postgres::PgConnectOptions;
 use std::future::Future;
 use std::sync::Arc;
@@ -35,7 +36,10 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tonic::service::interceptor::InterceptedService;
 use tonic_health::ServingStatus;
-use tonic_health::server::HealthReporter;
+
+mod maintenance;
+mod readiness;
+mod signals;
 
 pub struct App {
     config: Config,
@@ -44,7 +48,10 @@ pub struct App {
     metrics_listener: TcpListener,
     metrics_port: u16,
     auth: Authenticator,
+    pool: PgPool,
+    master_key: MasterKey,
     keys: KeyManager,
+    revocations: Revocations,
     signers: Vec<SignerName>,
     policy: PolicyHandle,
     audit: Auditor,
@@ -84,20 +91,22 @@ impl App {
             .timeout(Duration::from_secs(10))
             .build()
             .context("building the HTTP client")?;
-        let keys = KeyManager {
-            pool,
-            keyring: Keyring::default(),
+        let keys = KeyManager::new(
+            pool.clone(),
             backend,
-            master_key,
-            target: S3Target {
+            master_key.clone(),
+            S3Target {
                 endpoint: config.s3_endpoint.clone(),
                 region: config.s3_region.clone(),
                 path_style: config.s3_path_style,
             },
-            http,
-            probe_bucket: config.buckets.first().cloned(),
-            verify_attempts: config.key_verify_attempts,
-        };
+            Probe {
+                http,
+                bucket: config.buckets.first().cloned(),
+                attempts: config.key_verify_attempts,
+            },
+        );
+        let revocations = Revocations::new(pool.clone(), keys.clone());
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
@@ -113,7 +122,10 @@ impl App {
             metrics_listener,
             metrics_port,
             auth,
+            pool,
+            master_key,
             keys,
+            revocations,
             signers,
             policy,
             audit,
@@ -130,10 +142,14 @@ impl App {
         self.port
     }
 
-    /// The key manager this app signs and rotates with (tests drive revocations
-    /// step by step through it).
+    /// The key manager this app signs with (tests read its keyring).
     pub fn key_manager(&self) -> KeyManager {
         self.keys.clone()
+    }
+
+    /// The revocation service (tests drive revocations step by step).
+    pub fn revocations(&self) -> Revocations {
+        self.revocations.clone()
     }
 
     /// The bound port of the Prometheus listener (`/metrics`).
@@ -142,7 +158,7 @@ impl App {
     }
 
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        self.run_until(shutdown_signal()).await
+        self.run_until(signals::shutdown_signal()).await
     }
 
     pub async fn run_until(
@@ -153,15 +169,20 @@ impl App {
         readiness.not_ready("starting: migrating the registry and loading signing keys");
         let (health, health_service) = crate::health::service(readiness.clone());
         set_status(&health, ServingStatus::NotServing).await;
-        let ready_task = tokio::spawn(become_ready(
-            self.keys.clone(),
-            self.signers.clone(),
-            self.config.migrate_on_start,
-            self.config.health_interval(),
-            self.config.maintenance_interval(),
-            health.clone(),
-            readiness.clone(),
-        ));
+        let ready_task = tokio::spawn(
+            ReadinessTask {
+                pool: self.pool.clone(),
+                keys: self.keys.clone(),
+                revocations: self.revocations.clone(),
+                signers: self.signers.clone(),
+                migrate: self.config.migrate_on_start,
+                health_interval: self.config.health_interval(),
+                maintenance_interval: self.config.maintenance_interval(),
+                health: health.clone(),
+                readiness: readiness.clone(),
+            }
+            .run(),
+        );
 
         // Both reflection versions: grpcurl and other tools still ask v1alpha.
         let reflection = || {
@@ -178,7 +199,7 @@ impl App {
         let issuer = Issuer {
             keys: self.keys.clone(),
             recorder: Recorder::start(
-                self.keys.pool.clone(),
+                self.pool.clone(),
                 self.config.record_workers,
                 self.config.record_batch_max,
             ),
@@ -187,8 +208,8 @@ impl App {
             audit: self.audit.clone(),
         };
         let dashboard = Dashboard {
-            pool: self.keys.pool.clone(),
-            tokens: PageTokens::new(&self.keys.master_key),
+            pool: self.pool.clone(),
+            tokens: PageTokens::new(&self.master_key),
         };
         let auth = self.auth.clone();
         let links = InterceptedService::new(
@@ -198,7 +219,8 @@ impl App {
         let auth = self.auth.clone();
         let keys = InterceptedService::new(
             KeyServiceServer::new(KeyApi {
-                keys: self.keys.clone(),
+                pool: self.pool.clone(),
+                revocations: self.revocations.clone(),
                 audit: self.audit.clone(),
             }),
             move |req| auth.intercept(req),
@@ -208,11 +230,11 @@ impl App {
             .config
             .policy_file
             .is_some()
-            .then(|| tokio::spawn(reload_on_hangup(self.policy.clone())));
+            .then(|| tokio::spawn(signals::reload_on_hangup(self.policy.clone())));
 
         let metrics_server = tokio::spawn(metrics::serve(self.metrics_listener));
         let outstanding = tokio::spawn(metrics::keep_outstanding_fresh(
-            self.keys.pool.clone(),
+            self.pool.clone(),
             self.config.metrics_refresh(),
         ));
 
@@ -266,7 +288,7 @@ impl App {
         ready_task.abort();
         metrics_server.abort();
         outstanding.abort();
-        self.keys.pool.close().await;
+        self.pool.close().await;
         result.context("gRPC server failed")
     }
 }
@@ -294,162 +316,4 @@ async fn backend(config: &Config) -> anyhow::Result<Arc<dyn KeyBackend>> {
         )),
         other => bail!("unknown backend {other:?}: expected garage or aws"),
     }
-}
-
-async fn set_status(health: &HealthReporter, status: ServingStatus) {
-    health.set_service_status("", status).await;
-    health
-        .set_service_status(
-            <LinkServiceServer<LinkApi> as tonic::server::NamedService>::NAME,
-            status,
-        )
-        .await;
-    health
-        .set_service_status(
-            <KeyServiceServer<KeyApi> as tonic::server::NamedService>::NAME,
-            status,
-        )
-        .await;
-}
-
-/// Runs migrations and provisions keys until both succeed (retrying while the
-/// registry or the backend is down); then, once the registry has its schema,
-/// follows the registry's liveness, other replicas' key changes, and the
-/// background upkeep.
-async fn become_ready(
-    keys: KeyManager,
-    signers: Vec<SignerName>,
-    migrate: bool,
-    interval: Duration,
-    maintenance: Duration,
-    health: HealthReporter,
-    readiness: Readiness,
-) {
-    let mut backoff = Duration::from_millis(200);
-    loop {
-        match prepare(&keys, &signers, migrate).await {
-            Ok(()) => break,
-            Err(e) => {
-                readiness.not_ready(format!("{e:#}"));
-                tracing::warn!(
-                    error = format!("{e:#}"),
-                    retry_in_ms = backoff.as_millis() as u64,
-                    "not ready yet"
-                );
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(10));
-            }
-        }
-    }
-    tracing::info!("ready: registry migrated, signing keys loaded");
-    readiness.ready();
-    set_status(&health, ServingStatus::Serving).await;
-    let names = signers.iter().map(|s| s.to_string()).collect();
-    tokio::join!(
-        follow_liveness(&keys, interval, &health, &readiness),
-        keys.clone().follow_key_changes(names),
-        maintain(keys.clone(), maintenance),
-    );
-}
-
-async fn follow_liveness(
-    keys: &KeyManager,
-    interval: Duration,
-    health: &HealthReporter,
-    readiness: &Readiness,
-) {
-    let mut serving = true;
-    loop {
-        tokio::time::sleep(interval).await;
-        let ok = tokio::time::timeout(interval, registry::ping(&keys.pool))
-            .await
-            .is_ok_and(|r| r.is_ok());
-        if ok != serving {
-            serving = ok;
-            if ok {
-                tracing::info!("registry reachable again: SERVING");
-                readiness.ready();
-                set_status(health, ServingStatus::Serving).await;
-            } else {
-                tracing::warn!("registry unreachable: NOT_SERVING");
-                readiness.not_ready(format!(
-                    "registry unreachable: no answer to a ping within {} ms",
-                    interval.as_millis()
-                ));
-                set_status(health, ServingStatus::NotServing).await;
-            }
-        }
-    }
-}
-
-async fn prepare(keys: &KeyManager, signers: &[SignerName], migrate: bool) -> anyhow::Result<()> {
-    if migrate {
-        registry::migrate(&keys.pool).await?;
-    }
-    // A revocation interrupted by a crash finishes before anything is signed.
-    let unfinished = revocation::resume_all(keys).await?;
-    if unfinished > 0 {
-        anyhow::bail!("{unfinished} revocation(s) could not be finished yet");
-    }
-    keys.load_active_keys().await?;
-    for signer in signers {
-        keys.ensure_active_key(signer.as_str()).await?;
-    }
-    Ok(())
-}
-
-/// Background upkeep: retries revocations left running by a retryable error, and
-/// deactivates retired keys whose last link expired (GRACEFUL rotations).
-async fn maintain(keys: KeyManager, interval: Duration) {
-    loop {
-        tokio::time::sleep(interval).await;
-        if let Err(e) = revocation::resume_all(&keys).await {
-            tracing::warn!(error = %e, "resuming revocations");
-        }
-        if let Err(e) = revocation::sweep_retired_keys(&keys).await {
-            tracing::warn!(error = %e, "deactivating expired retired keys");
-        }
-        if let Err(e) = registry::link_summary::fold(&keys.pool).await {
-            tracing::warn!(error = %e, "folding the link roll-up");
-        }
-    }
-}
-
-/// Reloads the policy on every SIGHUP; connections and the old policy stay up
-/// (a malformed file is refused and logged).
-async fn reload_on_hangup(policy: PolicyHandle) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut hup = match signal(SignalKind::hangup()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGHUP: the policy will not be reloaded");
-                return;
-            }
-        };
-        while hup.recv().await.is_some() {
-            policy.reload_and_log();
-        }
-    }
-    #[cfg(not(unix))]
-    std::future::pending::<()>().await;
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }

@@ -32,20 +32,14 @@ pub enum DashboardError {
     NotFound(String),
     #[error("{0}")]
     PermissionDenied(String),
-    #[error("registry unavailable: {0}")]
-    RegistryUnavailable(#[source] sqlx::Error),
-    #[error("registry error: {0}")]
-    Registry(#[source] sqlx::Error),
+    #[error(transparent)]
+    Registry(registry::Error),
 }
 
-impl From<sqlx::Error> for DashboardError {
-    fn from(e: sqlx::Error) -> Self {
+impl From<registry::Error> for DashboardError {
+    fn from(e: registry::Error) -> Self {
         metrics::record_registry_error("dashboard");
-        if registry::is_unavailable(&e) {
-            Self::RegistryUnavailable(e)
-        } else {
-            Self::Registry(e)
-        }
+        Self::Registry(e)
     }
 }
 
@@ -166,7 +160,10 @@ impl Dashboard {
             })
             .ok_or_else(not_found)?;
         let blast_radius = match caller.admin {
-            true => links::blast_radius(&mut *self.pool.acquire().await?, &link.key_id).await?,
+            true => {
+                let mut snapshot = registry::begin_snapshot(&self.pool).await?;
+                links::blast_radius(&mut snapshot, &link.key_id).await?
+            }
             false => None,
         };
         Ok(Lookup { link, blast_radius })

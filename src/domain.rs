@@ -4,21 +4,25 @@
 mod bucket;
 mod headers;
 mod labels;
+mod link_spec;
 mod link_state;
 mod method;
 mod name;
 mod object_key;
 mod presigned_url;
+mod states;
 mod ttl;
 
 pub use bucket::Bucket;
 pub use headers::{ContentDisposition, ContentType};
 pub use labels::Labels;
+pub use link_spec::LinkSpec;
 pub use link_state::LinkState;
 pub use method::Method;
 pub use name::{CallerName, SignerName};
 pub use object_key::ObjectKey;
 pub use presigned_url::PresignedUrl;
+pub use states::{KeyState, RevocationState, RotationMode};
 pub use ttl::{MAX_TTL, Ttl};
 
 /// Why one field of a request was refused. The message starts with the field's

@@ -5,17 +5,17 @@
 
 mod recorder;
 
-pub use recorder::{RecordError, Recorder};
+pub use recorder::Recorder;
 
 use crate::audit::{AuditEvent, Auditor};
 use crate::auth::Caller;
-use crate::domain::Labels;
+use crate::domain::{Labels, LinkSpec};
 use crate::keys::KeyManager;
 use crate::metrics;
 use crate::policy::{Denied, PolicyHandle};
 use crate::ratelimit::{RateLimited, RateLimits};
 use crate::registry::{self, links::NewLink};
-use crate::signing::{LinkSpec, SignError};
+use crate::signing::SignError;
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -27,32 +27,14 @@ pub enum IssueError {
         "signer {0} has no active signing key right now (starting, or an emergency rotation is replacing it); retry shortly"
     )]
     NoActiveKey(String),
-    #[error("registry unavailable: {0}")]
-    RegistryUnavailable(String),
-    #[error("registry error: {0}")]
-    Registry(String),
+    #[error(transparent)]
+    Registry(#[from] registry::Error),
     #[error(transparent)]
     Sign(#[from] SignError),
     #[error(transparent)]
     Denied(#[from] Denied),
     #[error(transparent)]
     RateLimited(#[from] RateLimited),
-}
-
-impl From<sqlx::Error> for IssueError {
-    fn from(e: sqlx::Error) -> Self {
-        RecordError::from(e).into()
-    }
-}
-
-impl From<RecordError> for IssueError {
-    fn from(e: RecordError) -> Self {
-        if e.unavailable {
-            Self::RegistryUnavailable(e.message)
-        } else {
-            Self::Registry(e.message)
-        }
-    }
 }
 
 /// A recorded link and the URL the caller may now use.
@@ -106,7 +88,7 @@ impl Issuer {
                 metrics::record_issued(&issued.link.method, &issued.link.signer);
                 "ok"
             }
-            Err(IssueError::Registry(_) | IssueError::RegistryUnavailable(_)) => {
+            Err(IssueError::Registry(_)) => {
                 metrics::record_registry_error("issue_link");
                 "error"
             }
@@ -149,8 +131,7 @@ impl Issuer {
         for _ in 0..2 {
             let key = self
                 .keys
-                .keyring
-                .active(signer)
+                .active_key(signer)
                 .ok_or_else(|| IssueError::NoActiveKey(signer.to_owned()))?;
             let issued = now_in_seconds();
             let presigned = key.presign(&spec, issued).await?;

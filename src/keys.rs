@@ -1,36 +1,94 @@
-//! The signing keys' lifecycle: provisioning a signer's first key through its
-//! backend, and loading active keys into the keyring (opening their sealed
-//! secrets). Rotation and revocation build on these steps.
+//! The signing keys' lifecycle, in one place: provisioning a signer's first
+//! key, loading active keys into the keyring (opening their sealed secrets),
+//! creating a rotation's replacement and proving it usable, changing a key's
+//! state under its state-change lock (retire, activate, deactivate, discard),
+//! freeing a backend key slot, and following other replicas' key changes.
+//! Revocation decides *when* these happen; this module is *how*.
+
+mod follow;
+mod keyring;
+mod slots;
+mod state;
+mod sweep;
+mod verify;
+
+pub use keyring::Keyring;
+pub use state::{activate_replacement, lock_for_state_change};
+pub use verify::{NotUsable, verify_usable};
 
 use crate::backend::{BackendError, KeyBackend, NewKey};
-use crate::registry;
+use crate::domain::KeyState;
+use crate::registry::{self, keys::KeyRow};
 use crate::seal::MasterKey;
 use crate::secret::SecretString;
-use crate::signing::{Keyring, NotUsable, S3Target, SigningKey, verify_usable};
+use crate::signing::{S3Target, SigningKey};
 use anyhow::Context;
 use sqlx::PgPool;
 use std::sync::Arc;
 
+/// Why a key operation did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error(transparent)]
+    Registry(#[from] registry::Error),
+    /// It will not work by retrying: the key is missing, its secret does not
+    /// open, or the S3 endpoint never accepted it.
+    #[error("{0}")]
+    Unusable(String),
+}
+
+/// How a new key is proven usable before it signs anything.
 #[derive(Clone)]
-pub struct KeyManager {
-    pub pool: PgPool,
-    pub keyring: Keyring,
-    pub backend: Arc<dyn KeyBackend>,
-    pub master_key: MasterKey,
-    pub target: S3Target,
+pub struct Probe {
     pub http: reqwest::Client,
     /// A bucket new keys are probed against (HEAD of a probe object).
-    pub probe_bucket: Option<String>,
-    pub verify_attempts: u32,
+    pub bucket: Option<String>,
+    pub attempts: u32,
+}
+
+/// Owns the keyring and the key backend; shared (cheap clones) by the issuer,
+/// the revocation procedure and the readiness task.
+#[derive(Clone)]
+pub struct KeyManager {
+    pool: PgPool,
+    keyring: Keyring,
+    backend: Arc<dyn KeyBackend>,
+    master_key: MasterKey,
+    target: S3Target,
+    probe: Probe,
 }
 
 impl KeyManager {
+    pub fn new(
+        pool: PgPool,
+        backend: Arc<dyn KeyBackend>,
+        master_key: MasterKey,
+        target: S3Target,
+        probe: Probe,
+    ) -> Self {
+        Self {
+            pool,
+            keyring: Keyring::default(),
+            backend,
+            master_key,
+            target,
+            probe,
+        }
+    }
+
+    /// The key `signer` signs with now, if it has one.
+    pub fn active_key(&self, signer: &str) -> Option<Arc<SigningKey>> {
+        self.keyring.active(signer)
+    }
+
     /// Makes sure `signer` exists and has an active key, creating one through the
     /// backend if needed, and loads it into the keyring. Serialized per signer by
     /// the signer's row lock, so replicas starting together create one key.
     pub async fn ensure_active_key(&self, signer: &str) -> anyhow::Result<()> {
         registry::signers::upsert(&self.pool, signer, self.backend.kind()).await?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = registry::begin(&self.pool).await?;
         registry::signers::lock(&mut *tx, signer).await?;
         if registry::revocations::running_for_signer(&mut *tx, signer)
             .await?
@@ -40,7 +98,7 @@ impl KeyManager {
             return Ok(());
         }
         if let Some(row) = registry::keys::active_for_signer(&mut *tx, signer).await? {
-            tx.commit().await?;
+            registry::commit(tx).await?;
             return self.install(&row);
         }
         let new = self
@@ -54,19 +112,67 @@ impl KeyManager {
             signer,
         );
         self.prove_usable(&key).await?;
-        registry::keys::insert_active(&mut *tx, &new.access_key_id, signer, &self.seal(&new))
-            .await?;
-        tx.commit().await?;
+        registry::keys::insert(
+            &mut *tx,
+            &new.access_key_id,
+            signer,
+            KeyState::Active,
+            &self.seal(&new),
+        )
+        .await?;
+        registry::commit(tx).await?;
         tracing::info!(signer, key_id = %new.access_key_id, "provisioned a signing key");
         self.keyring.install(key);
         Ok(())
     }
 
+    /// Creates a rotation's replacement key for `signer` at the backend and
+    /// records it `pending` (sealed) in the caller's transaction; returns its id.
+    pub async fn create_replacement(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        signer: &str,
+    ) -> Result<String, KeyError> {
+        let new = self.create_backend_key(&mut *conn, signer).await?;
+        // Logged so that a crash before commit leaves a trace of the backend key.
+        tracing::info!(signer, key_id = %new.access_key_id, "created replacement key");
+        registry::keys::insert(
+            &mut *conn,
+            &new.access_key_id,
+            signer,
+            KeyState::Pending,
+            &self.seal(&new),
+        )
+        .await?;
+        Ok(new.access_key_id)
+    }
+
+    /// Proves a recorded key usable: opens its secret and probes the S3
+    /// endpoint with it, retrying while the backend propagates the key.
+    pub async fn verify_recorded(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        key_id: &str,
+    ) -> Result<(), KeyError> {
+        let row = registry::keys::get(&mut *conn, key_id)
+            .await?
+            .ok_or_else(|| {
+                KeyError::Unusable(format!("new key {key_id} is missing from the registry"))
+            })?;
+        let secret = self
+            .open_secret(&row)
+            .map_err(|e| KeyError::Unusable(format!("{e:#}")))?;
+        let key = SigningKey::new(&self.target, key_id, &secret, &row.signer);
+        self.prove_usable(&key)
+            .await
+            .map_err(|e| KeyError::Unusable(e.to_string()))
+    }
+
     /// A presigned probe against the S3 endpoint, retried while the backend
     /// propagates the key: a key signs nothing before it passes.
-    pub async fn prove_usable(&self, key: &SigningKey) -> Result<(), NotUsable> {
-        match &self.probe_bucket {
-            Some(bucket) => verify_usable(&self.http, key, bucket, self.verify_attempts).await,
+    async fn prove_usable(&self, key: &SigningKey) -> Result<(), NotUsable> {
+        match &self.probe.bucket {
+            Some(bucket) => verify_usable(&self.probe.http, key, bucket, self.probe.attempts).await,
             None => {
                 tracing::warn!(signer = %key.signer, key_id = %key.key_id,
                     "no bucket configured: the new key was not probed before use");
@@ -76,7 +182,7 @@ impl KeyManager {
     }
 
     /// The new key's secret sealed for the registry (the key id as associated data).
-    pub fn seal(&self, new: &NewKey) -> Vec<u8> {
+    fn seal(&self, new: &NewKey) -> Vec<u8> {
         self.master_key.seal(
             &new.access_key_id,
             new.secret_access_key.expose().as_bytes(),
@@ -92,7 +198,7 @@ impl KeyManager {
     }
 
     /// Opens a key's sealed secret with the master key.
-    pub fn open_secret(&self, row: &registry::keys::KeyRow) -> anyhow::Result<SecretString> {
+    pub fn open_secret(&self, row: &KeyRow) -> anyhow::Result<SecretString> {
         let secret = self
             .master_key
             .open(&row.key_id, &row.sealed_secret)
@@ -110,7 +216,7 @@ impl KeyManager {
         ))
     }
 
-    fn install(&self, row: &registry::keys::KeyRow) -> anyhow::Result<()> {
+    fn install(&self, row: &KeyRow) -> anyhow::Result<()> {
         if self
             .keyring
             .active(&row.signer)
@@ -131,7 +237,7 @@ impl KeyManager {
 
     /// Makes the keyring agree with the registry for one signer: its active key,
     /// or none (issuance for it pauses).
-    pub async fn reload_signer(&self, signer: &str) -> Result<(), sqlx::Error> {
+    pub async fn reload_signer(&self, signer: &str) -> Result<(), registry::Error> {
         match registry::keys::active_for_signer(&self.pool, signer).await? {
             Some(row) => {
                 if let Err(e) = self.install(&row) {
@@ -148,137 +254,65 @@ impl KeyManager {
         Ok(())
     }
 
-    /// Creates a key at the backend for `signer`. Where the backend limits keys
-    /// per signer (AWS IAM: 2 per user) and the limit is reached, one slot is
-    /// freed if a key can go without breaking anything (see `free_key_slot`).
-    pub async fn create_backend_key(
+    /// Deactivates a live key: at the backend first (from then on its links
+    /// are refused), then in the registry under its state-change lock, with the
+    /// revocation that did it, in the caller's transaction; other replicas hear
+    /// of it at commit.
+    pub async fn deactivate(
         &self,
         conn: &mut sqlx::PgConnection,
         signer: &str,
-    ) -> Result<NewKey, BackendError> {
-        match self.backend.create_key(signer).await {
-            Err(BackendError::LimitExceeded(limit)) => {
-                self.free_key_slot(conn, signer, &limit).await?;
-                self.backend.create_key(signer).await
-            }
-            other => other,
-        }
+        key_id: &str,
+        revocation_id: Option<uuid::Uuid>,
+    ) -> Result<(), KeyError> {
+        self.backend.deactivate_key(signer, key_id).await?;
+        lock_for_state_change(&mut *conn, key_id).await?;
+        registry::keys::deactivate(&mut *conn, key_id, revocation_id).await?;
+        registry::keys::notify_changed(&mut *conn, signer).await?;
+        Ok(())
     }
 
-    /// Deletes one of the signer's backend keys whose links are all dead or
-    /// expired: an inactive key, or a retired one with no outstanding link. A key
-    /// presignd does not know is never touched. Otherwise says what to do.
-    async fn free_key_slot(
+    /// Deletes a replacement key that never signed (still `pending`) at the
+    /// backend and marks it deleted. A backend that refuses is logged: the key
+    /// then stays pending, and signs nothing.
+    pub async fn discard_pending(
         &self,
         conn: &mut sqlx::PgConnection,
         signer: &str,
-        limit: &str,
-    ) -> Result<(), BackendError> {
-        let unavailable = |e: sqlx::Error| BackendError::Unavailable(format!("registry: {e}"));
-        let mut described = Vec::new();
-        for key in self.backend.list_keys(signer).await? {
-            let id = &key.access_key_id;
-            let state = registry::keys::get(&mut *conn, id)
-                .await
-                .map_err(unavailable)?
-                .map(|k| k.state);
-            let outstanding = registry::keys::outstanding_links(&mut *conn, id)
-                .await
-                .map_err(unavailable)?;
-            let freeable = match state.as_deref() {
-                Some("inactive" | "deleted") => true,
-                Some("retired") => outstanding == 0,
-                _ => false,
-            };
-            if freeable {
-                if key.active {
-                    self.backend.deactivate_key(signer, id).await?;
-                }
-                self.backend.delete_key(signer, id).await?;
-                registry::keys::mark_deleted(&mut *conn, id)
-                    .await
-                    .map_err(unavailable)?;
-                tracing::info!(signer, key_id = %id, "deleted a spent key to stay within the backend's key limit");
-                return Ok(());
-            }
-            described.push(format!(
-                "{id}: {} in presignd, {} at the backend, {outstanding} outstanding links",
-                state.as_deref().unwrap_or("unknown"),
-                if key.active { "active" } else { "inactive" },
-            ));
+        key_id: &str,
+    ) -> Result<(), registry::Error> {
+        let pending = registry::keys::get(&mut *conn, key_id)
+            .await?
+            .is_some_and(|k| k.state == KeyState::Pending);
+        if !pending {
+            return Ok(());
         }
-        Err(BackendError::Refused(format!(
-            "signer {signer} already has as many keys as the backend allows ({limit}) and none can go without breaking links: {}. \
-             Use mode EMERGENCY (it deactivates the active key first), or wait until the retired key's links expire, then retry",
-            described.join("; ")
-        )))
-    }
-
-    /// Follows key changes made by any replica (NOTIFY presignd_keys, sent by the
-    /// transaction that changes a signer's keys) and reloads that signer. After a
-    /// lost connection every signer is reloaded, as notifications may be missed.
-    pub async fn follow_key_changes(self, signers: Vec<String>) {
-        loop {
-            let mut listener = match sqlx::postgres::PgListener::connect_with(&self.pool).await {
-                Ok(l) => l,
-                Err(e) => {
-                    tracing::debug!(error = %e, "key-change listener cannot connect; retrying");
-                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                    continue;
-                }
-            };
-            if let Err(e) = listener.listen(registry::keys::KEYS_CHANNEL).await {
-                tracing::warn!(error = %e, "LISTEN failed; retrying");
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                continue;
-            }
-            self.reload_all(&signers).await;
-            loop {
-                match listener.try_recv().await {
-                    Ok(Some(n)) => {
-                        if let Err(e) = self.reload_signer(n.payload()).await {
-                            tracing::warn!(error = %e, "reloading keys after a change");
-                        }
-                    }
-                    // The connection was lost and re-established: resync everything.
-                    Ok(None) => self.reload_all(&signers).await,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "key-change listener failed; reconnecting");
-                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                        break;
-                    }
-                }
-            }
-        }
-    }
-
-    async fn reload_all(&self, signers: &[String]) {
-        for s in signers {
-            if let Err(e) = self.reload_signer(s).await {
-                tracing::warn!(signer = %s, error = %e, "reloading keys");
+        match self.backend.delete_key(signer, key_id).await {
+            Ok(()) => registry::keys::mark_deleted(&mut *conn, key_id).await,
+            Err(e) => {
+                tracing::warn!(key_id, error = %e, "could not delete the unused replacement key");
+                Ok(())
             }
         }
     }
 }
 
-impl KeyManager {
-    /// Signers and every key with its outstanding links (ListSigningKeys).
-    pub async fn list_keys(
-        &self,
-        signer: Option<&str>,
-    ) -> Result<
-        (
-            Vec<registry::signers::SignerRow>,
-            Vec<registry::keys::KeySummaryRow>,
-        ),
-        crate::revocation::RevocationError,
-    > {
-        let signers = registry::signers::list(&self.pool)
-            .await?
-            .into_iter()
-            .filter(|s| signer.is_none_or(|n| n == s.name))
-            .collect();
-        let keys = registry::keys::list_with_outstanding(&self.pool, signer).await?;
-        Ok((signers, keys))
-    }
+/// Signers and every key with its outstanding links (ListSigningKeys).
+pub async fn list(
+    pool: &PgPool,
+    signer: Option<&str>,
+) -> Result<
+    (
+        Vec<registry::signers::SignerRow>,
+        Vec<registry::keys::KeySummaryRow>,
+    ),
+    registry::Error,
+> {
+    let signers = registry::signers::list(pool)
+        .await?
+        .into_iter()
+        .filter(|s| signer.is_none_or(|n| n == s.name))
+        .collect();
+    let keys = registry::keys::list_with_outstanding(pool, signer).await?;
+    Ok((signers, keys))
 }

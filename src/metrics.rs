@@ -6,6 +6,7 @@
 //! Labels take only bounded values: method, signer, key id, mode, outcome,
 //! operation. Never an object key, a URL or a caller name.
 
+use crate::domain::KeyState;
 use metrics::{
     Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
 };
@@ -128,14 +129,14 @@ pub async fn serve(listener: TcpListener) -> std::io::Result<()> {
 pub async fn refresh_outstanding(
     pool: &PgPool,
     reported: &mut BTreeSet<(String, String)>,
-) -> Result<(), sqlx::Error> {
+) -> Result<(), crate::registry::Error> {
     handle();
     // The same counts as ListSigningKeys, for the keys whose links still work.
     let rows = crate::registry::keys::list_with_outstanding(pool, None).await?;
     let mut now = BTreeSet::new();
     for row in rows
         .into_iter()
-        .filter(|k| matches!(k.state.as_str(), "active" | "retired"))
+        .filter(|k| matches!(k.state, KeyState::Active | KeyState::Retired))
     {
         gauge!(OUTSTANDING_LINKS, "signer" => row.signer.clone(), "key_id" => row.key_id.clone())
             .set(row.outstanding_links as f64);

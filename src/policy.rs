@@ -135,7 +135,7 @@ impl Policy {
     pub fn authorize_issue(
         &self,
         caller: &CallerName,
-        spec: &crate::signing::LinkSpec,
+        spec: &crate::domain::LinkSpec,
     ) -> Result<Grant, Denied> {
         match &self.callers {
             None => Ok(Grant {

@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod blast_radius;
+mod error;
 pub mod keys;
 pub mod link_queries;
 pub mod link_summary;
@@ -11,6 +12,10 @@ pub mod links;
 pub mod revocations;
 pub mod sealed;
 pub mod signers;
+pub mod states;
+
+use error::During;
+pub use error::{Constraint, Error, ErrorKind};
 
 use anyhow::Context;
 use sqlx::PgPool;
@@ -47,33 +52,32 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
         .context("running registry migrations")
 }
 
-pub async fn ping(pool: &PgPool) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT 1").execute(pool).await.map(|_| ())
+pub async fn ping(pool: &PgPool) -> Result<(), Error> {
+    sqlx::query("SELECT 1")
+        .execute(pool)
+        .await
+        .during("ping")
+        .map(|_| ())
 }
 
-/// Whether an error means "the registry cannot be reached right now" (retry
-/// later, UNAVAILABLE) rather than a bug or a constraint.
-pub fn is_unavailable(e: &sqlx::Error) -> bool {
-    use sqlx::Error::*;
-    match e {
-        Io(_) | Tls(_) | PoolTimedOut | PoolClosed | WorkerCrashed => true,
-        Protocol(_) => true,
-        Database(db) => {
-            // admin_shutdown, crash_shutdown, cannot_connect_now, too_many_connections
-            matches!(
-                db.code().as_deref(),
-                Some("57P01" | "57P02" | "57P03" | "53300")
-            ) || is_conflict(e)
-        }
-        _ => false,
-    }
+/// A transaction of the registry: multi-step changes commit atomically.
+pub type Tx = sqlx::Transaction<'static, sqlx::Postgres>;
+
+pub async fn begin(pool: &PgPool) -> Result<Tx, Error> {
+    pool.begin().await.during("begin")
 }
 
-/// Whether Postgres aborted the transaction to break a conflict with another
-/// (deadlock_detected, serialization_failure): running it again may succeed.
-pub fn is_conflict(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::Database(db) => matches!(db.code().as_deref(), Some("40P01" | "40001")),
-        _ => false,
-    }
+pub async fn commit(tx: Tx) -> Result<(), Error> {
+    tx.commit().await.during("commit")
+}
+
+/// A read-only transaction that sees one snapshot throughout (a plan computed
+/// from several statements is consistent).
+pub async fn begin_snapshot(pool: &PgPool) -> Result<Tx, Error> {
+    let mut tx = begin(pool).await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .execute(&mut *tx)
+        .await
+        .during("begin_snapshot")?;
+    Ok(tx)
 }

@@ -1,92 +1,56 @@
 //! Revocation: what breaks if a key dies (the plan, or blast radius), and the
 //! rotate-and-deactivate procedure, a persisted state machine advanced one
-//! idempotent step at a time (see `procedure`).
+//! idempotent step at a time (see `procedure`). The key changes each step makes
+//! are the key lifecycle's (`crate::keys`).
 
 mod procedure;
 mod rotate;
-mod sweep;
 
-pub use procedure::{Advance, drive, resume_all, try_advance};
-pub use rotate::{PlanTarget, RotateRequest, Rotation, get, list, plan, rotate, start};
-pub use sweep::sweep_retired_keys;
+pub use procedure::Advance;
+pub use rotate::{MAX_REASON_CHARS, PlanTarget, RotateRequest, Rotation};
 
 use crate::backend::BackendError;
-use crate::domain::FieldError;
-use crate::proto;
+use crate::domain::{FieldError, RotationMode};
+use crate::keys::{KeyError, KeyManager};
+use crate::registry;
+use sqlx::PgPool;
 use uuid::Uuid;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// New key active, old key retired: nothing breaks; the old key is
-    /// deactivated once its last link expires.
-    Graceful,
-    /// As graceful, then the old key is deactivated at once.
-    Revoke,
-    /// Deactivate first, then create the replacement; issuance pauses between.
-    Emergency,
+/// The revocation service: plans, starts, drives and reads revocations.
+#[derive(Clone)]
+pub struct Revocations {
+    pool: PgPool,
+    keys: KeyManager,
 }
 
-impl Mode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Graceful => "graceful",
-            Self::Revoke => "revoke",
-            Self::Emergency => "emergency",
-        }
+impl Revocations {
+    pub fn new(pool: PgPool, keys: KeyManager) -> Self {
+        Self { pool, keys }
     }
+}
 
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "graceful" => Some(Self::Graceful),
-            "revoke" => Some(Self::Revoke),
-            "emergency" => Some(Self::Emergency),
-            _ => None,
-        }
-    }
+/// The steps of `mode`, in order. Without an old key (a signer left with no
+/// active key), there is nothing to deactivate.
+pub fn steps(mode: RotationMode, has_old_key: bool) -> Vec<Step> {
+    use Step::*;
+    let all: &[Step] = match mode {
+        RotationMode::Graceful => &[CreateKey, VerifyKey, ActivateKey],
+        RotationMode::Revoke => &[CreateKey, VerifyKey, ActivateKey, DeactivateOld],
+        RotationMode::Emergency => &[DeactivateOld, CreateKey, VerifyKey, ActivateKey],
+    };
+    all.iter()
+        .copied()
+        .filter(|s| has_old_key || *s != DeactivateOld)
+        .collect()
+}
 
-    pub fn from_proto(value: i32) -> Result<Self, FieldError> {
-        match proto::RotationMode::try_from(value) {
-            Ok(proto::RotationMode::Graceful) => Ok(Self::Graceful),
-            Ok(proto::RotationMode::Revoke) => Ok(Self::Revoke),
-            Ok(proto::RotationMode::Emergency) => Ok(Self::Emergency),
-            _ => Err(FieldError::new(
-                "mode",
-                "is required: one of GRACEFUL, REVOKE, EMERGENCY",
-            )),
-        }
-    }
-
-    pub fn to_proto(self) -> proto::RotationMode {
-        match self {
-            Self::Graceful => proto::RotationMode::Graceful,
-            Self::Revoke => proto::RotationMode::Revoke,
-            Self::Emergency => proto::RotationMode::Emergency,
-        }
-    }
-
-    /// The steps of this mode, in order. Without an old key (a signer left with
-    /// no active key), there is nothing to deactivate.
-    pub fn steps(self, has_old_key: bool) -> Vec<Step> {
-        use Step::*;
-        let all: &[Step] = match self {
-            Self::Graceful => &[CreateKey, VerifyKey, ActivateKey],
-            Self::Revoke => &[CreateKey, VerifyKey, ActivateKey, DeactivateOld],
-            Self::Emergency => &[DeactivateOld, CreateKey, VerifyKey, ActivateKey],
-        };
-        all.iter()
-            .copied()
-            .filter(|s| has_old_key || *s != DeactivateOld)
-            .collect()
-    }
-
-    pub fn next_after(self, has_old_key: bool, step: Step) -> Step {
-        let steps = self.steps(has_old_key);
-        steps
-            .iter()
-            .position(|s| *s == step)
-            .and_then(|i| steps.get(i + 1).copied())
-            .unwrap_or(Step::Done)
-    }
+pub fn next_after(mode: RotationMode, has_old_key: bool, step: Step) -> Step {
+    let steps = steps(mode, has_old_key);
+    steps
+        .iter()
+        .position(|s| *s == step)
+        .and_then(|i| steps.get(i + 1).copied())
+        .unwrap_or(Step::Done)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,10 +112,20 @@ pub enum RevocationError {
     Failed { id: Uuid, message: String },
     #[error(transparent)]
     Backend(#[from] BackendError),
-    #[error("registry: {0}")]
-    Registry(#[from] sqlx::Error),
+    #[error(transparent)]
+    Registry(#[from] registry::Error),
     #[error("{0:#}")]
     Other(#[from] anyhow::Error),
+}
+
+impl From<KeyError> for RevocationError {
+    fn from(e: KeyError) -> Self {
+        match e {
+            KeyError::Backend(e) => Self::Backend(e),
+            KeyError::Registry(e) => Self::Registry(e),
+            KeyError::Unusable(m) => Self::Other(anyhow::anyhow!(m)),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -160,14 +134,14 @@ mod tests {
 
     #[test]
     fn emergency_deactivates_before_creating_the_replacement() {
-        let steps = Mode::Emergency.steps(true);
+        let steps = steps(RotationMode::Emergency, true);
         assert_eq!(steps.first(), Some(&Step::DeactivateOld));
         assert_eq!(steps.last(), Some(&Step::ActivateKey));
     }
 
     #[test]
     fn revoke_deactivates_only_after_the_new_key_is_active() {
-        let steps = Mode::Revoke.steps(true);
+        let steps = steps(RotationMode::Revoke, true);
         let activate = steps.iter().position(|s| *s == Step::ActivateKey).unwrap();
         let deactivate = steps
             .iter()
@@ -178,19 +152,19 @@ mod tests {
 
     #[test]
     fn graceful_never_deactivates() {
-        assert!(!Mode::Graceful.steps(true).contains(&Step::DeactivateOld));
+        assert!(!steps(RotationMode::Graceful, true).contains(&Step::DeactivateOld));
     }
 
     #[test]
     fn without_an_old_key_there_is_nothing_to_deactivate() {
-        assert!(!Mode::Emergency.steps(false).contains(&Step::DeactivateOld));
-        assert_eq!(Mode::Emergency.steps(false)[0], Step::CreateKey);
+        assert!(!steps(RotationMode::Emergency, false).contains(&Step::DeactivateOld));
+        assert_eq!(steps(RotationMode::Emergency, false)[0], Step::CreateKey);
     }
 
     #[test]
     fn the_step_after_the_last_is_done_and_names_round_trip() {
         assert_eq!(
-            Mode::Revoke.next_after(true, Step::DeactivateOld),
+            next_after(RotationMode::Revoke, true, Step::DeactivateOld),
             Step::Done
         );
         for s in [
@@ -202,10 +176,5 @@ mod tests {
         ] {
             assert_eq!(Step::parse(s.as_str()), Some(s));
         }
-    }
-
-    #[test]
-    fn an_unspecified_mode_is_rejected_naming_the_field() {
-        assert_eq!(Mode::from_proto(0).unwrap_err().field, "mode");
     }
 }

@@ -1,6 +1,6 @@
 //! ListAuditEvents: the request's paging and filter, and rows to proto.
 
-use super::convert;
+use super::{request, response};
 use crate::domain::{CallerName, FieldError};
 use crate::proto;
 use crate::registry::audit::AuditRow;
@@ -21,20 +21,20 @@ pub fn page(r: &proto::ListAuditEventsRequest) -> Result<Page, FieldError> {
     Ok(Page {
         caller,
         // Same opaque (time, id) token as ListRevocations.
-        after: convert::time_id_cursor(&r.page_token)?,
-        limit: convert::page_size(r.page_size)?,
+        after: request::time_id_cursor(&r.page_token)?,
+        limit: request::page_size(r.page_size)?,
     })
 }
 
 /// `rows` was fetched with `limit + 1`: the extra row says there is a next page.
 pub fn response(mut rows: Vec<AuditRow>, limit: i64) -> proto::ListAuditEventsResponse {
-    let next_page_token = convert::next_page(&mut rows, limit, |r| (r.at, r.id));
+    let next_page_token = response::next_page(&mut rows, limit, |r| (r.at, r.id));
     proto::ListAuditEventsResponse {
         events: rows
             .into_iter()
             .map(|r| proto::AuditEvent {
                 id: r.id.to_string(),
-                at: Some(convert::timestamp(r.at)),
+                at: Some(response::timestamp(r.at)),
                 caller: r.caller.unwrap_or_default(),
                 peer: r.peer.unwrap_or_default(),
                 rpc: r.rpc,

@@ -1,10 +1,13 @@
-//! The one error type at the edge and its mapping to gRPC codes. Internal causes
-//! are logged here with context and reach the caller as an opaque message.
+//! The one error type at the edge and its mapping to gRPC codes, written once.
+//! Internal causes are logged here with context and reach the caller as an
+//! opaque message; a registry constraint the caller ran into is
+//! FAILED_PRECONDITION, saying which.
 
 use crate::backend::BackendError;
 use crate::dashboard::DashboardError;
 use crate::domain::FieldError;
 use crate::issuance::IssueError;
+use crate::registry::{self, ErrorKind};
 use crate::revocation::RevocationError;
 use tonic::Status;
 
@@ -26,20 +29,42 @@ pub enum ApiError {
     Internal(String),
 }
 
+impl ApiError {
+    /// The registry failed: unreachable → UNAVAILABLE, a constraint →
+    /// FAILED_PRECONDITION, anything else → INTERNAL. `outcome` tells the
+    /// caller what did not happen ("no link was issued"), if it matters.
+    pub fn registry(e: &registry::Error, outcome: Option<&str>) -> Self {
+        let then = outcome.map(|o| format!(": {o}")).unwrap_or_default();
+        match e.kind {
+            ErrorKind::Unavailable => {
+                tracing::warn!(error = %e, "registry unavailable");
+                Self::Unavailable(format!("registry unavailable{then}; retry shortly"))
+            }
+            ErrorKind::Conflict(c) => {
+                tracing::info!(error = %e, constraint = c.name(), "refused by a registry constraint");
+                Self::FailedPrecondition(c.message().to_owned())
+            }
+            ErrorKind::Bug => {
+                tracing::error!(error = %e, "registry error");
+                Self::Internal(format!("registry error{then}"))
+            }
+        }
+    }
+}
+
+impl From<registry::Error> for ApiError {
+    fn from(e: registry::Error) -> Self {
+        Self::registry(&e, None)
+    }
+}
+
 impl From<IssueError> for ApiError {
     fn from(e: IssueError) -> Self {
         match e {
             IssueError::NoActiveKey(_) => Self::Unavailable(e.to_string()),
             IssueError::Denied(ref d) => Self::PermissionDenied(d.to_string()),
             IssueError::RateLimited(ref r) => Self::ResourceExhausted(r.to_string()),
-            IssueError::RegistryUnavailable(ref cause) => {
-                tracing::warn!(error = %cause, "registry unavailable");
-                Self::Unavailable("registry unavailable: no link was issued; retry shortly".into())
-            }
-            IssueError::Registry(ref cause) => {
-                tracing::error!(error = %cause, "registry error");
-                Self::Internal("registry error: no link was issued".into())
-            }
+            IssueError::Registry(ref cause) => Self::registry(cause, Some("no link was issued")),
             IssueError::Sign(ref cause) => {
                 tracing::error!(error = %cause, "signing failed");
                 Self::Internal("signing failed: no link was issued".into())
@@ -65,14 +90,7 @@ impl From<RevocationError> for ApiError {
                 Self::FailedPrecondition(format!("key backend refused: {m}"))
             }
             Failed { .. } => Self::FailedPrecondition(e.to_string()),
-            Registry(ref cause) if crate::registry::is_unavailable(cause) => {
-                tracing::warn!(error = %cause, "registry unavailable");
-                Self::Unavailable("registry unavailable; retry shortly".into())
-            }
-            Registry(ref cause) => {
-                tracing::error!(error = %cause, "registry error");
-                Self::Internal("registry error".into())
-            }
+            Registry(cause) => cause.into(),
             Other(ref cause) => {
                 tracing::error!(error = format!("{cause:#}"), "revocation error");
                 Self::Internal("internal error; see the server log".into())
@@ -87,14 +105,7 @@ impl From<DashboardError> for ApiError {
             DashboardError::InvalidArgument(f) => Self::InvalidArgument(f),
             DashboardError::NotFound(m) => Self::NotFound(m),
             DashboardError::PermissionDenied(m) => Self::PermissionDenied(m),
-            DashboardError::RegistryUnavailable(ref cause) => {
-                tracing::warn!(error = %cause, "registry unavailable");
-                Self::Unavailable("registry unavailable; retry shortly".into())
-            }
-            DashboardError::Registry(ref cause) => {
-                tracing::error!(error = %cause, "registry error");
-                Self::Internal("registry error".into())
-            }
+            DashboardError::Registry(cause) => cause.into(),
         }
     }
 }
@@ -112,3 +123,23 @@ impl From<ApiError> for Status {
         }
     }
 }
+
+/// Handlers return `Status`: each error of a layer below converts through
+/// `ApiError`, so `?` is the whole of a handler's error handling.
+macro_rules! into_status {
+    ($($t:ty),+) => {$(
+        impl From<$t> for Status {
+            fn from(e: $t) -> Self {
+                ApiError::from(e).into()
+            }
+        }
+    )+};
+}
+
+into_status!(
+    FieldError,
+    IssueError,
+    RevocationError,
+    DashboardError,
+    registry::Error
+);

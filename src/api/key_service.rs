@@ -1,18 +1,20 @@
 //! KeyService: for admins only (the security team). Plans and runs revocations.
 //! Every call is audited, whatever its outcome (see `audited`).
 
-use super::{ApiError, audit_events, convert};
+use super::{audit_events, request, response};
 use crate::audit::{AuditEvent, Auditor};
 use crate::auth::{Caller, caller_of};
 use crate::domain::{FieldError, SignerName};
-use crate::keys::KeyManager;
+use crate::keys;
 use crate::proto::{self, key_service_server::KeyService};
-use crate::revocation::{self, Mode, PlanTarget, RotateRequest};
+use crate::revocation::{PlanTarget, Revocations, RotateRequest};
+use sqlx::PgPool;
 use std::future::Future;
 use tonic::{Request, Response, Status};
 
 pub struct KeyApi {
-    pub keys: KeyManager,
+    pub pool: PgPool,
+    pub revocations: Revocations,
     pub audit: Auditor,
 }
 
@@ -94,13 +96,10 @@ impl KeyService for KeyApi {
             target,
             request,
             |_, request| async move {
-                let signer = optional_signer(&request.get_ref().signer).map_err(ApiError::from)?;
-                let (signers, keys) = self
-                    .keys
-                    .list_keys(signer.as_ref().map(|s| s.as_str()))
-                    .await
-                    .map_err(ApiError::from)?;
-                Ok(Response::new(convert::signers(signers, keys)))
+                let signer = optional_signer(&request.get_ref().signer)?;
+                let (signers, keys) =
+                    keys::list(&self.pool, signer.as_ref().map(|s| s.as_str())).await?;
+                Ok(Response::new(response::signers(signers, keys)))
             },
         )
         .await
@@ -123,21 +122,13 @@ impl KeyService for KeyApi {
             |_, request| async move {
                 let target = match &request.get_ref().target {
                     Some(Target::KeyId(k)) if !k.is_empty() => PlanTarget::Key(k.clone()),
-                    Some(Target::Signer(s)) => {
-                        PlanTarget::Signer(SignerName::parse(s).map_err(ApiError::from)?)
-                    }
+                    Some(Target::Signer(s)) => PlanTarget::Signer(SignerName::parse(s)?),
                     _ => {
-                        return Err(ApiError::from(FieldError::new(
-                            "target",
-                            "set key_id or signer",
-                        ))
-                        .into());
+                        return Err(FieldError::new("target", "set key_id or signer").into());
                     }
                 };
-                let radius = revocation::plan(&self.keys, target)
-                    .await
-                    .map_err(ApiError::from)?;
-                Ok(Response::new(convert::blast_radius(&radius)))
+                let radius = self.revocations.plan(target).await?;
+                Ok(Response::new(response::blast_radius(&radius)))
             },
         )
         .await
@@ -153,17 +144,15 @@ impl KeyService for KeyApi {
         self.audited("RotateKey", target, request, |caller, request| async move {
             let r = request.into_inner();
             let req = RotateRequest {
-                signer: SignerName::parse(&r.signer).map_err(ApiError::from)?,
-                mode: Mode::from_proto(r.mode).map_err(ApiError::from)?,
+                signer: SignerName::parse(&r.signer)?,
+                mode: request::rotation_mode(r.mode)?,
                 reason: r.reason,
                 expected_key_id: Some(r.expected_key_id).filter(|k| !k.is_empty()),
                 dry_run: r.dry_run,
                 requested_by: caller.name.to_string(),
             };
-            let rotation = revocation::rotate(&self.keys, req)
-                .await
-                .map_err(ApiError::from)?;
-            Ok(Response::new(convert::rotation(rotation)))
+            let rotation = self.revocations.rotate(req).await?;
+            Ok(Response::new(response::rotation(rotation)))
         })
         .await
     }
@@ -174,11 +163,9 @@ impl KeyService for KeyApi {
     ) -> Result<Response<proto::Revocation>, Status> {
         let target = format!("revocation={}", request.get_ref().id);
         self.audited("GetRevocation", target, request, |_, request| async move {
-            let id = convert::uuid("id", &request.get_ref().id).map_err(ApiError::from)?;
-            let row = revocation::get(&self.keys, id)
-                .await
-                .map_err(ApiError::from)?;
-            Ok(Response::new(convert::revocation(row)))
+            let id = request::uuid("id", &request.get_ref().id)?;
+            let row = self.revocations.get(id).await?;
+            Ok(Response::new(response::revocation(row)))
         })
         .await
     }
@@ -194,20 +181,16 @@ impl KeyService for KeyApi {
             request,
             |_, request| async move {
                 let r = request.get_ref();
-                let signer = optional_signer(&r.signer).map_err(ApiError::from)?;
-                let limit = convert::page_size(r.page_size).map_err(ApiError::from)?;
-                let after = convert::time_id_cursor(&r.page_token).map_err(ApiError::from)?;
-                let mut rows = revocation::list(
-                    &self.keys,
-                    signer.as_ref().map(|s| s.as_str()),
-                    after,
-                    limit + 1,
-                )
-                .await
-                .map_err(ApiError::from)?;
-                let next = convert::next_page(&mut rows, limit, |r| (r.created_at, r.id));
+                let signer = optional_signer(&r.signer)?;
+                let limit = request::page_size(r.page_size)?;
+                let after = request::time_id_cursor(&r.page_token)?;
+                let mut rows = self
+                    .revocations
+                    .list(signer.as_ref().map(|s| s.as_str()), after, limit + 1)
+                    .await?;
+                let next = response::next_page(&mut rows, limit, |r| (r.created_at, r.id));
                 Ok(Response::new(proto::ListRevocationsResponse {
-                    revocations: rows.into_iter().map(convert::revocation).collect(),
+                    revocations: rows.into_iter().map(response::revocation).collect(),
                     next_page_token: next,
                 }))
             },
@@ -228,15 +211,14 @@ impl KeyService for KeyApi {
             target,
             request,
             |_, request| async move {
-                let page = audit_events::page(request.get_ref()).map_err(ApiError::from)?;
+                let page = audit_events::page(request.get_ref())?;
                 let rows = crate::registry::audit::list(
-                    &self.keys.pool,
+                    &self.pool,
                     page.caller.as_deref(),
                     page.after,
                     page.limit + 1,
                 )
-                .await
-                .map_err(|e| ApiError::from(revocation::RevocationError::Registry(e)))?;
+                .await?;
                 Ok(Response::new(audit_events::response(rows, page.limit)))
             },
         )

@@ -1,6 +1,6 @@
 //! LinkService: IssueLink and the read side of the registry.
 
-use super::{ApiError, convert};
+use super::{request, response};
 use crate::auth::caller_of;
 use crate::dashboard::Dashboard;
 use crate::domain::PresignedUrl;
@@ -20,15 +20,11 @@ impl LinkService for LinkApi {
         request: Request<proto::IssueLinkRequest>,
     ) -> Result<Response<proto::IssueLinkResponse>, Status> {
         let caller = caller_of(&request)?;
-        self.issuer.admit(&caller).map_err(ApiError::from)?;
-        let (spec, labels) = convert::link_request(request.get_ref()).map_err(ApiError::from)?;
-        let issued = self
-            .issuer
-            .issue(&caller, spec, labels)
-            .await
-            .map_err(ApiError::from)?;
+        self.issuer.admit(&caller)?;
+        let (spec, labels) = request::link_request(request.get_ref())?;
+        let issued = self.issuer.issue(&caller, spec, labels).await?;
         Ok(Response::new(proto::IssueLinkResponse {
-            link: Some(convert::link(issued.link)),
+            link: Some(response::link(issued.link)),
             url: issued.url,
             headers: issued
                 .headers
@@ -43,13 +39,9 @@ impl LinkService for LinkApi {
         request: Request<proto::GetLinkRequest>,
     ) -> Result<Response<proto::Link>, Status> {
         let caller = caller_of(&request)?;
-        let id = convert::link_id(&request.get_ref().id).map_err(ApiError::from)?;
-        let link = self
-            .dashboard
-            .get(&caller, id)
-            .await
-            .map_err(ApiError::from)?;
-        Ok(Response::new(convert::link(link)))
+        let id = request::link_id(&request.get_ref().id)?;
+        let link = self.dashboard.get(&caller, id).await?;
+        Ok(Response::new(response::link(link)))
     }
 
     async fn list_links(
@@ -58,14 +50,13 @@ impl LinkService for LinkApi {
     ) -> Result<Response<proto::ListLinksResponse>, Status> {
         let caller = caller_of(&request)?;
         let req = request.get_ref();
-        let filter = convert::link_filter(req.filter.as_ref()).map_err(ApiError::from)?;
+        let filter = request::link_filter(req.filter.as_ref())?;
         let page = self
             .dashboard
             .list(&caller, filter, req.page_size, &req.page_token)
-            .await
-            .map_err(ApiError::from)?;
+            .await?;
         Ok(Response::new(proto::ListLinksResponse {
-            links: page.links.into_iter().map(convert::link).collect(),
+            links: page.links.into_iter().map(response::link).collect(),
             next_page_token: page.next_page_token.unwrap_or_default(),
         }))
     }
@@ -76,15 +67,11 @@ impl LinkService for LinkApi {
     ) -> Result<Response<proto::SummarizeLinksResponse>, Status> {
         let caller = caller_of(&request)?;
         let req = request.get_ref();
-        let filter = convert::link_filter(req.filter.as_ref()).map_err(ApiError::from)?;
-        let group_by = convert::group_by(req.group_by).map_err(ApiError::from)?;
-        let groups = self
-            .dashboard
-            .summarize(&caller, filter, group_by)
-            .await
-            .map_err(ApiError::from)?;
+        let filter = request::link_filter(req.filter.as_ref())?;
+        let group_by = request::group_by(req.group_by)?;
+        let groups = self.dashboard.summarize(&caller, filter, group_by).await?;
         Ok(Response::new(proto::SummarizeLinksResponse {
-            groups: groups.into_iter().map(convert::summary_group).collect(),
+            groups: groups.into_iter().map(response::summary_group).collect(),
         }))
     }
 
@@ -94,15 +81,11 @@ impl LinkService for LinkApi {
     ) -> Result<Response<proto::LookupLinkResponse>, Status> {
         let caller = caller_of(&request)?;
         // The URL is a bearer credential: parsed here, never logged.
-        let url = PresignedUrl::parse(&request.get_ref().url).map_err(ApiError::from)?;
-        let found = self
-            .dashboard
-            .lookup(&caller, &url)
-            .await
-            .map_err(ApiError::from)?;
+        let url = PresignedUrl::parse(&request.get_ref().url)?;
+        let found = self.dashboard.lookup(&caller, &url).await?;
         Ok(Response::new(proto::LookupLinkResponse {
-            link: Some(convert::link(found.link)),
-            blast_radius: found.blast_radius.as_ref().map(convert::blast_radius),
+            link: Some(response::link(found.link)),
+            blast_radius: found.blast_radius.as_ref().map(response::blast_radius),
         }))
     }
 }

@@ -1,9 +1,9 @@
 //! Property: whatever an IssueLink request holds, the validation the handler
-//! runs (`convert::link_request`) and then the policy check never panic, and
+//! runs (`request::link_request`) and then the policy check never panic, and
 //! every refusal names the field or the rule. What the policy grants lies
 //! inside the caller's rules.
 
-use super::convert;
+use super::request;
 use crate::domain::CallerName;
 use crate::policy::{Policy, Settings, key_has_dot_segment};
 use proptest::prelude::*;
@@ -61,7 +61,7 @@ proptest! {
     fn validation_then_policy_never_panics_and_names_what_refused(req in request()) {
         let policy = policy();
         let caller = CallerName::parse("svc").unwrap();
-        match convert::link_request(&req) {
+        match request::link_request(&req) {
             Err(e) => {
                 let msg = e.to_string();
                 prop_assert!(FIELDS.iter().any(|f| msg.starts_with(f)), "{msg}");
@@ -86,7 +86,7 @@ proptest! {
 
     #[test]
     fn a_caller_without_a_policy_entry_is_always_denied(req in request()) {
-        if let Ok((spec, _)) = convert::link_request(&req) {
+        if let Ok((spec, _)) = request::link_request(&req) {
             let e = policy().authorize_issue(&CallerName::parse("stranger").unwrap(), &spec).unwrap_err();
             prop_assert!(e.to_string().starts_with("policy: caller stranger has no entry"));
         }
@@ -105,7 +105,7 @@ fn the_generator_reaches_every_outcome() {
     let mut fields = std::collections::BTreeMap::new();
     for _ in 0..2000 {
         let req = request().new_tree(&mut runner).unwrap().current();
-        match convert::link_request(&req) {
+        match request::link_request(&req) {
             Err(e) => {
                 invalid += 1;
                 *fields.entry(e.field).or_insert(0) += 1;

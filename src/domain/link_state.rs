@@ -2,7 +2,6 @@
 //! `registry::links::STATE_SQL`.
 
 use super::FieldError;
-use crate::proto;
 use serde::Serialize;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -13,28 +12,6 @@ pub enum LinkState {
 }
 
 impl LinkState {
-    /// `None` for UNSPECIFIED: no filter on the state.
-    pub fn from_proto(field: &'static str, value: i32) -> Result<Option<Self>, FieldError> {
-        match proto::LinkState::try_from(value) {
-            Ok(proto::LinkState::Unspecified) => Ok(None),
-            Ok(proto::LinkState::Active) => Ok(Some(Self::Active)),
-            Ok(proto::LinkState::Expired) => Ok(Some(Self::Expired)),
-            Ok(proto::LinkState::Revoked) => Ok(Some(Self::Revoked)),
-            Err(_) => Err(FieldError::new(
-                field,
-                format!("unknown value {value}: expected ACTIVE, EXPIRED or REVOKED"),
-            )),
-        }
-    }
-
-    pub fn to_proto(self) -> proto::LinkState {
-        match self {
-            Self::Active => proto::LinkState::Active,
-            Self::Expired => proto::LinkState::Expired,
-            Self::Revoked => proto::LinkState::Revoked,
-        }
-    }
-
     /// The name `STATE_SQL` yields.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -62,22 +39,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_state_round_trips_through_proto_and_text() {
+    fn every_state_round_trips_through_its_name() {
         for s in [LinkState::Active, LinkState::Expired, LinkState::Revoked] {
-            assert_eq!(
-                LinkState::from_proto("state", s.to_proto() as i32).unwrap(),
-                Some(s)
-            );
             assert_eq!(LinkState::parse(s.as_str()).unwrap(), s);
         }
-    }
-
-    #[test]
-    fn an_unspecified_state_means_no_filter_and_an_unknown_one_is_rejected() {
-        assert_eq!(LinkState::from_proto("filter.state", 0).unwrap(), None);
-        assert_eq!(
-            LinkState::from_proto("filter.state", 9).unwrap_err().field,
-            "filter.state"
-        );
+        assert!(LinkState::parse("dead").is_err());
     }
 }

@@ -1,7 +1,6 @@
 //! The HTTP method a link allows.
 
 use super::FieldError;
-use crate::proto;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Method {
@@ -12,32 +11,6 @@ pub enum Method {
 }
 
 impl Method {
-    pub fn from_proto(value: i32) -> Result<Self, FieldError> {
-        match proto::Method::try_from(value) {
-            Ok(proto::Method::Get) => Ok(Self::Get),
-            Ok(proto::Method::Put) => Ok(Self::Put),
-            Ok(proto::Method::Head) => Ok(Self::Head),
-            Ok(proto::Method::Delete) => Ok(Self::Delete),
-            Ok(proto::Method::Unspecified) => Err(FieldError::new(
-                "method",
-                "is required: one of GET, PUT, HEAD, DELETE",
-            )),
-            Err(_) => Err(FieldError::new(
-                "method",
-                format!("unknown value {value}: expected one of GET, PUT, HEAD, DELETE"),
-            )),
-        }
-    }
-
-    pub fn to_proto(self) -> proto::Method {
-        match self {
-            Self::Get => proto::Method::Get,
-            Self::Put => proto::Method::Put,
-            Self::Head => proto::Method::Head,
-            Self::Delete => proto::Method::Delete,
-        }
-    }
-
     /// The name stored in the registry and shown to humans.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -67,26 +40,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_proto_method_round_trips() {
+    fn every_method_round_trips_through_its_name() {
         for m in [Method::Get, Method::Put, Method::Head, Method::Delete] {
-            assert_eq!(Method::from_proto(m.to_proto() as i32).unwrap(), m);
             assert_eq!(Method::parse(m.as_str()).unwrap(), m);
         }
     }
 
     #[test]
-    fn an_unspecified_method_is_rejected_as_required() {
-        assert!(
-            Method::from_proto(0)
-                .unwrap_err()
-                .reason
-                .contains("required")
-        );
-    }
-
-    #[test]
-    fn an_unknown_method_number_is_rejected() {
-        assert_eq!(Method::from_proto(42).unwrap_err().field, "method");
-        assert!(Method::parse("PATCH").is_err());
+    fn an_unknown_method_is_rejected() {
+        assert_eq!(Method::parse("PATCH").unwrap_err().field, "method");
     }
 }

@@ -11,28 +11,10 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-/// Why a batch was not recorded, cloned to every request in it.
-#[derive(Debug, Clone)]
-pub struct RecordError {
-    pub unavailable: bool,
-    /// Postgres aborted the transaction to break a lock conflict.
-    pub conflict: bool,
-    pub message: String,
-}
-
-impl From<sqlx::Error> for RecordError {
-    fn from(e: sqlx::Error) -> Self {
-        Self {
-            unavailable: registry::is_unavailable(&e),
-            conflict: registry::is_conflict(&e),
-            message: e.to_string(),
-        }
-    }
-}
-
 /// The link back once committed, or None if its key is no longer active
-/// (nothing was written; sign again with the current key).
-pub type Recorded = Result<Option<NewLink>, RecordError>;
+/// (nothing was written; sign again with the current key). A batch's error is
+/// cloned to every request in it.
+pub type Recorded = Result<Option<NewLink>, registry::Error>;
 
 struct Pending {
     link: NewLink,
@@ -58,11 +40,8 @@ impl Recorder {
 
     /// Records `link` and waits for its commit.
     pub async fn record(&self, link: NewLink) -> Recorded {
-        let stopped = || RecordError {
-            unavailable: true,
-            conflict: false,
-            message: "the link recorder stopped".into(),
-        };
+        // Unavailable: whether the row was committed is unknown, no URL leaves.
+        let stopped = || registry::Error::new("recorder", sqlx::Error::WorkerCrashed);
         let (done, answer) = oneshot::channel();
         if self.queue.send(Pending { link, done }).await.is_err() {
             return Err(stopped());
@@ -84,10 +63,10 @@ async fn work(pool: PgPool, rx: Arc<Mutex<mpsc::Receiver<Pending>>>, max_batch: 
         }
         let mut outcome = commit(&pool, &batch).await;
         if let Err(e) = &outcome
-            && e.conflict
+            && e.is_lock_conflict()
         {
             // Nothing was committed and no URL has left: run the batch again once.
-            tracing::warn!(error = %e.message, rows = batch.len(), "link batch aborted by a lock conflict; retrying it");
+            tracing::warn!(error = %e, rows = batch.len(), "link batch aborted by a lock conflict; retrying it");
             outcome = commit(&pool, &batch).await;
         }
         for p in batch {
@@ -103,8 +82,8 @@ async fn work(pool: PgPool, rx: Arc<Mutex<mpsc::Receiver<Pending>>>, max_batch: 
 
 /// One transaction: lock the batch's keys, insert the rows whose key is still
 /// active, commit. Returns the keys that were active.
-async fn commit(pool: &PgPool, batch: &[Pending]) -> Result<HashSet<String>, RecordError> {
-    let mut tx = pool.begin().await?;
+async fn commit(pool: &PgPool, batch: &[Pending]) -> Result<HashSet<String>, registry::Error> {
+    let mut tx = registry::begin(pool).await?;
     let mut keys: Vec<&str> = batch.iter().map(|p| p.link.key_id.as_str()).collect();
     keys.sort_unstable();
     keys.dedup();
@@ -120,6 +99,6 @@ async fn commit(pool: &PgPool, batch: &[Pending]) -> Result<HashSet<String>, Rec
     if !rows.is_empty() {
         registry::links::insert_batch(&mut tx, &rows).await?;
     }
-    tx.commit().await?;
+    registry::commit(tx).await?;
     Ok(active)
 }

@@ -4,8 +4,8 @@
 //! refused outright: something between the link and the store might normalize
 //! `team-a/../team-b/x` into `team-b/x`.
 
+use crate::domain::LinkSpec;
 use crate::domain::{Bucket, CallerName, Method, SignerName, Ttl};
-use crate::signing::LinkSpec;
 use std::num::NonZeroU32;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

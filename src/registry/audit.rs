@@ -1,5 +1,6 @@
 //! The audit trail: append-only (the table refuses UPDATE and DELETE).
 
+use super::error::{During, Error};
 use chrono::{DateTime, Utc};
 use sqlx::PgExecutor;
 use uuid::Uuid;
@@ -16,7 +17,7 @@ pub struct AuditRow {
     pub message: String,
 }
 
-pub async fn insert(db: impl PgExecutor<'_>, row: &AuditRow) -> Result<(), sqlx::Error> {
+pub async fn insert(db: impl PgExecutor<'_>, row: &AuditRow) -> Result<(), Error> {
     sqlx::query(
         "INSERT INTO audit_events (id, at, caller, peer, rpc, target, code, message)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -31,6 +32,7 @@ pub async fn insert(db: impl PgExecutor<'_>, row: &AuditRow) -> Result<(), sqlx:
     .bind(&row.message)
     .execute(db)
     .await
+    .during("audit::insert")
     .map(|_| ())
 }
 
@@ -40,7 +42,7 @@ pub async fn list(
     caller: Option<&str>,
     after: Option<(DateTime<Utc>, Uuid)>,
     limit: i64,
-) -> Result<Vec<AuditRow>, sqlx::Error> {
+) -> Result<Vec<AuditRow>, Error> {
     sqlx::query_as(
         "SELECT id, at, caller, peer, rpc, target, code, message FROM audit_events
          WHERE ($1::text IS NULL OR caller = $1)
@@ -53,4 +55,5 @@ pub async fn list(
     .bind(limit)
     .fetch_all(db)
     .await
+    .during("audit::list")
 }

@@ -6,6 +6,8 @@
 //! aggregate every breakdown in the same pass), so the cost grows with the key's
 //! outstanding links, not with the whole table.
 
+use super::error::{During, Error};
+use crate::domain::KeyState;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
@@ -70,37 +72,40 @@ fn aggregate_sql() -> String {
 pub async fn blast_radius(
     conn: &mut sqlx::PgConnection,
     key_id: &str,
-) -> Result<Option<BlastRadius>, sqlx::Error> {
-    let key: Option<(String, String, DateTime<Utc>)> =
+) -> Result<Option<BlastRadius>, Error> {
+    let key: Option<(String, KeyState, DateTime<Utc>)> =
         sqlx::query_as("SELECT signer, state, now() FROM signing_keys WHERE key_id = $1")
             .bind(key_id)
             .fetch_optional(&mut *conn)
-            .await?;
+            .await
+            .during("blast_radius::blast_radius")?;
     let Some((signer, key_state, computed_at)) = key else {
         return Ok(None);
     };
     let mut radius = BlastRadius {
         key_id: key_id.to_owned(),
         signer,
-        key_state,
+        key_state: key_state.as_str().to_owned(),
         computed_at,
         ..Default::default()
     };
-    if !matches!(radius.key_state.as_str(), "pending" | "active" | "retired") {
+    if key_state.is_dead() {
         return Ok(Some(radius));
     }
     let parts: Vec<Part> = sqlx::query_as(sqlx::AssertSqlSafe(aggregate_sql()))
         .bind(key_id)
         .bind(computed_at)
         .fetch_all(&mut *conn)
-        .await?;
+        .await
+        .during("blast_radius::blast_radius")?;
     radius.sample_link_ids = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
         "SELECT id FROM links WHERE {OUTSTANDING} ORDER BY expires_at DESC, id DESC LIMIT {TOP_N}"
     )))
     .bind(key_id)
     .bind(computed_at)
     .fetch_all(&mut *conn)
-    .await?;
+    .await
+    .during("blast_radius::blast_radius")?;
     for p in parts {
         let n = p.n.unwrap_or(0);
         match (p.grouping, p.bucket, p.caller, p.method) {
@@ -133,7 +138,7 @@ pub async fn compute(
     conn: &mut sqlx::PgConnection,
     key_id: &str,
     signer: &str,
-) -> Result<BlastRadius, sqlx::Error> {
+) -> Result<BlastRadius, Error> {
     Ok(blast_radius(&mut *conn, key_id)
         .await?
         .unwrap_or_else(|| BlastRadius {

@@ -1,5 +1,9 @@
-//! Signing keys: one row per access key, its secret sealed.
+//! Signing keys: one row per access key, its secret sealed. The statements
+//! only; the order they run in (and the lock before a state change) is the key
+//! lifecycle's (`crate::keys`).
 
+use super::error::{During, Error};
+use crate::domain::KeyState;
 use chrono::{DateTime, Utc};
 use sqlx::{AssertSqlSafe, PgConnection, PgExecutor};
 
@@ -7,7 +11,7 @@ use sqlx::{AssertSqlSafe, PgConnection, PgExecutor};
 pub struct KeyRow {
     pub key_id: String,
     pub signer: String,
-    pub state: String,
+    pub state: KeyState,
     /// nonce || ciphertext: opens only with the master key (see `seal`).
     pub sealed_secret: Vec<u8>,
     pub created_at: DateTime<Utc>,
@@ -18,80 +22,64 @@ const COLUMNS: &str = "key_id, signer, state, sealed_secret, created_at";
 pub async fn active_for_signer(
     db: impl PgExecutor<'_>,
     signer: &str,
-) -> Result<Option<KeyRow>, sqlx::Error> {
+) -> Result<Option<KeyRow>, Error> {
     sqlx::query_as(AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM signing_keys WHERE signer = $1 AND state = 'active'"
+        "SELECT {COLUMNS} FROM signing_keys WHERE signer = $1 AND state = $2"
     )))
     .bind(signer)
+    .bind(KeyState::Active)
     .fetch_optional(db)
     .await
+    .during("keys::active_for_signer")
 }
 
-pub async fn all_active(db: impl PgExecutor<'_>) -> Result<Vec<KeyRow>, sqlx::Error> {
+pub async fn all_active(db: impl PgExecutor<'_>) -> Result<Vec<KeyRow>, Error> {
     sqlx::query_as(AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM signing_keys WHERE state = 'active' ORDER BY signer"
+        "SELECT {COLUMNS} FROM signing_keys WHERE state = $1 ORDER BY signer"
     )))
+    .bind(KeyState::Active)
     .fetch_all(db)
     .await
+    .during("keys::all_active")
 }
 
-/// A key provisioned for a signer that has none: it signs at once.
-pub async fn insert_active(
+/// A new key: `Active` for a signer that has none (it signs at once), or
+/// `Pending` for a rotation's replacement (it signs nothing until `activate`).
+pub async fn insert(
     db: impl PgExecutor<'_>,
     key_id: &str,
     signer: &str,
+    state: KeyState,
     sealed_secret: &[u8],
-) -> Result<(), sqlx::Error> {
-    insert(db, key_id, signer, "active", sealed_secret).await
-}
-
-async fn insert(
-    db: impl PgExecutor<'_>,
-    key_id: &str,
-    signer: &str,
-    state: &str,
-    sealed_secret: &[u8],
-) -> Result<(), sqlx::Error> {
+) -> Result<(), Error> {
     sqlx::query(
         "INSERT INTO signing_keys (key_id, signer, state, sealed_secret, activated_at)
-         VALUES ($1, $2, $3, $4, CASE WHEN $3 = 'active' THEN now() END)",
+         VALUES ($1, $2, $3, $4, CASE WHEN $5 THEN now() END)",
     )
     .bind(key_id)
     .bind(signer)
     .bind(state)
     .bind(sealed_secret)
+    .bind(state == KeyState::Active)
     .execute(db)
     .await
+    .during("keys::insert")
     .map(|_| ())
 }
 
-pub async fn get(db: impl PgExecutor<'_>, key_id: &str) -> Result<Option<KeyRow>, sqlx::Error> {
+pub async fn get(db: impl PgExecutor<'_>, key_id: &str) -> Result<Option<KeyRow>, Error> {
     sqlx::query_as(AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM signing_keys WHERE key_id = $1"
     )))
     .bind(key_id)
     .fetch_optional(db)
     .await
+    .during("keys::get")
 }
 
-/// A key a rotation created; it signs nothing until `activate`.
-pub async fn insert_pending(
-    db: impl PgExecutor<'_>,
-    key_id: &str,
-    signer: &str,
-    sealed_secret: &[u8],
-) -> Result<(), sqlx::Error> {
-    insert(db, key_id, signer, "pending", sealed_secret).await
-}
-
-/// Takes the key's issuance lock exclusively until the end of the transaction:
-/// waits for every in-flight batch of links signed by it to commit, and holds
-/// new ones off until this transaction commits (see `links::lock_active_keys`).
-/// Every change of a key's state runs after it.
-pub async fn lock_for_state_change(
-    conn: &mut PgConnection,
-    key_id: &str,
-) -> Result<(), sqlx::Error> {
+/// Takes the key's issuance lock exclusively until the end of the transaction
+/// (see `links::lock_active_keys` and `crate::keys::lock_for_state_change`).
+pub async fn lock_issuance_exclusive(conn: &mut PgConnection, key_id: &str) -> Result<(), Error> {
     sqlx::query(AssertSqlSafe(format!(
         "SELECT pg_advisory_xact_lock({}, hashtext($1))",
         super::links::ISSUANCE_LOCK_CLASS
@@ -99,121 +87,142 @@ pub async fn lock_for_state_change(
     .bind(key_id)
     .execute(conn)
     .await
+    .during("keys::lock_issuance_exclusive")
     .map(|_| ())
 }
 
-/// active -> retired: no link signed by this key is recorded afterwards.
-pub async fn retire(conn: &mut PgConnection, key_id: &str) -> Result<bool, sqlx::Error> {
-    lock_for_state_change(&mut *conn, key_id).await?;
-    sqlx::query("UPDATE signing_keys SET state = 'retired', retired_at = now() WHERE key_id = $1 AND state = 'active'")
-        .bind(key_id)
-        .execute(conn)
-        .await
-        .map(|r| r.rows_affected() == 1)
+/// active -> retired. Run under the key's state-change lock.
+pub async fn retire(conn: &mut PgConnection, key_id: &str) -> Result<bool, Error> {
+    sqlx::query(
+        "UPDATE signing_keys SET state = $2, retired_at = now() WHERE key_id = $1 AND state = $3",
+    )
+    .bind(key_id)
+    .bind(KeyState::Retired)
+    .bind(KeyState::Active)
+    .execute(conn)
+    .await
+    .during("keys::retire")
+    .map(|r| r.rows_affected() == 1)
 }
 
 /// pending -> active.
-pub async fn activate(db: impl PgExecutor<'_>, key_id: &str) -> Result<bool, sqlx::Error> {
-    sqlx::query("UPDATE signing_keys SET state = 'active', activated_at = now() WHERE key_id = $1 AND state = 'pending'")
-        .bind(key_id)
-        .execute(db)
-        .await
-        .map(|r| r.rows_affected() == 1)
+pub async fn activate(db: impl PgExecutor<'_>, key_id: &str) -> Result<bool, Error> {
+    sqlx::query(
+        "UPDATE signing_keys SET state = $2, activated_at = now() WHERE key_id = $1 AND state = $3",
+    )
+    .bind(key_id)
+    .bind(KeyState::Active)
+    .bind(KeyState::Pending)
+    .execute(db)
+    .await
+    .during("keys::activate")
+    .map(|r| r.rows_affected() == 1)
 }
 
-/// Marks a key deactivated at its backend (idempotent), after its in-flight
-/// links are recorded (`lock_for_state_change`).
+/// Marks a live key deactivated at its backend (idempotent: a dead key stays
+/// as it is). Run under the key's state-change lock.
 pub async fn deactivate(
     conn: &mut PgConnection,
     key_id: &str,
     revocation_id: Option<uuid::Uuid>,
-) -> Result<(), sqlx::Error> {
-    lock_for_state_change(&mut *conn, key_id).await?;
-    sqlx::query(
-        "UPDATE signing_keys
-         SET state = 'inactive', deactivated_at = coalesce(deactivated_at, now()),
+) -> Result<(), Error> {
+    sqlx::query(AssertSqlSafe(format!(
+        "UPDATE signing_keys k
+         SET state = $3, deactivated_at = coalesce(deactivated_at, now()),
              revocation_id = coalesce(revocation_id, $2)
-         WHERE key_id = $1 AND state IN ('pending', 'active', 'retired')",
-    )
+         WHERE key_id = $1 AND NOT {}",
+        super::states::KEY_DEAD
+    )))
     .bind(key_id)
     .bind(revocation_id)
+    .bind(KeyState::Inactive)
     .execute(conn)
     .await
+    .during("keys::deactivate")
     .map(|_| ())
 }
 
-pub async fn mark_deleted(db: impl PgExecutor<'_>, key_id: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE signing_keys SET state = 'deleted', deleted_at = now() WHERE key_id = $1")
+pub async fn mark_deleted(db: impl PgExecutor<'_>, key_id: &str) -> Result<(), Error> {
+    sqlx::query("UPDATE signing_keys SET state = $2, deleted_at = now() WHERE key_id = $1")
         .bind(key_id)
+        .bind(KeyState::Deleted)
         .execute(db)
         .await
+        .during("keys::mark_deleted")
         .map(|_| ())
 }
 
 /// Retired keys none of whose links is still outstanding: safe to deactivate.
 pub async fn retired_without_outstanding_links(
     db: impl PgExecutor<'_>,
-) -> Result<Vec<KeyRow>, sqlx::Error> {
+) -> Result<Vec<KeyRow>, Error> {
     sqlx::query_as(AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM signing_keys k
-         WHERE k.state = 'retired'
+         WHERE k.state = $1
            AND NOT EXISTS (SELECT 1 FROM links l WHERE l.key_id = k.key_id AND l.expires_at > now())"
     )))
+    .bind(KeyState::Retired)
     .fetch_all(db)
     .await
+    .during("keys::retired_without_outstanding_links")
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct KeySummaryRow {
     pub key_id: String,
     pub signer: String,
-    pub state: String,
+    pub state: KeyState,
     pub created_at: DateTime<Utc>,
     pub outstanding_links: i64,
     pub latest_expiry: Option<DateTime<Utc>>,
 }
 
 /// Every key (optionally of one signer) with its outstanding links, each count
-/// served by the (key_id, expires_at) index.
+/// served by the (key_id, expires_at) index. A pending or dead key has none.
 pub async fn list_with_outstanding(
     db: impl PgExecutor<'_>,
     signer: Option<&str>,
-) -> Result<Vec<KeySummaryRow>, sqlx::Error> {
+) -> Result<Vec<KeySummaryRow>, Error> {
     sqlx::query_as(
         "SELECT k.key_id, k.signer, k.state, k.created_at, o.n AS outstanding_links, o.latest AS latest_expiry
          FROM signing_keys k
          CROSS JOIN LATERAL (
              SELECT count(*) AS n, max(l.expires_at) AS latest FROM links l
              WHERE l.key_id = k.key_id AND l.expires_at > now() AND l.revocation_id IS NULL
-               AND k.state IN ('active', 'retired')
+               AND k.state IN ($2, $3)
          ) o
          WHERE $1::text IS NULL OR k.signer = $1
          ORDER BY k.signer, k.created_at DESC",
     )
     .bind(signer)
+    .bind(KeyState::Active)
+    .bind(KeyState::Retired)
     .fetch_all(db)
     .await
+    .during("keys::list_with_outstanding")
 }
 
 /// Tells every replica (LISTEN presignd_keys) that a signer's keys changed;
 /// delivered when the surrounding transaction commits.
-pub async fn notify_changed(db: impl PgExecutor<'_>, signer: &str) -> Result<(), sqlx::Error> {
+pub async fn notify_changed(db: impl PgExecutor<'_>, signer: &str) -> Result<(), Error> {
     sqlx::query("SELECT pg_notify($1, $2)")
         .bind(KEYS_CHANNEL)
         .bind(signer)
         .execute(db)
         .await
+        .during("keys::notify_changed")
         .map(|_| ())
 }
 
 pub const KEYS_CHANNEL: &str = "presignd_keys";
 
 /// Links of a key that still work: not expired, not revoked.
-pub async fn outstanding_links(db: impl PgExecutor<'_>, key_id: &str) -> Result<i64, sqlx::Error> {
+pub async fn outstanding_links(db: impl PgExecutor<'_>, key_id: &str) -> Result<i64, Error> {
     sqlx::query_scalar(
         "SELECT count(*) FROM links WHERE key_id = $1 AND expires_at > now() AND revocation_id IS NULL",
     )
     .bind(key_id)
     .fetch_one(db)
     .await
+    .during("keys::outstanding_links")
 }

@@ -12,6 +12,7 @@
 //! match, the planner fetches them and sorts instead, which is why such a page
 //! is planned for its parameters every time (`list_page`).
 
+use super::error::{During, Error};
 use super::links::{LinkRow, select_sql};
 use crate::domain::LinkState;
 use chrono::{DateTime, TimeDelta, Utc};
@@ -19,8 +20,7 @@ use serde::Serialize;
 use sqlx::{PgExecutor, Postgres, QueryBuilder};
 use uuid::Uuid;
 
-/// A link's key is dead: every link it signed is revoked.
-const KEY_DEAD: &str = "k.state IN ('inactive', 'deleted')";
+use super::states::{KEY_DEAD, key_dead};
 
 /// `STATE_SQL = 'x'` spelled out per state, so the planner sees plain predicates
 /// (tests check that both always agree).
@@ -83,19 +83,27 @@ impl From<&LinkRow> for Cursor {
 /// The newest issued_at of any revoked link, NULL if none: the newest link of
 /// each dead key (one probe of `links_by_key_issued` per key) or of the marked
 /// links (one probe of `links_marked_by_revocation`).
-const NEWEST_REVOKED_SQL: &str = "(SELECT greatest(
-    (SELECT max(newest.issued_at) FROM signing_keys dead
-     CROSS JOIN LATERAL (SELECT x.issued_at FROM links x WHERE x.key_id = dead.key_id
+const NEWEST_REVOKED_SQL: &str = concat!(
+    "(SELECT greatest(
+    (SELECT max(newest.issued_at) FROM signing_keys k
+     CROSS JOIN LATERAL (SELECT x.issued_at FROM links x WHERE x.key_id = k.key_id
                          ORDER BY x.issued_at DESC LIMIT 1) newest
-     WHERE dead.state IN ('inactive', 'deleted')),
-    (SELECT max(x.issued_at) FROM links x WHERE x.revocation_id IS NOT NULL)))";
+     WHERE ",
+    key_dead!(),
+    "),
+    (SELECT max(x.issued_at) FROM links x WHERE x.revocation_id IS NOT NULL)))"
+);
 
 /// The oldest issued_at of any link of a live key, NULL if none: one probe of
 /// `links_by_key_issued` per active or retired key.
-const OLDEST_OF_LIVE_KEYS_SQL: &str = "(SELECT min(oldest.issued_at) FROM signing_keys live
-     CROSS JOIN LATERAL (SELECT x.issued_at FROM links x WHERE x.key_id = live.key_id
+const OLDEST_OF_LIVE_KEYS_SQL: &str = concat!(
+    "(SELECT min(oldest.issued_at) FROM signing_keys k
+     CROSS JOIN LATERAL (SELECT x.issued_at FROM links x WHERE x.key_id = k.key_id
                          ORDER BY x.issued_at LIMIT 1) oldest
-     WHERE live.state NOT IN ('inactive', 'deleted'))";
+     WHERE NOT ",
+    key_dead!(),
+    ")"
+);
 
 /// A link lives at most this long (`links_live_at_most_7_days` in 0003).
 const MAX_LIFETIME_SECS: i64 = crate::domain::MAX_TTL.as_secs() as i64;
@@ -241,7 +249,7 @@ pub async fn list_page(
     filter: &LinkFilter,
     after: Option<Cursor>,
     limit: i64,
-) -> Result<Vec<LinkRow>, sqlx::Error> {
+) -> Result<Vec<LinkRow>, Error> {
     let mut q = QueryBuilder::new(select_sql(""));
     push_filter(&mut q, filter);
     push_start(&mut q, filter, after);
@@ -258,6 +266,7 @@ pub async fn list_page(
         .persistent(!filter.has_ranges())
         .fetch_all(db)
         .await
+        .during("link_queries::list_page")
 }
 
 #[cfg(test)]

@@ -14,7 +14,9 @@
 //! `fold` moves the triggers' deltas into `link_rollup` and merges the cells
 //! whose state no longer depends on time; the maintenance loop runs it.
 
+use super::error::{During, Error};
 use super::link_queries::{LinkFilter, push_filter, state_necessary};
+use super::states::{KEY_DEAD, key_dead};
 use crate::domain::LinkState;
 use chrono::{DateTime, Utc};
 use sqlx::{AssertSqlSafe, PgExecutor, PgPool, Postgres, QueryBuilder};
@@ -78,7 +80,7 @@ pub async fn summarize(
     db: impl PgExecutor<'_>,
     filter: &LinkFilter,
     group_by: GroupBy,
-) -> Result<Vec<SummaryRow>, sqlx::Error> {
+) -> Result<Vec<SummaryRow>, Error> {
     if !filter.has_ranges() {
         summarize_rollup(db, filter, group_by).await
     } else {
@@ -91,10 +93,14 @@ pub async fn summarize(
 /// The same rules as `links::STATE_SQL`: a cell of an earlier hour holds links
 /// that expired before this hour began, one of a later hour links that expire
 /// after it ends. (The hour is a sub-select so it is computed once, not per cell.)
-const CELL_STATE: &str = "CASE
-    WHEN k.state IN ('inactive', 'deleted') OR c.marked THEN 'revoked'
+const CELL_STATE: &str = concat!(
+    "CASE
+    WHEN ",
+    key_dead!(),
+    " OR c.marked THEN 'revoked'
     WHEN c.expires_hour < (SELECT date_trunc('hour', now(), 'UTC')) THEN 'expired'
-    WHEN c.expires_hour > (SELECT date_trunc('hour', now(), 'UTC')) THEN 'active' END";
+    WHEN c.expires_hour > (SELECT date_trunc('hour', now(), 'UTC')) THEN 'active' END"
+);
 
 /// Equality filters on a cell's (or a link's) columns, for `alias`.
 fn push_columns_filter(q: &mut QueryBuilder<Postgres>, alias: &str, f: &LinkFilter) {
@@ -156,7 +162,7 @@ pub async fn summarize_rollup(
     db: impl PgExecutor<'_>,
     filter: &LinkFilter,
     group_by: GroupBy,
-) -> Result<Vec<SummaryRow>, sqlx::Error> {
+) -> Result<Vec<SummaryRow>, Error> {
     let (mut q, having) = open_summary(filter);
     let g = group_by.column();
     q.push(format!(
@@ -183,12 +189,16 @@ pub async fn summarize_rollup(
     push_columns_filter(&mut q, "l", filter);
     // OFFSET 0 keeps the sub-select per key: flattened, the planner may read
     // the whole of links_by_key_expiry for the hour instead of one range per key.
-    q.push(
+    q.push(concat!(
         " OFFSET 0) l ON TRUE
-               WHERE k.state NOT IN ('inactive', 'deleted')",
-    );
+               WHERE NOT ",
+        key_dead!()
+    ));
     close_summary(&mut q, &having);
-    q.build_query_as().fetch_all(db).await
+    q.build_query_as()
+        .fetch_all(db)
+        .await
+        .during("link_summary::summarize_rollup")
 }
 
 /// The lock a fold takes, and the roll-up triggers' recount (0005's
@@ -200,18 +210,22 @@ const ROLLUP_LOCK: (i32, i32) = (0x7074, 1);
 /// into its key's '-infinity' cell. One statement, so a summary sees the
 /// roll-up before or after it, never half. Returns None if another fold or a
 /// recount holds the lock (the next fold will do it), else the rows written.
-pub async fn fold(pool: &PgPool) -> Result<Option<u64>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+pub async fn fold(pool: &PgPool) -> Result<Option<u64>, Error> {
+    let mut tx = pool.begin().await.during("link_summary::fold")?;
     let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1, $2)")
         .bind(ROLLUP_LOCK.0)
         .bind(ROLLUP_LOCK.1)
         .fetch_one(&mut *tx)
-        .await?;
+        .await
+        .during("link_summary::fold")?;
     if !locked {
         return Ok(None);
     }
-    const SETTLED: &str = "(a.expires_hour < date_trunc('hour', now(), 'UTC') OR a.marked
-                            OR k.state IN ('inactive', 'deleted'))";
+    const SETTLED: &str = concat!(
+        "(a.expires_hour < date_trunc('hour', now(), 'UTC') OR a.marked OR ",
+        key_dead!(),
+        ")"
+    );
     let written = sqlx::query(AssertSqlSafe(format!(
         "WITH moved AS (
              DELETE FROM link_rollup_delta
@@ -234,9 +248,10 @@ pub async fn fold(pool: &PgPool) -> Result<Option<u64>, sqlx::Error> {
                        latest = greatest(t.latest, EXCLUDED.latest)"
     )))
     .execute(&mut *tx)
-    .await?
+    .await
+    .during("link_summary::fold")?
     .rows_affected();
-    tx.commit().await?;
+    tx.commit().await.during("link_summary::fold")?;
     Ok(Some(written))
 }
 
@@ -245,7 +260,7 @@ pub async fn summarize_scan(
     db: impl PgExecutor<'_>,
     filter: &LinkFilter,
     group_by: GroupBy,
-) -> Result<Vec<SummaryRow>, sqlx::Error> {
+) -> Result<Vec<SummaryRow>, Error> {
     let (mut q, having) = open_summary(filter);
     // Each (group, key) row as three rows, one per state.
     let state_rows = [LinkState::Active, LinkState::Expired, LinkState::Revoked]
@@ -280,10 +295,13 @@ pub async fn summarize_scan(
     }
     q.push(format!(
         " GROUP BY 1, 2) a
-         JOIN (SELECT key_id, state IN ('inactive', 'deleted') AS dead FROM signing_keys) k
+         JOIN (SELECT k.key_id, {KEY_DEAD} AS dead FROM signing_keys k) k
            ON k.key_id = a.key_id
          CROSS JOIN LATERAL (VALUES {state_rows}) s (state, links, latest)"
     ));
     close_summary(&mut q, &having);
-    q.build_query_as().fetch_all(db).await
+    q.build_query_as()
+        .fetch_all(db)
+        .await
+        .during("link_summary::summarize_scan")
 }

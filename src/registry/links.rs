@@ -1,6 +1,9 @@
 //! Links: one row per issued URL. The URL itself is never stored; the SHA-256 of
 //! its signature finds it again.
 
+use super::error::{During, Error};
+use super::states::key_dead;
+use crate::domain::{KeyState, LinkState};
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 use sqlx::{AssertSqlSafe, PgConnection, PgExecutor};
@@ -37,8 +40,8 @@ pub struct LinkRow {
     pub issued_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
     pub revocation_id: Option<Uuid>,
-    /// Derived: 'revoked', 'expired' or 'active' (see `STATE_SQL`).
-    pub state: String,
+    /// Derived (see `STATE_SQL`).
+    pub state: LinkState,
 }
 
 impl LinkRow {
@@ -56,17 +59,21 @@ impl LinkRow {
             issued_at: link.issued_at,
             expires_at: link.expires_at,
             revocation_id: None,
-            state: "active".to_owned(),
+            state: LinkState::Active,
         }
     }
 }
 
 /// A link's state, derived at read time so it can never disagree with its key:
 /// a link whose key is inactive or deleted is revoked, whatever its expiry.
-pub const STATE_SQL: &str = "CASE
-    WHEN k.state IN ('inactive', 'deleted') OR l.revocation_id IS NOT NULL THEN 'revoked'
+pub const STATE_SQL: &str = concat!(
+    "CASE
+    WHEN ",
+    key_dead!(),
+    " OR l.revocation_id IS NOT NULL THEN 'revoked'
     WHEN l.expires_at <= now() THEN 'expired'
-    ELSE 'active' END";
+    ELSE 'active' END"
+);
 
 /// The revocation that killed a link: the one that deactivated its key while
 /// the link was still unexpired.
@@ -92,22 +99,23 @@ pub(super) fn select_sql(filter: &str) -> String {
 pub async fn lock_active_keys(
     conn: &mut PgConnection,
     key_ids: &[&str],
-) -> Result<Vec<String>, sqlx::Error> {
+) -> Result<Vec<String>, Error> {
     sqlx::query(AssertSqlSafe(format!(
         "SELECT pg_advisory_xact_lock_shared({ISSUANCE_LOCK_CLASS}, hashtext(k))
          FROM unnest($1::text[]) k"
     )))
     .bind(key_ids)
     .execute(&mut *conn)
-    .await?;
+    .await
+    .during("links::lock_active_keys")?;
     // A new statement, so a new snapshot: it sees any state change committed
     // before the locks were granted.
-    sqlx::query_scalar(
-        "SELECT key_id FROM signing_keys WHERE key_id = ANY($1) AND state = 'active'",
-    )
-    .bind(key_ids)
-    .fetch_all(&mut *conn)
-    .await
+    sqlx::query_scalar("SELECT key_id FROM signing_keys WHERE key_id = ANY($1) AND state = $2")
+        .bind(key_ids)
+        .bind(KeyState::Active)
+        .fetch_all(&mut *conn)
+        .await
+        .during("links::lock_active_keys")
 }
 
 /// The advisory lock class of a key's issuance lock ("ps").
@@ -115,7 +123,7 @@ pub const ISSUANCE_LOCK_CLASS: i32 = 0x7073;
 
 /// Inserts many links in one statement (group commit: one WAL flush for the
 /// whole batch instead of one per link).
-pub async fn insert_batch(conn: &mut PgConnection, links: &[&NewLink]) -> Result<(), sqlx::Error> {
+pub async fn insert_batch(conn: &mut PgConnection, links: &[&NewLink]) -> Result<(), Error> {
     let col = |f: fn(&NewLink) -> String| links.iter().map(|l| f(l)).collect::<Vec<_>>();
     sqlx::query(
         "INSERT INTO links (id, key_id, signer, caller, method, bucket, object_key, labels,
@@ -142,14 +150,16 @@ pub async fn insert_batch(conn: &mut PgConnection, links: &[&NewLink]) -> Result
     )
     .execute(conn)
     .await
+    .during("links::insert_batch")
     .map(|_| ())
 }
 
-pub async fn get(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<LinkRow>, sqlx::Error> {
+pub async fn get(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<LinkRow>, Error> {
     sqlx::query_as(AssertSqlSafe(select_sql("WHERE l.id = $1")))
         .bind(id)
         .fetch_optional(db)
         .await
+        .during("links::get")
 }
 
 /// The earliest link recorded with this signature hash: identical requests signed
@@ -157,13 +167,14 @@ pub async fn get(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<LinkRow>, s
 pub async fn find_by_signature(
     db: impl PgExecutor<'_>,
     signature_sha256: &[u8],
-) -> Result<Option<LinkRow>, sqlx::Error> {
+) -> Result<Option<LinkRow>, Error> {
     sqlx::query_as(AssertSqlSafe(select_sql(
         "WHERE l.signature_sha256 = $1 ORDER BY l.issued_at, l.id LIMIT 1",
     )))
     .bind(signature_sha256)
     .fetch_optional(db)
     .await
+    .during("links::find_by_signature")
 }
 
 /// How many links a deactivation revoked: those of the key still unexpired when
@@ -174,7 +185,7 @@ pub async fn find_by_signature(
 pub async fn count_revoked_by_deactivation(
     db: impl PgExecutor<'_>,
     key_id: &str,
-) -> Result<i64, sqlx::Error> {
+) -> Result<i64, Error> {
     sqlx::query_scalar(
         "SELECT count(*) FROM links l JOIN signing_keys k ON k.key_id = l.key_id
          WHERE l.key_id = $1 AND l.expires_at > k.deactivated_at",
@@ -182,4 +193,5 @@ pub async fn count_revoked_by_deactivation(
     .bind(key_id)
     .fetch_one(db)
     .await
+    .during("links::count_revoked_by_deactivation")
 }

@@ -6,6 +6,8 @@ use sqlx::types::Json;
 use uuid::Uuid;
 
 use super::blast_radius::BlastRadius;
+use super::error::{During, Error};
+use crate::domain::{RevocationState, RotationMode};
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
 pub struct StepRecord {
@@ -19,12 +21,12 @@ pub struct StepRecord {
 pub struct RevocationRow {
     pub id: Uuid,
     pub signer: String,
-    pub mode: String,
+    pub mode: RotationMode,
     pub requested_by: String,
     pub reason: String,
     pub old_key_id: Option<String>,
     pub new_key_id: Option<String>,
-    pub state: String,
+    pub state: RevocationState,
     pub next_step: String,
     pub blast_radius: Json<BlastRadius>,
     pub links_revoked: i64,
@@ -41,7 +43,7 @@ const COLUMNS: &str =
 pub struct NewRevocation<'a> {
     pub id: Uuid,
     pub signer: &'a str,
-    pub mode: &'a str,
+    pub mode: RotationMode,
     pub requested_by: &'a str,
     pub reason: &'a str,
     pub old_key_id: Option<&'a str>,
@@ -49,10 +51,10 @@ pub struct NewRevocation<'a> {
     pub blast_radius: &'a BlastRadius,
 }
 
-pub async fn insert(db: impl PgExecutor<'_>, r: &NewRevocation<'_>) -> Result<(), sqlx::Error> {
+pub async fn insert(db: impl PgExecutor<'_>, r: &NewRevocation<'_>) -> Result<(), Error> {
     sqlx::query(
         "INSERT INTO revocations (id, signer, mode, requested_by, reason, old_key_id, state, next_step, blast_radius)
-         VALUES ($1, $2, $3, $4, $5, $6, 'running', $7, $8)",
+         VALUES ($1, $2, $3, $4, $5, $6, $9, $7, $8)",
     )
     .bind(r.id)
     .bind(r.signer)
@@ -62,110 +64,124 @@ pub async fn insert(db: impl PgExecutor<'_>, r: &NewRevocation<'_>) -> Result<()
     .bind(r.old_key_id)
     .bind(r.first_step)
     .bind(Json(r.blast_radius))
+    .bind(RevocationState::Running)
     .execute(db)
-    .await
+    .await.during("revocations::insert")
     .map(|_| ())
 }
 
-pub async fn get(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<RevocationRow>, sqlx::Error> {
+pub async fn get(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<RevocationRow>, Error> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM revocations WHERE id = $1"
     )))
     .bind(id)
     .fetch_optional(db)
     .await
+    .during("revocations::get")
 }
 
 /// Locks the revocation for one step: drivers on several replicas take turns.
-pub async fn lock(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<RevocationRow>, sqlx::Error> {
+pub async fn lock(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<RevocationRow>, Error> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM revocations WHERE id = $1 FOR UPDATE"
     )))
     .bind(id)
     .fetch_optional(db)
     .await
+    .during("revocations::lock")
 }
 
-pub async fn running_ids(db: impl PgExecutor<'_>) -> Result<Vec<Uuid>, sqlx::Error> {
-    sqlx::query_scalar("SELECT id FROM revocations WHERE state = 'running' ORDER BY created_at")
+pub async fn running_ids(db: impl PgExecutor<'_>) -> Result<Vec<Uuid>, Error> {
+    sqlx::query_scalar("SELECT id FROM revocations WHERE state = $1 ORDER BY created_at")
+        .bind(RevocationState::Running)
         .fetch_all(db)
         .await
+        .during("revocations::running_ids")
 }
 
 pub async fn running_for_signer(
     db: impl PgExecutor<'_>,
     signer: &str,
-) -> Result<Option<Uuid>, sqlx::Error> {
-    sqlx::query_scalar("SELECT id FROM revocations WHERE signer = $1 AND state = 'running'")
+) -> Result<Option<Uuid>, Error> {
+    sqlx::query_scalar("SELECT id FROM revocations WHERE signer = $1 AND state = $2")
         .bind(signer)
+        .bind(RevocationState::Running)
         .fetch_optional(db)
         .await
+        .during("revocations::running_for_signer")
 }
 
-/// Records a finished step and moves to the next one.
+/// Records a finished step and moves to the next one; `finished`: that was the
+/// last step, the revocation succeeded.
 pub async fn advance(
     db: impl PgExecutor<'_>,
     id: Uuid,
     step: &StepRecord,
     next_step: &str,
-) -> Result<(), sqlx::Error> {
+    finished: bool,
+) -> Result<(), Error> {
     sqlx::query(
         "UPDATE revocations SET steps = steps || $2, next_step = $3, error = NULL,
-             state = CASE WHEN $3 = 'done' THEN 'succeeded' ELSE state END,
-             finished_at = CASE WHEN $3 = 'done' THEN now() ELSE finished_at END
+             state = CASE WHEN $4 THEN $5 ELSE state END,
+             finished_at = CASE WHEN $4 THEN now() ELSE finished_at END
          WHERE id = $1",
     )
     .bind(id)
     .bind(Json(vec![step]))
     .bind(next_step)
+    .bind(finished)
+    .bind(RevocationState::Succeeded)
     .execute(db)
     .await
+    .during("revocations::advance")
     .map(|_| ())
 }
 
-pub async fn set_new_key(
-    db: impl PgExecutor<'_>,
-    id: Uuid,
-    key_id: &str,
-) -> Result<(), sqlx::Error> {
+pub async fn set_new_key(db: impl PgExecutor<'_>, id: Uuid, key_id: &str) -> Result<(), Error> {
     sqlx::query("UPDATE revocations SET new_key_id = $2 WHERE id = $1")
         .bind(id)
         .bind(key_id)
         .execute(db)
         .await
+        .during("revocations::set_new_key")
         .map(|_| ())
 }
 
-pub async fn add_revoked(db: impl PgExecutor<'_>, id: Uuid, n: i64) -> Result<(), sqlx::Error> {
+pub async fn add_revoked(db: impl PgExecutor<'_>, id: Uuid, n: i64) -> Result<(), Error> {
     sqlx::query("UPDATE revocations SET links_revoked = links_revoked + $2 WHERE id = $1")
         .bind(id)
         .bind(n)
         .execute(db)
         .await
+        .during("revocations::add_revoked")
         .map(|_| ())
 }
 
 /// A step failed for good: the revocation stops here, with the failed step recorded.
-pub async fn fail(db: impl PgExecutor<'_>, id: Uuid, step: &StepRecord) -> Result<(), sqlx::Error> {
+pub async fn fail(db: impl PgExecutor<'_>, id: Uuid, step: &StepRecord) -> Result<(), Error> {
     sqlx::query(
-        "UPDATE revocations SET steps = steps || $2, state = 'failed', error = $3, finished_at = now()
+        "UPDATE revocations SET steps = steps || $2, state = $4, error = $3, finished_at = now()
          WHERE id = $1",
     )
     .bind(id)
     .bind(Json(vec![step]))
     .bind(&step.error)
+    .bind(RevocationState::Failed)
     .execute(db)
     .await
+    .during("revocations::fail")
     .map(|_| ())
 }
 
 /// A step failed for now (backend or registry unavailable): noted, retried later.
-pub async fn note_error(db: impl PgExecutor<'_>, id: Uuid, error: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE revocations SET error = $2 WHERE id = $1 AND state = 'running'")
+pub async fn note_error(db: impl PgExecutor<'_>, id: Uuid, error: &str) -> Result<(), Error> {
+    sqlx::query("UPDATE revocations SET error = $2 WHERE id = $1 AND state = $3")
         .bind(id)
         .bind(error)
+        .bind(RevocationState::Running)
         .execute(db)
         .await
+        .during("revocations::note_error")
         .map(|_| ())
 }
 
@@ -175,7 +191,7 @@ pub async fn list(
     signer: Option<&str>,
     after: Option<(DateTime<Utc>, Uuid)>,
     limit: i64,
-) -> Result<Vec<RevocationRow>, sqlx::Error> {
+) -> Result<Vec<RevocationRow>, Error> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM revocations
          WHERE ($1::text IS NULL OR signer = $1)
@@ -188,4 +204,5 @@ pub async fn list(
     .bind(limit)
     .fetch_all(db)
     .await
+    .during("revocations::list")
 }

@@ -1,5 +1,6 @@
 //! Signers: the principals whose keys sign links (revocation domains).
 
+use super::error::{During, Error};
 use sqlx::PgExecutor;
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -9,12 +10,13 @@ pub struct SignerRow {
     pub paused: bool,
 }
 
-pub async fn upsert(db: impl PgExecutor<'_>, name: &str, backend: &str) -> Result<(), sqlx::Error> {
+pub async fn upsert(db: impl PgExecutor<'_>, name: &str, backend: &str) -> Result<(), Error> {
     sqlx::query("INSERT INTO signers (name, backend) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
         .bind(name)
         .bind(backend)
         .execute(db)
         .await
+        .during("signers::upsert")
         .map(|_| ())
 }
 
@@ -25,36 +27,36 @@ pub async fn upsert(db: impl PgExecutor<'_>, name: &str, backend: &str) -> Resul
 /// with FOR KEY SHARE on this row, which FOR UPDATE would block. A rotation
 /// holding this lock while it waits for the issuance lock of the key it retires
 /// (held shared by a link batch waiting on this row) would then deadlock.
-pub async fn lock(db: impl PgExecutor<'_>, name: &str) -> Result<Option<SignerRow>, sqlx::Error> {
+pub async fn lock(db: impl PgExecutor<'_>, name: &str) -> Result<Option<SignerRow>, Error> {
     sqlx::query_as("SELECT name, backend, paused FROM signers WHERE name = $1 FOR NO KEY UPDATE")
         .bind(name)
         .fetch_optional(db)
         .await
+        .during("signers::lock")
 }
 
-pub async fn list(db: impl PgExecutor<'_>) -> Result<Vec<SignerRow>, sqlx::Error> {
+pub async fn list(db: impl PgExecutor<'_>) -> Result<Vec<SignerRow>, Error> {
     sqlx::query_as("SELECT name, backend, paused FROM signers ORDER BY name")
         .fetch_all(db)
         .await
+        .during("signers::list")
 }
 
 /// Pauses or resumes issuance for a signer (EMERGENCY rotation).
-pub async fn set_paused(
-    db: impl PgExecutor<'_>,
-    name: &str,
-    paused: bool,
-) -> Result<(), sqlx::Error> {
+pub async fn set_paused(db: impl PgExecutor<'_>, name: &str, paused: bool) -> Result<(), Error> {
     sqlx::query("UPDATE signers SET paused = $2 WHERE name = $1")
         .bind(name)
         .bind(paused)
         .execute(db)
         .await
+        .during("signers::set_paused")
         .map(|_| ())
 }
 
-pub async fn exists(db: impl PgExecutor<'_>, name: &str) -> Result<bool, sqlx::Error> {
+pub async fn exists(db: impl PgExecutor<'_>, name: &str) -> Result<bool, Error> {
     sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM signers WHERE name = $1)")
         .bind(name)
         .fetch_one(db)
         .await
+        .during("signers::exists")
 }

@@ -1,7 +1,7 @@
 //! One access key, ready to presign. The secret lives only inside the SDK's
 //! credentials (whose Debug output is redacted).
 
-use crate::domain::{Bucket, ContentDisposition, ContentType, Method, ObjectKey, Ttl};
+use crate::domain::{LinkSpec, Method};
 use crate::secret::SecretString;
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region, RequestChecksumCalculation};
 use aws_sdk_s3::error::DisplayErrorContext;
@@ -15,17 +15,6 @@ pub struct S3Target {
     pub endpoint: String,
     pub region: String,
     pub path_style: bool,
-}
-
-/// What to sign: everything a link binds.
-#[derive(Debug, Clone)]
-pub struct LinkSpec {
-    pub method: Method,
-    pub bucket: Bucket,
-    pub object_key: ObjectKey,
-    pub ttl: Ttl,
-    pub content_type: Option<ContentType>,
-    pub content_disposition: Option<ContentDisposition>,
 }
 
 /// A presigned request. `url` is a bearer credential: it is returned to the

@@ -9,6 +9,7 @@ use presignd::policy::PolicyHandle;
 use presignd::proto::{
     self, key_service_client::KeyServiceClient, link_service_client::LinkServiceClient,
 };
+use presignd::revocation::Revocations;
 use sqlx::PgPool;
 use sqlx::postgres::PgConnectOptions;
 use std::time::Duration;
@@ -42,6 +43,19 @@ pub fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
         panic!("{name} is not set: run `deploy/dev/stack.sh` and `source deploy/dev/.state/env` (or use deploy/dev/test.sh)")
     })
+}
+
+/// The dev Garage's admin API, as presignd's backend adapter (a test plays a
+/// crash after a backend call by making it itself).
+pub fn garage_backend() -> presignd::backend::garage::GarageBackend {
+    presignd::backend::garage::GarageBackend::new(
+        &env("GARAGE_ADMIN_URL"),
+        presignd::secret::SecretString::new(env("GARAGE_ADMIN_TOKEN")),
+        env("PRESIGND_TEST_BUCKETS")
+            .split(',')
+            .map(str::to_owned)
+            .collect(),
+    )
 }
 
 pub fn test_bucket() -> String {
@@ -100,8 +114,10 @@ pub struct TestApp {
     pub links: Links,
     /// KeyService as the admin caller.
     pub keys: Keys,
-    /// The server's key manager, to drive revocations step by step.
+    /// The server's key manager (its keyring, its secrets).
     pub km: KeyManager,
+    /// The server's revocation service, to drive revocations step by step.
+    pub revocations: Revocations,
     /// The policy in force (reloadable).
     pub policy: PolicyHandle,
     pub http: reqwest::Client,
@@ -175,6 +191,7 @@ async fn spawn_app_on(config: Config, db: PgConnectOptions, ca_pem: Option<&str>
     let app = App::build_with_db(config, db).await.expect("app builds");
     let port = app.port();
     let km = app.key_manager();
+    let revocations = app.revocations();
     let policy = app.policy();
     let metrics_port = app.metrics_port();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -201,6 +218,7 @@ async fn spawn_app_on(config: Config, db: PgConnectOptions, ca_pem: Option<&str>
         links,
         keys,
         km,
+        revocations,
         policy,
         http: reqwest::Client::new(),
         bucket: test_bucket(),

@@ -5,8 +5,8 @@
 //! link granted lies inside the caller's rules and was recorded.
 
 use crate::helpers::*;
-use presignd::domain::Method;
 use presignd::policy::key_has_dot_segment;
+use presignd::proto;
 use proptest::strategy::{Strategy, ValueTree};
 use proptest::test_runner::TestRunner;
 use sqlx::PgPool;
@@ -69,8 +69,8 @@ async fn generated_requests_through_the_server_are_granted_or_refused_precisely(
                         && !key_has_dot_segment(key)
                         && link.signer == "team-a"
                         && matches!(
-                            Method::from_proto(link.method),
-                            Ok(Method::Get | Method::Head)
+                            proto::Method::try_from(link.method),
+                            Ok(proto::Method::Get | proto::Method::Head)
                         )
                         && link.expires_at.unwrap().seconds - link.issued_at.unwrap().seconds
                             <= 3600,

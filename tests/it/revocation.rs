@@ -4,11 +4,13 @@
 //! last one expires, and an interrupted procedure completes after a restart.
 
 use crate::helpers::*;
+use presignd::backend::KeyBackend;
+use presignd::domain::{RevocationState as State, RotationMode as Mode};
 use presignd::proto::{
     self, IssueLinkResponse, Method, PlanRevocationRequest, RevocationState, RotateKeyRequest,
     RotationMode, link_service_client::LinkServiceClient, plan_revocation_request::Target,
 };
-use presignd::revocation::{self, Advance, Mode, RotateRequest, Rotation, Step};
+use presignd::revocation::{self, Advance, RotateRequest, Rotation, Step};
 use reqwest::StatusCode;
 use sqlx::PgPool;
 use std::collections::HashMap;
@@ -424,7 +426,9 @@ async fn emergency_kills_the_old_key_before_the_new_one_exists(pool: PgPool) {
         .issue(link_request(&bucket, &obj, Method::Get, 600))
         .await
         .unwrap();
-    let Rotation::Ran(row) = revocation::start(&app.km, domain_req(Mode::Emergency))
+    let Rotation::Ran(row) = app
+        .revocations
+        .start(domain_req(Mode::Emergency))
         .await
         .unwrap()
     else {
@@ -432,7 +436,7 @@ async fn emergency_kills_the_old_key_before_the_new_one_exists(pool: PgPool) {
     };
 
     assert_eq!(
-        revocation::try_advance(&app.km, row.id).await.unwrap(),
+        app.revocations.try_advance(row.id).await.unwrap(),
         Advance::Stepped(Step::DeactivateOld)
     );
     assert_eq!(
@@ -459,10 +463,10 @@ async fn emergency_kills_the_old_key_before_the_new_one_exists(pool: PgPool) {
     );
 
     assert_eq!(
-        revocation::drive(&app.km, row.id).await.unwrap(),
-        "succeeded"
+        app.revocations.drive(row.id).await.unwrap(),
+        State::Succeeded
     );
-    let report = revocation::get(&app.km, row.id).await.unwrap();
+    let report = app.revocations.get(row.id).await.unwrap();
     assert_eq!(report.links_revoked, 2);
     let after = app
         .issue(link_request(&bucket, &obj, Method::Get, 60))
@@ -479,7 +483,7 @@ async fn emergency_kills_the_old_key_before_the_new_one_exists(pool: PgPool) {
 /// deactivation, after the backend call but before the registry knew), restarts
 /// the server, and checks that the revocation completed consistently.
 async fn crash_and_resume(pool: PgPool, mode: Mode) {
-    let steps = mode.steps(true);
+    let steps = revocation::steps(mode, true);
     for done in 0..=steps.len() {
         let mut app = spawn_app(&pool).await;
         let bucket = buckets()[0].clone();
@@ -488,16 +492,15 @@ async fn crash_and_resume(pool: PgPool, mode: Mode) {
             .issue(link_request(&bucket, &obj, Method::Get, 600))
             .await
             .unwrap();
-        let Rotation::Ran(row) = revocation::start(&app.km, domain_req(mode)).await.unwrap() else {
+        let Rotation::Ran(row) = app.revocations.start(domain_req(mode)).await.unwrap() else {
             panic!()
         };
         for _ in 0..done {
-            revocation::try_advance(&app.km, row.id).await.unwrap();
+            app.revocations.try_advance(row.id).await.unwrap();
         }
         if steps.get(done) == Some(&Step::DeactivateOld) {
             // Crash in the middle of the step: the backend already refuses the key.
-            app.km
-                .backend
+            garage_backend()
                 .deactivate_key("default", row.old_key_id.as_deref().unwrap())
                 .await
                 .unwrap();
@@ -505,9 +508,10 @@ async fn crash_and_resume(pool: PgPool, mode: Mode) {
         drop(app); // the crash
 
         let mut app = spawn_app(&pool).await; // SERVING only once the revocation finished
-        let report = revocation::get(&app.km, row.id).await.unwrap();
+        let report = app.revocations.get(row.id).await.unwrap();
         assert_eq!(
-            report.state, "succeeded",
+            report.state,
+            State::Succeeded,
             "{mode:?} after {done} steps: {report:?}"
         );
         assert_eq!(report.steps.0.len(), steps.len(), "each step recorded once");
@@ -586,8 +590,7 @@ async fn another_replica_signs_with_the_new_key_promptly(pool: PgPool) {
     let mut held = String::new();
     for _ in 0..100 {
         held =
-            b.km.keyring
-                .active("default")
+            b.km.active_key("default")
                 .map(|k| k.key_id.clone())
                 .unwrap_or_default();
         if held == report.new_key_id {

@@ -43,9 +43,9 @@ fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
 }
 
 fn parse_state(s: &str) -> Result<proto::LinkState, String> {
-    presignd::domain::LinkState::parse(s)
-        .map(|s| s.to_proto())
-        .map_err(|e| e.reason)
+    let state = presignd::domain::LinkState::parse(s).map_err(|e| e.reason)?;
+    let name = format!("LINK_STATE_{}", state.as_str().to_ascii_uppercase());
+    Ok(proto::LinkState::from_str_name(&name).expect("every link state has a proto name"))
 }
 
 fn parse_group_by(s: &str) -> Result<proto::GroupBy, String> {

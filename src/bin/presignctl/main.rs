@@ -177,7 +177,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     Ok(r)
                 },
             );
-            let method = presignd::domain::Method::parse(&method)?.to_proto();
+            let method = presignd::domain::Method::parse(&method)?;
+            let method = proto::Method::from_str_name(&format!("METHOD_{}", method.as_str()))
+                .expect("every method has a proto name");
             let resp = client
                 .issue_link(proto::IssueLinkRequest {
                     bucket,

@@ -2,7 +2,7 @@
 //! consistent (AWS IAM takes seconds to accept a new key), so a presigned probe is
 //! sent until the backend accepts it, with bounded retries.
 
-use super::SigningKey;
+use crate::signing::SigningKey;
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]

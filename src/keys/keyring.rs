@@ -1,7 +1,7 @@
 //! Each signer's active key, shared by every request. Reads are a read-lock and an
 //! Arc clone; a rotation swaps the entry.
 
-use super::SigningKey;
+use crate::signing::SigningKey;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 

@@ -1,0 +1,269 @@
+//! Parsing requests: proto messages into validated domain values. A bad field
+//! is a `FieldError` naming it (INVALID_ARGUMENT at the edge).
+
+use crate::dashboard::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
+use crate::domain::{
+    Bucket, CallerName, ContentDisposition, ContentType, FieldError, Labels, LinkSpec, LinkState,
+    Method, ObjectKey, RotationMode, SignerName, Ttl,
+};
+use crate::proto;
+use crate::registry::link_queries::LinkFilter;
+use crate::registry::link_summary::GroupBy;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+pub fn method(value: i32) -> Result<Method, FieldError> {
+    match proto::Method::try_from(value) {
+        Ok(proto::Method::Get) => Ok(Method::Get),
+        Ok(proto::Method::Put) => Ok(Method::Put),
+        Ok(proto::Method::Head) => Ok(Method::Head),
+        Ok(proto::Method::Delete) => Ok(Method::Delete),
+        Ok(proto::Method::Unspecified) => Err(FieldError::new(
+            "method",
+            "is required: one of GET, PUT, HEAD, DELETE",
+        )),
+        Err(_) => Err(FieldError::new(
+            "method",
+            format!("unknown value {value}: expected one of GET, PUT, HEAD, DELETE"),
+        )),
+    }
+}
+
+/// `None` for UNSPECIFIED: no filter on the state.
+pub fn link_state(field: &'static str, value: i32) -> Result<Option<LinkState>, FieldError> {
+    match proto::LinkState::try_from(value) {
+        Ok(proto::LinkState::Unspecified) => Ok(None),
+        Ok(proto::LinkState::Active) => Ok(Some(LinkState::Active)),
+        Ok(proto::LinkState::Expired) => Ok(Some(LinkState::Expired)),
+        Ok(proto::LinkState::Revoked) => Ok(Some(LinkState::Revoked)),
+        Err(_) => Err(FieldError::new(
+            field,
+            format!("unknown value {value}: expected ACTIVE, EXPIRED or REVOKED"),
+        )),
+    }
+}
+
+pub fn rotation_mode(value: i32) -> Result<RotationMode, FieldError> {
+    match proto::RotationMode::try_from(value) {
+        Ok(proto::RotationMode::Graceful) => Ok(RotationMode::Graceful),
+        Ok(proto::RotationMode::Revoke) => Ok(RotationMode::Revoke),
+        Ok(proto::RotationMode::Emergency) => Ok(RotationMode::Emergency),
+        _ => Err(FieldError::new(
+            "mode",
+            "is required: one of GRACEFUL, REVOKE, EMERGENCY",
+        )),
+    }
+}
+
+pub fn link_id(id: &str) -> Result<Uuid, FieldError> {
+    match id {
+        "" => Err(FieldError::new("id", "is required")),
+        id => {
+            Uuid::parse_str(id).map_err(|_| FieldError::new("id", format!("{id:?} is not a UUID")))
+        }
+    }
+}
+
+pub fn group_by(value: i32) -> Result<GroupBy, FieldError> {
+    match proto::GroupBy::try_from(value) {
+        Ok(proto::GroupBy::Key) => Ok(GroupBy::Key),
+        Ok(proto::GroupBy::Signer) => Ok(GroupBy::Signer),
+        Ok(proto::GroupBy::Bucket) => Ok(GroupBy::Bucket),
+        Ok(proto::GroupBy::Caller) => Ok(GroupBy::Caller),
+        Ok(proto::GroupBy::Unspecified) | Err(_) => Err(FieldError::new(
+            "group_by",
+            "is required: one of KEY, SIGNER, BUCKET, CALLER",
+        )),
+    }
+}
+
+fn time(
+    field: &'static str,
+    t: &Option<prost_types::Timestamp>,
+) -> Result<Option<DateTime<Utc>>, FieldError> {
+    t.as_ref()
+        .map(|t| {
+            u32::try_from(t.nanos)
+                .ok()
+                .and_then(|nanos| DateTime::from_timestamp(t.seconds, nanos))
+                .ok_or_else(|| FieldError::new(field, "is not a valid timestamp"))
+        })
+        .transpose()
+}
+
+/// A field of the filter, validated by `parse` and named `filter.<field>`; empty
+/// means "do not filter".
+fn filter_field<T>(
+    field: &'static str,
+    value: &str,
+    parse: impl FnOnce(&str) -> Result<T, FieldError>,
+) -> Result<Option<T>, FieldError> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    parse(value)
+        .map(Some)
+        .map_err(|e| FieldError::new(field, e.reason))
+}
+
+fn key_id(s: &str) -> Result<String, FieldError> {
+    let ok = s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'));
+    match ok {
+        true => Ok(s.to_owned()),
+        false => Err(FieldError::new(
+            "key_id",
+            "must be at most 128 characters of A-Z, a-z, 0-9, '-' and '_'",
+        )),
+    }
+}
+
+/// Validates a LinkFilter (absent: every link); a bad field is named `filter.<field>`.
+pub fn link_filter(f: Option<&proto::LinkFilter>) -> Result<LinkFilter, FieldError> {
+    let Some(f) = f else {
+        return Ok(LinkFilter::default());
+    };
+    let filter = LinkFilter {
+        state: link_state("filter.state", f.state)?,
+        bucket: filter_field("filter.bucket", &f.bucket, |s| {
+            Bucket::parse(s).map(|b| b.as_str().to_owned())
+        })?,
+        object_key_prefix: filter_field("filter.object_key_prefix", &f.object_key_prefix, |s| {
+            ObjectKey::parse(s).map(|k| k.as_str().to_owned())
+        })?,
+        caller: filter_field("filter.caller", &f.caller, |s| {
+            CallerName::parse(s).map(|c| c.as_str().to_owned())
+        })?,
+        key_id: filter_field("filter.key_id", &f.key_id, key_id)?,
+        signer: filter_field("filter.signer", &f.signer, |s| {
+            SignerName::parse(s).map(|c| c.as_str().to_owned())
+        })?,
+        expires_after: time("filter.expires_after", &f.expires_after)?,
+        expires_before: time("filter.expires_before", &f.expires_before)?,
+    };
+    if let (Some(after), Some(before)) = (filter.expires_after, filter.expires_before)
+        && after >= before
+    {
+        return Err(FieldError::new(
+            "filter.expires_before",
+            "must be later than filter.expires_after",
+        ));
+    }
+    Ok(filter)
+}
+
+/// Validates an IssueLinkRequest field by field; the first bad field is named.
+pub fn link_request(req: &proto::IssueLinkRequest) -> Result<(LinkSpec, Labels), FieldError> {
+    let bucket = Bucket::parse(&req.bucket)?;
+    let object_key = ObjectKey::parse(&req.object_key)?;
+    let method = method(req.method)?;
+    let ttl = match &req.ttl {
+        Some(d) => Ttl::parse(d.seconds, d.nanos)?,
+        None => return Err(FieldError::new("ttl", "is required (1s to 7 days)")),
+    };
+    let labels = Labels::parse(&req.labels)?;
+    let content_type = match (req.content_type.as_str(), method) {
+        ("", _) => None,
+        (ct, Method::Put) => Some(ContentType::parse(ct)?),
+        _ => {
+            return Err(FieldError::new(
+                "content_type",
+                "may be set only for PUT links",
+            ));
+        }
+    };
+    let content_disposition = match (req.response_content_disposition.as_str(), method) {
+        ("", _) => None,
+        (d, Method::Get) => Some(ContentDisposition::parse(d)?),
+        _ => {
+            return Err(FieldError::new(
+                "response_content_disposition",
+                "may be set only for GET links",
+            ));
+        }
+    };
+    Ok((
+        LinkSpec {
+            method,
+            bucket,
+            object_key,
+            ttl,
+            content_type,
+            content_disposition,
+        },
+        labels,
+    ))
+}
+
+pub fn uuid(field: &'static str, s: &str) -> Result<Uuid, FieldError> {
+    if s.is_empty() {
+        return Err(FieldError::new(field, "is required"));
+    }
+    uuid::Uuid::parse_str(s).map_err(|_| FieldError::new(field, format!("{s:?} is not a UUID")))
+}
+
+/// Page size of the admin listings (revocations, audit events): the dashboards'
+/// default and maximum, but a size over the maximum is refused.
+pub fn page_size(n: u32) -> Result<i64, FieldError> {
+    match n {
+        0 => Ok(DEFAULT_PAGE_SIZE as i64),
+        n if n > MAX_PAGE_SIZE => Err(FieldError::new(
+            "page_size",
+            format!("{n} is over the maximum of {MAX_PAGE_SIZE}"),
+        )),
+        n => Ok(n as i64),
+    }
+}
+
+pub fn time_id_cursor(token: &str) -> Result<Option<(DateTime<Utc>, uuid::Uuid)>, FieldError> {
+    use base64::Engine;
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let bad = || FieldError::new("page_token", "is not a token this service issued");
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .map_err(|_| bad())?;
+    let raw = String::from_utf8(raw).map_err(|_| bad())?;
+    let (micros, id) = raw.split_once('|').ok_or_else(bad)?;
+    let at = DateTime::from_timestamp_micros(micros.parse().map_err(|_| bad())?).ok_or_else(bad)?;
+    Ok(Some((at, uuid::Uuid::parse_str(id).map_err(|_| bad())?)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::response;
+
+    #[test]
+    fn every_method_state_and_mode_round_trips_through_proto() {
+        for m in [Method::Get, Method::Put, Method::Head, Method::Delete] {
+            assert_eq!(method(response::method(m) as i32).unwrap(), m);
+        }
+        for s in [LinkState::Active, LinkState::Expired, LinkState::Revoked] {
+            assert_eq!(
+                link_state("state", response::link_state(s) as i32).unwrap(),
+                Some(s)
+            );
+        }
+        for m in RotationMode::ALL {
+            assert_eq!(
+                rotation_mode(response::rotation_mode(*m) as i32).unwrap(),
+                *m
+            );
+        }
+    }
+
+    #[test]
+    fn an_unspecified_or_unknown_enum_is_rejected_naming_its_field() {
+        assert!(method(0).unwrap_err().reason.contains("required"));
+        assert_eq!(method(42).unwrap_err().field, "method");
+        assert_eq!(rotation_mode(0).unwrap_err().field, "mode");
+        assert_eq!(link_state("filter.state", 0).unwrap(), None);
+        assert_eq!(
+            link_state("filter.state", 9).unwrap_err().field,
+            "filter.state"
+        );
+    }
+}

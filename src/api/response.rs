@@ -1,0 +1,229 @@
+//! Building responses: registry rows and domain values into proto messages.
+
+use crate::domain::{KeyState, LinkState, Method, RevocationState, RotationMode};
+use crate::proto;
+use crate::registry::keys::KeySummaryRow;
+use crate::registry::link_summary::SummaryRow;
+use crate::registry::links::{BlastRadius, LinkRow};
+use crate::registry::revocations::RevocationRow;
+use crate::registry::signers::SignerRow;
+use crate::revocation::Rotation;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+pub fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos() as i32,
+    }
+}
+
+pub fn link_state(state: LinkState) -> proto::LinkState {
+    match state {
+        LinkState::Active => proto::LinkState::Active,
+        LinkState::Expired => proto::LinkState::Expired,
+        LinkState::Revoked => proto::LinkState::Revoked,
+    }
+}
+
+pub fn method(m: Method) -> proto::Method {
+    match m {
+        Method::Get => proto::Method::Get,
+        Method::Put => proto::Method::Put,
+        Method::Head => proto::Method::Head,
+        Method::Delete => proto::Method::Delete,
+    }
+}
+
+pub fn rotation_mode(m: RotationMode) -> proto::RotationMode {
+    match m {
+        RotationMode::Graceful => proto::RotationMode::Graceful,
+        RotationMode::Revoke => proto::RotationMode::Revoke,
+        RotationMode::Emergency => proto::RotationMode::Emergency,
+    }
+}
+
+pub fn link(row: LinkRow) -> proto::Link {
+    let method = Method::parse(&row.method)
+        .map(method)
+        .unwrap_or(proto::Method::Unspecified);
+    proto::Link {
+        id: row.id.to_string(),
+        method: method as i32,
+        bucket: row.bucket,
+        object_key: row.object_key,
+        caller: row.caller,
+        signer: row.signer,
+        key_id: row.key_id,
+        issued_at: Some(timestamp(row.issued_at)),
+        expires_at: Some(timestamp(row.expires_at)),
+        labels: row.labels.0.into_iter().collect(),
+        state: link_state(row.state) as i32,
+        revocation_id: row.revocation_id.map(|r| r.to_string()).unwrap_or_default(),
+    }
+}
+
+pub fn blast_radius(row: &BlastRadius) -> proto::BlastRadius {
+    let row = row.clone();
+    let counts = |v: Vec<(String, i64)>| {
+        v.into_iter()
+            .map(|(name, n)| proto::Count {
+                name,
+                count: n.max(0) as u64,
+            })
+            .collect()
+    };
+    proto::BlastRadius {
+        key_id: row.key_id,
+        signer: row.signer,
+        outstanding_links: row.outstanding_links.max(0) as u64,
+        earliest_expiry: row.earliest_expiry.map(timestamp),
+        latest_expiry: row.latest_expiry.map(timestamp),
+        top_buckets: counts(row.top_buckets),
+        top_callers: counts(row.top_callers),
+        per_method: counts(row.per_method),
+        sample_link_ids: row.sample_link_ids.iter().map(Uuid::to_string).collect(),
+        computed_at: Some(timestamp(row.computed_at)),
+    }
+}
+
+pub fn summary_group(row: SummaryRow) -> proto::LinkSummaryGroup {
+    proto::LinkSummaryGroup {
+        group: row.group,
+        active: row.active.max(0) as u64,
+        expired: row.expired.max(0) as u64,
+        revoked: row.revoked.max(0) as u64,
+        latest_expiry: row.latest_expiry.map(timestamp),
+    }
+}
+
+fn revocation_state(s: RevocationState) -> proto::RevocationState {
+    match s {
+        RevocationState::Running => proto::RevocationState::Running,
+        RevocationState::Succeeded => proto::RevocationState::Succeeded,
+        RevocationState::Failed => proto::RevocationState::Failed,
+    }
+}
+
+pub fn revocation(r: RevocationRow) -> proto::Revocation {
+    let mode = rotation_mode(r.mode);
+    proto::Revocation {
+        id: r.id.to_string(),
+        requested_by: r.requested_by,
+        reason: r.reason,
+        mode: mode as i32,
+        signer: r.signer,
+        old_key_id: r.old_key_id.unwrap_or_default(),
+        new_key_id: r.new_key_id.unwrap_or_default(),
+        blast_radius: Some(blast_radius(&r.blast_radius.0)),
+        links_revoked: r.links_revoked as u64,
+        steps: r
+            .steps
+            .0
+            .into_iter()
+            .map(|s| proto::Step {
+                name: s.name,
+                started_at: Some(timestamp(s.started_at)),
+                finished_at: Some(timestamp(s.finished_at)),
+                error: s.error.unwrap_or_default(),
+            })
+            .collect(),
+        state: revocation_state(r.state) as i32,
+        created_at: Some(timestamp(r.created_at)),
+        finished_at: r.finished_at.map(timestamp),
+        dry_run: false,
+        error: r.error.unwrap_or_default(),
+    }
+}
+
+pub fn rotation(r: Rotation) -> proto::Revocation {
+    match r {
+        Rotation::Ran(row) => revocation(*row),
+        Rotation::DryRun {
+            signer,
+            mode,
+            old_key_id,
+            blast_radius: radius,
+            steps,
+        } => proto::Revocation {
+            signer,
+            mode: rotation_mode(mode) as i32,
+            old_key_id: old_key_id.unwrap_or_default(),
+            blast_radius: Some(blast_radius(&radius)),
+            steps: steps
+                .iter()
+                .map(|s| proto::Step {
+                    name: s.as_str().into(),
+                    ..Default::default()
+                })
+                .collect(),
+            state: proto::RevocationState::Planned as i32,
+            dry_run: true,
+            ..Default::default()
+        },
+    }
+}
+
+/// The admin listings' opaque keyset token: newest first on (time, id).
+pub fn time_id_token(created_at: DateTime<Utc>, id: uuid::Uuid) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(format!("{}|{id}", created_at.timestamp_micros()))
+}
+
+/// `rows` were fetched with `limit + 1`: the extra row says there is a next page.
+/// Drops it and returns the token of the page's last row (empty on the last page).
+pub fn next_page<T>(
+    rows: &mut Vec<T>,
+    limit: i64,
+    key: impl Fn(&T) -> (DateTime<Utc>, uuid::Uuid),
+) -> String {
+    if rows.len() as i64 <= limit {
+        return String::new();
+    }
+    rows.truncate(limit as usize);
+    rows.last()
+        .map(|r| {
+            let (at, id) = key(r);
+            time_id_token(at, id)
+        })
+        .unwrap_or_default()
+}
+
+fn key_state(s: KeyState) -> proto::KeyState {
+    match s {
+        // Pending keys were never listed as such: the API has no name for them.
+        KeyState::Pending => proto::KeyState::Unspecified,
+        KeyState::Active => proto::KeyState::Active,
+        KeyState::Retired => proto::KeyState::Retired,
+        KeyState::Inactive => proto::KeyState::Inactive,
+        KeyState::Deleted => proto::KeyState::Deleted,
+    }
+}
+
+pub fn signers(
+    signers: Vec<SignerRow>,
+    keys: Vec<KeySummaryRow>,
+) -> proto::ListSigningKeysResponse {
+    proto::ListSigningKeysResponse {
+        signers: signers
+            .into_iter()
+            .map(|s| proto::Signer {
+                keys: keys
+                    .iter()
+                    .filter(|k| k.signer == s.name)
+                    .map(|k| proto::SigningKey {
+                        key_id: k.key_id.clone(),
+                        signer: k.signer.clone(),
+                        state: key_state(k.state) as i32,
+                        created_at: Some(timestamp(k.created_at)),
+                        outstanding_links: k.outstanding_links as u64,
+                        latest_expiry: k.latest_expiry.map(timestamp),
+                    })
+                    .collect(),
+                name: s.name,
+                backend: s.backend,
+            })
+            .collect(),
+    }
+}

@@ -1,0 +1,129 @@
+//! Health follows readiness: NOT_SERVING until migrations ran, interrupted
+//! revocations finished and every signer has an active key loaded (retrying
+//! with backoff while Postgres or the backend is down); then SERVING, and
+//! NOT_SERVING again whenever the registry stops answering. Once ready, the
+//! same task also follows other replicas' key changes and runs the upkeep.
+
+use super::maintenance;
+use crate::api::{KeyApi, LinkApi};
+use crate::domain::SignerName;
+use crate::health::Readiness;
+use crate::keys::KeyManager;
+use crate::proto::key_service_server::KeyServiceServer;
+use crate::proto::link_service_server::LinkServiceServer;
+use crate::registry;
+use crate::revocation::Revocations;
+use sqlx::PgPool;
+use std::time::Duration;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+/// What the readiness task works with.
+pub(super) struct ReadinessTask {
+    pub pool: PgPool,
+    pub keys: KeyManager,
+    pub revocations: Revocations,
+    pub signers: Vec<SignerName>,
+    pub migrate: bool,
+    pub health_interval: Duration,
+    pub maintenance_interval: Duration,
+    pub health: HealthReporter,
+    /// Why the server is not ready, for health answers (`crate::health`).
+    pub readiness: Readiness,
+}
+
+/// Sets the overall status and each of our services'.
+pub(super) async fn set_status(health: &HealthReporter, status: ServingStatus) {
+    health.set_service_status("", status).await;
+    health
+        .set_service_status(
+            <LinkServiceServer<LinkApi> as tonic::server::NamedService>::NAME,
+            status,
+        )
+        .await;
+    health
+        .set_service_status(
+            <KeyServiceServer<KeyApi> as tonic::server::NamedService>::NAME,
+            status,
+        )
+        .await;
+}
+
+impl ReadinessTask {
+    /// Prepares until it succeeds, turns SERVING, then follows liveness, key
+    /// changes and the upkeep for as long as the server runs.
+    pub(super) async fn run(self) {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            match self.prepare().await {
+                Ok(()) => break,
+                Err(e) => {
+                    self.readiness.not_ready(format!("{e:#}"));
+                    tracing::warn!(
+                        error = format!("{e:#}"),
+                        retry_in_ms = backoff.as_millis() as u64,
+                        "not ready yet"
+                    );
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+        tracing::info!("ready: registry migrated, signing keys loaded");
+        self.readiness.ready();
+        set_status(&self.health, ServingStatus::Serving).await;
+        let names = self.signers.iter().map(|s| s.to_string()).collect();
+        tokio::join!(
+            self.follow_liveness(),
+            self.keys.clone().follow_key_changes(names),
+            maintenance::run(
+                self.pool.clone(),
+                self.keys.clone(),
+                self.revocations.clone(),
+                self.maintenance_interval
+            ),
+        );
+    }
+
+    async fn prepare(&self) -> anyhow::Result<()> {
+        if self.migrate {
+            registry::migrate(&self.pool).await?;
+        }
+        // A revocation interrupted by a crash finishes before anything is signed.
+        let unfinished = self.revocations.resume_all().await?;
+        if unfinished > 0 {
+            anyhow::bail!("{unfinished} revocation(s) could not be finished yet");
+        }
+        self.keys.load_active_keys().await?;
+        for signer in &self.signers {
+            self.keys.ensure_active_key(signer.as_str()).await?;
+        }
+        Ok(())
+    }
+
+    async fn follow_liveness(&self) {
+        let interval = self.health_interval;
+        let mut serving = true;
+        loop {
+            tokio::time::sleep(interval).await;
+            let ok = tokio::time::timeout(interval, registry::ping(&self.pool))
+                .await
+                .is_ok_and(|r| r.is_ok());
+            if ok != serving {
+                serving = ok;
+                if ok {
+                    tracing::info!("registry reachable again: SERVING");
+                    self.readiness.ready();
+                    set_status(&self.health, ServingStatus::Serving).await;
+                } else {
+                    tracing::warn!("registry unreachable: NOT_SERVING");
+                    self.readiness.not_ready(format!(
+                        "registry unreachable: no answer to a ping within {} ms",
+                        interval.as_millis()
+                    ));
+                    set_status(&self.health, ServingStatus::NotServing).await;
+                }
+            }
+        }
+    }
+}
