@@ -6,6 +6,7 @@
 mod audit;
 mod authz;
 mod aws_backend;
+mod credentials;
 mod dashboards;
 mod fixture;
 mod health;
