@@ -85,7 +85,8 @@ pub struct Config {
     pub tls_key: Option<PathBuf>,
 
     /// CA bundle (PEM): client certificates it issued identify callers (mTLS;
-    /// needs --tls-cert). The certificate's URI or DNS SAN, or its CN, names the caller.
+    /// needs --tls-cert and --policy-file). A certificate names the caller whose
+    /// policy entry lists one of its names (URI SAN, DNS SAN or CN) in cert_names.
     #[arg(long, env = "PRESIGND_CLIENT_CA")]
     pub client_ca: Option<PathBuf>,
 
@@ -292,6 +293,9 @@ impl Config {
     pub fn tls(&self) -> anyhow::Result<Option<crate::tls::TlsSetup>> {
         match (&self.tls_cert, &self.tls_key, &self.client_ca) {
             (None, None, None) => Ok(None),
+            (Some(_), Some(_), Some(_)) if self.policy_file.is_none() => bail!(
+                "--client-ca needs --policy-file: a client certificate names a caller only when that caller's policy entry lists the certificate's name in cert_names"
+            ),
             (Some(cert), Some(key), ca) => crate::tls::load(cert, key, ca.as_deref()).map(Some),
             (None, _, Some(_)) => bail!("--client-ca needs --tls-cert and --tls-key (mTLS is TLS)"),
             _ => bail!("set both --tls-cert and --tls-key"),
@@ -368,6 +372,19 @@ mod tests {
         (c.master_key, c.master_key_file) = (Some(SecretString::new("nothex".into())), None);
         let e = format!("{:#}", c.master_key().unwrap_err());
         assert!(e.contains("malformed"), "{e}");
+    }
+
+    #[test]
+    fn client_certificates_without_a_policy_file_are_refused() {
+        let m = matches(&[
+            "t",
+            "--tls-cert=/nonexistent/c.pem",
+            "--tls-key=/nonexistent/k.pem",
+            "--client-ca=/nonexistent/ca.pem",
+        ]);
+        let c = Config::from_matches(&m).unwrap();
+        let e = format!("{:#}", c.tls().err().expect("refused"));
+        assert!(e.contains("--client-ca needs --policy-file"), "{e}");
     }
 
     #[test]
