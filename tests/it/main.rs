@@ -29,4 +29,5 @@ mod reseal;
 mod revocation;
 mod secrets;
 mod signers;
+mod tls_handshake;
 mod validation;
