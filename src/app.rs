@@ -74,7 +74,11 @@ impl App {
         let signers = config.signer_names()?;
         let backend = backend(&config).await?;
         let pool = registry::lazy_pool(db, config.db_max_connections, config.db_acquire_timeout());
-        let audit = Auditor::new(pool.clone(), config.audit_denials_per_sec);
+        let audit = Auditor::new(
+            pool.clone(),
+            config.audit_denials_per_sec,
+            config.audit_denial_window(),
+        );
         let auth = Authenticator::from_specs(&config.callers, policy.clone())
             .context("PRESIGND_CALLERS")?
             .with_client_certs(client_certs)
@@ -261,6 +265,7 @@ impl App {
         readiness.abort();
         metrics_server.abort();
         outstanding.abort();
+        self.audit.close().await;
         self.keys.pool.close().await;
         result.context("gRPC server failed")
     }

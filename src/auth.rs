@@ -147,7 +147,7 @@ impl Authenticator {
             }
             Err(status) => {
                 if let Some(audit) = &self.audit {
-                    audit.record_denial_detached(AuditEvent {
+                    audit.record_denial(AuditEvent {
                         caller: None,
                         peer: req.remote_addr().map(|a| a.to_string()),
                         rpc: rpc_of(&req),

@@ -106,9 +106,17 @@ pub struct Config {
     pub issue_burst: u32,
 
     /// Denied requests recorded in the audit trail per second at most (0: every
-    /// one); the rest are counted in the log.
+    /// one), not counting repeats (see --audit-denial-window-secs); the rest are
+    /// counted in the log.
     #[arg(long, env = "PRESIGND_AUDIT_DENIALS_PER_SEC", default_value_t = 100)]
     pub audit_denials_per_sec: u32,
+
+    /// Seconds during which repeats of a denial (same peer address, caller, RPC,
+    /// code and message) are counted rather than recorded one by one: the first
+    /// is a row at once, the repeats one row with their count when the window
+    /// closes.
+    #[arg(long, env = "PRESIGND_AUDIT_DENIAL_WINDOW_SECS", default_value_t = 60)]
+    pub audit_denial_window_secs: u64,
 
     /// Signers (revocation domains), comma separated. The first signs links by default.
     #[arg(
@@ -245,6 +253,10 @@ impl Config {
 
     pub fn metrics_refresh(&self) -> Duration {
         Duration::from_secs(self.metrics_refresh_secs.max(1))
+    }
+
+    pub fn audit_denial_window(&self) -> Duration {
+        Duration::from_secs(self.audit_denial_window_secs.max(1))
     }
 
     pub fn health_interval(&self) -> Duration {

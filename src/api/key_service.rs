@@ -44,24 +44,29 @@ impl KeyApi {
     {
         let caller = caller_of(&request)?;
         let peer = request.remote_addr().map(|a| a.to_string());
-        let result = match admin_only(&request) {
-            Ok(admin) => call(admin, request).await,
-            Err(denied) => Err(denied),
+        let event = |code, message| AuditEvent {
+            caller: Some(caller.name.to_string()),
+            peer,
+            rpc: format!("presignd.v1.KeyService/{rpc}"),
+            target,
+            code,
+            message,
         };
+        let admin = match admin_only(&request) {
+            Ok(admin) => admin,
+            Err(denied) => {
+                // A denial: aggregated with its repeats, like the others.
+                self.audit
+                    .record_denial(event(denied.code(), denied.message().to_owned()));
+                return Err(denied);
+            }
+        };
+        let result = call(admin, request).await;
         let (code, message) = match &result {
             Ok(_) => (tonic::Code::Ok, String::new()),
             Err(s) => (s.code(), s.message().to_owned()),
         };
-        self.audit
-            .record(AuditEvent {
-                caller: Some(caller.name.to_string()),
-                peer,
-                rpc: format!("presignd.v1.KeyService/{rpc}"),
-                target,
-                code,
-                message,
-            })
-            .await;
+        self.audit.record(event(code, message)).await;
         result
     }
 }
