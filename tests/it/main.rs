@@ -17,6 +17,7 @@ mod link_rollup;
 mod link_summaries;
 mod lookup_link;
 mod metrics;
+mod migrations;
 mod mtls;
 mod pki;
 mod policy_reload;
