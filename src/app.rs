@@ -20,9 +20,10 @@ use crate::domain::SignerName;
 use crate::issuance::{Issuer, Recorder};
 use crate::keys::KeyManager;
 use crate::policy::PolicyHandle;
+use crate::policy::RateSpec;
 use crate::proto::key_service_server::KeyServiceServer;
 use crate::proto::link_service_server::LinkServiceServer;
-use crate::ratelimit::RateLimits;
+use crate::ratelimit::{RateLimits, ReadLimits};
 use crate::revocation;
 use crate::signing::{Keyring, S3Target};
 use crate::{metrics, registry};
@@ -47,6 +48,8 @@ pub struct App {
     signers: Vec<SignerName>,
     policy: PolicyHandle,
     audit: Auditor,
+    /// The read RPCs' own pool (`registry::read_pool`).
+    read_pool: sqlx::PgPool,
     tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
@@ -73,6 +76,12 @@ impl App {
         }
         let signers = config.signer_names()?;
         let backend = backend(&config).await?;
+        let read_pool = registry::read_pool(
+            db.clone(),
+            config.read_db_max_connections,
+            config.db_acquire_timeout(),
+            config.read_statement_timeout(),
+        );
         let pool = registry::lazy_pool(db, config.db_max_connections, config.db_acquire_timeout());
         let audit = Auditor::new(
             pool.clone(),
@@ -120,6 +129,7 @@ impl App {
             signers,
             policy,
             audit,
+            read_pool,
             tls: tls.map(|t| t.acceptor),
         })
     }
@@ -187,12 +197,19 @@ impl App {
             audit: self.audit.clone(),
         };
         let dashboard = Dashboard {
-            pool: self.keys.pool.clone(),
+            pool: self.read_pool.clone(),
             tokens: PageTokens::new(&self.keys.master_key),
+            reads: ReadLimits::new(RateSpec::new(
+                self.config.read_rate_per_sec,
+                self.config.read_burst,
+            )),
         };
         let auth = self.auth.clone();
         let links = InterceptedService::new(
-            LinkServiceServer::new(LinkApi { issuer, dashboard }),
+            LinkServiceServer::new(LinkApi {
+                issuer,
+                dashboard: dashboard.clone(),
+            }),
             move |req| auth.intercept(req),
         );
         let auth = self.auth.clone();
@@ -200,6 +217,7 @@ impl App {
             KeyServiceServer::new(KeyApi {
                 keys: self.keys.clone(),
                 audit: self.audit.clone(),
+                dashboard,
             }),
             move |req| auth.intercept(req),
         );
@@ -266,6 +284,7 @@ impl App {
         metrics_server.abort();
         outstanding.abort();
         self.audit.close().await;
+        self.read_pool.close().await;
         self.keys.pool.close().await;
         result.context("gRPC server failed")
     }

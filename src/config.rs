@@ -47,6 +47,30 @@ pub struct Config {
     #[arg(long, env = "PRESIGND_DB_MAX_CONNECTIONS", default_value_t = 16)]
     pub db_max_connections: u32,
 
+    /// Registry connections of the read RPCs (GetLink, ListLinks, SummarizeLinks,
+    /// LookupLink, KeyService's listings): a pool of their own, so they never
+    /// take IssueLink's.
+    #[arg(long, env = "PRESIGND_READ_DB_MAX_CONNECTIONS", default_value_t = 4)]
+    pub read_db_max_connections: u32,
+
+    /// Seconds a read RPC's statement may run before Postgres cancels it
+    /// (RESOURCE_EXHAUSTED).
+    #[arg(
+        long,
+        env = "PRESIGND_READ_STATEMENT_TIMEOUT_SECS",
+        default_value_t = 10
+    )]
+    pub read_statement_timeout_secs: u64,
+
+    /// Read RPCs per second per caller (0: no limit), a quota separate from
+    /// IssueLink's.
+    #[arg(long, env = "PRESIGND_READ_RATE_PER_SEC", default_value_t = 20)]
+    pub read_rate_per_sec: u32,
+
+    /// Burst of read RPCs per caller (0: the rate).
+    #[arg(long, env = "PRESIGND_READ_BURST", default_value_t = 40)]
+    pub read_burst: u32,
+
     /// Seconds to wait for a registry connection before failing with UNAVAILABLE.
     #[arg(long, env = "PRESIGND_DB_ACQUIRE_TIMEOUT_SECS", default_value_t = 2)]
     pub db_acquire_timeout_secs: u64,
@@ -253,6 +277,10 @@ impl Config {
 
     pub fn metrics_refresh(&self) -> Duration {
         Duration::from_secs(self.metrics_refresh_secs.max(1))
+    }
+
+    pub fn read_statement_timeout(&self) -> Duration {
+        Duration::from_secs(self.read_statement_timeout_secs.max(1))
     }
 
     pub fn audit_denial_window(&self) -> Duration {

@@ -252,25 +252,3 @@ impl KeyManager {
         }
     }
 }
-
-impl KeyManager {
-    /// Signers and every key with its outstanding links (ListSigningKeys).
-    pub async fn list_keys(
-        &self,
-        signer: Option<&str>,
-    ) -> Result<
-        (
-            Vec<registry::signers::SignerRow>,
-            Vec<registry::keys::KeySummaryRow>,
-        ),
-        crate::revocation::RevocationError,
-    > {
-        let signers = registry::signers::list(&self.pool)
-            .await?
-            .into_iter()
-            .filter(|s| signer.is_none_or(|n| n == s.name))
-            .collect();
-        let keys = registry::keys::list_with_outstanding(&self.pool, signer).await?;
-        Ok((signers, keys))
-    }
-}

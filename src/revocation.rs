@@ -7,7 +7,7 @@ mod rotate;
 mod sweep;
 
 pub use procedure::{Advance, drive, resume_all, try_advance};
-pub use rotate::{PlanTarget, RotateRequest, Rotation, get, list, plan, rotate, start};
+pub use rotate::{PlanTarget, RotateRequest, Rotation, get, plan, rotate, start};
 pub use sweep::sweep_retired_keys;
 
 use crate::backend::BackendError;

@@ -87,6 +87,8 @@ impl From<DashboardError> for ApiError {
             DashboardError::InvalidArgument(f) => Self::InvalidArgument(f),
             DashboardError::NotFound(m) => Self::NotFound(m),
             DashboardError::PermissionDenied(m) => Self::PermissionDenied(m),
+            DashboardError::RateLimited(ref r) => Self::ResourceExhausted(r.to_string()),
+            DashboardError::TimedOut => Self::ResourceExhausted(e.to_string()),
             DashboardError::RegistryUnavailable(ref cause) => {
                 tracing::warn!(error = %cause, "registry unavailable");
                 Self::Unavailable("registry unavailable; retry shortly".into())

@@ -4,6 +4,7 @@
 use super::{ApiError, audit_events, convert};
 use crate::audit::{AuditEvent, Auditor};
 use crate::auth::{Caller, caller_of};
+use crate::dashboard::Dashboard;
 use crate::domain::{FieldError, SignerName};
 use crate::keys::KeyManager;
 use crate::proto::{self, key_service_server::KeyService};
@@ -14,6 +15,8 @@ use tonic::{Request, Response, Status};
 pub struct KeyApi {
     pub keys: KeyManager,
     pub audit: Auditor,
+    /// The listings: read quota and read pool, like LinkService's reads.
+    pub dashboard: Dashboard,
 }
 
 #[allow(clippy::result_large_err)]
@@ -98,11 +101,12 @@ impl KeyService for KeyApi {
             "ListSigningKeys",
             target,
             request,
-            |_, request| async move {
+            |caller, request| async move {
+                self.dashboard.admit(&caller).map_err(ApiError::from)?;
                 let signer = optional_signer(&request.get_ref().signer).map_err(ApiError::from)?;
                 let (signers, keys) = self
-                    .keys
-                    .list_keys(signer.as_ref().map(|s| s.as_str()))
+                    .dashboard
+                    .signing_keys(signer.as_ref().map(|s| s.as_str()))
                     .await
                     .map_err(ApiError::from)?;
                 Ok(Response::new(convert::signers(signers, keys)))
@@ -197,19 +201,17 @@ impl KeyService for KeyApi {
             "ListRevocations",
             target,
             request,
-            |_, request| async move {
+            |caller, request| async move {
+                self.dashboard.admit(&caller).map_err(ApiError::from)?;
                 let r = request.get_ref();
                 let signer = optional_signer(&r.signer).map_err(ApiError::from)?;
                 let limit = convert::page_size(r.page_size).map_err(ApiError::from)?;
                 let after = convert::time_id_cursor(&r.page_token).map_err(ApiError::from)?;
-                let mut rows = revocation::list(
-                    &self.keys,
-                    signer.as_ref().map(|s| s.as_str()),
-                    after,
-                    limit + 1,
-                )
-                .await
-                .map_err(ApiError::from)?;
+                let mut rows = self
+                    .dashboard
+                    .revocations(signer.as_ref().map(|s| s.as_str()), after, limit + 1)
+                    .await
+                    .map_err(ApiError::from)?;
                 let next = convert::next_page(&mut rows, limit, |r| (r.created_at, r.id));
                 Ok(Response::new(proto::ListRevocationsResponse {
                     revocations: rows.into_iter().map(convert::revocation).collect(),
@@ -232,16 +234,14 @@ impl KeyService for KeyApi {
             "ListAuditEvents",
             target,
             request,
-            |_, request| async move {
+            |caller, request| async move {
+                self.dashboard.admit(&caller).map_err(ApiError::from)?;
                 let page = audit_events::page(request.get_ref()).map_err(ApiError::from)?;
-                let rows = crate::registry::audit::list(
-                    &self.keys.pool,
-                    page.caller.as_deref(),
-                    page.after,
-                    page.limit + 1,
-                )
-                .await
-                .map_err(|e| ApiError::from(revocation::RevocationError::Registry(e)))?;
+                let rows = self
+                    .dashboard
+                    .audit_events(page.caller.as_deref(), page.after, page.limit + 1)
+                    .await
+                    .map_err(ApiError::from)?;
                 Ok(Response::new(audit_events::response(rows, page.limit)))
             },
         )

@@ -43,6 +43,7 @@ impl LinkService for LinkApi {
         request: Request<proto::GetLinkRequest>,
     ) -> Result<Response<proto::Link>, Status> {
         let caller = caller_of(&request)?;
+        self.dashboard.admit(&caller).map_err(ApiError::from)?;
         let id = convert::link_id(&request.get_ref().id).map_err(ApiError::from)?;
         let link = self
             .dashboard
@@ -57,6 +58,7 @@ impl LinkService for LinkApi {
         request: Request<proto::ListLinksRequest>,
     ) -> Result<Response<proto::ListLinksResponse>, Status> {
         let caller = caller_of(&request)?;
+        self.dashboard.admit(&caller).map_err(ApiError::from)?;
         let req = request.get_ref();
         let filter = convert::link_filter(req.filter.as_ref()).map_err(ApiError::from)?;
         let page = self
@@ -75,6 +77,7 @@ impl LinkService for LinkApi {
         request: Request<proto::SummarizeLinksRequest>,
     ) -> Result<Response<proto::SummarizeLinksResponse>, Status> {
         let caller = caller_of(&request)?;
+        self.dashboard.admit(&caller).map_err(ApiError::from)?;
         let req = request.get_ref();
         let filter = convert::link_filter(req.filter.as_ref()).map_err(ApiError::from)?;
         let group_by = convert::group_by(req.group_by).map_err(ApiError::from)?;
@@ -93,6 +96,7 @@ impl LinkService for LinkApi {
         request: Request<proto::LookupLinkRequest>,
     ) -> Result<Response<proto::LookupLinkResponse>, Status> {
         let caller = caller_of(&request)?;
+        self.dashboard.admit(&caller).map_err(ApiError::from)?;
         // The URL is a bearer credential: parsed here, never logged.
         let url = PresignedUrl::parse(&request.get_ref().url).map_err(ApiError::from)?;
         let found = self

@@ -25,6 +25,7 @@ mod presignctl;
 mod presignctl_links;
 mod prop_issue;
 mod rate_limit;
+mod read_isolation;
 mod registry_down;
 mod reseal;
 mod revocation;

@@ -248,6 +248,7 @@ async fn a_registry_with_data_from_the_first_migration_upgrades_to_the_last_inta
     let dashboard = Dashboard {
         pool: pool.clone(),
         tokens: PageTokens::new(&presignd::seal::MasterKey::generate()),
+        reads: presignd::ratelimit::ReadLimits::new(None),
     };
     let admin = Caller {
         name: CallerName::parse("ops").unwrap(),
