@@ -6,6 +6,12 @@
 //! `caller` filter is forced to their name, and a link of someone else is
 //! NOT_FOUND), and do not see blast radii, which describe other callers' links.
 //! `scope` and `may_read` are the one place that policy lives.
+//!
+//! Isolation: every read (these, and KeyService's listings) first takes a token
+//! from the caller's read quota (`ReadLimits`, separate from IssueLink's), and
+//! runs on the read pool: its own few connections, each statement under a
+//! timeout. A flood of full-scan summaries waits for those connections, or is
+//! refused, but never takes one IssueLink needs.
 
 mod page_token;
 
@@ -13,10 +19,16 @@ pub use page_token::PageTokens;
 
 use crate::auth::Caller;
 use crate::domain::{FieldError, PresignedUrl};
+use crate::ratelimit::{RateLimited, ReadLimits};
+use crate::registry::audit::AuditRow;
+use crate::registry::keys::KeySummaryRow;
 use crate::registry::link_queries::{self, Cursor, LinkFilter};
 use crate::registry::link_summary::{self, GroupBy, SummaryRow};
 use crate::registry::links::{self, BlastRadius, LinkRow};
+use crate::registry::revocations::RevocationRow;
+use crate::registry::signers::SignerRow;
 use crate::{metrics, registry};
+use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -34,12 +46,20 @@ pub enum DashboardError {
     PermissionDenied(String),
     #[error(transparent)]
     Registry(registry::Error),
+    #[error(transparent)]
+    RateLimited(#[from] RateLimited),
+    #[error("the query ran past the read statement timeout; narrow the filter")]
+    TimedOut,
 }
 
 impl From<registry::Error> for DashboardError {
     fn from(e: registry::Error) -> Self {
         metrics::record_registry_error("dashboard");
-        Self::Registry(e)
+        if e.is_statement_timeout() {
+            Self::TimedOut
+        } else {
+            Self::Registry(e)
+        }
     }
 }
 
@@ -90,11 +110,19 @@ pub fn may_read(caller: &Caller, link: &LinkRow) -> bool {
 
 #[derive(Clone)]
 pub struct Dashboard {
+    /// The read pool (`registry::read_pool`), not IssueLink's.
     pub pool: PgPool,
     pub tokens: PageTokens,
+    pub reads: ReadLimits,
 }
 
 impl Dashboard {
+    /// Takes one token of `caller`'s read quota: every read RPC calls this
+    /// first, so even a refused request costs one.
+    pub fn admit(&self, caller: &Caller) -> Result<(), DashboardError> {
+        Ok(self.reads.check(&caller.name)?)
+    }
+
     pub async fn get(&self, caller: &Caller, id: Uuid) -> Result<LinkRow, DashboardError> {
         links::get(&self.pool, id)
             .await?
@@ -137,6 +165,40 @@ impl Dashboard {
     ) -> Result<Vec<SummaryRow>, DashboardError> {
         let filter = scope(caller, filter)?;
         Ok(link_summary::summarize(&self.pool, &filter, group_by).await?)
+    }
+
+    /// ListSigningKeys: the signers and their keys with outstanding counts.
+    pub async fn signing_keys(
+        &self,
+        signer: Option<&str>,
+    ) -> Result<(Vec<SignerRow>, Vec<KeySummaryRow>), DashboardError> {
+        let signers = registry::signers::list(&self.pool)
+            .await?
+            .into_iter()
+            .filter(|s| signer.is_none_or(|n| n == s.name))
+            .collect();
+        let keys = registry::keys::list_with_outstanding(&self.pool, signer).await?;
+        Ok((signers, keys))
+    }
+
+    /// ListRevocations: newest first, after the keyset cursor.
+    pub async fn revocations(
+        &self,
+        signer: Option<&str>,
+        after: Option<(DateTime<Utc>, Uuid)>,
+        limit: i64,
+    ) -> Result<Vec<RevocationRow>, DashboardError> {
+        Ok(registry::revocations::list(&self.pool, signer, after, limit).await?)
+    }
+
+    /// ListAuditEvents: newest first, after the keyset cursor.
+    pub async fn audit_events(
+        &self,
+        caller: Option<&str>,
+        after: Option<(DateTime<Utc>, Uuid)>,
+        limit: i64,
+    ) -> Result<Vec<AuditRow>, DashboardError> {
+        Ok(registry::audit::list(&self.pool, caller, after, limit).await?)
     }
 
     /// The link `url` was issued as. Found by the hash of its signature, then

@@ -41,6 +41,7 @@ pub fn response(mut rows: Vec<AuditRow>, limit: i64) -> proto::ListAuditEventsRe
                 target: r.target,
                 code: r.code,
                 message: r.message,
+                count: u64::try_from(r.count).unwrap_or(1),
             })
             .collect(),
         next_page_token,

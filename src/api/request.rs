@@ -77,14 +77,27 @@ pub fn group_by(value: i32) -> Result<GroupBy, FieldError> {
     }
 }
 
+/// google.protobuf.Timestamp's documented range, 0001-01-01T00:00:00Z to
+/// 9999-12-31T23:59:59Z: its seconds field can say far more (year 300000, or
+/// before 4713 BC) than Postgres stores, and a time Postgres refuses must be
+/// the caller's INVALID_ARGUMENT, not our INTERNAL.
+const TIMESTAMP_SECONDS: std::ops::RangeInclusive<i64> = -62_135_596_800..=253_402_300_799;
+
 fn time(
     field: &'static str,
     t: &Option<prost_types::Timestamp>,
 ) -> Result<Option<DateTime<Utc>>, FieldError> {
     t.as_ref()
         .map(|t| {
+            if !TIMESTAMP_SECONDS.contains(&t.seconds) {
+                return Err(FieldError::new(
+                    field,
+                    "is outside 0001-01-01T00:00:00Z..=9999-12-31T23:59:59Z",
+                ));
+            }
             u32::try_from(t.nanos)
                 .ok()
+                .filter(|n| *n < 1_000_000_000)
                 .and_then(|nanos| DateTime::from_timestamp(t.seconds, nanos))
                 .ok_or_else(|| FieldError::new(field, "is not a valid timestamp"))
         })

@@ -5,7 +5,7 @@ use crate::domain::{FieldError, RevocationState, RotationMode, SignerName};
 use crate::registry::blast_radius::{self, BlastRadius};
 use crate::registry::revocations::{self, NewRevocation, RevocationRow};
 use crate::registry::{self, keys, signers};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use uuid::Uuid;
 
 pub const MAX_REASON_CHARS: usize = 1000;
@@ -165,15 +165,6 @@ impl Revocations {
         revocations::get(&self.pool, id)
             .await?
             .ok_or(RevocationError::NotFound(id))
-    }
-
-    pub async fn list(
-        &self,
-        signer: Option<&str>,
-        after: Option<(DateTime<Utc>, Uuid)>,
-        limit: i64,
-    ) -> Result<Vec<RevocationRow>, RevocationError> {
-        Ok(revocations::list(&self.pool, signer, after, limit).await?)
     }
 }
 

@@ -13,7 +13,8 @@ use tonic::{Code, Request, Status};
 pub const TOKEN_STRANGER: &str = "it-token-stranger";
 
 /// it-caller: admin. it-caller-b: GET/HEAD under team-a/ in the first bucket,
-/// 600 s at most. cert-svc (certificate DNS SAN): GET under certs/, 300 s.
+/// 600 s at most. cert-svc (certificate DNS SAN, listed in cert_names): GET
+/// under certs/, 300 s.
 /// uri-svc: named by a URI SAN through cert_names, HEAD in the second bucket.
 pub fn policy(b0: &str, b1: &str) -> String {
     format!(
@@ -30,6 +31,7 @@ methods = ["GET", "HEAD"]
 max_ttl_secs = 600
 
 [callers.cert-svc]
+cert_names = ["cert-svc"]
 buckets = ["{b0}"]
 prefixes = ["certs/"]
 methods = ["GET"]
@@ -139,6 +141,9 @@ async fn each_caller_gets_exactly_what_its_policy_allows(pool: PgPool) {
     let expired = s.ca.expired_client("cert-svc");
     let foreign = s.other_ca.client("cert-svc");
     let unnamed = s.ca.client("not-in-policy");
+    // Named like callers of the policy, but listed by none in cert_names.
+    let as_admin = s.ca.client(CALLER);
+    let as_plain = s.ca.client(CALLER_B);
     let wrong_bucket =
         format!("policy: caller it-caller-b may not use bucket {b1} (allowed: {b0})");
     use Method::*;
@@ -381,6 +386,20 @@ async fn each_caller_gets_exactly_what_its_policy_allows(pool: PgPool) {
             issue(b0, "certs/a", Get, 60),
             Code::Unauthenticated,
             "no caller in the policy",
+        ),
+        (
+            "certificate whose CN is an admin's name, not listed",
+            Cert(&as_admin),
+            Call::ListKeys,
+            Code::Unauthenticated,
+            "no caller in the policy lists",
+        ),
+        (
+            "certificate whose CN is a caller's name, not listed",
+            Cert(&as_plain),
+            issue(b0, "team-a/x", Get, 60),
+            Code::Unauthenticated,
+            "no caller in the policy lists",
         ),
         (
             "certificate and token of different callers",
