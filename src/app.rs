@@ -15,10 +15,11 @@ use crate::auth::Authenticator;
 use crate::backend::aws::{AwsBackend, AwsSettings};
 use crate::backend::{KeyBackend, garage::GarageBackend};
 use crate::config::Config;
-use crate::dashboard::{Dashboard, PageTokens};
+use crate::dashboard::Dashboard;
 use crate::domain::SignerName;
 use crate::issuance::{Issuer, Recorder};
 use crate::keys::KeyManager;
+use crate::paging::PageTokens;
 use crate::policy::PolicyHandle;
 use crate::proto::key_service_server::KeyServiceServer;
 use crate::proto::link_service_server::LinkServiceServer;
@@ -196,6 +197,7 @@ impl App {
             KeyServiceServer::new(KeyApi {
                 keys: self.keys.clone(),
                 audit: self.audit.clone(),
+                tokens: PageTokens::new(&self.keys.master_key),
             }),
             move |req| auth.intercept(req),
         );

@@ -14,6 +14,7 @@ pub mod domain;
 pub mod issuance;
 pub mod keys;
 pub mod metrics;
+pub mod paging;
 pub mod policy;
 pub mod proto;
 pub mod ratelimit;

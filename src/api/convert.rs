@@ -230,21 +230,6 @@ pub fn uuid(field: &'static str, s: &str) -> Result<uuid::Uuid, FieldError> {
     uuid::Uuid::parse_str(s).map_err(|_| FieldError::new(field, format!("{s:?} is not a UUID")))
 }
 
-use crate::dashboard::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
-
-/// Page size of the admin listings (revocations, audit events): the dashboards'
-/// default and maximum, but a size over the maximum is refused.
-pub fn page_size(n: u32) -> Result<i64, FieldError> {
-    match n {
-        0 => Ok(DEFAULT_PAGE_SIZE as i64),
-        n if n > MAX_PAGE_SIZE => Err(FieldError::new(
-            "page_size",
-            format!("{n} is over the maximum of {MAX_PAGE_SIZE}"),
-        )),
-        n => Ok(n as i64),
-    }
-}
-
 fn revocation_state(s: &str) -> proto::RevocationState {
     match s {
         "running" => proto::RevocationState::Running,
@@ -313,47 +298,6 @@ pub fn rotation(r: crate::revocation::Rotation) -> proto::Revocation {
             ..Default::default()
         },
     }
-}
-
-/// The admin listings' opaque keyset token: newest first on (time, id).
-pub fn time_id_token(created_at: DateTime<Utc>, id: uuid::Uuid) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .encode(format!("{}|{id}", created_at.timestamp_micros()))
-}
-
-pub fn time_id_cursor(token: &str) -> Result<Option<(DateTime<Utc>, uuid::Uuid)>, FieldError> {
-    use base64::Engine;
-    if token.is_empty() {
-        return Ok(None);
-    }
-    let bad = || FieldError::new("page_token", "is not a token this service issued");
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(token)
-        .map_err(|_| bad())?;
-    let raw = String::from_utf8(raw).map_err(|_| bad())?;
-    let (micros, id) = raw.split_once('|').ok_or_else(bad)?;
-    let at = DateTime::from_timestamp_micros(micros.parse().map_err(|_| bad())?).ok_or_else(bad)?;
-    Ok(Some((at, uuid::Uuid::parse_str(id).map_err(|_| bad())?)))
-}
-
-/// `rows` were fetched with `limit + 1`: the extra row says there is a next page.
-/// Drops it and returns the token of the page's last row (empty on the last page).
-pub fn next_page<T>(
-    rows: &mut Vec<T>,
-    limit: i64,
-    key: impl Fn(&T) -> (DateTime<Utc>, uuid::Uuid),
-) -> String {
-    if rows.len() as i64 <= limit {
-        return String::new();
-    }
-    rows.truncate(limit as usize);
-    rows.last()
-        .map(|r| {
-            let (at, id) = key(r);
-            time_id_token(at, id)
-        })
-        .unwrap_or_default()
 }
 
 fn key_state(s: &str) -> proto::KeyState {

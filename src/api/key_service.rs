@@ -6,6 +6,7 @@ use crate::audit::{AuditEvent, Auditor};
 use crate::auth::{Caller, caller_of};
 use crate::domain::{FieldError, SignerName};
 use crate::keys::KeyManager;
+use crate::paging::{Cursor, Listing, PageTokens};
 use crate::proto::{self, key_service_server::KeyService};
 use crate::revocation::{self, Mode, PlanTarget, RotateRequest};
 use std::future::Future;
@@ -14,6 +15,7 @@ use tonic::{Request, Response, Status};
 pub struct KeyApi {
     pub keys: KeyManager,
     pub audit: Auditor,
+    pub tokens: PageTokens,
 }
 
 #[allow(clippy::result_large_err)]
@@ -195,20 +197,22 @@ impl KeyService for KeyApi {
             |_, request| async move {
                 let r = request.get_ref();
                 let signer = optional_signer(&r.signer).map_err(ApiError::from)?;
-                let limit = convert::page_size(r.page_size).map_err(ApiError::from)?;
-                let after = convert::time_id_cursor(&r.page_token).map_err(ApiError::from)?;
-                let mut rows = revocation::list(
-                    &self.keys,
-                    signer.as_ref().map(|s| s.as_str()),
-                    after,
-                    limit + 1,
-                )
-                .await
-                .map_err(ApiError::from)?;
-                let next = convert::next_page(&mut rows, limit, |r| (r.created_at, r.id));
+                let signer = signer.as_ref().map(|s| s.as_str());
+                let filter = serde_json::json!({ "signer": signer });
+                let page = self
+                    .tokens
+                    .request(Listing::Revocations, &filter, r.page_size, &r.page_token)
+                    .map_err(ApiError::from)?;
+                let mut rows = revocation::list(&self.keys, signer, page.after, page.fetch_limit())
+                    .await
+                    .map_err(ApiError::from)?;
+                let next = self.tokens.next_page(&page, &mut rows, |r| Cursor {
+                    at: r.created_at,
+                    id: r.id,
+                });
                 Ok(Response::new(proto::ListRevocationsResponse {
                     revocations: rows.into_iter().map(convert::revocation).collect(),
-                    next_page_token: next,
+                    next_page_token: next.unwrap_or_default(),
                 }))
             },
         )
@@ -228,16 +232,21 @@ impl KeyService for KeyApi {
             target,
             request,
             |_, request| async move {
-                let page = audit_events::page(request.get_ref()).map_err(ApiError::from)?;
+                let (caller, page) =
+                    audit_events::page(&self.tokens, request.get_ref()).map_err(ApiError::from)?;
                 let rows = crate::registry::audit::list(
                     &self.keys.pool,
-                    page.caller.as_deref(),
+                    caller.as_deref(),
                     page.after,
-                    page.limit + 1,
+                    page.fetch_limit(),
                 )
                 .await
                 .map_err(|e| ApiError::from(revocation::RevocationError::Registry(e)))?;
-                Ok(Response::new(audit_events::response(rows, page.limit)))
+                Ok(Response::new(audit_events::response(
+                    &self.tokens,
+                    &page,
+                    rows,
+                )))
             },
         )
         .await

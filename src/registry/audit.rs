@@ -1,5 +1,6 @@
 //! The audit trail: append-only (the table refuses UPDATE and DELETE).
 
+use crate::paging::Cursor;
 use chrono::{DateTime, Utc};
 use sqlx::PgExecutor;
 use uuid::Uuid;
@@ -38,7 +39,7 @@ pub async fn insert(db: impl PgExecutor<'_>, row: &AuditRow) -> Result<(), sqlx:
 pub async fn list(
     db: impl PgExecutor<'_>,
     caller: Option<&str>,
-    after: Option<(DateTime<Utc>, Uuid)>,
+    after: Option<Cursor>,
     limit: i64,
 ) -> Result<Vec<AuditRow>, sqlx::Error> {
     sqlx::query_as(
@@ -48,8 +49,8 @@ pub async fn list(
          ORDER BY at DESC, id DESC LIMIT $4",
     )
     .bind(caller)
-    .bind(after.map(|a| a.0))
-    .bind(after.map(|a| a.1))
+    .bind(after.map(|c| c.at))
+    .bind(after.map(|c| c.id))
     .bind(limit)
     .fetch_all(db)
     .await

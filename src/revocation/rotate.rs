@@ -6,7 +6,7 @@ use crate::keys::KeyManager;
 use crate::registry::blast_radius::{self, BlastRadius};
 use crate::registry::revocations::{self, NewRevocation, RevocationRow};
 use crate::registry::{keys, signers};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use uuid::Uuid;
 
 pub const MAX_REASON_CHARS: usize = 1000;
@@ -213,7 +213,7 @@ pub async fn get(km: &KeyManager, id: Uuid) -> Result<RevocationRow, RevocationE
 pub async fn list(
     km: &KeyManager,
     signer: Option<&str>,
-    after: Option<(DateTime<Utc>, Uuid)>,
+    after: Option<crate::paging::Cursor>,
     limit: i64,
 ) -> Result<Vec<RevocationRow>, RevocationError> {
     Ok(revocations::list(&km.pool, signer, after, limit).await?)
