@@ -17,6 +17,7 @@ mod link_summaries;
 mod lookup_link;
 mod metrics;
 mod mtls;
+mod paging;
 mod pki;
 mod policy_reload;
 mod presignctl;
