@@ -99,7 +99,7 @@ fn validate_reason(reason: &str) -> Result<String, FieldError> {
 /// Plans, records and runs a rotation to its end (or to a step that must be
 /// retried later: the report then says RUNNING, with the error).
 pub async fn rotate(km: &KeyManager, req: RotateRequest) -> Result<Rotation, RevocationError> {
-    let req_mode = req.mode;
+    let (mode, signer) = (req.mode, req.signer.clone());
     let id = match start(km, req).await? {
         dry_run @ Rotation::DryRun { .. } => return Ok(dry_run),
         Rotation::Ran(row) => row.id,
@@ -116,7 +116,7 @@ pub async fn rotate(km: &KeyManager, req: RotateRequest) -> Result<Rotation, Rev
         "failed" => "failed",
         _ => "pending_retry",
     };
-    crate::metrics::record_revocation(req_mode.as_str(), outcome);
+    crate::metrics::record_revocation(mode.as_str(), outcome, signer.as_str());
     if row.state == "failed" {
         // The report stays readable with GetRevocation; the caller gets a
         // status that says the rotation did not happen, and why.
