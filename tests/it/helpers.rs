@@ -396,18 +396,26 @@ pub async fn revoked_by(pool: &PgPool, revocation_id: &str) -> i64 {
     .unwrap()
 }
 
-pub async fn garage_key_expired(key_id: &str) -> bool {
-    let info: serde_json::Value = reqwest::Client::new()
+/// Garage's GetKeyInfo for `key_id` (with its secret if `show_secret`).
+pub async fn garage_key_info(key_id: &str, show_secret: bool) -> serde_json::Value {
+    let show = if show_secret { "true" } else { "false" };
+    reqwest::Client::new()
         .get(format!("{}/v2/GetKeyInfo", env("GARAGE_ADMIN_URL")))
-        .query(&[("id", key_id)])
+        .query(&[("id", key_id), ("showSecretKey", show)])
         .bearer_auth(env("GARAGE_ADMIN_TOKEN"))
         .send()
         .await
         .unwrap()
         .json()
         .await
-        .unwrap();
-    info["expired"].as_bool().expect("GetKeyInfo has 'expired'")
+        .unwrap()
+}
+
+/// Whether Garage refuses the key (deactivated).
+pub async fn garage_key_expired(key_id: &str) -> bool {
+    garage_key_info(key_id, false).await["expired"]
+        .as_bool()
+        .expect("GetKeyInfo has 'expired'")
 }
 
 /// What a presignctl run printed, and its exit code.
