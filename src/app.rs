@@ -17,6 +17,7 @@ use crate::backend::{KeyBackend, garage::GarageBackend};
 use crate::config::Config;
 use crate::dashboard::Dashboard;
 use crate::domain::SignerName;
+use crate::health::Readiness;
 use crate::issuance::{Issuer, Recorder};
 use crate::keys::KeyManager;
 use crate::paging::PageTokens;
@@ -149,15 +150,18 @@ impl App {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let (health, health_service) = tonic_health::server::health_reporter();
+        let readiness = Readiness::default();
+        readiness.not_ready("starting: migrating the registry and loading signing keys");
+        let (health, health_service) = crate::health::service(readiness.clone());
         set_status(&health, ServingStatus::NotServing).await;
-        let readiness = tokio::spawn(become_ready(
+        let ready_task = tokio::spawn(become_ready(
             self.keys.clone(),
             self.signers.clone(),
             self.config.migrate_on_start,
             self.config.health_interval(),
             self.config.maintenance_interval(),
             health.clone(),
+            readiness.clone(),
         ));
 
         // Both reflection versions: grpcurl and other tools still ask v1alpha.
@@ -220,7 +224,7 @@ impl App {
             tls = self.tls.is_some(),
             "presignd serving"
         );
-        let stopping = health.clone();
+        let stopping = (health.clone(), readiness.clone());
         let router = tonic::transport::Server::builder()
             .layer(tower::util::MapRequestLayer::new(
                 crate::audit::tag_rpc::<tonic::body::Body>,
@@ -233,7 +237,8 @@ impl App {
         let shutdown = async move {
             shutdown.await;
             tracing::info!("shutting down: draining in-flight requests");
-            set_status(&stopping, ServingStatus::NotServing).await;
+            stopping.1.not_ready("shutting down");
+            set_status(&stopping.0, ServingStatus::NotServing).await;
         };
         let result = match self.tls {
             Some(acceptor) => {
@@ -260,7 +265,7 @@ impl App {
         if let Some(r) = reloader {
             r.abort();
         }
-        readiness.abort();
+        ready_task.abort();
         metrics_server.abort();
         outstanding.abort();
         self.keys.pool.close().await;
@@ -320,12 +325,14 @@ async fn become_ready(
     interval: Duration,
     maintenance: Duration,
     health: HealthReporter,
+    readiness: Readiness,
 ) {
     let mut backoff = Duration::from_millis(200);
     loop {
         match prepare(&keys, &signers, migrate).await {
             Ok(()) => break,
             Err(e) => {
+                readiness.not_ready(format!("{e:#}"));
                 tracing::warn!(
                     error = format!("{e:#}"),
                     retry_in_ms = backoff.as_millis() as u64,
@@ -337,16 +344,22 @@ async fn become_ready(
         }
     }
     tracing::info!("ready: registry migrated, signing keys loaded");
+    readiness.ready();
     set_status(&health, ServingStatus::Serving).await;
     let names = signers.iter().map(|s| s.to_string()).collect();
     tokio::join!(
-        follow_liveness(&keys, interval, &health),
+        follow_liveness(&keys, interval, &health, &readiness),
         keys.clone().follow_key_changes(names),
         maintain(keys.clone(), maintenance),
     );
 }
 
-async fn follow_liveness(keys: &KeyManager, interval: Duration, health: &HealthReporter) {
+async fn follow_liveness(
+    keys: &KeyManager,
+    interval: Duration,
+    health: &HealthReporter,
+    readiness: &Readiness,
+) {
     let mut serving = true;
     loop {
         tokio::time::sleep(interval).await;
@@ -357,9 +370,14 @@ async fn follow_liveness(keys: &KeyManager, interval: Duration, health: &HealthR
             serving = ok;
             if ok {
                 tracing::info!("registry reachable again: SERVING");
+                readiness.ready();
                 set_status(health, ServingStatus::Serving).await;
             } else {
                 tracing::warn!("registry unreachable: NOT_SERVING");
+                readiness.not_ready(format!(
+                    "registry unreachable: no answer to a ping within {} ms",
+                    interval.as_millis()
+                ));
                 set_status(health, ServingStatus::NotServing).await;
             }
         }

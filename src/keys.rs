@@ -96,7 +96,15 @@ impl KeyManager {
         let secret = self
             .master_key
             .open(&row.key_id, &row.sealed_secret)
-            .with_context(|| format!("opening the secret of key {}", row.key_id))?;
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "opening the secret of key {}: {e}. If the master key changed: start presignd with the one \
+                     the registry's secrets were sealed with, or re-seal them under the new one with \
+                     `presignd reseal --new-master-key-file FILE` (run with the original key); \
+                     a dev stack (deploy/dev) starts over with `deploy/dev/stack.sh reset`",
+                    row.key_id
+                )
+            })?;
         Ok(SecretString::new(
             String::from_utf8(secret.to_vec()).context("a sealed secret is not UTF-8")?,
         ))

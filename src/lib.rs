@@ -11,6 +11,7 @@ pub mod backend;
 pub mod config;
 pub mod dashboard;
 pub mod domain;
+pub mod health;
 pub mod issuance;
 pub mod keys;
 pub mod metrics;

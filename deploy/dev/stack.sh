@@ -1,11 +1,24 @@
 #!/usr/bin/env bash
-# Brings up the dev/test stack on this machine, idempotently:
-#   * PostgreSQL 15 (Debian cluster 15/main): a role with a password and CREATEDB
-#     (for #[sqlx::test]) and the `presignd` database;
-#   * Garage 2.5 (installed with cargo if missing), single node, layout applied,
-#     buckets created;
+# The dev/test stack on this machine. Everything it makes belongs to one *state*
+# (deploy/dev/.state, or $PRESIGND_DEV_STATE), named by a random id made with it:
+#   * PostgreSQL 15 (Debian cluster 15/main, machine-wide): a role with a
+#     password and CREATEDB (for #[sqlx::test]) and the state's own database
+#     `presignd_dev_<id>`. A new state gets a new, empty registry, so a removed
+#     state (git clean -xdf) or a second clone never meets keys sealed under
+#     another master key. Databases of states that no longer exist are dropped.
+#   * Garage 2.5 (installed with cargo if missing), single node, config and data
+#     in the state. A Garage on these ports started from another state is
+#     stopped, said so, and started again from this one: never half-talked-to.
+#   * moto (IAM API for the aws backend's tests), likewise owned by the state.
 # and writes the environment the tools and tests need to $STATE/env.
-# Usage: deploy/dev/stack.sh   (then: source deploy/dev/.state/env)
+#
+# Usage: deploy/dev/stack.sh [up]   bring it up (idempotent), then: source deploy/dev/.state/env
+#        deploy/dev/stack.sh stop   stop what this state started (Garage, moto, and
+#                                   PostgreSQL if this state started it)
+#        deploy/dev/stack.sh reset  stop, drop this state's database, remove the state
+#        deploy/dev/stack.sh status what runs, and for which state
+# Ports (change them to run a second stack beside the first):
+#   GARAGE_PORT_BASE (3900: S3 on it, RPC +1, admin +3), MOTO_PORT (5000).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -13,13 +26,99 @@ STATE="${PRESIGND_DEV_STATE:-$HERE/.state}"
 PG_VERSION=15
 PG_USER=presignd
 PG_PASSWORD=presignd-dev
-PG_DB=presignd
 GARAGE_VERSION=2.5.0
+GARAGE_PORT_BASE="${GARAGE_PORT_BASE:-3900}"
+S3_PORT=$GARAGE_PORT_BASE
+RPC_PORT=$((GARAGE_PORT_BASE + 1))
+ADMIN_PORT=$((GARAGE_PORT_BASE + 3))
+MOTO_PORT="${MOTO_PORT:-5000}"
 BUCKETS=(presignd-dev presignd-test presignd-test-b)
 export PATH="$HOME/.cargo/bin:$PATH"
 
 log() { printf '[stack] %s\n' "$*" >&2; }
+die() { printf '[stack] error: %s\n' "$*" >&2; exit 1; }
+psql_admin() { su postgres -c "psql -v ON_ERROR_STOP=1 -qtA $*"; }
+
+# The pids listening on a TCP port of this machine.
+listeners() { ss -Hltnp "sport = :$1" 2>/dev/null | grep -o 'pid=[0-9]*' | cut -d= -f2 | sort -u; }
+# Stops the process listening on $1 if it is a $2 (by command name); refuses to
+# touch anything else.
+stop_listener() {
+    local port=$1 what=$2 why=$3 pid
+    for pid in $(listeners "$port"); do
+        if ! tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "$what"; then
+            die "port $port is taken by pid $pid ($(tr '\0' ' ' <"/proc/$pid/cmdline")), not $what: stop it or set other ports (see the header of $0)"
+        fi
+        log "stopping $what (pid $pid: $(tr '\0' ' ' <"/proc/$pid/cmdline")): $why"
+        kill "$pid" 2>/dev/null || true
+        for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -9 "$pid" 2>/dev/null || true
+    done
+}
+# The pid this state recorded for a service, if that process still runs.
+our_pid() {
+    local f="$STATE/$1.pid" pid
+    [ -f "$f" ] || return 1
+    pid="$(cat "$f")"
+    kill -0 "$pid" 2>/dev/null && echo "$pid"
+}
+
+state_id() { cat "$STATE/id" 2>/dev/null; }
+db_name() { echo "presignd_dev_$(state_id)"; }
+
+# ---------------------------------------------------------------- stop / reset / status
+stop_stack() {
+    local pid
+    for svc in garage moto; do
+        if pid="$(our_pid "$svc")"; then
+            log "stopping $svc (pid $pid)"
+            kill "$pid" 2>/dev/null || true
+            for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+            kill -9 "$pid" 2>/dev/null || true
+        fi
+        rm -f "$STATE/$svc.pid"
+    done
+    if [ -f "$STATE/postgres.started" ]; then
+        log "stopping PostgreSQL $PG_VERSION (this state started it)"
+        pg_ctlcluster --skip-systemctl-redirect "$PG_VERSION" main stop || true
+        rm -f "$STATE/postgres.started"
+    fi
+}
+
+case "${1:-up}" in
+    up) ;;
+    stop)
+        stop_stack
+        log "stopped what $STATE started"
+        exit 0 ;;
+    reset)
+        stop_stack
+        if [ -n "$(state_id)" ] && pg_lsclusters -h 2>/dev/null | grep -q "^$PG_VERSION main .* online"; then
+            log "dropping database $(db_name)"
+            psql_admin "-c 'DROP DATABASE IF EXISTS \"$(db_name)\" WITH (FORCE)'" || true
+        fi
+        rm -rf "$STATE"
+        log "removed $STATE: the next run starts from an empty registry and a new Garage"
+        exit 0 ;;
+    status)
+        echo "state: $STATE (id $(state_id || echo none), database $(db_name))"
+        for svc in garage moto; do
+            if pid="$(our_pid "$svc")"; then echo "$svc: running (pid $pid, this state)"; else echo "$svc: not running from this state"; fi
+        done
+        pg_lsclusters -h 2>/dev/null | grep "^$PG_VERSION main" || echo "PostgreSQL $PG_VERSION: no cluster"
+        exit 0 ;;
+    *) die "unknown command ${1}: expected up, stop, reset or status" ;;
+esac
+
+for tool in ss:iproute2 curl:curl openssl:openssl; do
+    command -v "${tool%%:*}" >/dev/null || {
+        log "installing ${tool#*:}"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${tool#*:}" >/dev/null
+    }
+done
 mkdir -p "$STATE"
+[ -f "$STATE/id" ] || (umask 077 && openssl rand -hex 4 >"$STATE/id")
+PG_DB="$(db_name)"
 
 # ---------------------------------------------------------------- PostgreSQL
 if ! command -v pg_ctlcluster >/dev/null; then
@@ -32,6 +131,7 @@ fi
 if ! pg_lsclusters -h | grep -q "^$PG_VERSION main .* online"; then
     log "starting PostgreSQL $PG_VERSION"
     pg_ctlcluster --skip-systemctl-redirect "$PG_VERSION" main start
+    touch "$STATE/postgres.started"
 fi
 for _ in $(seq 1 50); do
     su postgres -c "psql -qtAc 'SELECT 1'" >/dev/null 2>&1 && break
@@ -46,11 +146,27 @@ DO \$\$ BEGIN
   END IF;
 END \$\$;
 SQL
-if ! su postgres -c "psql -qtAc \"SELECT 1 FROM pg_database WHERE datname = '$PG_DB'\"" | grep -q 1; then
+# Each dev database says which state it belongs to (its comment: the state's
+# path and id). One whose state is gone, or holds another id, is dropped: its
+# keys were sealed under a master key nobody has any more.
+psql_admin "-F '|'" <<'SQL' | while IFS='|' read -r db comment; do
+SELECT d.datname, coalesce(shobj_description(d.oid, 'pg_database'), '')
+FROM pg_database d WHERE d.datname LIKE 'presignd\_dev\_%';
+SQL
+    [ "$db" = "$PG_DB" ] && continue
+    path="${comment% *}" id="${comment##* }"
+    if [ -z "$comment" ] || [ "$(cat "$path/id" 2>/dev/null)" != "$id" ]; then
+        log "dropping $db: its state (${path:-unknown}) is gone"
+        psql_admin "-c 'DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)'" </dev/null >/dev/null || true
+    fi
+done
+if ! psql_admin "-c \"SELECT 1 FROM pg_database WHERE datname = '$PG_DB'\"" | grep -q 1; then
+    log "creating database $PG_DB for this state"
     su postgres -c "createdb -O $PG_USER $PG_DB"
+    psql_admin "-c \"COMMENT ON DATABASE $PG_DB IS '$STATE $(state_id)'\""
 fi
 DATABASE_URL="postgres://$PG_USER:$PG_PASSWORD@127.0.0.1:5432/$PG_DB"
-log "PostgreSQL ready"
+log "PostgreSQL ready (database $PG_DB)"
 
 # ---------------------------------------------------------------- Garage
 if ! garage --version 2>/dev/null | grep -q "$GARAGE_VERSION"; then
@@ -66,30 +182,41 @@ metadata_dir = "$STATE/garage/meta"
 data_dir = "$STATE/garage/data"
 db_engine = "lmdb"
 replication_factor = 1
-rpc_bind_addr = "127.0.0.1:3901"
-rpc_public_addr = "127.0.0.1:3901"
+rpc_bind_addr = "127.0.0.1:$RPC_PORT"
+rpc_public_addr = "127.0.0.1:$RPC_PORT"
 rpc_secret = "$(openssl rand -hex 32)"
 
 [s3_api]
 s3_region = "garage"
-api_bind_addr = "127.0.0.1:3900"
+api_bind_addr = "127.0.0.1:$S3_PORT"
 root_domain = ".s3.garage.localhost"
 
 [admin]
-api_bind_addr = "127.0.0.1:3903"
+api_bind_addr = "127.0.0.1:$ADMIN_PORT"
 admin_token = "$(openssl rand -hex 24)"
 TOML
 fi
 GARAGE_ADMIN_TOKEN="$(sed -n 's/^admin_token = "\(.*\)"/\1/p' "$GCONF")"
 g() { garage -c "$GCONF" "$@"; }
-if ! curl -fsS -o /dev/null -H "Authorization: Bearer $GARAGE_ADMIN_TOKEN" http://127.0.0.1:3903/v2/GetClusterStatus 2>/dev/null; then
+garage_is_ours() {
+    curl -fsS -o /dev/null -H "Authorization: Bearer $GARAGE_ADMIN_TOKEN" \
+        "http://127.0.0.1:$ADMIN_PORT/v2/GetClusterStatus" 2>/dev/null
+}
+if ! garage_is_ours; then
+    # Whatever holds Garage's ports now was started from another state (its
+    # token and rpc_secret differ): talking to it would half-work at best.
+    for port in $ADMIN_PORT $RPC_PORT $S3_PORT; do
+        stop_listener "$port" garage "it was not started from this state ($STATE)"
+    done
     log "starting Garage"
     nohup garage -c "$GCONF" server >"$STATE/garage.log" 2>&1 &
     echo $! >"$STATE/garage.pid"
     for _ in $(seq 1 100); do
-        curl -fsS -o /dev/null -H "Authorization: Bearer $GARAGE_ADMIN_TOKEN" http://127.0.0.1:3903/v2/GetClusterStatus 2>/dev/null && break
+        garage_is_ours && break
+        kill -0 "$(cat "$STATE/garage.pid")" 2>/dev/null || die "Garage exited at start: see $STATE/garage.log"
         sleep 0.2
     done
+    garage_is_ours || die "Garage did not answer on :$ADMIN_PORT within 20 s: see $STATE/garage.log"
 fi
 if g layout show 2>/dev/null | grep -q "Current cluster layout version: 0"; then
     NODE="$(g node id -q | cut -d@ -f1)"
@@ -99,7 +226,7 @@ fi
 for b in "${BUCKETS[@]}"; do
     g bucket info "$b" >/dev/null 2>&1 || g bucket create "$b" >/dev/null
 done
-log "Garage ready (S3 http://127.0.0.1:3900, admin http://127.0.0.1:3903)"
+log "Garage ready (S3 http://127.0.0.1:$S3_PORT, admin http://127.0.0.1:$ADMIN_PORT)"
 
 # ---------------------------------------------------------------- moto (IAM API only)
 # moto serves AWS IAM's API semantics for the aws backend's tests. It does not
@@ -108,29 +235,35 @@ if ! command -v moto_server >/dev/null; then
     log "installing moto server"
     python3 -m pip install --quiet 'moto[server]'
 fi
-if ! curl -fsS -o /dev/null http://127.0.0.1:5000/moto-api/ 2>/dev/null; then
+moto_up() { curl -fsS -o /dev/null "http://127.0.0.1:$MOTO_PORT/moto-api/" 2>/dev/null; }
+MOTO_PID="$(our_pid moto || true)"
+if [ -z "$MOTO_PID" ] || ! listeners "$MOTO_PORT" | grep -qx "$MOTO_PID"; then
+    # A moto this state did not start holds IAM users and keys from other runs.
+    stop_listener "$MOTO_PORT" moto "it was not started from this state ($STATE)"
     log "starting moto"
-    nohup moto_server -H 127.0.0.1 -p 5000 >"$STATE/moto.log" 2>&1 &
+    nohup moto_server -H 127.0.0.1 -p "$MOTO_PORT" >"$STATE/moto.log" 2>&1 &
+    echo $! >"$STATE/moto.pid"
     for _ in $(seq 1 100); do
-        curl -fsS -o /dev/null http://127.0.0.1:5000/moto-api/ 2>/dev/null && break
+        moto_up && break
         sleep 0.2
     done
+    moto_up || die "moto did not answer on :$MOTO_PORT within 20 s: see $STATE/moto.log"
 fi
-log "moto ready (IAM http://127.0.0.1:5000)"
+log "moto ready (IAM http://127.0.0.1:$MOTO_PORT)"
 
 # ---------------------------------------------------------------- environment
 [ -f "$STATE/master.key" ] || (umask 077 && openssl rand -hex 32 >"$STATE/master.key")
 cat >"$STATE/env" <<ENV
 export DATABASE_URL='$DATABASE_URL'
-export GARAGE_ADMIN_URL='http://127.0.0.1:3903'
+export GARAGE_ADMIN_URL='http://127.0.0.1:$ADMIN_PORT'
 export GARAGE_ADMIN_TOKEN='$GARAGE_ADMIN_TOKEN'
-export GARAGE_S3_URL='http://127.0.0.1:3900'
+export GARAGE_S3_URL='http://127.0.0.1:$S3_PORT'
 export GARAGE_REGION='garage'
 export PRESIGND_DEV_MASTER_KEY_FILE='$STATE/master.key'
 export PRESIGND_TEST_BUCKETS='presignd-test,presignd-test-b'
-export MOTO_URL='http://127.0.0.1:5000'
+export MOTO_URL='http://127.0.0.1:$MOTO_PORT'
 # moto accepts any credentials; these only make the AWS SDK's chain find some.
 export AWS_ACCESS_KEY_ID='moto-testing'
 export AWS_SECRET_ACCESS_KEY='moto-testing'
 ENV
-log "environment written to $STATE/env"
+log "environment written to $STATE/env (state $STATE, id $(state_id))"

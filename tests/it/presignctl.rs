@@ -104,3 +104,50 @@ async fn presignctl_fails_with_a_clear_message_and_a_non_zero_exit(pool: PgPool)
     assert_eq!(run.code, 1);
     assert!(run.stderr.contains("Unauthenticated"), "{}", run.stderr);
 }
+
+/// A server that cannot become ready says why where the operator looks:
+/// `presignctl wait-ready` names the health status and the server's last
+/// readiness error, and the master-key error says what to do about it.
+#[sqlx::test]
+async fn wait_ready_names_the_status_and_why_the_server_is_not_ready(pool: PgPool) {
+    // A registry whose key was sealed under the test master key...
+    let app = spawn_app(&pool).await;
+    let (code, _, err) = presignctl(&app, TOKEN, &["wait-ready", "--timeout-secs", "5"]).await;
+    assert_eq!(code, 0, "a ready server passes wait-ready: {err}");
+    drop(app);
+
+    // ...opened by a server holding another master key.
+    let other = presignd::seal::MasterKey::generate();
+    let config = test_config(&[&format!("--master-key={}", &*other.to_hex())]);
+    let app = spawn_app_with(config, (*pool.connect_options()).clone()).await;
+    let (code, _, err) = presignctl(&app, TOKEN, &["wait-ready", "--timeout-secs", "2"]).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("health says NOT_SERVING"), "{err}");
+    assert!(
+        err.contains("because: opening the secret of key GK"),
+        "{err}"
+    );
+    assert!(err.contains("presignd reseal"), "{err}");
+    assert!(err.contains("deploy/dev/stack.sh reset"), "{err}");
+}
+
+#[tokio::test]
+async fn wait_ready_says_when_nothing_answers() {
+    // A port that was just free: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_presignctl"))
+        .args(["wait-ready", "--timeout-secs", "1"])
+        .env("PRESIGND_ENDPOINT", format!("http://127.0.0.1:{port}"))
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("presignctl runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("did not answer within 1s"), "{err}");
+    assert!(err.contains("cannot connect to presignd"), "{err}");
+}

@@ -212,30 +212,48 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Links(args) => links::list(conn, conn.json, args).await,
         Cmd::Summarize(args) => links::summarize(conn, conn.json, args).await,
         Cmd::Lookup(args) => links::lookup(conn, conn.json, args).await,
-        Cmd::WaitReady { timeout_secs } => {
-            let deadline = Instant::now() + Duration::from_secs(timeout_secs);
-            loop {
-                let status = async {
-                    let mut h = HealthClient::new(channel(conn).await?);
-                    let r = h
-                        .check(HealthCheckRequest {
-                            service: String::new(),
-                        })
-                        .await?;
-                    anyhow::Ok(r.into_inner().status)
+        Cmd::WaitReady { timeout_secs } => wait_ready(conn, timeout_secs).await,
+    }
+}
+
+/// Polls the health service until SERVING. On timeout, says what the server
+/// last answered: the status by name and, when it is not serving, why (the
+/// server's last readiness error), or that it could not be reached at all.
+async fn wait_ready(conn: &Conn, timeout_secs: u64) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(timeout_secs);
+    loop {
+        let last = async {
+            let mut h = HealthClient::new(channel(conn).await?);
+            let r = h
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .map_err(status_error)?;
+            let reason = r
+                .metadata()
+                .get(presignd::health::NOT_READY_METADATA)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            anyhow::Ok((r.into_inner().status(), reason))
+        }
+        .await;
+        if matches!(last, Ok((ServingStatus::Serving, _))) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            let endpoint = &conn.endpoint;
+            match last {
+                Ok((status, reason)) => bail!(
+                    "presignd at {endpoint} is not SERVING after {timeout_secs}s: health says {}{}",
+                    status.as_str_name(),
+                    reason.map_or_else(String::new, |r| format!(" because: {r}"))
+                ),
+                Err(e) => {
+                    bail!("presignd at {endpoint} did not answer within {timeout_secs}s: {e:#}")
                 }
-                .await;
-                if matches!(status, Ok(s) if s == ServingStatus::Serving as i32) {
-                    return Ok(());
-                }
-                if Instant::now() > deadline {
-                    bail!(
-                        "presignd at {} not SERVING after {timeout_secs}s (last: {status:?})",
-                        conn.endpoint
-                    );
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
