@@ -112,7 +112,8 @@ async fn presignctl_fails_with_a_clear_message_and_a_non_zero_exit(pool: PgPool)
 async fn wait_ready_names_the_status_and_why_the_server_is_not_ready(pool: PgPool) {
     // A registry whose key was sealed under the test master key...
     let app = spawn_app(&pool).await;
-    let (code, _, err) = presignctl(&app, TOKEN, &["wait-ready", "--timeout-secs", "5"]).await;
+    let run = presignctl(&app, TOKEN, &["wait-ready", "--timeout-secs", "5"], None).await;
+    let (code, err) = (run.code, run.stderr);
     assert_eq!(code, 0, "a ready server passes wait-ready: {err}");
     drop(app);
 
@@ -120,7 +121,8 @@ async fn wait_ready_names_the_status_and_why_the_server_is_not_ready(pool: PgPoo
     let other = presignd::seal::MasterKey::generate();
     let config = test_config(&[&format!("--master-key={}", &*other.to_hex())]);
     let app = spawn_app_with(config, (*pool.connect_options()).clone()).await;
-    let (code, _, err) = presignctl(&app, TOKEN, &["wait-ready", "--timeout-secs", "2"]).await;
+    let run = presignctl(&app, TOKEN, &["wait-ready", "--timeout-secs", "2"], None).await;
+    let (code, err) = (run.code, run.stderr);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("health says NOT_SERVING"), "{err}");
     assert!(
@@ -142,7 +144,7 @@ async fn wait_ready_says_when_nothing_answers() {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_presignctl"))
         .args(["wait-ready", "--timeout-secs", "1"])
         .env("PRESIGND_ENDPOINT", format!("http://127.0.0.1:{port}"))
-        .stdin(Stdio::null())
+        .stdin(std::process::Stdio::null())
         .output()
         .await
         .expect("presignctl runs");
