@@ -13,28 +13,20 @@
 //! timeout. A flood of full-scan summaries waits for those connections, or is
 //! refused, but never takes one IssueLink needs.
 
-mod page_token;
-
-pub use page_token::PageTokens;
-
 use crate::auth::Caller;
 use crate::domain::{FieldError, PresignedUrl};
+use crate::paging::{Cursor, Listing, PageTokens};
 use crate::ratelimit::{RateLimited, ReadLimits};
 use crate::registry::audit::AuditRow;
 use crate::registry::keys::KeySummaryRow;
-use crate::registry::link_queries::{self, Cursor, LinkFilter};
+use crate::registry::link_queries::{self, LinkFilter};
 use crate::registry::link_summary::{self, GroupBy, SummaryRow};
 use crate::registry::links::{self, BlastRadius, LinkRow};
 use crate::registry::revocations::RevocationRow;
 use crate::registry::signers::SignerRow;
 use crate::{metrics, registry};
-use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
-
-pub const DEFAULT_PAGE_SIZE: u32 = 100;
-/// Larger requests are served this many rows (AIP-158: coerce, do not fail).
-pub const MAX_PAGE_SIZE: u32 = 1000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DashboardError {
@@ -75,14 +67,6 @@ pub struct Page {
 pub struct Lookup {
     pub link: LinkRow,
     pub blast_radius: Option<BlastRadius>,
-}
-
-/// The rows a page holds: 0 means the default.
-pub fn page_size(requested: u32) -> u32 {
-    match requested {
-        0 => DEFAULT_PAGE_SIZE,
-        n => n.min(MAX_PAGE_SIZE),
-    }
 }
 
 /// Narrows `filter` to what `caller` may read.
@@ -138,19 +122,13 @@ impl Dashboard {
         page_token: &str,
     ) -> Result<Page, DashboardError> {
         let filter = scope(caller, filter)?;
-        let after = match page_token {
-            "" => None,
-            token => Some(self.tokens.open(token, &filter)?),
-        };
-        let size = page_size(requested_page_size) as usize;
-        // One row more than the page tells whether another page follows, so the
-        // last page never comes with a token leading to an empty one.
-        let mut rows = link_queries::list_page(&self.pool, &filter, after, size as i64 + 1).await?;
-        let next_page_token = (rows.len() > size).then(|| {
-            rows.truncate(size);
-            let last = rows.last().expect("a full page has a last row");
-            self.tokens.issue(&filter, Cursor::from(last))
-        });
+        // The token binds the scoped filter: what this caller was shown.
+        let page = self
+            .tokens
+            .request(Listing::Links, &filter, requested_page_size, page_token)?;
+        let mut rows =
+            link_queries::list_page(&self.pool, &filter, page.after, page.fetch_limit()).await?;
+        let next_page_token = self.tokens.next_page(&page, &mut rows, |r| Cursor::from(r));
         Ok(Page {
             links: rows,
             next_page_token,
@@ -185,7 +163,7 @@ impl Dashboard {
     pub async fn revocations(
         &self,
         signer: Option<&str>,
-        after: Option<(DateTime<Utc>, Uuid)>,
+        after: Option<Cursor>,
         limit: i64,
     ) -> Result<Vec<RevocationRow>, DashboardError> {
         Ok(registry::revocations::list(&self.pool, signer, after, limit).await?)
@@ -195,7 +173,7 @@ impl Dashboard {
     pub async fn audit_events(
         &self,
         caller: Option<&str>,
-        after: Option<(DateTime<Utc>, Uuid)>,
+        after: Option<Cursor>,
         limit: i64,
     ) -> Result<Vec<AuditRow>, DashboardError> {
         Ok(registry::audit::list(&self.pool, caller, after, limit).await?)
@@ -242,14 +220,6 @@ mod tests {
             name: CallerName::parse(name).unwrap(),
             admin,
         }
-    }
-
-    #[test]
-    fn the_page_size_defaults_to_100_and_is_coerced_to_1000() {
-        assert_eq!(page_size(0), 100);
-        assert_eq!(page_size(7), 7);
-        assert_eq!(page_size(1000), 1000);
-        assert_eq!(page_size(5000), 1000);
     }
 
     #[test]

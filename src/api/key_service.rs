@@ -6,6 +6,7 @@ use crate::audit::{AuditEvent, Auditor};
 use crate::auth::{Caller, caller_of};
 use crate::dashboard::Dashboard;
 use crate::domain::{FieldError, SignerName};
+use crate::paging::{Cursor, Listing};
 use crate::proto::{self, key_service_server::KeyService};
 use crate::revocation::{PlanTarget, Revocations, RotateRequest};
 use sqlx::PgPool;
@@ -193,16 +194,22 @@ impl KeyService for KeyApi {
                 self.dashboard.admit(&caller)?;
                 let r = request.get_ref();
                 let signer = optional_signer(&r.signer)?;
-                let limit = request::page_size(r.page_size)?;
-                let after = request::time_id_cursor(&r.page_token)?;
+                let signer = signer.as_ref().map(|s| s.as_str());
+                let filter = serde_json::json!({ "signer": signer });
+                let tokens = &self.dashboard.tokens;
+                let page =
+                    tokens.request(Listing::Revocations, &filter, r.page_size, &r.page_token)?;
                 let mut rows = self
                     .dashboard
-                    .revocations(signer.as_ref().map(|s| s.as_str()), after, limit + 1)
+                    .revocations(signer, page.after, page.fetch_limit())
                     .await?;
-                let next = response::next_page(&mut rows, limit, |r| (r.created_at, r.id));
+                let next = tokens.next_page(&page, &mut rows, |r| Cursor {
+                    at: r.created_at,
+                    id: r.id,
+                });
                 Ok(Response::new(proto::ListRevocationsResponse {
                     revocations: rows.into_iter().map(response::revocation).collect(),
-                    next_page_token: next,
+                    next_page_token: next.unwrap_or_default(),
                 }))
             },
         )
@@ -223,12 +230,13 @@ impl KeyService for KeyApi {
             request,
             |caller, request| async move {
                 self.dashboard.admit(&caller)?;
-                let page = audit_events::page(request.get_ref())?;
+                let tokens = &self.dashboard.tokens;
+                let (caller, page) = audit_events::page(tokens, request.get_ref())?;
                 let rows = self
                     .dashboard
-                    .audit_events(page.caller.as_deref(), page.after, page.limit + 1)
+                    .audit_events(caller.as_deref(), page.after, page.fetch_limit())
                     .await?;
-                Ok(Response::new(audit_events::response(rows, page.limit)))
+                Ok(Response::new(audit_events::response(tokens, &page, rows)))
             },
         )
         .await

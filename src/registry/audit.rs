@@ -1,6 +1,7 @@
 //! The audit trail: append-only (the table refuses UPDATE and DELETE).
 
 use super::error::{During, Error};
+use crate::paging::Cursor;
 use chrono::{DateTime, Utc};
 use sqlx::PgExecutor;
 use uuid::Uuid;
@@ -44,7 +45,7 @@ pub async fn insert(db: impl PgExecutor<'_>, row: &AuditRow) -> Result<(), Error
 pub async fn list(
     db: impl PgExecutor<'_>,
     caller: Option<&str>,
-    after: Option<(DateTime<Utc>, Uuid)>,
+    after: Option<Cursor>,
     limit: i64,
 ) -> Result<Vec<AuditRow>, Error> {
     sqlx::query_as(
@@ -54,8 +55,8 @@ pub async fn list(
          ORDER BY at DESC, id DESC LIMIT $4",
     )
     .bind(caller)
-    .bind(after.map(|a| a.0))
-    .bind(after.map(|a| a.1))
+    .bind(after.map(|c| c.at))
+    .bind(after.map(|c| c.id))
     .bind(limit)
     .fetch_all(db)
     .await

@@ -121,7 +121,7 @@ pub async fn spawn_secure_app(pool: &PgPool, extra: &[&str]) -> SecureApp {
     ));
     flags.extend(extra.iter().map(|s| s.to_string()));
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let bs = crate::revocation::buckets();
+    let bs = buckets();
     let (config, _) = policy_config(&policy(&bs[0], &bs[1]), &flags);
     let app = spawn_tls_app(config, (*pool.connect_options()).clone(), &ca.pem).await;
     SecureApp { app, ca, other_ca }
@@ -134,7 +134,7 @@ fn issue(bucket: &str, key: &str, method: Method, ttl: i64) -> Call {
 #[sqlx::test]
 async fn each_caller_gets_exactly_what_its_policy_allows(pool: PgPool) {
     let s = spawn_secure_app(&pool, &[]).await;
-    let bs = crate::revocation::buckets();
+    let bs = buckets();
     let (b0, b1) = (bs[0].as_str(), bs[1].as_str());
     let cert_svc = s.ca.client("cert-svc");
     let uri_svc = s.ca.client_uri("spiffe://it.example/ns/prod/uri-svc");

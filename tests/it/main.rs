@@ -20,6 +20,7 @@ mod lookup_link;
 mod metrics;
 mod migrations;
 mod mtls;
+mod paging;
 mod pki;
 mod policy_reload;
 mod presignctl;

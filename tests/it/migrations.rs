@@ -5,8 +5,9 @@
 
 use chrono::{DateTime, Duration, SubsecRound, Utc};
 use presignd::auth::Caller;
-use presignd::dashboard::{Dashboard, PageTokens};
+use presignd::dashboard::Dashboard;
 use presignd::domain::{CallerName, LinkState, PresignedUrl};
+use presignd::paging::PageTokens;
 use presignd::registry::link_queries::{self, LinkFilter};
 use presignd::registry::link_summary::{self, GroupBy};
 use sha2::{Digest, Sha256};
