@@ -59,6 +59,9 @@ pub struct App {
     audit: Auditor,
     /// The read RPCs' own pool (`registry::read_pool`).
     read_pool: sqlx::PgPool,
+    /// The dashboards' pool: the replica's (--read-database-url) or `read_pool`.
+    replica_pool: sqlx::PgPool,
+    retention: crate::lifecycle::Retention,
     tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
@@ -91,6 +94,18 @@ impl App {
             config.db_acquire_timeout(),
             config.read_statement_timeout(),
         );
+        // GetLink, ListLinks and SummarizeLinks read from the replica when one
+        // is configured: a read pool of the same size and timeouts, there.
+        let replica_pool = match config.read_database()? {
+            Some(replica) => registry::read_pool(
+                replica,
+                config.read_db_max_connections,
+                config.db_acquire_timeout(),
+                config.read_statement_timeout(),
+            ),
+            None => read_pool.clone(),
+        };
+        let retention = config.retention()?;
         let pool = registry::lazy_pool(db, config.db_max_connections, config.db_acquire_timeout());
         let audit = Auditor::new(
             pool.clone(),
@@ -144,6 +159,8 @@ impl App {
             policy,
             audit,
             read_pool,
+            replica_pool,
+            retention,
             tls: tls.map(|t| t.acceptor),
         })
     }
@@ -193,6 +210,7 @@ impl App {
                 migrate: self.config.migrate_on_start,
                 health_interval: self.config.health_interval(),
                 maintenance_interval: self.config.maintenance_interval(),
+                retention: self.retention,
                 health: health.clone(),
                 readiness: readiness.clone(),
             }
@@ -224,6 +242,7 @@ impl App {
         };
         let dashboard = Dashboard {
             pool: self.read_pool.clone(),
+            replica: self.replica_pool.clone(),
             tokens: PageTokens::new(&self.master_key),
             reads: ReadLimits::new(RateSpec::new(
                 self.config.read_rate_per_sec,

@@ -1,8 +1,10 @@
 //! Background upkeep, every `--maintenance-interval-secs`: retries revocations
 //! left running by a retryable error, deactivates retired keys whose last link
-//! expired (GRACEFUL rotations), and folds the link roll-up.
+//! expired (GRACEFUL rotations), folds the link roll-up, and runs the
+//! registry's lifecycle (partitions ahead, retention: `lifecycle::step`).
 
 use crate::keys::KeyManager;
+use crate::lifecycle::{self, Retention};
 use crate::registry;
 use crate::revocation::Revocations;
 use sqlx::PgPool;
@@ -13,6 +15,7 @@ pub(super) async fn run(
     keys: KeyManager,
     revocations: Revocations,
     interval: Duration,
+    retention: Retention,
 ) {
     loop {
         tokio::time::sleep(interval).await;
@@ -24,6 +27,9 @@ pub(super) async fn run(
         }
         if let Err(e) = registry::link_summary::fold(&pool).await {
             tracing::warn!(error = %e, "folding the link roll-up");
+        }
+        if let Err(e) = lifecycle::step(&pool, chrono::Utc::now(), retention).await {
+            tracing::warn!(error = %e, "creating partitions ahead, dropping expired ones");
         }
     }
 }

@@ -27,6 +27,7 @@ pub(super) struct ReadinessTask {
     pub migrate: bool,
     pub health_interval: Duration,
     pub maintenance_interval: Duration,
+    pub retention: crate::lifecycle::Retention,
     pub health: HealthReporter,
     /// Why the server is not ready, for health answers (`crate::health`).
     pub readiness: Readiness,
@@ -80,7 +81,8 @@ impl ReadinessTask {
                 self.pool.clone(),
                 self.keys.clone(),
                 self.revocations.clone(),
-                self.maintenance_interval
+                self.maintenance_interval,
+                self.retention,
             ),
         );
     }
@@ -89,6 +91,8 @@ impl ReadinessTask {
         if self.migrate {
             registry::migrate(&self.pool).await?;
         }
+        // Partitions for today and the days ahead, before the first insert.
+        crate::lifecycle::prepare(&self.pool, chrono::Utc::now()).await?;
         // A revocation interrupted by a crash finishes before anything is signed.
         let unfinished = self.revocations.resume_all().await?;
         if unfinished > 0 {

@@ -248,6 +248,7 @@ async fn a_registry_with_data_from_the_first_migration_upgrades_to_the_last_inta
     // LookupLink by signature, through the dashboard as an admin.
     let dashboard = Dashboard {
         pool: pool.clone(),
+        replica: pool.clone(),
         tokens: PageTokens::new(&presignd::seal::MasterKey::generate()),
         reads: presignd::ratelimit::ReadLimits::new(None),
     };
