@@ -97,10 +97,10 @@ async fn run(
         if let Some(r) = retention {
             if r.link_days > 0 {
                 let cutoff = days_before(now, r.link_days);
-                drop_before(&mut conn, Table::Links, cutoff, &mut report).await?;
+                drop_before(&mut conn, Table::Links, cutoff, now, &mut report).await?;
             }
             let cutoff = days_before(now, r.audit_days);
-            drop_before(&mut conn, Table::Audit, cutoff, &mut report).await?;
+            drop_before(&mut conn, Table::Audit, cutoff, now, &mut report).await?;
         }
         Ok::<(), Error>(())
     }
@@ -156,6 +156,7 @@ async fn drop_before(
     conn: &mut PgConnection,
     table: Table,
     cutoff: DateTime<Utc>,
+    now: DateTime<Utc>,
     report: &mut Report,
 ) -> Result<(), Error> {
     for name in partitions::list(conn, table).await? {
@@ -165,7 +166,7 @@ async fn drop_before(
         if end.and_hms_opt(0, 0, 0).expect("midnight").and_utc() > cutoff {
             continue;
         }
-        match partitions::drop(conn, table, &name, LOCK_TIMEOUT_MS).await? {
+        match partitions::drop(conn, table, &name, LOCK_TIMEOUT_MS, now).await? {
             Some(dropped) => {
                 tracing::info!(
                     partition = name,

@@ -197,12 +197,14 @@ pub struct Dropped {
 /// audit trail; for links, also its roll-up cells: a cell settles into the
 /// day its links expire (`link_summary::fold`), so the cells of the days the
 /// partition held are exactly its links (DROP fires no trigger). None if a
-/// lock was not granted within `lock_timeout` or the partition is gone.
+/// lock was not granted within `lock_timeout` or the partition is gone. The
+/// audit row is dated `now` (the maintenance run's clock).
 pub async fn drop(
     conn: &mut PgConnection,
     table: Table,
     partition: &str,
     lock_timeout_ms: u64,
+    now: DateTime<Utc>,
 ) -> Result<Option<Dropped>, Error> {
     const WHAT: &str = "partitions::drop";
     let Some((lo, hi)) = table.range_of(partition) else {
@@ -279,7 +281,7 @@ pub async fn drop(
         &mut *tx,
         &AuditRow {
             id: uuid::Uuid::now_v7(),
-            at: Utc::now(),
+            at: now,
             caller: Some("presignd".into()),
             peer: None,
             rpc: "presignd.maintenance/DropPartition".into(),

@@ -13,6 +13,7 @@ mod health;
 mod helpers;
 mod issue_link;
 mod layering;
+mod lifecycle;
 mod link_paging;
 mod link_rollup;
 mod link_summaries;
