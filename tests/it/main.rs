@@ -31,6 +31,7 @@ mod rate_limit;
 mod read_isolation;
 mod registry_down;
 mod registry_errors;
+mod replica;
 mod reseal;
 mod revocation;
 mod secrets;
