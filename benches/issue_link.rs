@@ -7,6 +7,12 @@
 //! against the scratch database `presignd_bench_issue`. Closed loop: C clients
 //! each send requests back to back for D seconds (max throughput). Open loop:
 //! requests sent at half the measured IssueLink throughput (p99 at half load).
+//!
+//! BENCH_DB=<name> runs against that existing database instead (e.g. the one
+//! `--bench dashboards` filled), untouched but for the links issued; with
+//! BENCH_DROP_PARTITION=1 a last closed loop runs while, 5 s in, the oldest
+//! day's partition of links is dropped as retention does
+//! (`registry::partitions::drop`), and the drop is timed.
 
 use clap::Parser;
 use presignd::app::App;
@@ -174,13 +180,17 @@ async fn main() -> anyhow::Result<()> {
         return Ok(()); // `cargo test` runs bench binaries too
     }
     let admin: PgConnectOptions = env("DATABASE_URL").parse()?;
-    let mut c = PgConnection::connect_with(&admin).await?;
-    c.execute(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {DB} WITH (FORCE)"
-    )))
-    .await?;
-    c.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {DB}")))
+    let existing = std::env::var("BENCH_DB").ok();
+    let db = existing.clone().unwrap_or_else(|| DB.to_owned());
+    if existing.is_none() {
+        let mut c = PgConnection::connect_with(&admin).await?;
+        c.execute(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {DB} WITH (FORCE)"
+        )))
         .await?;
+        c.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {DB}")))
+            .await?;
+    }
     let bucket = env("PRESIGND_TEST_BUCKETS")
         .split(',')
         .next()
@@ -201,7 +211,7 @@ async fn main() -> anyhow::Result<()> {
         format!("--buckets={bucket}"),
     ];
     let config = Wrapper::try_parse_from(args)?.config;
-    let app = App::build_with_db(config, admin.clone().database(DB)).await?;
+    let app = App::build_with_db(config, admin.clone().database(&db)).await?;
     let port = app.port();
     tokio::spawn(app.run_until_stopped());
     let mut channels = Vec::new();
@@ -231,8 +241,16 @@ async fn main() -> anyhow::Result<()> {
     let noop = closed_loop(Rpc::Health, &channels, &bucket).await;
     let issue = closed_loop(Rpc::Issue, &channels, &bucket).await;
     let half = open_loop(Rpc::Issue, &channels, &bucket, issue.per_sec / 2.0).await;
+    let dropping = std::env::var("BENCH_DROP_PARTITION").is_ok_and(|v| v == "1");
+    let during_drop = if dropping {
+        let drop = tokio::spawn(drop_oldest_partition(admin.clone().database(&db)));
+        let run = closed_loop(Rpc::Issue, &channels, &bucket).await;
+        Some((run, drop.await??))
+    } else {
+        None
+    };
     let links: i64 = sqlx::query_scalar("SELECT count(*) FROM links")
-        .fetch_one(&mut PgConnection::connect_with(&admin.database(DB)).await?)
+        .fetch_one(&mut PgConnection::connect_with(&admin.database(&db)).await?)
         .await?;
 
     println!(
@@ -249,10 +267,43 @@ async fn main() -> anyhow::Result<()> {
         ),
         &half,
     );
+    if let Some((run, (partition, rows, took))) = &during_drop {
+        row(
+            &format!("IssueLink, closed loop, {partition} ({rows} links) dropped 5 s in"),
+            run,
+        );
+        println!();
+        println!("drop of {partition}: {:.1} ms", took.as_secs_f64() * 1e3);
+    }
     println!();
     println!(
         "IssueLink / no-op throughput: {:.2}; links committed in the registry: {links}",
         issue.per_sec / noop.per_sec
     );
     Ok(())
+}
+
+/// 5 s from now, drops the oldest day's partition of links as retention does;
+/// returns its name, how many links it held and how long the drop took.
+async fn drop_oldest_partition(db: PgConnectOptions) -> anyhow::Result<(String, i64, Duration)> {
+    use presignd::registry::partitions::{self, Table};
+    let mut conn = PgConnection::connect_with(&db).await?;
+    let oldest = partitions::list(&mut conn, Table::Links)
+        .await?
+        .into_iter()
+        .filter(|p| Table::Links.range_of(p).is_some())
+        .min_by_key(|p| Table::Links.range_of(p).map(|r| r.1))
+        .ok_or_else(|| anyhow::anyhow!("no partition to drop"))?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let t = Instant::now();
+    let dropped = partitions::drop(
+        &mut conn,
+        Table::Links,
+        &oldest,
+        presignd::lifecycle::LOCK_TIMEOUT_MS,
+        chrono::Utc::now(),
+    )
+    .await?
+    .ok_or_else(|| anyhow::anyhow!("{oldest}: lock not granted within the timeout"))?;
+    Ok((oldest, dropped.rows, t.elapsed()))
 }
