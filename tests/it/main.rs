@@ -7,6 +7,7 @@ mod audit;
 mod authz;
 mod aws_backend;
 mod dashboards;
+mod deploy_files;
 mod fixture;
 mod health;
 mod helpers;
