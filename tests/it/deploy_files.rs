@@ -557,3 +557,122 @@ fn the_setting_check_finds_commands_flags_and_variables_where_they_are() {
         BTreeSet::from(["PRESIGND_LISTEN".to_owned(), "DATABASE_URL_FILE".to_owned()])
     );
 }
+
+/// A port free right now on 127.0.0.1 (for a child process to bind).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The README's production example, run as written in an empty environment,
+/// with only its placeholders (hosts, password, token, paths, bucket, ports)
+/// replaced by the dev stack's: it migrates an empty database, serves, and a
+/// caller it configured gets a PUT link Garage accepts.
+#[sqlx::test(migrations = false)]
+async fn the_readme_production_example_runs_as_written(pool: sqlx::PgPool) {
+    use crate::helpers::{database_url, env, test_bucket};
+    let dir = crate::pki::temp_dir();
+    let (grpc, metrics) = (free_port(), free_port());
+    let mut script = code_blocks(&readme_production_section());
+    let token = "it-readme-production-token";
+    let bucket = test_bucket();
+    for (placeholder, value) in [
+        (
+            "postgres://presignd:PASSWORD@db.internal:5432/presignd?sslmode=verify-full&sslrootcert=/etc/presignd/db-ca.pem",
+            format!("{}?sslmode=disable", database_url(&pool)),
+        ),
+        ("/etc/presignd", dir.display().to_string()),
+        (
+            "'GARAGE_ADMIN_TOKEN'",
+            format!("'{}'", env("GARAGE_ADMIN_TOKEN")),
+        ),
+        ("http://garage.internal:3903", env("GARAGE_ADMIN_URL")),
+        ("https://s3.internal:3900", env("GARAGE_S3_URL")),
+        ("TOKEN=$(openssl rand -hex 32)", format!("TOKEN={token}")),
+        ("\"uploads\"", format!("\"{bucket}\"")),
+        (
+            "PRESIGND_BUCKETS=uploads",
+            format!("PRESIGND_BUCKETS={bucket}"),
+        ),
+        ("0.0.0.0:50051", format!("127.0.0.1:{grpc}")),
+        ("0.0.0.0:9464", format!("127.0.0.1:{metrics}")),
+        ("\npresignd serve", "\nexec presignd serve".to_owned()),
+    ] {
+        assert!(
+            script.contains(placeholder),
+            "the README example has {placeholder:?}"
+        );
+        script = script.replace(placeholder, &value);
+    }
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_presignd")).parent().unwrap();
+    let log = dir.join("server.log");
+    let mut server = tokio::process::Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &script])
+        .env_clear()
+        .env(
+            "PATH",
+            format!("{}:/usr/local/bin:/usr/bin:/bin", bin_dir.display()),
+        )
+        .stderr(std::fs::File::create(&log).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+
+    let endpoint = format!("http://127.0.0.1:{grpc}");
+    let ready = tokio::process::Command::new(env!("CARGO_BIN_EXE_presignctl"))
+        .args([
+            "wait-ready",
+            "--timeout-secs",
+            "60",
+            "--endpoint",
+            &endpoint,
+        ])
+        .output();
+    let failure = tokio::select! {
+        ready = ready => {
+            let ready = ready.unwrap();
+            (!ready.status.success()).then(|| String::from_utf8_lossy(&ready.stdout).into_owned())
+        }
+        exit = server.wait() => Some(format!("it exited ({})", exit.unwrap())),
+    };
+    if let Some(why) = failure {
+        panic!(
+            "the README's server did not become ready: {why}\n--- its log:\n{}",
+            read(&log)
+        );
+    }
+    let issued = tokio::process::Command::new(env!("CARGO_BIN_EXE_presignctl"))
+        .args(["issue", "--json", "--method", "PUT", "--ttl", "60"])
+        .args([
+            "--bucket",
+            &bucket,
+            "--key",
+            &crate::helpers::unique_key("readme"),
+        ])
+        .args(["--endpoint", &endpoint])
+        .env("PRESIGND_TOKEN", token)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        issued.status.success(),
+        "{}",
+        String::from_utf8_lossy(&issued.stderr)
+    );
+    let reply: serde_json::Value = serde_json::from_slice(&issued.stdout).unwrap();
+    let put = reqwest::Client::new()
+        .put(reply["url"].as_str().unwrap())
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        put.status(),
+        reqwest::StatusCode::OK,
+        "Garage accepts the link"
+    );
+    server.start_kill().unwrap();
+}
