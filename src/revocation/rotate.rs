@@ -5,7 +5,7 @@ use crate::domain::{FieldError, RevocationState, RotationMode, SignerName};
 use crate::registry::blast_radius::{self, BlastRadius};
 use crate::registry::revocations::{self, NewRevocation, RevocationRow};
 use crate::registry::{self, keys, signers};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use uuid::Uuid;
 
 pub const MAX_REASON_CHARS: usize = 1000;
@@ -62,7 +62,7 @@ impl Revocations {
     /// Plans, records and runs a rotation to its end (or to a step that must be
     /// retried later: the report then says RUNNING, with the error).
     pub async fn rotate(&self, req: RotateRequest) -> Result<Rotation, RevocationError> {
-        let req_mode = req.mode;
+        let (req_mode, signer) = (req.mode, req.signer.clone());
         let id = match self.start(req).await? {
             dry_run @ Rotation::DryRun { .. } => return Ok(dry_run),
             Rotation::Ran(row) => row.id,
@@ -76,7 +76,7 @@ impl Revocations {
             RevocationState::Running => "pending_retry",
             done => done.as_str(),
         };
-        crate::metrics::record_revocation(req_mode.as_str(), outcome);
+        crate::metrics::record_revocation(req_mode.as_str(), outcome, signer.as_str());
         if row.state == RevocationState::Failed {
             // The report stays readable with GetRevocation; the caller gets a
             // status that says the rotation did not happen, and why.
@@ -165,15 +165,6 @@ impl Revocations {
         revocations::get(&self.pool, id)
             .await?
             .ok_or(RevocationError::NotFound(id))
-    }
-
-    pub async fn list(
-        &self,
-        signer: Option<&str>,
-        after: Option<(DateTime<Utc>, Uuid)>,
-        limit: i64,
-    ) -> Result<Vec<RevocationRow>, RevocationError> {
-        Ok(revocations::list(&self.pool, signer, after, limit).await?)
     }
 }
 
