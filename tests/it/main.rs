@@ -26,6 +26,7 @@ mod pki;
 mod policy_reload;
 mod presignctl;
 mod presignctl_links;
+mod production;
 mod prop_issue;
 mod rate_limit;
 mod read_isolation;
