@@ -14,7 +14,7 @@ mod verify;
 
 pub use keyring::Keyring;
 pub use state::{activate_replacement, lock_for_state_change};
-pub use verify::{NotUsable, verify_usable};
+pub use verify::{NotUsable, ProbeAnswer, classify as classify_probe, verify_usable};
 
 use crate::backend::{BackendError, KeyBackend, NewKey};
 use crate::domain::KeyState;
@@ -111,16 +111,32 @@ impl KeyManager {
             &new.secret_access_key,
             signer,
         );
-        self.prove_usable(&key).await?;
-        registry::keys::insert(
-            &mut *tx,
-            &new.access_key_id,
-            signer,
-            KeyState::Active,
-            &self.seal(&new),
-        )
-        .await?;
-        registry::commit(tx).await?;
+        // A key that never reaches the registry is deleted at once, not left
+        // live and unknown (invariant 6): a failed probe or insert takes its key.
+        let recorded = async {
+            self.prove_usable(&key).await?;
+            registry::keys::insert(
+                &mut *tx,
+                &new.access_key_id,
+                signer,
+                KeyState::Active,
+                &self.seal(&new),
+            )
+            .await?;
+            registry::commit(tx).await?;
+            anyhow::Ok(())
+        }
+        .await;
+        if let Err(e) = recorded {
+            if let Err(d) = self.backend.delete_key(signer, &new.access_key_id).await {
+                tracing::error!(signer, key_id = %new.access_key_id, error = %d,
+                    "the unrecorded key could not be deleted: delete it at the backend by hand");
+            }
+            return Err(e.context(format!(
+                "provisioning key {} for signer {signer} (deleted again)",
+                new.access_key_id
+            )));
+        }
         tracing::info!(signer, key_id = %new.access_key_id, "provisioned a signing key");
         self.keyring.install(key);
         Ok(())

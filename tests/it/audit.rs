@@ -31,6 +31,7 @@ fn rotate(signer: &str, expected: &str) -> RotateKeyRequest {
         reason: "audit test".into(),
         expected_key_id: expected.into(),
         dry_run: false,
+        detach: false,
     }
 }
 

@@ -60,6 +60,7 @@ fn rotate_req(mode: RotationMode, expected: &str) -> RotateKeyRequest {
         reason: "integration test: suspected leak".into(),
         expected_key_id: expected.into(),
         dry_run: false,
+        detach: false,
     }
 }
 

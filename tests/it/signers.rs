@@ -87,6 +87,7 @@ async fn revoking_one_signer_leaves_the_other_callers_links_working(pool: PgPool
             reason: "caller b's key leaked".into(),
             expected_key_id: plan.key_id.clone(),
             dry_run: false,
+            detach: false,
         })
         .await;
     assert_eq!(
