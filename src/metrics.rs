@@ -22,6 +22,7 @@ pub const ISSUE_LINK_SECONDS: &str = "presignd_issue_link_duration_seconds";
 pub const OUTSTANDING_LINKS: &str = "presignd_outstanding_links";
 pub const REVOCATIONS: &str = "presignd_revocations_total";
 pub const REGISTRY_ERRORS: &str = "presignd_registry_errors_total";
+pub const STUCK_REVOCATIONS: &str = "presignd_revocations_stuck";
 
 /// IssueLink's latency buckets, in seconds, around the 3 ms p99 target.
 const ISSUE_LINK_BUCKETS: &[f64] = &[
@@ -62,6 +63,10 @@ fn install() -> PrometheusHandle {
         "Links not expired nor revoked, per signer and key (active and retired keys), refreshed periodically"
     );
     describe_counter!(REVOCATIONS, "Key revocations, by mode and outcome");
+    describe_gauge!(
+        STUCK_REVOCATIONS,
+        "1 while the signer's revocation cannot finish (retried with backoff), else 0"
+    );
     describe_counter!(
         REGISTRY_ERRORS,
         "Registry (PostgreSQL) errors, by operation"
@@ -104,6 +109,15 @@ pub fn record_registry_error(operation: &'static str) {
 pub fn record_revocation(mode: &'static str, outcome: &'static str) {
     handle();
     counter!(REVOCATIONS, "mode" => mode, "outcome" => outcome).increment(1);
+}
+
+/// Which signers have a revocation that could not finish (1) and which not (0).
+pub fn set_stuck_revocations(signers: &[String], stuck: &BTreeSet<String>) {
+    handle();
+    for s in signers.iter().chain(stuck.iter()) {
+        let v = if stuck.contains(s) { 1.0 } else { 0.0 };
+        gauge!(STUCK_REVOCATIONS, "signer" => s.clone()).set(v);
+    }
 }
 
 /// Serves `GET /metrics` on `listener` until the task is dropped.

@@ -8,7 +8,7 @@ mod procedure;
 mod rotate;
 
 pub use cancel::Cancelled;
-pub use procedure::Advance;
+pub use procedure::{Advance, Stuck};
 pub use rotate::{MAX_REASON_CHARS, PlanTarget, RevokeKeyRequest, RotateRequest, Rotation};
 
 use crate::backend::BackendError;
@@ -16,6 +16,8 @@ use crate::domain::{FieldError, KeyState, RevocationState, RotationMode};
 use crate::keys::{KeyError, KeyManager};
 use crate::registry;
 use sqlx::PgPool;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use uuid::Uuid;
 
 /// The revocation service: plans, starts, drives and reads revocations.
@@ -23,11 +25,17 @@ use uuid::Uuid;
 pub struct Revocations {
     pool: PgPool,
     keys: KeyManager,
+    /// When each stuck revocation is tried again (backoff, this process only).
+    retries: Arc<Mutex<HashMap<Uuid, procedure::Retry>>>,
 }
 
 impl Revocations {
     pub fn new(pool: PgPool, keys: KeyManager) -> Self {
-        Self { pool, keys }
+        Self {
+            pool,
+            keys,
+            retries: Arc::default(),
+        }
     }
 }
 
