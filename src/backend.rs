@@ -88,11 +88,29 @@ mod tests {
 
     #[test]
     fn throttling_and_server_errors_are_transient_other_client_errors_are_refusals() {
-        for (status, code) in [(429, None), (500, None), (503, Some("SlowDown")), (400, Some("Throttling"))] {
-            assert!(BackendError::from_http(status, code, String::new()).is_transient(), "{status} {code:?}");
+        for (status, code) in [
+            (429, None),
+            (500, None),
+            (503, Some("SlowDown")),
+            (400, Some("Throttling")),
+        ] {
+            assert!(
+                BackendError::from_http(status, code, String::new()).is_transient(),
+                "{status} {code:?}"
+            );
         }
-        for (status, code) in [(400, Some("InvalidRequest")), (403, Some("AccessDenied")), (404, None)] {
-            assert!(matches!(BackendError::from_http(status, code, String::new()), BackendError::Refused(_)), "{status}");
+        for (status, code) in [
+            (400, Some("InvalidRequest")),
+            (403, Some("AccessDenied")),
+            (404, None),
+        ] {
+            assert!(
+                matches!(
+                    BackendError::from_http(status, code, String::new()),
+                    BackendError::Refused(_)
+                ),
+                "{status}"
+            );
         }
     }
 }

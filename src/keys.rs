@@ -13,8 +13,8 @@ mod sweep;
 mod verify;
 
 pub use keyring::Keyring;
-pub use sweep::Swept;
 pub use state::{activate_replacement, lock_for_state_change};
+pub use sweep::Swept;
 pub use verify::{NotUsable, ProbeAnswer, classify as classify_probe, verify_usable};
 
 use crate::backend::{BackendError, KeyBackend, NewKey};
@@ -305,7 +305,11 @@ impl KeyManager {
         if registry::keys::retire(&mut tx, key_id).await? {
             registry::keys::notify_changed(&mut *tx, signer).await?;
             registry::commit(tx).await?;
-            tracing::warn!(signer, key_id, "key stopped signing before its deactivation");
+            tracing::warn!(
+                signer,
+                key_id,
+                "key stopped signing before its deactivation"
+            );
             self.reload_signer(signer).await?;
         }
         Ok(())

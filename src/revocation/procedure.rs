@@ -14,8 +14,8 @@ use crate::keys::{self, KeyError};
 use crate::registry::revocations::{RevocationRow, StepRecord};
 use crate::registry::{self, links, revocations, signers};
 use chrono::Utc;
-use std::time::{Duration, Instant};
 use sqlx::PgConnection;
+use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 /// The longest wait between two attempts at a stuck revocation.

@@ -10,6 +10,7 @@ mod dashboards;
 mod fixture;
 mod health;
 mod helpers;
+mod incident;
 mod issue_link;
 mod layering;
 mod link_paging;

@@ -11,18 +11,18 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tonic_health::pb::health_check_response::ServingStatus;
 
-struct Proxy {
-    addr: SocketAddr,
+pub struct Proxy {
+    pub addr: SocketAddr,
     tasks: JoinSet<()>,
 }
 
 impl Proxy {
-    async fn start(target: SocketAddr) -> Self {
+    pub async fn start(target: SocketAddr) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         Self::serve(listener, target)
     }
 
-    fn serve(listener: TcpListener, target: SocketAddr) -> Self {
+    pub fn serve(listener: TcpListener, target: SocketAddr) -> Self {
         let addr = listener.local_addr().unwrap();
         let mut tasks = JoinSet::new();
         tasks.spawn(async move {
@@ -43,7 +43,7 @@ impl Proxy {
     }
 
     /// Closes the listener and every proxied connection.
-    async fn stop(mut self) -> SocketAddr {
+    pub async fn stop(mut self) -> SocketAddr {
         self.tasks.shutdown().await;
         self.addr
     }

@@ -11,7 +11,7 @@ use presignd::proto::{
 use reqwest::StatusCode;
 use sqlx::PgPool;
 
-const POLICY: &str = r#"
+pub const POLICY: &str = r#"
 [callers.it-caller]
 role = "admin"
 signer = "default"
