@@ -11,7 +11,8 @@
 //! Not a test: without `--bench` (as under `cargo test` or nextest) it does nothing.
 
 use presignd::domain::LinkState;
-use presignd::registry::link_queries::{self, Cursor, LinkFilter};
+use presignd::paging::Cursor;
+use presignd::registry::link_queries::{self, LinkFilter};
 use presignd::registry::link_summary::{self, GroupBy};
 use presignd::registry::{self, keys, links};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -264,7 +265,7 @@ async fn measure(pool: &PgPool) -> anyhow::Result<()> {
         .bind(offset)
         .fetch_one(pool)
         .await?;
-        depths.push((label, Some(Cursor { issued_at, id })));
+        depths.push((label, Some(Cursor { at: issued_at, id })));
     }
     let f = LinkFilter::default;
     let filters = vec![

@@ -13,15 +13,17 @@ use crate::auth::Authenticator;
 use crate::backend::aws::{AwsBackend, AwsSettings};
 use crate::backend::{KeyBackend, garage::GarageBackend};
 use crate::config::Config;
-use crate::dashboard::{Dashboard, PageTokens};
+use crate::dashboard::Dashboard;
 use crate::domain::SignerName;
 use crate::health::Readiness;
 use crate::issuance::{Issuer, Recorder};
 use crate::keys::{KeyManager, Probe};
+use crate::paging::PageTokens;
 use crate::policy::PolicyHandle;
+use crate::policy::RateSpec;
 use crate::proto::key_service_server::KeyServiceServer;
 use crate::proto::link_service_server::LinkServiceServer;
-use crate::ratelimit::RateLimits;
+use crate::ratelimit::{RateLimits, ReadLimits};
 use crate::revocation::Revocations;
 use crate::seal::MasterKey;
 use crate::signing::S3Target;
@@ -55,6 +57,8 @@ pub struct App {
     signers: Vec<SignerName>,
     policy: PolicyHandle,
     audit: Auditor,
+    /// The read RPCs' own pool (`registry::read_pool`).
+    read_pool: sqlx::PgPool,
     tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
@@ -81,8 +85,18 @@ impl App {
         }
         let signers = config.signer_names()?;
         let backend = backend(&config).await?;
+        let read_pool = registry::read_pool(
+            db.clone(),
+            config.read_db_max_connections,
+            config.db_acquire_timeout(),
+            config.read_statement_timeout(),
+        );
         let pool = registry::lazy_pool(db, config.db_max_connections, config.db_acquire_timeout());
-        let audit = Auditor::new(pool.clone(), config.audit_denials_per_sec);
+        let audit = Auditor::new(
+            pool.clone(),
+            config.audit_denials_per_sec,
+            config.audit_denial_window(),
+        );
         let auth = Authenticator::from_specs(&config.callers, policy.clone())
             .context("PRESIGND_CALLERS")?
             .with_client_certs(client_certs)
@@ -129,6 +143,7 @@ impl App {
             signers,
             policy,
             audit,
+            read_pool,
             tls: tls.map(|t| t.acceptor),
         })
     }
@@ -208,12 +223,19 @@ impl App {
             audit: self.audit.clone(),
         };
         let dashboard = Dashboard {
-            pool: self.pool.clone(),
+            pool: self.read_pool.clone(),
             tokens: PageTokens::new(&self.master_key),
+            reads: ReadLimits::new(RateSpec::new(
+                self.config.read_rate_per_sec,
+                self.config.read_burst,
+            )),
         };
         let auth = self.auth.clone();
         let links = InterceptedService::new(
-            LinkServiceServer::new(LinkApi { issuer, dashboard }),
+            LinkServiceServer::new(LinkApi {
+                issuer,
+                dashboard: dashboard.clone(),
+            }),
             move |req| auth.intercept(req),
         );
         let auth = self.auth.clone();
@@ -222,6 +244,7 @@ impl App {
                 pool: self.pool.clone(),
                 revocations: self.revocations.clone(),
                 audit: self.audit.clone(),
+                dashboard,
             }),
             move |req| auth.intercept(req),
         );
@@ -288,6 +311,8 @@ impl App {
         ready_task.abort();
         metrics_server.abort();
         outstanding.abort();
+        self.audit.close().await;
+        self.read_pool.close().await;
         self.pool.close().await;
         result.context("gRPC server failed")
     }

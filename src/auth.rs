@@ -63,6 +63,14 @@ pub fn hash_token(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
+/// SHA-256 of "": the hash a caller would get from hashing nothing (an empty
+/// variable, a newline trimmed away). It would let in any request whose
+/// `authorization` is `Bearer ` with nothing after it.
+const EMPTY_SHA256: [u8; 32] = [
+    0xe3, 0xb0, 0xc4, 0x42, 0x98, 0xfc, 0x1c, 0x14, 0x9a, 0xfb, 0xf4, 0xc8, 0x99, 0x6f, 0xb9, 0x24,
+    0x27, 0xae, 0x41, 0xe4, 0x64, 0x9b, 0x93, 0x4c, 0xa4, 0x95, 0x99, 0x1b, 0x78, 0x52, 0xb8, 0x55,
+];
+
 impl Authenticator {
     /// From `NAME:SHA256HEX` specs; roles come from `policy`.
     pub fn from_specs(specs: &[String], policy: PolicyHandle) -> anyhow::Result<Self> {
@@ -79,6 +87,11 @@ impl Authenticator {
                 .with_context(|| {
                     format!("caller {name}: token hash must be 64 hex characters (SHA-256 of the token; see `presignd hash-token`)")
                 })?;
+            if bytes == EMPTY_SHA256 {
+                bail!(
+                    "caller {name}: the token hash is the SHA-256 of an empty token, which anyone can send; hash a real token"
+                );
+            }
             if entries.iter().any(|e: &Entry| e.token_sha256 == bytes) {
                 bail!("caller {name}: this token hash is already used by another caller");
             }
@@ -134,7 +147,7 @@ impl Authenticator {
             }
             Err(status) => {
                 if let Some(audit) = &self.audit {
-                    audit.record_denial_detached(AuditEvent {
+                    audit.record_denial(AuditEvent {
                         caller: None,
                         peer: req.remote_addr().map(|a| a.to_string()),
                         rpc: rpc_of(&req),
@@ -278,6 +291,22 @@ mod tests {
     fn a_malformed_hash_in_the_config_is_rejected() {
         assert!(Authenticator::from_specs(&["x:abc".into()], policy()).is_err());
         assert!(Authenticator::from_specs(&["nocolon".into()], policy()).is_err());
+    }
+
+    #[test]
+    fn a_caller_whose_token_hash_is_that_of_the_empty_string_is_refused() {
+        assert_eq!(hex::encode(EMPTY_SHA256), hash_token(""));
+        let specs = vec![
+            format!("svc-a:{}", hash_token("token-a")),
+            format!("lazy:{}", hash_token("")),
+        ];
+        let e = Authenticator::from_specs(&specs, policy())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("caller lazy") && e.contains("empty token"),
+            "{e}"
+        );
     }
 
     #[test]

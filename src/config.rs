@@ -47,6 +47,30 @@ pub struct Config {
     #[arg(long, env = "PRESIGND_DB_MAX_CONNECTIONS", default_value_t = 16)]
     pub db_max_connections: u32,
 
+    /// Registry connections of the read RPCs (GetLink, ListLinks, SummarizeLinks,
+    /// LookupLink, KeyService's listings): a pool of their own, so they never
+    /// take IssueLink's.
+    #[arg(long, env = "PRESIGND_READ_DB_MAX_CONNECTIONS", default_value_t = 4)]
+    pub read_db_max_connections: u32,
+
+    /// Seconds a read RPC's statement may run before Postgres cancels it
+    /// (RESOURCE_EXHAUSTED).
+    #[arg(
+        long,
+        env = "PRESIGND_READ_STATEMENT_TIMEOUT_SECS",
+        default_value_t = 10
+    )]
+    pub read_statement_timeout_secs: u64,
+
+    /// Read RPCs per second per caller (0: no limit), a quota separate from
+    /// IssueLink's.
+    #[arg(long, env = "PRESIGND_READ_RATE_PER_SEC", default_value_t = 20)]
+    pub read_rate_per_sec: u32,
+
+    /// Burst of read RPCs per caller (0: the rate).
+    #[arg(long, env = "PRESIGND_READ_BURST", default_value_t = 40)]
+    pub read_burst: u32,
+
     /// Seconds to wait for a registry connection before failing with UNAVAILABLE.
     #[arg(long, env = "PRESIGND_DB_ACQUIRE_TIMEOUT_SECS", default_value_t = 2)]
     pub db_acquire_timeout_secs: u64,
@@ -85,7 +109,8 @@ pub struct Config {
     pub tls_key: Option<PathBuf>,
 
     /// CA bundle (PEM): client certificates it issued identify callers (mTLS;
-    /// needs --tls-cert). The certificate's URI or DNS SAN, or its CN, names the caller.
+    /// needs --tls-cert and --policy-file). A certificate names the caller whose
+    /// policy entry lists one of its names (URI SAN, DNS SAN or CN) in cert_names.
     #[arg(long, env = "PRESIGND_CLIENT_CA")]
     pub client_ca: Option<PathBuf>,
 
@@ -105,9 +130,17 @@ pub struct Config {
     pub issue_burst: u32,
 
     /// Denied requests recorded in the audit trail per second at most (0: every
-    /// one); the rest are counted in the log.
+    /// one), not counting repeats (see --audit-denial-window-secs); the rest are
+    /// counted in the log.
     #[arg(long, env = "PRESIGND_AUDIT_DENIALS_PER_SEC", default_value_t = 100)]
     pub audit_denials_per_sec: u32,
+
+    /// Seconds during which repeats of a denial (same peer address, caller, RPC,
+    /// code and message) are counted rather than recorded one by one: the first
+    /// is a row at once, the repeats one row with their count when the window
+    /// closes.
+    #[arg(long, env = "PRESIGND_AUDIT_DENIAL_WINDOW_SECS", default_value_t = 60)]
+    pub audit_denial_window_secs: u64,
 
     /// Signers (revocation domains), comma separated. The first signs links by default.
     #[arg(
@@ -246,6 +279,14 @@ impl Config {
         Duration::from_secs(self.metrics_refresh_secs.max(1))
     }
 
+    pub fn read_statement_timeout(&self) -> Duration {
+        Duration::from_secs(self.read_statement_timeout_secs.max(1))
+    }
+
+    pub fn audit_denial_window(&self) -> Duration {
+        Duration::from_secs(self.audit_denial_window_secs.max(1))
+    }
+
     pub fn health_interval(&self) -> Duration {
         Duration::from_secs(self.health_interval_secs.max(1))
     }
@@ -292,6 +333,9 @@ impl Config {
     pub fn tls(&self) -> anyhow::Result<Option<crate::tls::TlsSetup>> {
         match (&self.tls_cert, &self.tls_key, &self.client_ca) {
             (None, None, None) => Ok(None),
+            (Some(_), Some(_), Some(_)) if self.policy_file.is_none() => bail!(
+                "--client-ca needs --policy-file: a client certificate names a caller only when that caller's policy entry lists the certificate's name in cert_names"
+            ),
             (Some(cert), Some(key), ca) => crate::tls::load(cert, key, ca.as_deref()).map(Some),
             (None, _, Some(_)) => bail!("--client-ca needs --tls-cert and --tls-key (mTLS is TLS)"),
             _ => bail!("set both --tls-cert and --tls-key"),
@@ -368,6 +412,19 @@ mod tests {
         (c.master_key, c.master_key_file) = (Some(SecretString::new("nothex".into())), None);
         let e = format!("{:#}", c.master_key().unwrap_err());
         assert!(e.contains("malformed"), "{e}");
+    }
+
+    #[test]
+    fn client_certificates_without_a_policy_file_are_refused() {
+        let m = matches(&[
+            "t",
+            "--tls-cert=/nonexistent/c.pem",
+            "--tls-key=/nonexistent/k.pem",
+            "--client-ca=/nonexistent/ca.pem",
+        ]);
+        let c = Config::from_matches(&m).unwrap();
+        let e = format!("{:#}", c.tls().err().expect("refused"));
+        assert!(e.contains("--client-ca needs --policy-file"), "{e}");
     }
 
     #[test]

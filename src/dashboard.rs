@@ -6,23 +6,27 @@
 //! `caller` filter is forced to their name, and a link of someone else is
 //! NOT_FOUND), and do not see blast radii, which describe other callers' links.
 //! `scope` and `may_read` are the one place that policy lives.
-
-mod page_token;
-
-pub use page_token::PageTokens;
+//!
+//! Isolation: every read (these, and KeyService's listings) first takes a token
+//! from the caller's read quota (`ReadLimits`, separate from IssueLink's), and
+//! runs on the read pool: its own few connections, each statement under a
+//! timeout. A flood of full-scan summaries waits for those connections, or is
+//! refused, but never takes one IssueLink needs.
 
 use crate::auth::Caller;
 use crate::domain::{FieldError, PresignedUrl};
-use crate::registry::link_queries::{self, Cursor, LinkFilter};
+use crate::paging::{Cursor, Listing, PageTokens};
+use crate::ratelimit::{RateLimited, ReadLimits};
+use crate::registry::audit::AuditRow;
+use crate::registry::keys::KeySummaryRow;
+use crate::registry::link_queries::{self, LinkFilter};
 use crate::registry::link_summary::{self, GroupBy, SummaryRow};
 use crate::registry::links::{self, BlastRadius, LinkRow};
+use crate::registry::revocations::RevocationRow;
+use crate::registry::signers::SignerRow;
 use crate::{metrics, registry};
 use sqlx::PgPool;
 use uuid::Uuid;
-
-pub const DEFAULT_PAGE_SIZE: u32 = 100;
-/// Larger requests are served this many rows (AIP-158: coerce, do not fail).
-pub const MAX_PAGE_SIZE: u32 = 1000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DashboardError {
@@ -34,12 +38,20 @@ pub enum DashboardError {
     PermissionDenied(String),
     #[error(transparent)]
     Registry(registry::Error),
+    #[error(transparent)]
+    RateLimited(#[from] RateLimited),
+    #[error("the query ran past the read statement timeout; narrow the filter")]
+    TimedOut,
 }
 
 impl From<registry::Error> for DashboardError {
     fn from(e: registry::Error) -> Self {
         metrics::record_registry_error("dashboard");
-        Self::Registry(e)
+        if e.is_statement_timeout() {
+            Self::TimedOut
+        } else {
+            Self::Registry(e)
+        }
     }
 }
 
@@ -55,14 +67,6 @@ pub struct Page {
 pub struct Lookup {
     pub link: LinkRow,
     pub blast_radius: Option<BlastRadius>,
-}
-
-/// The rows a page holds: 0 means the default.
-pub fn page_size(requested: u32) -> u32 {
-    match requested {
-        0 => DEFAULT_PAGE_SIZE,
-        n => n.min(MAX_PAGE_SIZE),
-    }
 }
 
 /// Narrows `filter` to what `caller` may read.
@@ -90,11 +94,19 @@ pub fn may_read(caller: &Caller, link: &LinkRow) -> bool {
 
 #[derive(Clone)]
 pub struct Dashboard {
+    /// The read pool (`registry::read_pool`), not IssueLink's.
     pub pool: PgPool,
     pub tokens: PageTokens,
+    pub reads: ReadLimits,
 }
 
 impl Dashboard {
+    /// Takes one token of `caller`'s read quota: every read RPC calls this
+    /// first, so even a refused request costs one.
+    pub fn admit(&self, caller: &Caller) -> Result<(), DashboardError> {
+        Ok(self.reads.check(&caller.name)?)
+    }
+
     pub async fn get(&self, caller: &Caller, id: Uuid) -> Result<LinkRow, DashboardError> {
         links::get(&self.pool, id)
             .await?
@@ -110,19 +122,13 @@ impl Dashboard {
         page_token: &str,
     ) -> Result<Page, DashboardError> {
         let filter = scope(caller, filter)?;
-        let after = match page_token {
-            "" => None,
-            token => Some(self.tokens.open(token, &filter)?),
-        };
-        let size = page_size(requested_page_size) as usize;
-        // One row more than the page tells whether another page follows, so the
-        // last page never comes with a token leading to an empty one.
-        let mut rows = link_queries::list_page(&self.pool, &filter, after, size as i64 + 1).await?;
-        let next_page_token = (rows.len() > size).then(|| {
-            rows.truncate(size);
-            let last = rows.last().expect("a full page has a last row");
-            self.tokens.issue(&filter, Cursor::from(last))
-        });
+        // The token binds the scoped filter: what this caller was shown.
+        let page = self
+            .tokens
+            .request(Listing::Links, &filter, requested_page_size, page_token)?;
+        let mut rows =
+            link_queries::list_page(&self.pool, &filter, page.after, page.fetch_limit()).await?;
+        let next_page_token = self.tokens.next_page(&page, &mut rows, |r| Cursor::from(r));
         Ok(Page {
             links: rows,
             next_page_token,
@@ -137,6 +143,40 @@ impl Dashboard {
     ) -> Result<Vec<SummaryRow>, DashboardError> {
         let filter = scope(caller, filter)?;
         Ok(link_summary::summarize(&self.pool, &filter, group_by).await?)
+    }
+
+    /// ListSigningKeys: the signers and their keys with outstanding counts.
+    pub async fn signing_keys(
+        &self,
+        signer: Option<&str>,
+    ) -> Result<(Vec<SignerRow>, Vec<KeySummaryRow>), DashboardError> {
+        let signers = registry::signers::list(&self.pool)
+            .await?
+            .into_iter()
+            .filter(|s| signer.is_none_or(|n| n == s.name))
+            .collect();
+        let keys = registry::keys::list_with_outstanding(&self.pool, signer).await?;
+        Ok((signers, keys))
+    }
+
+    /// ListRevocations: newest first, after the keyset cursor.
+    pub async fn revocations(
+        &self,
+        signer: Option<&str>,
+        after: Option<Cursor>,
+        limit: i64,
+    ) -> Result<Vec<RevocationRow>, DashboardError> {
+        Ok(registry::revocations::list(&self.pool, signer, after, limit).await?)
+    }
+
+    /// ListAuditEvents: newest first, after the keyset cursor.
+    pub async fn audit_events(
+        &self,
+        caller: Option<&str>,
+        after: Option<Cursor>,
+        limit: i64,
+    ) -> Result<Vec<AuditRow>, DashboardError> {
+        Ok(registry::audit::list(&self.pool, caller, after, limit).await?)
     }
 
     /// The link `url` was issued as. Found by the hash of its signature, then
@@ -180,14 +220,6 @@ mod tests {
             name: CallerName::parse(name).unwrap(),
             admin,
         }
-    }
-
-    #[test]
-    fn the_page_size_defaults_to_100_and_is_coerced_to_1000() {
-        assert_eq!(page_size(0), 100);
-        assert_eq!(page_size(7), 7);
-        assert_eq!(page_size(1000), 1000);
-        assert_eq!(page_size(5000), 1000);
     }
 
     #[test]

@@ -107,21 +107,19 @@ impl Issuer {
         let grant = match self.policy.current().authorize_issue(&caller.name, &spec) {
             Ok(grant) => grant,
             Err(denied) => {
-                self.audit
-                    .record_denial(AuditEvent {
-                        caller: Some(caller.name.to_string()),
-                        peer: None,
-                        rpc: RPC.into(),
-                        target: format!(
-                            "{} {}/{}",
-                            spec.method.as_str(),
-                            spec.bucket,
-                            spec.object_key.as_str()
-                        ),
-                        code: tonic::Code::PermissionDenied,
-                        message: denied.to_string(),
-                    })
-                    .await;
+                self.audit.record_denial(AuditEvent {
+                    caller: Some(caller.name.to_string()),
+                    peer: None,
+                    rpc: RPC.into(),
+                    target: format!(
+                        "{} {}/{}",
+                        spec.method.as_str(),
+                        spec.bucket,
+                        spec.object_key.as_str()
+                    ),
+                    code: tonic::Code::PermissionDenied,
+                    message: denied.to_string(),
+                });
                 return Err(denied.into());
             }
         };

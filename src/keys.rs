@@ -357,23 +357,3 @@ impl KeyManager {
         }
     }
 }
-
-/// Signers and every key with its outstanding links (ListSigningKeys).
-pub async fn list(
-    pool: &PgPool,
-    signer: Option<&str>,
-) -> Result<
-    (
-        Vec<registry::signers::SignerRow>,
-        Vec<registry::keys::KeySummaryRow>,
-    ),
-    registry::Error,
-> {
-    let signers = registry::signers::list(pool)
-        .await?
-        .into_iter()
-        .filter(|s| signer.is_none_or(|n| n == s.name))
-        .collect();
-    let keys = registry::keys::list_with_outstanding(pool, signer).await?;
-    Ok((signers, keys))
-}

@@ -15,6 +15,7 @@ pub mod health;
 pub mod issuance;
 pub mod keys;
 pub mod metrics;
+pub mod paging;
 pub mod policy;
 pub mod proto;
 pub mod ratelimit;

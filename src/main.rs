@@ -81,7 +81,13 @@ async fn main() -> anyhow::Result<()> {
                     s
                 }
             };
-            println!("{}", auth::hash_token(token.trim()));
+            let token = token.trim();
+            if token.is_empty() {
+                anyhow::bail!(
+                    "hash-token: the token is empty; give a token (argument or stdin), e.g. from `openssl rand -hex 32`"
+                );
+            }
+            println!("{}", auth::hash_token(token));
             Ok(())
         }
         _ => unreachable!("clap requires a subcommand"),

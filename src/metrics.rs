@@ -2,7 +2,8 @@
 //!
 //! The `metrics` facade has one global recorder per process, installed once
 //! (`handle()`); every `App` in the process serves that same recorder (tests run
-//! many servers in one process, so they assert that counters move, not values).
+//! many servers in one process, so each metric test uses a signer of its own and
+//! asserts exact values on its labels).
 //! Labels take only bounded values: method, signer, key id, mode, outcome,
 //! operation. Never an object key, a URL or a caller name.
 
@@ -62,7 +63,7 @@ fn install() -> PrometheusHandle {
         OUTSTANDING_LINKS,
         "Links not expired nor revoked, per signer and key (active and retired keys), refreshed periodically"
     );
-    describe_counter!(REVOCATIONS, "Key revocations, by mode and outcome");
+    describe_counter!(REVOCATIONS, "Key revocations, by mode, outcome and signer");
     describe_gauge!(
         STUCK_REVOCATIONS,
         "1 while the signer's revocation cannot finish (retried with backoff), else 0"
@@ -104,11 +105,12 @@ pub fn record_registry_error(operation: &'static str) {
     counter!(REGISTRY_ERRORS, "operation" => operation).increment(1);
 }
 
-/// One finished revocation. `mode`: "graceful", "revoke" or "emergency";
-/// `outcome`: "succeeded", "failed" or "dry_run".
-pub fn record_revocation(mode: &'static str, outcome: &'static str) {
+/// One finished revocation of `signer`'s key. `mode`: "graceful", "revoke" or
+/// "emergency"; `outcome`: "succeeded", "failed" or "pending_retry".
+pub fn record_revocation(mode: &'static str, outcome: &'static str, signer: &str) {
     handle();
-    counter!(REVOCATIONS, "mode" => mode, "outcome" => outcome).increment(1);
+    counter!(REVOCATIONS, "mode" => mode, "outcome" => outcome, "signer" => signer.to_owned())
+        .increment(1);
 }
 
 /// Which signers have a revocation that could not finish (1) and which not (0).

@@ -5,7 +5,8 @@
 //!
 //! Without a policy file every authenticated caller may do anything, on the
 //! first signer, and `--admins` names the admins (presignd's behaviour before
-//! policies). The policy in force is swapped atomically on reload (SIGHUP); a
+//! policies); callers are then token holders only, since a client certificate
+//! names a caller only through a policy entry's `cert_names`. The policy in force is swapped atomically on reload (SIGHUP); a
 //! policy that does not validate is refused and the previous one stays.
 
 mod file;
@@ -89,46 +90,35 @@ impl Policy {
         }
     }
 
-    /// The caller a client certificate names: one whose policy entry lists one
-    /// of the certificate's names in `cert_names`, else the first name (URI SAN,
-    /// DNS SAN, then CN) that is a valid caller name. With a policy file, only
-    /// callers it lists are candidates.
+    /// The caller a client certificate names: the one whose policy entry lists
+    /// one of the certificate's names (URI SAN, DNS SAN, CN) in `cert_names`.
+    /// Never implicitly: a certificate whose CN happens to equal a caller's
+    /// (or an admin's) name names nobody unless that caller lists it, and
+    /// without a policy file no certificate names anyone (`--client-ca`
+    /// requires `--policy-file`).
     pub fn caller_for_cert(&self, names: &[String]) -> Result<CallerName, String> {
-        if let Some(callers) = &self.callers {
-            let mut found: Vec<&CallerName> = callers
-                .iter()
-                .filter(|(name, rules)| {
-                    names
-                        .iter()
-                        .any(|n| rules.cert_names.contains(n) || n == name.as_str())
-                })
-                .map(|(name, _)| name)
-                .collect();
-            found.dedup();
-            return match found.as_slice() {
-                [one] => Ok((*one).clone()),
-                [] => Err(format!(
-                    "no caller in the policy is named by the certificate ({})",
-                    names.join(", ")
-                )),
-                many => Err(format!(
-                    "the certificate names several callers ({}): refused as ambiguous",
-                    many.iter()
-                        .map(|c| c.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )),
-            };
-        }
-        names
+        let Some(callers) = &self.callers else {
+            return Err("certificates name callers only through a policy file's cert_names".into());
+        };
+        let found: Vec<&CallerName> = callers
             .iter()
-            .find_map(|n| CallerName::parse(n).ok())
-            .ok_or_else(|| {
-                format!(
-                    "no name of the certificate ({}) is a valid caller name",
-                    names.join(", ")
-                )
-            })
+            .filter(|(_, rules)| names.iter().any(|n| rules.cert_names.contains(n)))
+            .map(|(name, _)| name)
+            .collect();
+        match found.as_slice() {
+            [one] => Ok((*one).clone()),
+            [] => Err(format!(
+                "no caller in the policy lists any of the certificate's names in cert_names ({})",
+                names.join(", ")
+            )),
+            many => Err(format!(
+                "the certificate names several callers ({}): refused as ambiguous",
+                many.iter()
+                    .map(|c| c.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }
     }
 
     /// May `caller` have a link for this request, and which signer signs it?

@@ -1,6 +1,8 @@
-//! Per-caller rate limits on IssueLink: one token bucket (governor's GCRA) per
-//! caller, with the quota its policy gives. A policy reload that changes a
-//! caller's quota gives it a fresh bucket; others keep theirs.
+//! Per-caller rate limits: one token bucket (governor's GCRA) per caller and
+//! quota. IssueLink's quota comes from the policy (a reload that changes a
+//! caller's quota gives it a fresh bucket; others keep theirs); the read RPCs
+//! share another, `--read-rate-per-sec` per caller, so a flood of dashboards
+//! queries never spends a caller's issuance quota, nor the other way round.
 
 use crate::domain::CallerName;
 use crate::policy::RateSpec;
@@ -11,19 +13,60 @@ use std::sync::{Arc, RwLock};
 /// Refused: the caller asked faster than its limit.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error(
-    "rate limit: caller {caller} may issue {per_sec} links per second (burst {burst}); retry later"
+    "rate limit: caller {caller} may {what} {per_sec} {per} per second (burst {burst}); retry later"
 )]
 pub struct RateLimited {
     pub caller: String,
     pub per_sec: u32,
     pub burst: u32,
+    what: &'static str,
+    per: &'static str,
 }
 
 type Bucket = (RateSpec, Arc<DefaultDirectRateLimiter>);
 
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct RateLimits {
     buckets: Arc<RwLock<HashMap<CallerName, Bucket>>>,
+    /// How a refusal names the quota: "issue N links", "make N read requests".
+    what: &'static str,
+    per: &'static str,
+}
+
+impl Default for RateLimits {
+    /// IssueLink's.
+    fn default() -> Self {
+        Self {
+            buckets: Arc::default(),
+            what: "issue",
+            per: "links",
+        }
+    }
+}
+
+/// The read RPCs' quota: every caller gets `spec` (None: unlimited).
+#[derive(Clone)]
+pub struct ReadLimits {
+    limits: RateLimits,
+    spec: Option<RateSpec>,
+}
+
+impl ReadLimits {
+    pub fn new(spec: Option<RateSpec>) -> Self {
+        Self {
+            limits: RateLimits {
+                buckets: Arc::default(),
+                what: "make",
+                per: "read requests",
+            },
+            spec,
+        }
+    }
+
+    /// Takes one token from `caller`'s read bucket.
+    pub fn check(&self, caller: &CallerName) -> Result<(), RateLimited> {
+        self.limits.check(caller, self.spec)
+    }
 }
 
 impl RateLimits {
@@ -37,6 +80,8 @@ impl RateLimits {
             caller: caller.to_string(),
             per_sec: spec.per_sec.get(),
             burst: spec.burst.get(),
+            what: self.what,
+            per: self.per,
         })
     }
 
@@ -87,6 +132,23 @@ mod tests {
         for _ in 0..100 {
             limits.check(&c, None).unwrap();
         }
+    }
+
+    #[test]
+    fn reads_have_their_own_bucket_and_say_so() {
+        let issue = RateLimits::default();
+        let reads = ReadLimits::new(RateSpec::new(1, 2));
+        let c = CallerName::parse("svc").unwrap();
+        reads.check(&c).unwrap();
+        reads.check(&c).unwrap();
+        let e = reads.check(&c).unwrap_err().to_string();
+        assert!(
+            e.starts_with("rate limit: caller svc may make 1 read requests per second (burst 2)"),
+            "{e}"
+        );
+        issue
+            .check(&c, RateSpec::new(1, 1))
+            .expect("issuance has its own quota");
     }
 
     #[test]

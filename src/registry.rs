@@ -37,6 +37,22 @@ pub fn lazy_pool(
         .connect_lazy_with(session_settings(options))
 }
 
+/// The read RPCs' pool: a few connections of their own, each statement
+/// cancelled past `statement_timeout`, so dashboards cannot take the
+/// connections IssueLink needs, nor hold one for long.
+pub fn read_pool(
+    options: PgConnectOptions,
+    max_connections: u32,
+    acquire_timeout: Duration,
+    statement_timeout: Duration,
+) -> PgPool {
+    let timeout = format!("{}ms", statement_timeout.as_millis());
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(acquire_timeout)
+        .connect_lazy_with(session_settings(options).options([("statement_timeout", timeout)]))
+}
+
 /// The settings presignd's sessions run with. JIT off: every statement here
 /// is short and index-driven, and where the planner's estimate crosses
 /// `jit_above_cost` compiling costs more than it saves (a roll-up summary over

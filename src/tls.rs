@@ -11,6 +11,7 @@
 use anyhow::{Context, bail};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -28,11 +29,60 @@ use tokio_rustls::rustls::{
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Handshakes in progress at once; past that, new connections are dropped
-/// until some finish (slow or hostile clients cannot pile up tasks).
-const MAX_HANDSHAKES: usize = 1024;
 const CACHE_LIMIT: usize = 4096;
+
+/// Bounds on handshakes in progress, so a client that opens connections and
+/// never finishes a handshake cannot pile up tasks or crowd out other peers.
+#[derive(Debug, Clone, Copy)]
+pub struct HandshakeLimits {
+    /// A handshake not done by then is dropped (a ClientHello never sent).
+    pub timeout: Duration,
+    /// Handshakes in progress from one IP address; past that, its new
+    /// connections are closed at once.
+    pub per_peer: usize,
+    /// Handshakes in progress from everyone.
+    pub total: usize,
+}
+
+impl Default for HandshakeLimits {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(5),
+            per_peer: 16,
+            total: 1024,
+        }
+    }
+}
+
+/// Handshakes in progress per IP address; a slot is given back when dropped.
+#[derive(Default)]
+struct PeerSlots(Mutex<HashMap<IpAddr, usize>>);
+
+struct PeerSlot(Arc<PeerSlots>, IpAddr);
+
+impl PeerSlots {
+    fn take(self: &Arc<Self>, ip: IpAddr, cap: usize) -> Option<PeerSlot> {
+        let mut map = self.0.lock().expect("peer slots");
+        let n = map.entry(ip).or_default();
+        if *n >= cap {
+            return None;
+        }
+        *n += 1;
+        Some(PeerSlot(self.clone(), ip))
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut map = self.0.0.lock().expect("peer slots");
+        if let Some(n) = map.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.1);
+            }
+        }
+    }
+}
 
 pub struct TlsSetup {
     pub acceptor: TlsAcceptor,
@@ -94,14 +144,24 @@ fn read_certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
 }
 
 /// Accepts TLS connections in the background (one task per handshake, so a slow
-/// client does not hold up the others, at most `MAX_HANDSHAKES` at once, each
-/// within `HANDSHAKE_TIMEOUT`) and yields the established ones.
+/// client does not hold up the others, within `HandshakeLimits::default()`) and
+/// yields the established ones.
 pub fn incoming(
     listener: TcpListener,
     acceptor: TlsAcceptor,
 ) -> ReceiverStream<std::io::Result<TlsStream<TcpStream>>> {
+    incoming_with(listener, acceptor, HandshakeLimits::default())
+}
+
+/// As `incoming`, with the given limits (tests shorten them).
+pub fn incoming_with(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    limits: HandshakeLimits,
+) -> ReceiverStream<std::io::Result<TlsStream<TcpStream>>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.total));
+    let peers = Arc::new(PeerSlots::default());
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
@@ -116,15 +176,20 @@ pub fn incoming(
                     continue;
                 }
             };
+            let Some(peer_slot) = peers.take(peer.ip(), limits.per_peer) else {
+                tracing::warn!(%peer, "too many TLS handshakes in progress from this address: connection closed");
+                continue;
+            };
             let Ok(slot) = slots.clone().try_acquire_owned() else {
-                tracing::warn!(%peer, "too many TLS handshakes in progress: connection dropped");
+                tracing::warn!(%peer, "too many TLS handshakes in progress: connection closed");
                 continue;
             };
             let _ = tcp.set_nodelay(true);
             let (acceptor, tx) = (acceptor.clone(), tx.clone());
             tokio::spawn(async move {
-                let _slot = slot;
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                let handshake = tokio::time::timeout(limits.timeout, acceptor.accept(tcp)).await;
+                drop((slot, peer_slot));
+                match handshake {
                     Ok(Ok(tls)) => {
                         let _ = tx.send(Ok(tls)).await;
                     }

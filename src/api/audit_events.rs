@@ -1,34 +1,34 @@
 //! ListAuditEvents: the request's paging and filter, and rows to proto.
 
-use super::{request, response};
+use super::response;
 use crate::domain::{CallerName, FieldError};
+use crate::paging::{Cursor, Listing, PageRequest, PageTokens};
 use crate::proto;
 use crate::registry::audit::AuditRow;
-use chrono::{DateTime, Utc};
-use uuid::Uuid;
 
-pub struct Page {
-    pub caller: Option<String>,
-    pub after: Option<(DateTime<Utc>, Uuid)>,
-    pub limit: i64,
-}
-
-pub fn page(r: &proto::ListAuditEventsRequest) -> Result<Page, FieldError> {
+/// The caller filter (`None`: every caller) and the page asked for.
+pub fn page(
+    tokens: &PageTokens,
+    r: &proto::ListAuditEventsRequest,
+) -> Result<(Option<String>, PageRequest), FieldError> {
     let caller = match r.caller.as_str() {
         "" => None,
         c => Some(CallerName::parse(c)?.to_string()),
     };
-    Ok(Page {
-        caller,
-        // Same opaque (time, id) token as ListRevocations.
-        after: request::time_id_cursor(&r.page_token)?,
-        limit: request::page_size(r.page_size)?,
-    })
+    let filter = serde_json::json!({ "caller": caller });
+    let page = tokens.request(Listing::AuditEvents, &filter, r.page_size, &r.page_token)?;
+    Ok((caller, page))
 }
 
-/// `rows` was fetched with `limit + 1`: the extra row says there is a next page.
-pub fn response(mut rows: Vec<AuditRow>, limit: i64) -> proto::ListAuditEventsResponse {
-    let next_page_token = response::next_page(&mut rows, limit, |r| (r.at, r.id));
+/// `rows` was fetched with `page.fetch_limit()`.
+pub fn response(
+    tokens: &PageTokens,
+    page: &PageRequest,
+    mut rows: Vec<AuditRow>,
+) -> proto::ListAuditEventsResponse {
+    let next_page_token = tokens
+        .next_page(page, &mut rows, |r| Cursor { at: r.at, id: r.id })
+        .unwrap_or_default();
     proto::ListAuditEventsResponse {
         events: rows
             .into_iter()
@@ -41,6 +41,7 @@ pub fn response(mut rows: Vec<AuditRow>, limit: i64) -> proto::ListAuditEventsRe
                 target: r.target,
                 code: r.code,
                 message: r.message,
+                count: u64::try_from(r.count).unwrap_or(1),
             })
             .collect(),
         next_page_token,

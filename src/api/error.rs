@@ -108,6 +108,8 @@ impl From<DashboardError> for ApiError {
             DashboardError::NotFound(m) => Self::NotFound(m),
             DashboardError::PermissionDenied(m) => Self::PermissionDenied(m),
             DashboardError::Registry(cause) => cause.into(),
+            DashboardError::RateLimited(ref r) => Self::ResourceExhausted(r.to_string()),
+            DashboardError::TimedOut => Self::ResourceExhausted(e.to_string()),
         }
     }
 }

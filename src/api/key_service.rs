@@ -4,8 +4,9 @@
 use super::{audit_events, request, response};
 use crate::audit::{AuditEvent, Auditor};
 use crate::auth::{Caller, caller_of};
+use crate::dashboard::Dashboard;
 use crate::domain::{FieldError, SignerName};
-use crate::keys;
+use crate::paging::{Cursor, Listing};
 use crate::proto::{self, key_service_server::KeyService};
 use crate::revocation::{PlanTarget, Revocations, RevokeKeyRequest, RotateRequest};
 use sqlx::PgPool;
@@ -16,6 +17,8 @@ pub struct KeyApi {
     pub pool: PgPool,
     pub revocations: Revocations,
     pub audit: Auditor,
+    /// The listings: read quota and read pool, like LinkService's reads.
+    pub dashboard: Dashboard,
 }
 
 #[allow(clippy::result_large_err)]
@@ -46,24 +49,29 @@ impl KeyApi {
     {
         let caller = caller_of(&request)?;
         let peer = request.remote_addr().map(|a| a.to_string());
-        let result = match admin_only(&request) {
-            Ok(admin) => call(admin, request).await,
-            Err(denied) => Err(denied),
+        let event = |code, message| AuditEvent {
+            caller: Some(caller.name.to_string()),
+            peer,
+            rpc: format!("presignd.v1.KeyService/{rpc}"),
+            target,
+            code,
+            message,
         };
+        let admin = match admin_only(&request) {
+            Ok(admin) => admin,
+            Err(denied) => {
+                // A denial: aggregated with its repeats, like the others.
+                self.audit
+                    .record_denial(event(denied.code(), denied.message().to_owned()));
+                return Err(denied);
+            }
+        };
+        let result = call(admin, request).await;
         let (code, message) = match &result {
             Ok(_) => (tonic::Code::Ok, String::new()),
             Err(s) => (s.code(), s.message().to_owned()),
         };
-        self.audit
-            .record(AuditEvent {
-                caller: Some(caller.name.to_string()),
-                peer,
-                rpc: format!("presignd.v1.KeyService/{rpc}"),
-                target,
-                code,
-                message,
-            })
-            .await;
+        self.audit.record(event(code, message)).await;
         result
     }
 }
@@ -95,10 +103,13 @@ impl KeyService for KeyApi {
             "ListSigningKeys",
             target,
             request,
-            |_, request| async move {
+            |caller, request| async move {
+                self.dashboard.admit(&caller)?;
                 let signer = optional_signer(&request.get_ref().signer)?;
-                let (signers, keys) =
-                    keys::list(&self.pool, signer.as_ref().map(|s| s.as_str())).await?;
+                let (signers, keys) = self
+                    .dashboard
+                    .signing_keys(signer.as_ref().map(|s| s.as_str()))
+                    .await?;
                 Ok(Response::new(response::signers(signers, keys)))
             },
         )
@@ -224,19 +235,26 @@ impl KeyService for KeyApi {
             "ListRevocations",
             target,
             request,
-            |_, request| async move {
+            |caller, request| async move {
+                self.dashboard.admit(&caller)?;
                 let r = request.get_ref();
                 let signer = optional_signer(&r.signer)?;
-                let limit = request::page_size(r.page_size)?;
-                let after = request::time_id_cursor(&r.page_token)?;
+                let signer = signer.as_ref().map(|s| s.as_str());
+                let filter = serde_json::json!({ "signer": signer });
+                let tokens = &self.dashboard.tokens;
+                let page =
+                    tokens.request(Listing::Revocations, &filter, r.page_size, &r.page_token)?;
                 let mut rows = self
-                    .revocations
-                    .list(signer.as_ref().map(|s| s.as_str()), after, limit + 1)
+                    .dashboard
+                    .revocations(signer, page.after, page.fetch_limit())
                     .await?;
-                let next = response::next_page(&mut rows, limit, |r| (r.created_at, r.id));
+                let next = tokens.next_page(&page, &mut rows, |r| Cursor {
+                    at: r.created_at,
+                    id: r.id,
+                });
                 Ok(Response::new(proto::ListRevocationsResponse {
                     revocations: rows.into_iter().map(response::revocation).collect(),
-                    next_page_token: next,
+                    next_page_token: next.unwrap_or_default(),
                 }))
             },
         )
@@ -255,16 +273,15 @@ impl KeyService for KeyApi {
             "ListAuditEvents",
             target,
             request,
-            |_, request| async move {
-                let page = audit_events::page(request.get_ref())?;
-                let rows = crate::registry::audit::list(
-                    &self.pool,
-                    page.caller.as_deref(),
-                    page.after,
-                    page.limit + 1,
-                )
-                .await?;
-                Ok(Response::new(audit_events::response(rows, page.limit)))
+            |caller, request| async move {
+                self.dashboard.admit(&caller)?;
+                let tokens = &self.dashboard.tokens;
+                let (caller, page) = audit_events::page(tokens, request.get_ref())?;
+                let rows = self
+                    .dashboard
+                    .audit_events(caller.as_deref(), page.after, page.fetch_limit())
+                    .await?;
+                Ok(Response::new(audit_events::response(tokens, &page, rows)))
             },
         )
         .await

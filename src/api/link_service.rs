@@ -39,6 +39,7 @@ impl LinkService for LinkApi {
         request: Request<proto::GetLinkRequest>,
     ) -> Result<Response<proto::Link>, Status> {
         let caller = caller_of(&request)?;
+        self.dashboard.admit(&caller)?;
         let id = request::link_id(&request.get_ref().id)?;
         let link = self.dashboard.get(&caller, id).await?;
         Ok(Response::new(response::link(link)))
@@ -49,6 +50,7 @@ impl LinkService for LinkApi {
         request: Request<proto::ListLinksRequest>,
     ) -> Result<Response<proto::ListLinksResponse>, Status> {
         let caller = caller_of(&request)?;
+        self.dashboard.admit(&caller)?;
         let req = request.get_ref();
         let filter = request::link_filter(req.filter.as_ref())?;
         let page = self
@@ -66,6 +68,7 @@ impl LinkService for LinkApi {
         request: Request<proto::SummarizeLinksRequest>,
     ) -> Result<Response<proto::SummarizeLinksResponse>, Status> {
         let caller = caller_of(&request)?;
+        self.dashboard.admit(&caller)?;
         let req = request.get_ref();
         let filter = request::link_filter(req.filter.as_ref())?;
         let group_by = request::group_by(req.group_by)?;
@@ -80,6 +83,7 @@ impl LinkService for LinkApi {
         request: Request<proto::LookupLinkRequest>,
     ) -> Result<Response<proto::LookupLinkResponse>, Status> {
         let caller = caller_of(&request)?;
+        self.dashboard.admit(&caller)?;
         // The URL is a bearer credential: parsed here, never logged.
         let url = PresignedUrl::parse(&request.get_ref().url)?;
         let found = self.dashboard.lookup(&caller, &url).await?;

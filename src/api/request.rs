@@ -1,7 +1,6 @@
 //! Parsing requests: proto messages into validated domain values. A bad field
 //! is a `FieldError` naming it (INVALID_ARGUMENT at the edge).
 
-use crate::dashboard::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 use crate::domain::{
     Bucket, CallerName, ContentDisposition, ContentType, FieldError, Labels, LinkSpec, LinkState,
     Method, ObjectKey, RotationMode, SignerName, Ttl,
@@ -77,14 +76,27 @@ pub fn group_by(value: i32) -> Result<GroupBy, FieldError> {
     }
 }
 
+/// google.protobuf.Timestamp's documented range, 0001-01-01T00:00:00Z to
+/// 9999-12-31T23:59:59Z: its seconds field can say far more (year 300000, or
+/// before 4713 BC) than Postgres stores, and a time Postgres refuses must be
+/// the caller's INVALID_ARGUMENT, not our INTERNAL.
+const TIMESTAMP_SECONDS: std::ops::RangeInclusive<i64> = -62_135_596_800..=253_402_300_799;
+
 fn time(
     field: &'static str,
     t: &Option<prost_types::Timestamp>,
 ) -> Result<Option<DateTime<Utc>>, FieldError> {
     t.as_ref()
         .map(|t| {
+            if !TIMESTAMP_SECONDS.contains(&t.seconds) {
+                return Err(FieldError::new(
+                    field,
+                    "is outside 0001-01-01T00:00:00Z..=9999-12-31T23:59:59Z",
+                ));
+            }
             u32::try_from(t.nanos)
                 .ok()
+                .filter(|n| *n < 1_000_000_000)
                 .and_then(|nanos| DateTime::from_timestamp(t.seconds, nanos))
                 .ok_or_else(|| FieldError::new(field, "is not a valid timestamp"))
         })
@@ -201,34 +213,6 @@ pub fn uuid(field: &'static str, s: &str) -> Result<Uuid, FieldError> {
         return Err(FieldError::new(field, "is required"));
     }
     uuid::Uuid::parse_str(s).map_err(|_| FieldError::new(field, format!("{s:?} is not a UUID")))
-}
-
-/// Page size of the admin listings (revocations, audit events): the dashboards'
-/// default and maximum, but a size over the maximum is refused.
-pub fn page_size(n: u32) -> Result<i64, FieldError> {
-    match n {
-        0 => Ok(DEFAULT_PAGE_SIZE as i64),
-        n if n > MAX_PAGE_SIZE => Err(FieldError::new(
-            "page_size",
-            format!("{n} is over the maximum of {MAX_PAGE_SIZE}"),
-        )),
-        n => Ok(n as i64),
-    }
-}
-
-pub fn time_id_cursor(token: &str) -> Result<Option<(DateTime<Utc>, uuid::Uuid)>, FieldError> {
-    use base64::Engine;
-    if token.is_empty() {
-        return Ok(None);
-    }
-    let bad = || FieldError::new("page_token", "is not a token this service issued");
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(token)
-        .map_err(|_| bad())?;
-    let raw = String::from_utf8(raw).map_err(|_| bad())?;
-    let (micros, id) = raw.split_once('|').ok_or_else(bad)?;
-    let at = DateTime::from_timestamp_micros(micros.parse().map_err(|_| bad())?).ok_or_else(bad)?;
-    Ok(Some((at, uuid::Uuid::parse_str(id).map_err(|_| bad())?)))
 }
 
 #[cfg(test)]

@@ -165,32 +165,6 @@ pub fn rotation(r: Rotation) -> proto::Revocation {
     }
 }
 
-/// The admin listings' opaque keyset token: newest first on (time, id).
-pub fn time_id_token(created_at: DateTime<Utc>, id: uuid::Uuid) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .encode(format!("{}|{id}", created_at.timestamp_micros()))
-}
-
-/// `rows` were fetched with `limit + 1`: the extra row says there is a next page.
-/// Drops it and returns the token of the page's last row (empty on the last page).
-pub fn next_page<T>(
-    rows: &mut Vec<T>,
-    limit: i64,
-    key: impl Fn(&T) -> (DateTime<Utc>, uuid::Uuid),
-) -> String {
-    if rows.len() as i64 <= limit {
-        return String::new();
-    }
-    rows.truncate(limit as usize);
-    rows.last()
-        .map(|r| {
-            let (at, id) = key(r);
-            time_id_token(at, id)
-        })
-        .unwrap_or_default()
-}
-
 fn key_state(s: KeyState) -> proto::KeyState {
     match s {
         KeyState::Pending => proto::KeyState::Pending,

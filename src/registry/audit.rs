@@ -1,6 +1,7 @@
 //! The audit trail: append-only (the table refuses UPDATE and DELETE).
 
 use super::error::{During, Error};
+use crate::paging::Cursor;
 use chrono::{DateTime, Utc};
 use sqlx::PgExecutor;
 use uuid::Uuid;
@@ -15,12 +16,15 @@ pub struct AuditRow {
     pub target: String,
     pub code: String,
     pub message: String,
+    /// How many identical denied requests this row stands for (1 for every
+    /// other event; see `audit::Denials`).
+    pub count: i64,
 }
 
 pub async fn insert(db: impl PgExecutor<'_>, row: &AuditRow) -> Result<(), Error> {
     sqlx::query(
-        "INSERT INTO audit_events (id, at, caller, peer, rpc, target, code, message)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        "INSERT INTO audit_events (id, at, caller, peer, rpc, target, code, message, count)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
     .bind(row.id)
     .bind(row.at)
@@ -30,6 +34,7 @@ pub async fn insert(db: impl PgExecutor<'_>, row: &AuditRow) -> Result<(), Error
     .bind(&row.target)
     .bind(&row.code)
     .bind(&row.message)
+    .bind(row.count)
     .execute(db)
     .await
     .during("audit::insert")
@@ -40,18 +45,18 @@ pub async fn insert(db: impl PgExecutor<'_>, row: &AuditRow) -> Result<(), Error
 pub async fn list(
     db: impl PgExecutor<'_>,
     caller: Option<&str>,
-    after: Option<(DateTime<Utc>, Uuid)>,
+    after: Option<Cursor>,
     limit: i64,
 ) -> Result<Vec<AuditRow>, Error> {
     sqlx::query_as(
-        "SELECT id, at, caller, peer, rpc, target, code, message FROM audit_events
+        "SELECT id, at, caller, peer, rpc, target, code, message, count FROM audit_events
          WHERE ($1::text IS NULL OR caller = $1)
            AND ($2::timestamptz IS NULL OR (at, id) < ($2, $3))
          ORDER BY at DESC, id DESC LIMIT $4",
     )
     .bind(caller)
-    .bind(after.map(|a| a.0))
-    .bind(after.map(|a| a.1))
+    .bind(after.map(|c| c.at))
+    .bind(after.map(|c| c.id))
     .bind(limit)
     .fetch_all(db)
     .await

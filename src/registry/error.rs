@@ -81,6 +81,12 @@ impl Error {
         self.kind == ErrorKind::Unavailable
     }
 
+    /// The statement was cancelled by `statement_timeout` (query_canceled):
+    /// the read pool's bound on a query, not an outage.
+    pub fn is_statement_timeout(&self) -> bool {
+        sqlstate(&self.source).is_some_and(|c| c == "57014")
+    }
+
     /// Postgres aborted the transaction to break a lock conflict with another
     /// (deadlock_detected, serialization_failure): nothing was written.
     pub fn is_lock_conflict(&self) -> bool {

@@ -15,10 +15,10 @@
 use super::error::{During, Error};
 use super::links::{LinkRow, select_sql};
 use crate::domain::LinkState;
+use crate::paging::Cursor;
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::Serialize;
 use sqlx::{PgExecutor, Postgres, QueryBuilder};
-use uuid::Uuid;
 
 use super::states::{KEY_DEAD, key_dead};
 
@@ -64,17 +64,11 @@ impl LinkFilter {
     }
 }
 
-/// Where a page ends: the last row's position in `(issued_at DESC, id DESC)`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cursor {
-    pub issued_at: DateTime<Utc>,
-    pub id: Uuid,
-}
-
+/// A link's position in `(issued_at DESC, id DESC)`.
 impl From<&LinkRow> for Cursor {
     fn from(row: &LinkRow) -> Self {
         Self {
-            issued_at: row.issued_at,
+            at: row.issued_at,
             id: row.id,
         }
     }
@@ -214,7 +208,7 @@ fn push_start(q: &mut QueryBuilder<Postgres>, f: &LinkFilter, after: Option<Curs
         (false, None) => {}
         (false, Some(c)) => {
             q.push(" AND (l.issued_at, l.id) < (")
-                .push_bind(c.issued_at)
+                .push_bind(c.at)
                 .push(", ")
                 .push_bind(c.id)
                 .push(")");
@@ -229,11 +223,11 @@ fn push_start(q: &mut QueryBuilder<Postgres>, f: &LinkFilter, after: Option<Curs
             q.push(format!(
                 " AND (l.issued_at, l.id) < (CASE WHEN (SELECT {bound}) < "
             ))
-            .push_bind(c.issued_at)
+            .push_bind(c.at)
             .push(format!(" THEN (SELECT {bound}) ELSE "))
-            .push_bind(c.issued_at)
+            .push_bind(c.at)
             .push(format!(" END, CASE WHEN (SELECT {bound}) < "))
-            .push_bind(c.issued_at)
+            .push_bind(c.at)
             .push(format!(" THEN {NIL} ELSE "))
             .push_bind(c.id)
             .push(" END)");

@@ -1,5 +1,6 @@
 //! Revocations: the persisted state machine of each rotation.
 
+use crate::paging::Cursor;
 use chrono::{DateTime, Utc};
 use sqlx::PgExecutor;
 use sqlx::types::Json;
@@ -200,7 +201,7 @@ pub async fn note_error(db: impl PgExecutor<'_>, id: Uuid, error: &str) -> Resul
 pub async fn list(
     db: impl PgExecutor<'_>,
     signer: Option<&str>,
-    after: Option<(DateTime<Utc>, Uuid)>,
+    after: Option<Cursor>,
     limit: i64,
 ) -> Result<Vec<RevocationRow>, Error> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
@@ -210,8 +211,8 @@ pub async fn list(
          ORDER BY created_at DESC, id DESC LIMIT $4"
     )))
     .bind(signer)
-    .bind(after.map(|a| a.0))
-    .bind(after.map(|a| a.1))
+    .bind(after.map(|c| c.at))
+    .bind(after.map(|c| c.id))
     .bind(limit)
     .fetch_all(db)
     .await

@@ -63,7 +63,7 @@ impl Revocations {
             .into_iter()
             .filter(|k| !k.state.is_dead())
             .collect();
-        crate::metrics::record_revocation(row.mode.as_str(), "cancelled");
+        crate::metrics::record_revocation(row.mode.as_str(), "cancelled", &row.signer);
         Ok(Cancelled {
             revocation: self.get(id).await?,
             live_keys,

@@ -6,7 +6,7 @@ use crate::domain::{FieldError, RevocationState, RotationMode, SignerName};
 use crate::registry::blast_radius::{self, BlastRadius};
 use crate::registry::revocations::{self, NewRevocation, RevocationRow};
 use crate::registry::{self, keys, signers};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use uuid::Uuid;
 
 pub const MAX_REASON_CHARS: usize = 1000;
@@ -112,9 +112,9 @@ impl Revocations {
     /// step that must be retried later (the report then says RUNNING, with the
     /// error). `detach`: answer at once, RUNNING.
     async fn run(&self, started: Rotation, detach: bool) -> Result<Rotation, RevocationError> {
-        let (id, mode) = match started {
+        let (id, mode, signer) = match started {
             dry_run @ Rotation::DryRun { .. } => return Ok(dry_run),
-            Rotation::Ran(row) => (row.id, row.mode),
+            Rotation::Ran(row) => (row.id, row.mode, row.signer.clone()),
         };
         let this = self.clone();
         let task = tokio::spawn(async move {
@@ -127,7 +127,7 @@ impl Revocations {
                 Ok(done) => done.as_str(),
                 Err(_) => "unknown",
             };
-            crate::metrics::record_revocation(mode.as_str(), outcome);
+            crate::metrics::record_revocation(mode.as_str(), outcome, &signer);
         });
         if !detach && let Err(e) = task.await {
             tracing::error!(revocation_id = %id, error = %e, "the revocation task ended abnormally");
@@ -269,15 +269,6 @@ impl Revocations {
         revocations::get(&self.pool, id)
             .await?
             .ok_or(RevocationError::NotFound(id))
-    }
-
-    pub async fn list(
-        &self,
-        signer: Option<&str>,
-        after: Option<(DateTime<Utc>, Uuid)>,
-        limit: i64,
-    ) -> Result<Vec<RevocationRow>, RevocationError> {
-        Ok(revocations::list(&self.pool, signer, after, limit).await?)
     }
 }
 

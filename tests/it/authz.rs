@@ -13,7 +13,8 @@ use tonic::{Code, Request, Status};
 pub const TOKEN_STRANGER: &str = "it-token-stranger";
 
 /// it-caller: admin. it-caller-b: GET/HEAD under team-a/ in the first bucket,
-/// 600 s at most. cert-svc (certificate DNS SAN): GET under certs/, 300 s.
+/// 600 s at most. cert-svc (certificate DNS SAN, listed in cert_names): GET
+/// under certs/, 300 s.
 /// uri-svc: named by a URI SAN through cert_names, HEAD in the second bucket.
 pub fn policy(b0: &str, b1: &str) -> String {
     format!(
@@ -30,6 +31,7 @@ methods = ["GET", "HEAD"]
 max_ttl_secs = 600
 
 [callers.cert-svc]
+cert_names = ["cert-svc"]
 buckets = ["{b0}"]
 prefixes = ["certs/"]
 methods = ["GET"]
@@ -119,7 +121,7 @@ pub async fn spawn_secure_app(pool: &PgPool, extra: &[&str]) -> SecureApp {
     ));
     flags.extend(extra.iter().map(|s| s.to_string()));
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let bs = crate::revocation::buckets();
+    let bs = buckets();
     let (config, _) = policy_config(&policy(&bs[0], &bs[1]), &flags);
     let app = spawn_tls_app(config, (*pool.connect_options()).clone(), &ca.pem).await;
     SecureApp { app, ca, other_ca }
@@ -132,13 +134,16 @@ fn issue(bucket: &str, key: &str, method: Method, ttl: i64) -> Call {
 #[sqlx::test]
 async fn each_caller_gets_exactly_what_its_policy_allows(pool: PgPool) {
     let s = spawn_secure_app(&pool, &[]).await;
-    let bs = crate::revocation::buckets();
+    let bs = buckets();
     let (b0, b1) = (bs[0].as_str(), bs[1].as_str());
     let cert_svc = s.ca.client("cert-svc");
     let uri_svc = s.ca.client_uri("spiffe://it.example/ns/prod/uri-svc");
     let expired = s.ca.expired_client("cert-svc");
     let foreign = s.other_ca.client("cert-svc");
     let unnamed = s.ca.client("not-in-policy");
+    // Named like callers of the policy, but listed by none in cert_names.
+    let as_admin = s.ca.client(CALLER);
+    let as_plain = s.ca.client(CALLER_B);
     let wrong_bucket =
         format!("policy: caller it-caller-b may not use bucket {b1} (allowed: {b0})");
     use Method::*;
@@ -381,6 +386,20 @@ async fn each_caller_gets_exactly_what_its_policy_allows(pool: PgPool) {
             issue(b0, "certs/a", Get, 60),
             Code::Unauthenticated,
             "no caller in the policy",
+        ),
+        (
+            "certificate whose CN is an admin's name, not listed",
+            Cert(&as_admin),
+            Call::ListKeys,
+            Code::Unauthenticated,
+            "no caller in the policy lists",
+        ),
+        (
+            "certificate whose CN is a caller's name, not listed",
+            Cert(&as_plain),
+            issue(b0, "team-a/x", Get, 60),
+            Code::Unauthenticated,
+            "no caller in the policy lists",
         ),
         (
             "certificate and token of different callers",

@@ -5,7 +5,7 @@
 
 use crate::helpers::*;
 use aws_sdk_iam::types::StatusType;
-use presignd::proto::{Method, RevocationState, RotateKeyRequest, RotationMode};
+use presignd::proto::{Method, RevocationState, RotationMode};
 use sqlx::PgPool;
 use std::collections::BTreeMap;
 use tonic::Code;
@@ -53,15 +53,6 @@ async fn key_states(pool: &PgPool) -> BTreeMap<String, String> {
         .collect()
 }
 
-fn rotate(signer: &str, mode: RotationMode) -> RotateKeyRequest {
-    RotateKeyRequest {
-        signer: signer.into(),
-        mode: mode as i32,
-        reason: "moto test".into(),
-        ..Default::default()
-    }
-}
-
 #[sqlx::test]
 async fn keys_live_on_the_signers_iam_user_within_the_two_key_limit(pool: PgPool) {
     let iam = iam().await;
@@ -91,13 +82,15 @@ async fn keys_live_on_the_signers_iam_user_within_the_two_key_limit(pool: PgPool
     assert!(k1[&key1]);
     assert_eq!(key_states(&pool).await[&key1], "active");
     let link = app
-        .issue(link_request(&buckets0(), "k", Method::Get, 600))
+        .issue(link_request(&test_bucket(), "k", Method::Get, 600))
         .await
         .unwrap();
     assert_eq!(link.link.unwrap().key_id, key1);
 
     // REVOKE: key2 created, key1 set Inactive in IAM.
-    let r = app.rotate(rotate(&signer, RotationMode::Revoke)).await;
+    let r = app
+        .rotate(rotate_req(&signer, RotationMode::Revoke, ""))
+        .await;
     assert_eq!(
         (r.state, r.links_revoked),
         (RevocationState::Succeeded as i32, 1)
@@ -110,7 +103,9 @@ async fn keys_live_on_the_signers_iam_user_within_the_two_key_limit(pool: PgPool
 
     // REVOKE again: the user is at 2 keys; key1 is spent (inactive) and is
     // deleted to make room; key2 goes Inactive.
-    let r = app.rotate(rotate(&signer, RotationMode::Revoke)).await;
+    let r = app
+        .rotate(rotate_req(&signer, RotationMode::Revoke, ""))
+        .await;
     assert_eq!(r.state, RevocationState::Succeeded as i32, "{r:?}");
     let key3 = r.new_key_id.clone();
     assert_eq!(
@@ -121,10 +116,12 @@ async fn keys_live_on_the_signers_iam_user_within_the_two_key_limit(pool: PgPool
 
     // GRACEFUL with an outstanding link: key3 stays Active (retired); key2 (spent)
     // is deleted for key4.
-    app.issue(link_request(&buckets0(), "k", Method::Get, 600))
+    app.issue(link_request(&test_bucket(), "k", Method::Get, 600))
         .await
         .unwrap();
-    let r = app.rotate(rotate(&signer, RotationMode::Graceful)).await;
+    let r = app
+        .rotate(rotate_req(&signer, RotationMode::Graceful, ""))
+        .await;
     assert_eq!(r.state, RevocationState::Succeeded as i32);
     let key4 = r.new_key_id.clone();
     assert_eq!(
@@ -136,7 +133,7 @@ async fn keys_live_on_the_signers_iam_user_within_the_two_key_limit(pool: PgPool
     // nothing can go without breaking links. FAILED_PRECONDITION says what to do.
     let s = app
         .keys
-        .rotate_key(rotate(&signer, RotationMode::Graceful))
+        .rotate_key(rotate_req(&signer, RotationMode::Graceful, ""))
         .await
         .unwrap_err();
     assert_eq!(s.code(), Code::FailedPrecondition, "{s:?}");
@@ -158,19 +155,17 @@ async fn keys_live_on_the_signers_iam_user_within_the_two_key_limit(pool: PgPool
     assert_eq!(active, 1, "the signer still signs with key4");
 
     // EMERGENCY deactivates key4 first, which frees its slot.
-    let r = app.rotate(rotate(&signer, RotationMode::Emergency)).await;
+    let r = app
+        .rotate(rotate_req(&signer, RotationMode::Emergency, ""))
+        .await;
     assert_eq!(r.state, RevocationState::Succeeded as i32, "{r:?}");
     let keys = iam_keys(&iam, &user).await;
     assert_eq!(keys.len(), 2);
     assert!(keys[&key3], "the retired key keeps serving its link");
     assert!(keys[&r.new_key_id]);
     let after = app
-        .issue(link_request(&buckets0(), "k", Method::Get, 60))
+        .issue(link_request(&test_bucket(), "k", Method::Get, 60))
         .await
         .unwrap();
     assert_eq!(after.link.unwrap().key_id, r.new_key_id);
-}
-
-fn buckets0() -> String {
-    test_bucket()
 }

@@ -292,7 +292,43 @@ async fn bad_filter_fields_are_invalid_arguments_naming_them(pool: PgPool) {
                 ..f()
             },
         ),
+        // Seconds Postgres cannot store (year 300000; 5000 BC, which chrono
+        // accepts): the caller's mistake, not an INTERNAL.
+        (
+            "filter.expires_before",
+            LinkFilter {
+                expires_before: Some(t(300_000 * 31_556_952)),
+                ..f()
+            },
+        ),
+        (
+            "filter.expires_after",
+            LinkFilter {
+                expires_after: Some(t(-7_000 * 31_556_952)),
+                ..f()
+            },
+        ),
+        (
+            "filter.expires_after",
+            LinkFilter {
+                expires_after: Some(t(i64::MIN)),
+                ..f()
+            },
+        ),
     ] {
+        let status = app
+            .links
+            .summarize_links(proto::SummarizeLinksRequest {
+                filter: Some(filter.clone()),
+                group_by: proto::GroupBy::Key as i32,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{field}: {status:?}");
+        assert!(
+            status.message().starts_with(&format!("{field}:")),
+            "{status:?}"
+        );
         let status = list_page(&mut app, filter, 0, "").await.unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{field}: {status:?}");
         assert!(

@@ -7,9 +7,11 @@ use presignd::config::Config;
 use presignd::keys::KeyManager;
 use presignd::policy::PolicyHandle;
 use presignd::proto::{
-    self, key_service_client::KeyServiceClient, link_service_client::LinkServiceClient,
+    self, IssueLinkResponse, Method, key_service_client::KeyServiceClient,
+    link_service_client::LinkServiceClient,
 };
 use presignd::revocation::Revocations;
+use reqwest::StatusCode;
 use sqlx::PgPool;
 use sqlx::postgres::PgConnectOptions;
 use std::time::Duration;
@@ -88,6 +90,8 @@ pub fn test_config(extra: &[&str]) -> Config {
         format!("--buckets={}", env("PRESIGND_TEST_BUCKETS")),
         "--db-acquire-timeout-secs=1".into(),
         "--health-interval-secs=1".into(),
+        // Tests page and summarize fast; the read quota has its own test.
+        "--read-rate-per-sec=0".into(),
     ];
     // An extra `--flag=value` replaces the default of the same flag; a bare
     // `--flag` removes it.
@@ -344,7 +348,9 @@ pub fn database_url(pool: &PgPool) -> String {
     )
 }
 
-/// Polls `query` (a count) until it reaches `at_least` (10 s at most).
+/// Polls `query` (a count) until it reaches `at_least` (10 s at most): for work
+/// the test itself set going (concurrent issuers, an audit row written in the
+/// background), never for a server's periodic loop (call its step instead).
 pub async fn wait_for_count(pool: &PgPool, query: &str, at_least: i64) -> i64 {
     let mut n = 0;
     for _ in 0..200 {
@@ -358,4 +364,130 @@ pub async fn wait_for_count(pool: &PgPool, query: &str, at_least: i64) -> i64 {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     n
+}
+
+/// Every bucket of the dev stack (`PRESIGND_TEST_BUCKETS`).
+pub fn buckets() -> Vec<String> {
+    env("PRESIGND_TEST_BUCKETS")
+        .split(',')
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Puts an object in `bucket` through a PUT link and returns its key.
+pub async fn put_sample(app: &mut TestApp, bucket: &str) -> (String, IssueLinkResponse) {
+    let key = unique_key("sample");
+    let put = app
+        .issue(link_request(bucket, &key, Method::Put, 600))
+        .await
+        .unwrap();
+    let r = send(
+        &app.http,
+        reqwest::Method::PUT,
+        &put,
+        Some(b"sample".to_vec()),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    (key, put)
+}
+
+/// What Garage answers to the link's request: 200 (served) or 403 (refused).
+pub async fn try_link(http: &reqwest::Client, link: &IssueLinkResponse) -> StatusCode {
+    let l = link.link.as_ref().unwrap();
+    let (method, body) = match Method::try_from(l.method).unwrap() {
+        Method::Put => (reqwest::Method::PUT, Some(b"again".to_vec())),
+        Method::Head => (reqwest::Method::HEAD, None),
+        Method::Delete => (reqwest::Method::DELETE, None),
+        _ => (reqwest::Method::GET, None),
+    };
+    send(http, method, link, body).await.status()
+}
+
+/// Links whose derived revocation is `revocation_id`, as every read reports it.
+pub async fn revoked_by(pool: &PgPool, revocation_id: &str) -> i64 {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FROM links l JOIN signing_keys k USING (key_id) WHERE {} = $1::uuid",
+        presignd::registry::links::REVOCATION_SQL
+    )))
+    .bind(revocation_id)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+/// Garage's GetKeyInfo for `key_id` (with its secret if `show_secret`).
+pub async fn garage_key_info(key_id: &str, show_secret: bool) -> serde_json::Value {
+    let show = if show_secret { "true" } else { "false" };
+    reqwest::Client::new()
+        .get(format!("{}/v2/GetKeyInfo", env("GARAGE_ADMIN_URL")))
+        .query(&[("id", key_id), ("showSecretKey", show)])
+        .bearer_auth(env("GARAGE_ADMIN_TOKEN"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Whether Garage refuses the key (deactivated).
+pub async fn garage_key_expired(key_id: &str) -> bool {
+    garage_key_info(key_id, false).await["expired"]
+        .as_bool()
+        .expect("GetKeyInfo has 'expired'")
+}
+
+/// What a presignctl run printed, and its exit code.
+pub struct Output {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs presignctl against `app` as the caller of `token`, with `stdin` (or
+/// nothing) on its standard input.
+pub async fn presignctl(app: &TestApp, token: &str, args: &[&str], stdin: Option<&str>) -> Output {
+    use std::process::Stdio;
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_presignctl"))
+        .args(args)
+        .env(
+            "PRESIGND_ENDPOINT",
+            format!("http://127.0.0.1:{}", app.port),
+        )
+        .env("PRESIGND_TOKEN", token)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("presignctl runs");
+    let mut input = child.stdin.take().unwrap();
+    input
+        .write_all(stdin.unwrap_or("").as_bytes())
+        .await
+        .unwrap();
+    drop(input);
+    let out = child.wait_with_output().await.unwrap();
+    Output {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// A RotateKeyRequest for `signer` (`expected`: the key it must still have, or "").
+pub fn rotate_req(
+    signer: &str,
+    mode: proto::RotationMode,
+    expected: &str,
+) -> proto::RotateKeyRequest {
+    proto::RotateKeyRequest {
+        signer: signer.into(),
+        mode: mode as i32,
+        reason: "integration test: suspected leak".into(),
+        expected_key_id: expected.into(),
+        dry_run: false,
+        detach: false,
+    }
 }

@@ -6,7 +6,6 @@
 
 use crate::helpers::*;
 use crate::registry_down::Proxy;
-use crate::revocation::{buckets, put_sample, revoked_by, try_link};
 use presignd::backend::KeyBackend;
 use presignd::proto::{
     self, CancelRevocationRequest, GetRevocationRequest, LookupLinkRequest, Method,

@@ -262,16 +262,7 @@ async fn neither_url_nor_signature_nor_secret_appears_in_the_registry(pool: PgPo
         .to_owned();
 
     // The secret, as Garage knows it.
-    let info: serde_json::Value = reqwest::Client::new()
-        .get(format!("{}/v2/GetKeyInfo", env("GARAGE_ADMIN_URL")))
-        .query(&[("id", key_id.as_str()), ("showSecretKey", "true")])
-        .bearer_auth(env("GARAGE_ADMIN_TOKEN"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info = garage_key_info(&key_id, true).await;
     let secret = info["secretAccessKey"]
         .as_str()
         .expect("garage shows the secret")

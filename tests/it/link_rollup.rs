@@ -46,7 +46,7 @@ type Narrow = fn(&mut LinkFilter);
 
 /// Every group_by, every state, and each equality filter: the roll-up's answer
 /// equals the scan's, both read in one transaction (one `now()`).
-async fn assert_rollup_equals_scan(pool: &PgPool, when: &str) {
+pub async fn assert_rollup_equals_scan(pool: &PgPool, when: &str) {
     let mut tx = pool.begin().await.unwrap();
     let states = [
         None,
@@ -240,19 +240,4 @@ async fn folds_during_inserts_lose_and_double_count_nothing(pool: PgPool) {
         count(&pool, "SELECT count(*) FROM links").await
     );
     assert_rollup_equals_scan(&pool, "after the last fold").await;
-}
-
-/// A registry that recorded links before the roll-up existed (0005) has them
-/// counted by the migration that adds it.
-#[sqlx::test(migrations = false)]
-async fn links_recorded_before_the_rollup_are_counted_by_its_migration(pool: PgPool) {
-    presignd::registry::MIGRATOR.run_to(4, &pool).await.unwrap();
-    seed_fixture(&pool).await;
-    add_links(&pool, 500, 0.75).await;
-    presignd::registry::migrate(&pool).await.unwrap();
-    assert_eq!(
-        count(&pool, "SELECT sum(links)::bigint FROM link_rollup_delta").await,
-        count(&pool, "SELECT count(*) FROM links").await
-    );
-    assert_rollup_equals_scan(&pool, "after the migration").await;
 }

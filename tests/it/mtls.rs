@@ -14,7 +14,7 @@ use tonic::Code;
 #[sqlx::test]
 async fn a_client_certificate_identifies_its_caller_and_its_link_works(pool: PgPool) {
     let mut s = spawn_secure_app(&pool, &[]).await;
-    let bucket = crate::revocation::buckets()[0].clone();
+    let bucket = buckets()[0].clone();
     let key = format!("certs/{}", uuid::Uuid::now_v7());
     // The admin (token over TLS) uploads; the certificate caller reads.
     let put = s
@@ -52,7 +52,7 @@ async fn refused_certificates_are_audited_with_the_caller_unknown(pool: PgPool) 
     let s = spawn_secure_app(&pool, &[]).await;
     let expired = s.ca.expired_client("cert-svc");
     let foreign = s.other_ca.client("cert-svc");
-    let bucket = crate::revocation::buckets()[0].clone();
+    let bucket = buckets()[0].clone();
     for leaf in [&expired, &foreign] {
         let st = call(
             s.app.port,
@@ -143,7 +143,7 @@ async fn presignctl_speaks_mtls_with_a_client_certificate(pool: PgPool) {
         write("c.pem", &leaf.cert),
         write("c.key", &leaf.key),
     );
-    let bucket = crate::revocation::buckets()[0].clone();
+    let bucket = buckets()[0].clone();
     let run = |args: Vec<String>| {
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_presignctl"));
         cmd.args(args)

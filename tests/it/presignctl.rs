@@ -1,30 +1,9 @@
 //! presignctl against a running server: output, exit codes, confirmation.
 
 use crate::helpers::*;
-use crate::revocation::{buckets, try_link};
 use presignd::proto::Method;
 use reqwest::StatusCode;
 use sqlx::PgPool;
-use std::process::Stdio;
-
-async fn presignctl(app: &TestApp, token: &str, args: &[&str]) -> (i32, String, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_presignctl"))
-        .args(args)
-        .env(
-            "PRESIGND_ENDPOINT",
-            format!("http://127.0.0.1:{}", app.port),
-        )
-        .env("PRESIGND_TOKEN", token)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .expect("presignctl runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 #[sqlx::test]
 async fn plan_and_rotate_from_the_command_line(pool: PgPool) {
@@ -38,78 +17,92 @@ async fn plan_and_rotate_from_the_command_line(pool: PgPool) {
         .await
         .unwrap();
 
-    let (code, out, err) =
-        presignctl(&app, TOKEN, &["plan", "--signer", "default", "--json"]).await;
-    assert_eq!(code, 0, "{err}");
-    let plan: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let run = presignctl(
+        &app,
+        TOKEN,
+        &["plan", "--signer", "default", "--json"],
+        None,
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let plan: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     assert_eq!(plan["outstanding_links"], 2);
-    let (code, out, _) = presignctl(&app, TOKEN, &["plan", "--signer", "default"]).await;
-    assert_eq!(code, 0);
-    assert!(out.contains("outstanding links  2"), "{out}");
+    let run = presignctl(&app, TOKEN, &["plan", "--signer", "default"], None).await;
+    assert_eq!(run.code, 0);
+    assert!(
+        run.stdout.contains("outstanding links  2"),
+        "{}",
+        run.stdout
+    );
 
     // Without --yes and without a terminal to ask at, nothing happens.
-    let (code, _, err) = presignctl(
+    let run = presignctl(
         &app,
         TOKEN,
         &[
             "rotate", "--signer", "default", "--mode", "revoke", "--reason", "leak",
         ],
+        None,
     )
     .await;
-    assert_ne!(code, 0);
-    assert!(err.contains("--yes"), "{err}");
+    assert_ne!(run.code, 0);
+    assert!(run.stderr.contains("--yes"), "{}", run.stderr);
     let count: i64 = sqlx::query_scalar("SELECT count(*) FROM revocations")
         .fetch_one(&pool)
         .await
         .unwrap();
     assert_eq!(count, 0);
 
-    let (code, out, err) = presignctl(
+    let run = presignctl(
         &app,
         TOKEN,
         &[
             "rotate", "--signer", "default", "--mode", "revoke", "--reason", "leak", "--yes",
             "--json",
         ],
+        None,
     )
     .await;
-    assert_eq!(code, 0, "{err}");
-    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     assert_eq!(report["state"], "SUCCEEDED");
     assert_eq!(report["links_revoked"], 2);
     assert_eq!(try_link(&app.http, &link).await, StatusCode::FORBIDDEN);
 
-    let (code, out, _) = presignctl(&app, TOKEN, &["keys"]).await;
-    assert_eq!(code, 0);
+    let run = presignctl(&app, TOKEN, &["keys"], None).await;
+    assert_eq!(run.code, 0);
     assert!(
-        out.contains(" inactive ") && out.contains(" active "),
-        "{out}"
+        run.stdout.contains(" inactive ") && run.stdout.contains(" active "),
+        "{}",
+        run.stdout
     );
-    let (code, out, _) = presignctl(
+    let run = presignctl(
         &app,
         TOKEN,
         &["revocations", report["id"].as_str().unwrap()],
+        None,
     )
     .await;
-    assert_eq!(code, 0);
+    assert_eq!(run.code, 0);
     assert!(
-        out.contains("SUCCEEDED") && out.contains("links revoked      2"),
-        "{out}"
+        run.stdout.contains("SUCCEEDED") && run.stdout.contains("links revoked      2"),
+        "{}",
+        run.stdout
     );
 }
 
 #[sqlx::test]
 async fn presignctl_fails_with_a_clear_message_and_a_non_zero_exit(pool: PgPool) {
     let app = spawn_app(&pool).await;
-    let (code, _, err) = presignctl(&app, TOKEN_B, &["plan", "--signer", "default"]).await;
-    assert_eq!(code, 1);
-    assert!(err.contains("PermissionDenied"), "{err}");
-    let (code, _, err) = presignctl(&app, TOKEN, &["plan", "--signer", "nobody"]).await;
-    assert_eq!(code, 1);
-    assert!(err.contains("NotFound"), "{err}");
-    let (code, _, err) = presignctl(&app, "wrong", &["keys"]).await;
-    assert_eq!(code, 1);
-    assert!(err.contains("Unauthenticated"), "{err}");
+    let run = presignctl(&app, TOKEN_B, &["plan", "--signer", "default"], None).await;
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("PermissionDenied"), "{}", run.stderr);
+    let run = presignctl(&app, TOKEN, &["plan", "--signer", "nobody"], None).await;
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("NotFound"), "{}", run.stderr);
+    let run = presignctl(&app, "wrong", &["keys"], None).await;
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("Unauthenticated"), "{}", run.stderr);
 }
 
 /// A server that cannot become ready says why where the operator looks:
@@ -119,7 +112,8 @@ async fn presignctl_fails_with_a_clear_message_and_a_non_zero_exit(pool: PgPool)
 async fn wait_ready_names_the_status_and_why_the_server_is_not_ready(pool: PgPool) {
     // A registry whose key was sealed under the test master key...
     let app = spawn_app(&pool).await;
-    let (code, _, err) = presignctl(&app, TOKEN, &["wait-ready", "--timeout-secs", "5"]).await;
+    let run = presignctl(&app, TOKEN, &["wait-ready", "--timeout-secs", "5"], None).await;
+    let (code, err) = (run.code, run.stderr);
     assert_eq!(code, 0, "a ready server passes wait-ready: {err}");
     drop(app);
 
@@ -127,7 +121,8 @@ async fn wait_ready_names_the_status_and_why_the_server_is_not_ready(pool: PgPoo
     let other = presignd::seal::MasterKey::generate();
     let config = test_config(&[&format!("--master-key={}", &*other.to_hex())]);
     let app = spawn_app_with(config, (*pool.connect_options()).clone()).await;
-    let (code, _, err) = presignctl(&app, TOKEN, &["wait-ready", "--timeout-secs", "2"]).await;
+    let run = presignctl(&app, TOKEN, &["wait-ready", "--timeout-secs", "2"], None).await;
+    let (code, err) = (run.code, run.stderr);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("health says NOT_SERVING"), "{err}");
     assert!(
@@ -149,7 +144,7 @@ async fn wait_ready_says_when_nothing_answers() {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_presignctl"))
         .args(["wait-ready", "--timeout-secs", "1"])
         .env("PRESIGND_ENDPOINT", format!("http://127.0.0.1:{port}"))
-        .stdin(Stdio::null())
+        .stdin(std::process::Stdio::null())
         .output()
         .await
         .expect("presignctl runs");
@@ -159,12 +154,17 @@ async fn wait_ready_says_when_nothing_answers() {
     assert!(err.contains("cannot connect to presignd"), "{err}");
 }
 
+async fn ctl(app: &TestApp, token: &str, args: &[&str]) -> (i32, String, String) {
+    let out = presignctl(app, token, args, None).await;
+    (out.code, out.stdout, out.stderr)
+}
+
 async fn presignctl_at(endpoint: &str, token: &str, args: &[&str]) -> (i32, String, String) {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_presignctl"))
         .args(args)
         .env("PRESIGND_ENDPOINT", endpoint)
         .env("PRESIGND_TOKEN", token)
-        .stdin(Stdio::null())
+        .stdin(std::process::Stdio::null())
         .output()
         .await
         .expect("presignctl runs");
@@ -197,7 +197,7 @@ async fn revoke_and_rotate_exit_codes_say_the_outcome(pool: PgPool) {
         .await
         .unwrap();
     let key = link.link.as_ref().unwrap().key_id.clone();
-    let (code, out, err) = presignctl(&app, TOKEN, &["lookup", &link.url]).await;
+    let (code, out, err) = ctl(&app, TOKEN, &["lookup", &link.url]).await;
     assert_eq!(code, 0, "{err}");
     assert!(
         out.contains(&format!("presignctl revoke --key {key} --reason")),
@@ -207,7 +207,7 @@ async fn revoke_and_rotate_exit_codes_say_the_outcome(pool: PgPool) {
     let rotate = [
         "rotate", "--signer", "default", "--mode", "graceful", "--reason", "r", "--yes", "--wait",
     ];
-    let (code, out, err) = presignctl(&app, TOKEN, &rotate).await;
+    let (code, out, err) = ctl(&app, TOKEN, &rotate).await;
     assert_eq!(code, 0, "{err}");
     for step in ["create_key", "verify_key", "activate_key"] {
         assert!(out.contains(&format!("step {step}")), "{out}");
@@ -215,7 +215,7 @@ async fn revoke_and_rotate_exit_codes_say_the_outcome(pool: PgPool) {
     let revoke = [
         "revoke", "--key", &key, "--reason", "leak", "--yes", "--wait",
     ];
-    let (code, out, err) = presignctl(&app, TOKEN, &revoke).await;
+    let (code, out, err) = ctl(&app, TOKEN, &revoke).await;
     assert_eq!(code, 0, "{err}");
     assert!(
         out.contains("step deactivate_old_key") && out.contains("SUCCEEDED"),
@@ -224,14 +224,14 @@ async fn revoke_and_rotate_exit_codes_say_the_outcome(pool: PgPool) {
     assert_eq!(try_link(&app.http, &link).await, StatusCode::FORBIDDEN);
 
     // Refused: the key is dead already; a caller who is no admin.
-    let (code, _, err) = presignctl(&app, TOKEN, &revoke).await;
+    let (code, _, err) = ctl(&app, TOKEN, &revoke).await;
     assert_eq!(code, 4, "{err}");
     assert!(err.contains("inactive"), "{err}");
-    let (code, _, err) = presignctl(&app, TOKEN_B, &revoke).await;
+    let (code, _, err) = ctl(&app, TOKEN_B, &revoke).await;
     assert_eq!(code, 4, "{err}");
 
     // Failed: the backend refuses to deactivate a key it no longer knows.
-    let (code, _, err) = presignctl(&app, TOKEN, &rotate).await;
+    let (code, _, err) = ctl(&app, TOKEN, &rotate).await;
     assert_eq!(code, 0, "{err}");
     let retired: String =
         sqlx::query_scalar("SELECT key_id FROM signing_keys WHERE state = 'retired'")
@@ -242,7 +242,7 @@ async fn revoke_and_rotate_exit_codes_say_the_outcome(pool: PgPool) {
         .delete_key("default", &retired)
         .await
         .unwrap();
-    let (code, out, err) = presignctl(
+    let (code, out, err) = ctl(
         &app,
         TOKEN,
         &["revoke", "--key", &retired, "--reason", "leak", "--yes"],
@@ -256,7 +256,7 @@ async fn revoke_and_rotate_exit_codes_say_the_outcome(pool: PgPool) {
 
     // Still running: the admin API is down.
     let addr = proxy.stop().await;
-    let (code, out, err) = presignctl(
+    let (code, out, err) = ctl(
         &app,
         TOKEN,
         &[

@@ -4,41 +4,6 @@
 use crate::helpers::*;
 use presignd::proto::Method;
 use sqlx::PgPool;
-use std::process::Stdio;
-use tokio::io::AsyncWriteExt;
-
-struct Output {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-async fn presignctl(app: &TestApp, args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_presignctl"))
-        .args(args)
-        .env(
-            "PRESIGND_ENDPOINT",
-            format!("http://127.0.0.1:{}", app.port),
-        )
-        .env("PRESIGND_TOKEN", TOKEN)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("presignctl runs");
-    let mut input = child.stdin.take().unwrap();
-    input
-        .write_all(stdin.unwrap_or("").as_bytes())
-        .await
-        .unwrap();
-    drop(input);
-    let out = child.wait_with_output().await.unwrap();
-    Output {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8(out.stdout).unwrap(),
-        stderr: String::from_utf8(out.stderr).unwrap(),
-    }
-}
 
 #[sqlx::test]
 async fn links_lists_issued_links_as_a_table_or_as_json(pool: PgPool) {
@@ -53,7 +18,7 @@ async fn links_lists_issued_links_as_a_table_or_as_json(pool: PgPool) {
         ids.push(issued.link.unwrap().id);
     }
 
-    let out = presignctl(&app, &["links", "--bucket", &bucket], None).await;
+    let out = presignctl(&app, TOKEN, &["links", "--bucket", &bucket], None).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     let lines: Vec<&str> = out.stdout.lines().collect();
     assert!(lines[0].starts_with("ID"), "a header: {}", out.stdout);
@@ -67,6 +32,7 @@ async fn links_lists_issued_links_as_a_table_or_as_json(pool: PgPool) {
 
     let out = presignctl(
         &app,
+        TOKEN,
         &["links", "--json", "--state", "active", "--limit", "1"],
         None,
     )
@@ -81,6 +47,7 @@ async fn links_lists_issued_links_as_a_table_or_as_json(pool: PgPool) {
 
     let out = presignctl(
         &app,
+        TOKEN,
         &["links", "--json", "--state", "active", "--page-token", next],
         None,
     )
@@ -89,7 +56,13 @@ async fn links_lists_issued_links_as_a_table_or_as_json(pool: PgPool) {
     assert_eq!(json["links"][0]["id"], ids[0]);
     assert_eq!(json["next_page_token"], "");
 
-    let out = presignctl(&app, &["summarize", "--by", "signer", "--json"], None).await;
+    let out = presignctl(
+        &app,
+        TOKEN,
+        &["summarize", "--by", "signer", "--json"],
+        None,
+    )
+    .await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     let json: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(json["groups"][0]["group"], "default");
@@ -111,7 +84,7 @@ async fn lookup_prints_the_link_and_its_blast_radius(pool: PgPool) {
     let link = issued.link.unwrap();
 
     // From stdin (the default): the URL stays out of the process list.
-    let out = presignctl(&app, &["lookup"], Some(&issued.url)).await;
+    let out = presignctl(&app, TOKEN, &["lookup"], Some(&issued.url)).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(
         out.stdout.contains(&format!("link       {}", link.id)),
@@ -128,7 +101,7 @@ async fn lookup_prints_the_link_and_its_blast_radius(pool: PgPool) {
         out.stdout
     );
 
-    let out = presignctl(&app, &["lookup", "--json", &issued.url], None).await;
+    let out = presignctl(&app, TOKEN, &["lookup", "--json", &issued.url], None).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     let json: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(json["link"]["id"], link.id);
@@ -139,15 +112,15 @@ async fn lookup_prints_the_link_and_its_blast_radius(pool: PgPool) {
 #[sqlx::test]
 async fn a_failed_lookup_or_listing_exits_non_zero_saying_why(pool: PgPool) {
     let app = spawn_app(&pool).await;
-    let out = presignctl(&app, &["lookup", "not a url"], None).await;
+    let out = presignctl(&app, TOKEN, &["lookup", "not a url"], None).await;
     assert_ne!(out.code, 0);
     assert!(out.stderr.contains("InvalidArgument"), "{}", out.stderr);
     assert!(out.stderr.contains("url:"), "{}", out.stderr);
 
-    let out = presignctl(&app, &["links", "--bucket", "NOT VALID"], None).await;
+    let out = presignctl(&app, TOKEN, &["links", "--bucket", "NOT VALID"], None).await;
     assert_ne!(out.code, 0);
     assert!(out.stderr.contains("filter.bucket"), "{}", out.stderr);
 
-    let out = presignctl(&app, &["summarize", "--by", "colour"], None).await;
+    let out = presignctl(&app, TOKEN, &["summarize", "--by", "colour"], None).await;
     assert_ne!(out.code, 0, "clap refuses an unknown group");
 }

@@ -55,7 +55,8 @@ async fn a_caller_past_its_burst_is_refused_naming_its_limit(pool: PgPool) {
             .await
             .expect("another caller is not limited by b's bucket");
     }
-    // A token comes back after a second.
+    // A token comes back after a second of real time (the bucket's clock):
+    // the one sleep here that cannot be a step.
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     b.issue_link(link_request(&bucket, "k", Method::Get, 60))
         .await

@@ -4,7 +4,6 @@
 //! aborts the whole reseal.
 
 use crate::helpers::*;
-use crate::revocation::try_link;
 use presignd::proto::{Method, RotateKeyRequest, RotationMode};
 use presignd::seal::MasterKey;
 use presignd::secret::SecretString;

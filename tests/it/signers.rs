@@ -3,7 +3,6 @@
 //! (200); the blast radius counts only the revoked signer's links.
 
 use crate::helpers::*;
-use crate::revocation::{buckets, put_sample, try_link};
 use presignd::proto::{
     self, Method, PlanRevocationRequest, RevocationState, RotateKeyRequest, RotationMode,
     link_service_client::LinkServiceClient, plan_revocation_request::Target,

@@ -1,0 +1,59 @@
+//! Credentials that must never let anyone in: a caller configured with the hash
+//! of the empty token, and `presignd hash-token` asked to hash nothing.
+
+use crate::helpers::*;
+use presignd::app::App;
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+#[tokio::test]
+async fn a_caller_whose_token_hash_is_that_of_the_empty_string_stops_startup() {
+    let empty = presignd::auth::hash_token("");
+    let config = test_config(&[&format!(
+        "--callers={CALLER}:{},lazy:{empty}",
+        presignd::auth::hash_token(TOKEN)
+    )]);
+    let db = "postgres://nobody@127.0.0.1:1/none".parse().unwrap();
+    let e = match App::build_with_db(config, db).await {
+        Ok(_) => panic!("presignd started with a caller whose token is empty"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        e.contains("PRESIGND_CALLERS") && e.contains("caller lazy") && e.contains("empty token"),
+        "{e}"
+    );
+}
+
+fn hash_token(stdin: &str) -> std::process::Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_presignd"))
+        .arg("hash-token")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn hash_token_refuses_an_empty_token() {
+    for input in ["", "  \n"] {
+        let out = hash_token(input);
+        assert!(!out.status.success(), "{input:?} was hashed");
+        assert!(out.stdout.is_empty(), "{input:?}: no hash printed");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("the token is empty"), "{input:?}: {err}");
+    }
+    let out = hash_token("a-real-token\n");
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        presignd::auth::hash_token("a-real-token")
+    );
+}

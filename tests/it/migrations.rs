@@ -1,0 +1,287 @@
+//! Invariant 8: landed migrations never change (a manifest of their SHA-256,
+//! migrations/SHA256SUMS, in `sha256sum` format), and a registry holding data
+//! from the first migration on upgrades to the last with every row, derived
+//! state, lookup and summary intact.
+
+use chrono::{DateTime, Duration, SubsecRound, Utc};
+use presignd::auth::Caller;
+use presignd::dashboard::Dashboard;
+use presignd::domain::{CallerName, LinkState, PresignedUrl};
+use presignd::paging::PageTokens;
+use presignd::registry::link_queries::{self, LinkFilter};
+use presignd::registry::link_summary::{self, GroupBy};
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+use std::collections::BTreeMap;
+
+const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations");
+
+#[test]
+fn every_migration_matches_the_manifest_of_landed_migrations() {
+    let manifest = std::fs::read_to_string(format!("{DIR}/SHA256SUMS"))
+        .expect("migrations/SHA256SUMS exists (`cd migrations && sha256sum *.sql > SHA256SUMS`)");
+    let mut listed: BTreeMap<String, String> = manifest
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let (hash, name) = l
+                .split_once("  ")
+                .unwrap_or_else(|| panic!("SHA256SUMS: {l:?} is not `<sha256 hex>  <file>`"));
+            (name.to_owned(), hash.to_owned())
+        })
+        .collect();
+    let mut files: Vec<String> = std::fs::read_dir(DIR)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".sql"))
+        .collect();
+    files.sort();
+    let mut problems = Vec::new();
+    for name in &files {
+        let digest = hex::encode(Sha256::digest(
+            std::fs::read(format!("{DIR}/{name}")).unwrap(),
+        ));
+        match listed.remove(name) {
+            None => problems.push(format!(
+                "{name} is not in migrations/SHA256SUMS. A new migration lands with its hash: \
+                 `cd migrations && sha256sum {name} >> SHA256SUMS` (and never changes after)."
+            )),
+            Some(hash) if hash != digest => problems.push(format!(
+                "{name} changed since it landed (SHA256SUMS: {hash}, now: {digest}). Landed \
+                 migrations never change: restore it (`git checkout main -- migrations/{name}`) \
+                 and put the change in a new migration."
+            )),
+            Some(_) => {}
+        }
+    }
+    for name in listed.keys() {
+        problems.push(format!(
+            "{name} is in migrations/SHA256SUMS but missing. A landed migration is never \
+             removed (registries already ran it): restore it."
+        ));
+    }
+    assert!(problems.is_empty(), "\n{}", problems.join("\n"));
+
+    // sqlx embeds exactly these files (it skips SHA256SUMS: no `<n>_` name).
+    let embedded: Vec<i64> = presignd::registry::MIGRATOR
+        .iter()
+        .map(|m| m.version)
+        .collect();
+    let on_disk: Vec<i64> = files
+        .iter()
+        .map(|n| n.split('_').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(embedded, on_disk);
+}
+
+/// Runs the migrations up to `version` (inclusive).
+async fn migrate_to(pool: &PgPool, version: i64) {
+    presignd::registry::MIGRATOR
+        .run_to(version, pool)
+        .await
+        .unwrap_or_else(|e| panic!("migrating to {version}: {e}"));
+}
+
+/// Every row of `table`, as JSON text of the columns it had when first
+/// written, in primary key order.
+async fn rows(pool: &PgPool, query: &'static str) -> Vec<String> {
+    sqlx::query_scalar(query).fetch_all(pool).await.unwrap()
+}
+
+const SIGNERS: &str = "SELECT row_to_json(t)::text FROM (SELECT name, backend, paused, created_at FROM signers ORDER BY name) t";
+const KEYS: &str = "SELECT row_to_json(t)::text FROM (SELECT key_id, signer, state, sealed_secret, created_at, activated_at, retired_at, deactivated_at, deleted_at, revocation_id FROM signing_keys ORDER BY key_id) t";
+const LINKS: &str = "SELECT row_to_json(t)::text FROM (SELECT id, key_id, signer, caller, method, bucket, object_key, labels, issued_at, expires_at, signature_sha256, revocation_id FROM links ORDER BY id) t";
+const REVOCATIONS: &str =
+    "SELECT row_to_json(t)::text FROM (SELECT * FROM revocations ORDER BY id) t";
+const AUDIT: &str = "SELECT row_to_json(t)::text FROM (SELECT id, at, caller, peer, rpc, target, code, message FROM audit_events ORDER BY id) t";
+
+const REVOCATION: &str = "0198c0de-0000-7000-8000-000000000001";
+
+/// The URL LookupLink is asked about: link 12's, signed at `at`.
+fn url_of_link_12(at: DateTime<Utc>) -> String {
+    format!(
+        "http://127.0.0.1:3900/photos/users/1/lookup.jpg?X-Amz-Algorithm=AWS4-HMAC-SHA256\
+         &X-Amz-Credential=GKALPHA1%2F{}%2Fgarage%2Fs3%2Faws4_request&X-Amz-Date={}\
+         &X-Amz-Expires=3600&X-Amz-SignedHeaders=host&X-Amz-Signature={}",
+        at.format("%Y%m%d"),
+        at.format("%Y%m%dT%H%M%SZ"),
+        "ab".repeat(32)
+    )
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_registry_with_data_from_the_first_migration_upgrades_to_the_last_intact(pool: PgPool) {
+    // 0001: signers, keys in every state it knew, links in every state.
+    migrate_to(&pool, 1).await;
+    sqlx::raw_sql(
+        "INSERT INTO signers (name, backend) VALUES ('alpha', 'garage'), ('beta', 'garage');
+         INSERT INTO signing_keys (key_id, signer, state, sealed_secret, activated_at) VALUES
+             ('GKALPHA1', 'alpha', 'active', '\\x01', now()),
+             ('GKALPHA0', 'alpha', 'inactive', '\\x02', now()),
+             ('GKBETA1', 'beta', 'retired', '\\x03', now()),
+             ('GKBETA2', 'beta', 'active', '\\x04', now()),
+             ('GKBETA0', 'beta', 'deleted', '\\x05', now());
+         INSERT INTO links (id, key_id, signer, caller, method, bucket, object_key, labels,
+                            issued_at, expires_at, signature_sha256)
+         SELECT ('00000000-0000-7000-8000-0000000000' || lpad(n::text, 2, '0'))::uuid,
+                key_id, signer, caller, method, bucket, object_key, '{\"team\": \"a\"}',
+                date_trunc('second', now()) - n * interval '10 minutes',
+                date_trunc('second', now()) + expires_in,
+                sha256(n::text::bytea)
+         FROM (VALUES
+             (1, 'GKALPHA1', 'alpha', 'svc-a', 'GET', 'photos', 'users/1/a.jpg', interval '1 hour'),
+             (2, 'GKALPHA1', 'alpha', 'svc-a', 'PUT', 'photos', 'users/1/b.jpg', interval '2 hours'),
+             (3, 'GKALPHA1', 'alpha', 'svc-b', 'GET', 'docs', 'users/2/c.pdf', interval '-5 minutes'),
+             (5, 'GKALPHA0', 'alpha', 'svc-a', 'GET', 'photos', 'users/1/d.jpg', interval '4 hours'),
+             (7, 'GKBETA1', 'beta', 'svc-c', 'DELETE', 'docs', 'reportXaXx.pdf', interval '5 hours'),
+             (8, 'GKBETA1', 'beta', 'svc-c', 'GET', 'docs', 'users/3/f.txt', interval '-70 minutes'),
+             (10, 'GKBETA0', 'beta', 'svc-b', 'PUT', 'docs', 'users/2/h.pdf', interval '7 hours'),
+             (11, 'GKBETA2', 'beta', 'svc-a', 'GET', 'archive', 'users/1/i.zip', interval '30 minutes')
+         ) AS t (n, key_id, signer, caller, method, bucket, object_key, expires_in);",
+    )
+    .execute(&pool)
+    .await
+    .expect("0001's data");
+    let signed_at = Utc::now().trunc_subsecs(0) - Duration::minutes(3);
+    let url = PresignedUrl::parse(&url_of_link_12(signed_at)).unwrap();
+    sqlx::query(
+        "INSERT INTO links (id, key_id, signer, caller, method, bucket, object_key,
+                            issued_at, expires_at, signature_sha256)
+         VALUES ('00000000-0000-7000-8000-000000000012', 'GKALPHA1', 'alpha', 'svc-a', 'GET',
+                 'photos', 'users/1/lookup.jpg', $1, $1 + interval '1 hour', $2)",
+    )
+    .bind(signed_at)
+    .bind(url.signature_sha256().to_vec())
+    .execute(&pool)
+    .await
+    .expect("the looked-up link");
+
+    // 0002: a revocation that deactivated a key and marked a link, a pending key.
+    migrate_to(&pool, 2).await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO revocations (id, signer, mode, requested_by, reason, old_key_id,
+                                  new_key_id, state, next_step, blast_radius, links_revoked,
+                                  steps, finished_at)
+         VALUES ('{REVOCATION}', 'beta', 'revoke', 'ops', 'upgrade test', 'GKBETA1', 'GKBETA2',
+                 'succeeded', 'done', '{{\"count\": 2}}', 2,
+                 '[{{\"name\": \"create_key\"}}]', now());
+         INSERT INTO signing_keys (key_id, signer, state, sealed_secret)
+             VALUES ('GKBETA3', 'beta', 'pending', '\\x06');
+         UPDATE signing_keys SET revocation_id = '{REVOCATION}' WHERE key_id = 'GKALPHA0';
+         INSERT INTO links (id, key_id, signer, caller, method, bucket, object_key,
+                            issued_at, expires_at, signature_sha256, revocation_id)
+         VALUES ('00000000-0000-7000-8000-000000000009', 'GKBETA2', 'beta', 'svc-c', 'GET',
+                 'photos', 'users/3/g.txt', date_trunc('second', now()) - interval '90 minutes',
+                 date_trunc('second', now()) + interval '6 hours', sha256('9'::bytea),
+                 '{REVOCATION}');"
+    )))
+    .execute(&pool)
+    .await
+    .expect("0002's data");
+
+    // 0003 (indexes, the 7-day CHECK the rows above respect), then 0004: audit.
+    migrate_to(&pool, 4).await;
+    sqlx::raw_sql(
+        "INSERT INTO audit_events (id, at, caller, peer, rpc, target, code, message) VALUES
+             ('0198c0de-0000-7000-8000-0000000000a1', now(), 'ops', '10.0.0.1:5000',
+              'presignd.v1.KeyService/RotateKey', 'signer=beta', 'OK', ''),
+             ('0198c0de-0000-7000-8000-0000000000a2', now(), NULL, NULL,
+              'presignd.v1.LinkService/IssueLink', '', 'UNAUTHENTICATED', 'unknown token');",
+    )
+    .execute(&pool)
+    .await
+    .expect("0004's data");
+
+    let before = [
+        rows(&pool, SIGNERS).await,
+        rows(&pool, KEYS).await,
+        rows(&pool, LINKS).await,
+        rows(&pool, REVOCATIONS).await,
+        rows(&pool, AUDIT).await,
+    ];
+    assert_eq!(
+        before.iter().map(Vec::len).collect::<Vec<_>>(),
+        [2, 6, 10, 1, 2]
+    );
+
+    presignd::registry::migrate(&pool)
+        .await
+        .expect("to the last migration");
+
+    let after = [
+        rows(&pool, SIGNERS).await,
+        rows(&pool, KEYS).await,
+        rows(&pool, LINKS).await,
+        rows(&pool, REVOCATIONS).await,
+        rows(&pool, AUDIT).await,
+    ];
+    assert_eq!(before, after, "every row is intact");
+    let counts: Vec<i64> = sqlx::query_scalar("SELECT count FROM audit_events ORDER BY id")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        counts,
+        [1, 1],
+        "older audit rows stand for one request each"
+    );
+
+    // Derived state: each link's, as listings filter and report it.
+    let id = |n: u8| format!("00000000-0000-7000-8000-0000000000{n:02}");
+    for (state, expected) in [
+        (LinkState::Active, vec![12, 1, 2, 7, 11]),
+        (LinkState::Expired, vec![3, 8]),
+        (LinkState::Revoked, vec![5, 9, 10]),
+    ] {
+        let filter = LinkFilter {
+            state: Some(state),
+            ..Default::default()
+        };
+        let listed = link_queries::list_page(&pool, &filter, None, 100)
+            .await
+            .unwrap();
+        let listed: Vec<String> = listed.iter().map(|l| l.id.to_string()).collect();
+        let expected: Vec<String> = expected.into_iter().map(id).collect();
+        assert_eq!(listed, expected, "{state:?} links, newest first");
+    }
+
+    // LookupLink by signature, through the dashboard as an admin.
+    let dashboard = Dashboard {
+        pool: pool.clone(),
+        tokens: PageTokens::new(&presignd::seal::MasterKey::generate()),
+        reads: presignd::ratelimit::ReadLimits::new(None),
+    };
+    let admin = Caller {
+        name: CallerName::parse("ops").unwrap(),
+        admin: true,
+    };
+    let found = dashboard
+        .lookup(&admin, &url)
+        .await
+        .expect("LookupLink finds link 12");
+    assert_eq!(found.link.id.to_string(), id(12));
+    assert_eq!(found.link.issued_at, signed_at);
+
+    // Summaries: the roll-up (0005) counts the links that predate it, as a
+    // pass over the links does, for every group, state and filter.
+    crate::link_rollup::assert_rollup_equals_scan(&pool, "after the upgrade").await;
+    for group_by in [
+        GroupBy::Key,
+        GroupBy::Signer,
+        GroupBy::Bucket,
+        GroupBy::Caller,
+    ] {
+        let filter = LinkFilter::default();
+        let rollup = link_summary::summarize(&pool, &filter, group_by)
+            .await
+            .unwrap();
+        let scan = link_summary::summarize_scan(&pool, &filter, group_by)
+            .await
+            .unwrap();
+        assert_eq!(rollup, scan, "{group_by:?}");
+        let totals = rollup.iter().fold((0, 0, 0), |t, r| {
+            (t.0 + r.active, t.1 + r.expired, t.2 + r.revoked)
+        });
+        assert_eq!(totals, (5, 2, 3), "{group_by:?}");
+    }
+}

@@ -1,0 +1,99 @@
+//! The read RPCs cannot starve IssueLink: they spend a quota of their own per
+//! caller and run on a pool of their own, so one caller flooding full-scan
+//! summaries gets RESOURCE_EXHAUSTED while another keeps issuing links, every
+//! one OK.
+
+use crate::helpers::*;
+use presignd::proto::{self, Method, link_service_client::LinkServiceClient};
+use sqlx::PgPool;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tonic::Code;
+
+#[sqlx::test]
+async fn issue_link_keeps_working_while_another_caller_floods_summaries(pool: PgPool) {
+    // IssueLink's pool is small, so a flood on it would show at once.
+    let config = test_config(&[
+        "--db-max-connections=3",
+        "--read-db-max-connections=1",
+        "--read-rate-per-sec=10",
+        "--read-burst=10",
+    ]);
+    let mut app = spawn_app_with(config, (*pool.connect_options()).clone()).await;
+    app.wait_for(tonic_health::pb::health_check_response::ServingStatus::Serving)
+        .await;
+    // Caller B's links: an object key prefix makes each summary a pass over them.
+    sqlx::query(
+        "INSERT INTO links (id, key_id, signer, caller, method, bucket, object_key,
+                            issued_at, expires_at, signature_sha256)
+         SELECT gen_random_uuid(), k.key_id, k.signer, $1, 'GET', 'flood', 'flood/' || i,
+                now() - interval '1 hour', now() + interval '1 hour', sha256(i::text::bytea)
+         FROM generate_series(1, 100000) i,
+              (SELECT key_id, signer FROM signing_keys WHERE state = 'active' LIMIT 1) k",
+    )
+    .bind(CALLER_B)
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let flooders: Vec<_> = (0..32)
+        .map(|_| {
+            let (channel, stop) = (app.channel.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut b = LinkServiceClient::with_interceptor(channel, with_token_b as Auth);
+                let mut codes = BTreeMap::<String, u32>::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let r = b
+                        .summarize_links(proto::SummarizeLinksRequest {
+                            filter: Some(proto::LinkFilter {
+                                object_key_prefix: "flood/".into(),
+                                ..Default::default()
+                            }),
+                            group_by: proto::GroupBy::Bucket as i32,
+                        })
+                        .await;
+                    let code = r.map_or_else(|s| s.code(), |_| Code::Ok);
+                    *codes.entry(format!("{code:?}")).or_default() += 1;
+                }
+                codes
+            })
+        })
+        .collect();
+
+    let bucket = app.bucket.clone();
+    let mut failures = Vec::new();
+    for i in 0..60 {
+        let key = format!("during-flood/{i}");
+        if let Err(st) = app
+            .issue(link_request(&bucket, &key, Method::Get, 60))
+            .await
+        {
+            failures.push(format!("{i}: {:?} {}", st.code(), st.message()));
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut codes = BTreeMap::<String, u32>::new();
+    for f in flooders {
+        for (code, n) in f.await.unwrap() {
+            *codes.entry(code).or_default() += n;
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "IssueLink failed during the flood: {failures:?}"
+    );
+    assert!(
+        codes.get("Ok").is_some_and(|n| *n > 0),
+        "some summaries were served: {codes:?}"
+    );
+    assert!(
+        codes.get("ResourceExhausted").is_some_and(|n| *n > 0),
+        "the flood hit the read quota: {codes:?}"
+    );
+    assert!(
+        !codes.contains_key("Internal"),
+        "a refused read is not INTERNAL: {codes:?}"
+    );
+}
