@@ -79,15 +79,15 @@ impl Revocations {
         Ok(blast_radius::compute(&mut tx, &key.key_id, &key.signer).await?)
     }
 
-    /// Plans, records and runs a rotation. The procedure runs in its own task
-    /// (`run`): the caller going away does not cut it.
+    /// Plans, records and runs a rotation. All of it runs in a task of its own
+    /// (`run`): the caller going away cuts no step.
     pub async fn rotate(
         &self,
         req: RotateRequest,
         detach: bool,
     ) -> Result<Rotation, RevocationError> {
-        let started = self.start(req).await?;
-        self.run(started, detach).await
+        let this = self.clone();
+        self.run(detach, async move { this.start(req).await }).await
     }
 
     /// RevokeKey: deactivates a live key now. A retired key: one step
@@ -97,27 +97,40 @@ impl Revocations {
         req: RevokeKeyRequest,
         detach: bool,
     ) -> Result<Rotation, RevocationError> {
-        let started = self
-            .start_target(
+        let this = self.clone();
+        let start = async move {
+            this.start_target(
                 Target::Key(req.key_id),
                 &req.reason,
                 &req.requested_by,
                 req.dry_run,
             )
-            .await?;
-        self.run(started, detach).await
+            .await
+        };
+        self.run(detach, start).await
     }
 
-    /// Drives a recorded revocation in a task of its own, to its end or to a
-    /// step that must be retried later (the report then says RUNNING, with the
-    /// error). `detach`: answer at once, RUNNING.
-    async fn run(&self, started: Rotation, detach: bool) -> Result<Rotation, RevocationError> {
-        let (id, mode, signer) = match started {
-            dry_run @ Rotation::DryRun { .. } => return Ok(dry_run),
-            Rotation::Ran(row) => (row.id, row.mode, row.signer.clone()),
-        };
+    /// Starts (plans and records) and drives a revocation in a task of its
+    /// own, to its end or to a step that must be retried later (the report
+    /// then says RUNNING, with the error). The caller waits for the start;
+    /// then, unless `detach`, for the end.
+    async fn run(
+        &self,
+        detach: bool,
+        start: impl Future<Output = Result<Rotation, RevocationError>> + Send + 'static,
+    ) -> Result<Rotation, RevocationError> {
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel();
         let this = self.clone();
         let task = tokio::spawn(async move {
+            let started = start.await;
+            let ran = match &started {
+                Ok(Rotation::Ran(row)) => Some((row.id, row.mode, row.signer.clone())),
+                _ => None,
+            };
+            let _ = started_tx.send(started);
+            let Some((id, mode, signer)) = ran else {
+                return;
+            };
             if let Err(e) = this.drive(id).await {
                 // Left running: the maintenance loop retries it.
                 tracing::warn!(revocation_id = %id, error = %e, "revocation paused on a retryable error");
@@ -129,6 +142,13 @@ impl Revocations {
             };
             crate::metrics::record_revocation(mode.as_str(), outcome, &signer);
         });
+        let started = started_rx
+            .await
+            .map_err(|_| anyhow::anyhow!("the revocation task ended before it was recorded"))??;
+        let id = match started {
+            dry_run @ Rotation::DryRun { .. } => return Ok(dry_run),
+            Rotation::Ran(row) => row.id,
+        };
         if !detach && let Err(e) = task.await {
             tracing::error!(revocation_id = %id, error = %e, "the revocation task ended abnormally");
         }
