@@ -176,6 +176,15 @@ impl PolicyHandle {
         })
     }
 
+    /// The policy file, if one is configured (reloadable).
+    pub fn source(&self) -> Option<PathBuf> {
+        self.source.clone()
+    }
+
+    pub fn has_source(&self) -> bool {
+        self.source.is_some()
+    }
+
     pub fn current(&self) -> Arc<Policy> {
         self.current.load_full()
     }

@@ -8,6 +8,7 @@ mod authz;
 mod aws_backend;
 mod credentials;
 mod dashboards;
+mod deploy_files;
 mod fixture;
 mod health;
 mod helpers;
