@@ -192,9 +192,9 @@ async fn a_registry_with_data_from_the_first_migration_upgrades_to_the_last_inta
     .await
     .expect("0004's data");
 
-    // 0007, the last before the partitioned layout (0011, 0012): an
-    // aggregated denial, a link expiring in six days, and a folded roll-up.
-    migrate_to(&pool, 7).await;
+    // 0008, the last before the partitioned layout (0011, 0012): an
+    // aggregated denial (0007), a link expiring in six days, a folded roll-up.
+    migrate_to(&pool, 8).await;
     sqlx::raw_sql(
         "INSERT INTO audit_events (id, at, caller, peer, rpc, target, code, message, count)
          VALUES ('0198c0de-0000-7000-8000-0000000000a3', now(), 'svc-x', '10.0.0.2:6000',
@@ -207,7 +207,7 @@ async fn a_registry_with_data_from_the_first_migration_upgrades_to_the_last_inta
     )
     .execute(&pool)
     .await
-    .expect("0007's data");
+    .expect("0008's data");
     link_summary::fold(&pool)
         .await
         .unwrap()
