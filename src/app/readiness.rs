@@ -94,7 +94,12 @@ impl ReadinessTask {
             registry::migrate(&self.pool).await?;
         }
         // Partitions for today and the days ahead, before the first insert.
-        crate::lifecycle::prepare(&self.pool, chrono::Utc::now()).await?;
+        // Not a reason to stay unready: the migrations made two weeks of them,
+        // links_default takes any link without one, and a role that does not
+        // own the tables may not create them (the owner runs `presignd migrate`).
+        if let Err(e) = crate::lifecycle::prepare(&self.pool, chrono::Utc::now()).await {
+            tracing::warn!(error = %e, "creating the partitions ahead of need");
+        }
         // A revocation interrupted by a crash is finished before anything is
         // signed; one that cannot finish (its backend is down) harms only its
         // signer: the others become ready, and the maintenance loop retries it.
