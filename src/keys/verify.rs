@@ -22,7 +22,7 @@ pub async fn verify_usable(
     let attempts = attempts.max(1);
     let mut last = String::new();
     for attempt in 1..=attempts {
-        match key.presign_probe(bucket).await {
+        match key.presign_probe(bucket) {
             Ok(url) => match http.head(&url).send().await {
                 Ok(r)
                     if r.status().is_success() || r.status() == reqwest::StatusCode::NOT_FOUND =>
