@@ -24,6 +24,7 @@ mod mtls;
 mod paging;
 mod pki;
 mod policy_reload;
+mod postgres_tls;
 mod presignctl;
 mod presignctl_links;
 mod prop_issue;
