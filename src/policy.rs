@@ -198,18 +198,4 @@ impl PolicyHandle {
         self.current.store(policy.clone());
         Ok(policy)
     }
-
-    /// Reloads and logs the outcome (the SIGHUP handler).
-    pub fn reload_and_log(&self) {
-        match self.reload() {
-            Ok(p) => tracing::info!(
-                source = ?self.source, callers = p.caller_count(),
-                "policy reloaded"
-            ),
-            Err(e) => tracing::error!(
-                error = format!("{e:#}"),
-                "policy reload refused; the previous policy stays in force"
-            ),
-        }
-    }
 }

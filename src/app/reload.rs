@@ -195,3 +195,93 @@ impl Reloader {
 fn fingerprint(path: &std::path::Path) -> Option<[u8; 32]> {
     std::fs::read(path).ok().map(|b| Sha256::digest(&b).into())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::hash_token;
+    use crate::domain::{CallerName, SignerName};
+
+    fn reloader(callers_file: PathBuf) -> Reloader {
+        let policy = PolicyHandle::load(
+            None,
+            crate::policy::Settings {
+                signers: vec![SignerName::parse("default").unwrap()],
+                admins: vec![CallerName::parse("ops").unwrap()],
+                default_rate: None,
+            },
+        )
+        .unwrap();
+        let auth = Authenticator::from_specs(&[], policy.clone()).unwrap();
+        let mut r = Reloader {
+            inline_callers: Vec::new(),
+            callers_file: Some(callers_file.clone()),
+            tls_files: None,
+            auth,
+            policy,
+            tls: None,
+            seen: BTreeMap::new(),
+        };
+        r.seen
+            .insert(callers_file.clone(), fingerprint(&callers_file));
+        r.reload(Part::Callers).unwrap();
+        r
+    }
+
+    fn dir() -> PathBuf {
+        let d = std::env::temp_dir().join(format!("presignd-reload-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn a_changed_file_is_reloaded_once_and_an_unchanged_one_not_at_all() {
+        let d = dir();
+        let file = d.join("callers");
+        std::fs::write(&file, "").unwrap();
+        let mut r = reloader(file.clone());
+        assert!(r.check(false).is_empty(), "nothing changed");
+        std::fs::write(&file, format!("ops:{}\n", hash_token("t1"))).unwrap();
+        assert_eq!(r.check(false), [Part::Callers]);
+        assert!(r.auth.authenticate_token("t1").is_some());
+        assert!(r.check(false).is_empty(), "reloaded once");
+        assert_eq!(r.check(true), [Part::Callers], "SIGHUP reloads all");
+    }
+
+    #[test]
+    fn a_malformed_file_is_refused_and_the_callers_in_force_stay() {
+        let d = dir();
+        let file = d.join("callers");
+        std::fs::write(&file, format!("ops:{}\n", hash_token("t1"))).unwrap();
+        let mut r = reloader(file.clone());
+        std::fs::write(&file, "ops:not-a-hash\n").unwrap();
+        assert!(r.check(false).is_empty(), "refused");
+        assert!(
+            r.auth.authenticate_token("t1").is_some(),
+            "old callers stay"
+        );
+    }
+
+    /// How a Kubernetes secret mount updates: `..data` is a symlink swapped to
+    /// a new directory; the file itself is a symlink through it.
+    #[cfg(unix)]
+    #[test]
+    fn a_swapped_symlink_counts_as_a_change() {
+        let d = dir();
+        let (v1, v2) = (d.join("v1"), d.join("v2"));
+        std::fs::create_dir_all(&v1).unwrap();
+        std::fs::create_dir_all(&v2).unwrap();
+        std::fs::write(v1.join("callers"), format!("ops:{}\n", hash_token("t1"))).unwrap();
+        std::fs::write(v2.join("callers"), format!("ops:{}\n", hash_token("t2"))).unwrap();
+        std::os::unix::fs::symlink(&v1, d.join("..data")).unwrap();
+        std::os::unix::fs::symlink(d.join("..data/callers"), d.join("callers")).unwrap();
+        let mut r = reloader(d.join("callers"));
+        assert!(r.auth.authenticate_token("t1").is_some());
+        // The atomic swap: a new link renamed over the old one.
+        std::os::unix::fs::symlink(&v2, d.join("..data.tmp")).unwrap();
+        std::fs::rename(d.join("..data.tmp"), d.join("..data")).unwrap();
+        assert_eq!(r.check(false), [Part::Callers]);
+        assert!(r.auth.authenticate_token("t2").is_some());
+        assert!(r.auth.authenticate_token("t1").is_none());
+    }
+}

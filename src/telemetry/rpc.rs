@@ -85,6 +85,7 @@ impl<S, B, RB> tower::Service<http::Request<B>> for RpcService<S>
 where
     S: tower::Service<http::Request<B>, Response = http::Response<RB>>,
     S::Future: Send + 'static,
+    RB: Default,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -102,10 +103,29 @@ where
         };
         let note = RpcNote::default();
         req.extensions_mut().insert(note.clone());
+        let deadline = req
+            .headers()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(grpc_timeout)
+            // Ours ends a little before tonic's own timer (armed a moment
+            // earlier, outside this layer), which would answer CANCELLED and
+            // leave the call unlogged.
+            .map(|d| d.saturating_sub(DEADLINE_MARGIN));
         let start = Instant::now();
         let response = self.inner.call(req);
         Box::pin(async move {
-            let result = response.await;
+            let result = match deadline {
+                None => response.await,
+                Some(d) => match tokio::time::timeout(d, response).await {
+                    Ok(r) => r,
+                    Err(_) => Ok(tonic::Status::deadline_exceeded(
+                        "the client's deadline (grpc-timeout) passed before the call finished; \
+                         nothing it had not committed was kept",
+                    )
+                    .into_http()),
+                },
+            };
             let code = match &result {
                 Ok(r) => code_of(r.headers()),
                 Err(_) => Code::Unknown,
@@ -143,6 +163,29 @@ fn finished(method: &str, code: Code, elapsed: std::time::Duration, note: &RpcNo
     );
 }
 
+/// How much earlier than the client's deadline the call is ended here.
+const DEADLINE_MARGIN: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// A `grpc-timeout` header value (`TimeoutValue TimeoutUnit`: at most 8 digits
+/// and one of H M S m u n), per the gRPC over HTTP/2 protocol.
+fn grpc_timeout(value: &str) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    if value.len() < 2 || value.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
 /// The canonical name of a code (`INVALID_ARGUMENT`), as gRPC documents it.
 pub fn code_name(code: Code) -> &'static str {
     match code {
@@ -177,6 +220,18 @@ mod tests {
         h.insert("grpc-status", "16".parse().unwrap());
         assert_eq!(code_of(&h), Code::Unauthenticated);
         assert_eq!(code_name(code_of(&h)), "UNAUTHENTICATED");
+    }
+
+    #[test]
+    fn grpc_timeouts_are_read_in_every_unit_and_garbage_is_none() {
+        use std::time::Duration;
+        assert_eq!(grpc_timeout("300m"), Some(Duration::from_millis(300)));
+        assert_eq!(grpc_timeout("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(grpc_timeout("5u"), Some(Duration::from_micros(5)));
+        assert_eq!(grpc_timeout("m"), None);
+        assert_eq!(grpc_timeout("123456789S"), None, "at most 8 digits");
+        assert_eq!(grpc_timeout("10x"), None);
     }
 
     #[test]

@@ -27,6 +27,7 @@ mod policy_reload;
 mod postgres_tls;
 mod presignctl;
 mod presignctl_links;
+mod production;
 mod prop_issue;
 mod rate_limit;
 mod read_isolation;
