@@ -24,6 +24,7 @@ pub const ISSUE_LINK_SECONDS: &str = "presignd_issue_link_duration_seconds";
 pub const OUTSTANDING_LINKS: &str = "presignd_outstanding_links";
 pub const REVOCATIONS: &str = "presignd_revocations_total";
 pub const REGISTRY_ERRORS: &str = "presignd_registry_errors_total";
+pub const STUCK_REVOCATIONS: &str = "presignd_revocations_stuck";
 
 /// IssueLink's latency buckets, in seconds, around the 3 ms p99 target.
 const ISSUE_LINK_BUCKETS: &[f64] = &[
@@ -76,6 +77,10 @@ fn install() -> PrometheusHandle {
         "gRPC request latency until the response headers, by method"
     );
     describe_counter!(REVOCATIONS, "Key revocations, by mode, outcome and signer");
+    describe_gauge!(
+        STUCK_REVOCATIONS,
+        "1 while the signer's revocation cannot finish (retried with backoff), else 0"
+    );
     describe_counter!(
         REGISTRY_ERRORS,
         "Registry (PostgreSQL) errors, by operation"
@@ -119,6 +124,15 @@ pub fn record_revocation(mode: &'static str, outcome: &'static str, signer: &str
     handle();
     counter!(REVOCATIONS, "mode" => mode, "outcome" => outcome, "signer" => signer.to_owned())
         .increment(1);
+}
+
+/// Which signers have a revocation that could not finish (1) and which not (0).
+pub fn set_stuck_revocations(signers: &[String], stuck: &BTreeSet<String>) {
+    handle();
+    for s in signers.iter().chain(stuck.iter()) {
+        let v = if stuck.contains(s) { 1.0 } else { 0.0 };
+        gauge!(STUCK_REVOCATIONS, "signer" => s.clone()).set(v);
+    }
 }
 
 /// Serves, until the task is dropped:
