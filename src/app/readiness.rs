@@ -91,6 +91,9 @@ impl ReadinessTask {
         if self.migrate {
             registry::migrate(&self.pool).await?;
         }
+        // Keys a crash (or an error) left created and unrecorded are deleted
+        // first; a backend down leaves their intents to the maintenance loop.
+        self.keys.reconcile_intents().await?;
         // A revocation interrupted by a crash is finished before anything is
         // signed; one that cannot finish (its backend is down) harms only its
         // signer: the others become ready, and the maintenance loop retries it.
