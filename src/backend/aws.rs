@@ -5,10 +5,10 @@
 
 use super::{BackendError, BackendKey, KeyBackend, NewKey};
 use crate::secret::SecretString;
-use chrono::{DateTime, Utc};
 use aws_sdk_iam::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_iam::types::StatusType;
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
+use chrono::{DateTime, Utc};
 
 pub struct AwsBackend {
     iam: aws_sdk_iam::Client,

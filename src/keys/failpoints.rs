@@ -23,9 +23,12 @@ pub enum Failpoint {
     BeforeCommit,
 }
 
+/// The armed point, and who hears that it was reached.
+type Armed = (Failpoint, oneshot::Sender<()>);
+
 #[derive(Clone, Default)]
 pub struct Failpoints {
-    armed: Arc<Mutex<Option<(Failpoint, oneshot::Sender<()>)>>>,
+    armed: Arc<Mutex<Option<Armed>>>,
 }
 
 impl Failpoints {

@@ -71,8 +71,14 @@ impl KeyManager {
         state: KeyState,
     ) -> Result<(), registry::Error> {
         let sealed = self.seal(&created.key);
-        registry::keys::insert(&mut *conn, &created.key.access_key_id, signer, state, &sealed)
-            .await?;
+        registry::keys::insert(
+            &mut *conn,
+            &created.key.access_key_id,
+            signer,
+            state,
+            &sealed,
+        )
+        .await?;
         key_intents::resolve(&mut *conn, created.intent).await
     }
 

@@ -15,7 +15,12 @@ pub struct KeyIntentRow {
     pub created_at: DateTime<Utc>,
 }
 
-pub async fn insert(db: impl PgExecutor<'_>, id: Uuid, signer: &str, name: &str) -> Result<(), Error> {
+pub async fn insert(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    signer: &str,
+    name: &str,
+) -> Result<(), Error> {
     sqlx::query("INSERT INTO key_intents (id, signer, name) VALUES ($1, $2, $3)")
         .bind(id)
         .bind(signer)
