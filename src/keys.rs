@@ -137,16 +137,10 @@ impl KeyManager {
             anyhow::Ok(())
         }
         .await;
-        let recorded = match recorded {
-            Ok(()) => registry::commit(tx).await.map_err(anyhow::Error::from),
-            Err(e) => {
-                let _ = tx.rollback().await;
-                Err(e)
-            }
-        };
         if let Err(e) = recorded {
             // A key that never reaches the registry is deleted at once, not
             // left live until reconciliation: a failed probe or insert takes it.
+            let _ = tx.rollback().await;
             let key_id = new.access_key_id.clone();
             if let Err(d) = self.abandon(signer, created).await {
                 tracing::error!(signer, key_id, error = %d,
@@ -156,6 +150,9 @@ impl KeyManager {
                 "provisioning key {key_id} for signer {signer} (deleted again)"
             )));
         }
+        // A failed commit may still have landed: the intent tells
+        // (reconciliation deletes the key only if the intent is still there).
+        registry::commit(tx).await?;
         tracing::info!(signer, key_id = %key.key_id, "provisioned a signing key");
         self.keyring.install(key);
         Ok(())

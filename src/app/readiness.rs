@@ -1,4 +1,5 @@
-//! Health follows readiness: NOT_SERVING until migrations ran, interrupted
+//! Health follows readiness: NOT_SERVING until migrations ran, keys a crash
+//! left unrecorded were deleted (if the backend answers), interrupted
 //! revocations finished and every signer has an active key loaded (retrying
 //! with backoff while Postgres or the backend is down); then SERVING, and
 //! NOT_SERVING again whenever the registry stops answering. Once ready, the
