@@ -26,6 +26,7 @@ mod mtls;
 mod paging;
 mod pki;
 mod policy_reload;
+mod presign_equivalence;
 mod presignctl;
 mod presignctl_links;
 mod production;
