@@ -7,17 +7,18 @@ use crate::domain::KeyState;
 use crate::registry;
 
 impl KeyManager {
-    /// Creates a key at the backend for `signer`, freeing a slot first if the
-    /// backend's limit is reached (see `free_key_slot`).
-    pub(super) async fn create_backend_key(
+    /// Creates a key named `name` at the backend for `signer`, freeing a slot
+    /// first if the backend's limit is reached (see `free_key_slot`).
+    pub(super) async fn create_within_limit(
         &self,
         conn: &mut sqlx::PgConnection,
         signer: &str,
+        name: &str,
     ) -> Result<NewKey, BackendError> {
-        match self.backend.create_key(signer).await {
+        match self.backend.create_key(signer, name).await {
             Err(BackendError::LimitExceeded(limit)) => {
                 self.free_key_slot(conn, signer, &limit).await?;
-                self.backend.create_key(signer).await
+                self.backend.create_key(signer, name).await
             }
             other => other,
         }

@@ -129,6 +129,7 @@ impl Revocations {
                 };
                 let finished = next == Step::Done;
                 revocations::advance(&mut *tx, id, &record, next.as_str(), finished).await?;
+                self.keys.failpoints().check(keys::Failpoint::BeforeCommit);
                 registry::commit(tx).await?;
                 tracing::info!(revocation_id = %id, step = step.as_str(), next = next.as_str(), "revocation step done");
                 self.keys.reload_signer(&row.signer).await?;

@@ -6,6 +6,7 @@
 mod audit;
 mod authz;
 mod aws_backend;
+mod crash_safety;
 mod credentials;
 mod dashboards;
 mod deploy_files;
