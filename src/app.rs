@@ -27,6 +27,8 @@ use crate::ratelimit::{RateLimits, ReadLimits};
 use crate::revocation::Revocations;
 use crate::seal::MasterKey;
 use crate::signing::S3Target;
+use crate::telemetry::rpc::RpcLayer;
+use crate::tls::LiveTls;
 use crate::{metrics, registry};
 use anyhow::{Context, bail};
 use readiness::{ReadinessTask, set_status};
@@ -41,6 +43,7 @@ use tonic_health::ServingStatus;
 
 mod maintenance;
 mod readiness;
+pub mod reload;
 mod signals;
 
 pub struct App {
@@ -59,13 +62,14 @@ pub struct App {
     audit: Auditor,
     /// The read RPCs' own pool (`registry::read_pool`).
     read_pool: sqlx::PgPool,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<LiveTls>,
 }
 
 impl App {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let options: PgConnectOptions = config
             .database_url()?
+            .expose()
             .parse()
             .context("DATABASE_URL is not a valid PostgreSQL URL")?;
         Self::build_with_db(config, options).await
@@ -77,10 +81,11 @@ impl App {
         let master_key = config.master_key()?;
         let policy = PolicyHandle::load(config.policy_file.clone(), config.policy_settings()?)?;
         let tls = config.tls()?;
-        let client_certs = tls.as_ref().and_then(|t| t.client_certs.clone());
-        if config.callers.is_empty() && client_certs.is_none() {
+        let tls = tls.map(LiveTls::new);
+        let callers = config.caller_specs()?;
+        if callers.is_empty() && tls.as_ref().and_then(LiveTls::client_certs).is_none() {
             bail!(
-                "no callers configured: set PRESIGND_CALLERS to NAME:SHA256(token) entries (see `presignd hash-token`), or PRESIGND_CLIENT_CA for client certificates"
+                "no callers configured: set PRESIGND_CALLERS (or PRESIGND_CALLERS_FILE) to NAME:SHA256(token) entries (see `presignd hash-token`), or PRESIGND_CLIENT_CA for client certificates"
             );
         }
         let signers = config.signer_names()?;
@@ -97,9 +102,9 @@ impl App {
             config.audit_denials_per_sec,
             config.audit_denial_window(),
         );
-        let auth = Authenticator::from_specs(&config.callers, policy.clone())
-            .context("PRESIGND_CALLERS")?
-            .with_client_certs(client_certs)
+        let auth = Authenticator::from_specs(&callers, policy.clone())
+            .context("PRESIGND_CALLERS / PRESIGND_CALLERS_FILE")?
+            .with_client_certs(tls.clone())
             .with_audit(audit.clone());
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
@@ -144,7 +149,7 @@ impl App {
             policy,
             audit,
             read_pool,
-            tls: tls.map(|t| t.acceptor),
+            tls,
         })
     }
 
@@ -249,13 +254,20 @@ impl App {
             move |req| auth.intercept(req),
         );
 
-        let reloader = self
-            .config
-            .policy_file
-            .is_some()
-            .then(|| tokio::spawn(signals::reload_on_hangup(self.policy.clone())));
+        let reloader = tokio::spawn(
+            reload::Reloader::new(
+                &self.config,
+                self.auth.clone(),
+                self.policy.clone(),
+                self.tls.clone(),
+            )
+            .run(self.config.reload_poll()),
+        );
 
-        let metrics_server = tokio::spawn(metrics::serve(self.metrics_listener));
+        let probe = readiness.clone();
+        let metrics_server = tokio::spawn(metrics::serve(self.metrics_listener, move || {
+            probe.reason()
+        }));
         let outstanding = tokio::spawn(metrics::keep_outstanding_fresh(
             self.pool.clone(),
             self.config.metrics_refresh(),
@@ -268,7 +280,12 @@ impl App {
             "presignd serving"
         );
         let stopping = (health.clone(), readiness.clone());
-        let router = tonic::transport::Server::builder()
+        let mut server = tonic::transport::Server::builder();
+        if let Some(age) = self.config.max_connection_age() {
+            server = server.max_connection_age(age);
+        }
+        let router = server
+            .layer(RpcLayer::new(rpc_methods()?))
             .layer(tower::util::MapRequestLayer::new(
                 crate::audit::tag_rpc::<tonic::body::Body>,
             ))
@@ -284,10 +301,10 @@ impl App {
             set_status(&stopping.0, ServingStatus::NotServing).await;
         };
         let result = match self.tls {
-            Some(acceptor) => {
+            Some(tls) => {
                 router
                     .serve_with_incoming_shutdown(
-                        crate::tls::incoming(self.listener, acceptor),
+                        crate::tls::incoming(self.listener, tls),
                         shutdown,
                     )
                     .await
@@ -305,9 +322,7 @@ impl App {
                     .await
             }
         };
-        if let Some(r) = reloader {
-            r.abort();
-        }
+        reloader.abort();
         ready_task.abort();
         metrics_server.abort();
         outstanding.abort();
@@ -321,10 +336,9 @@ impl App {
 async fn backend(config: &Config) -> anyhow::Result<Arc<dyn KeyBackend>> {
     match config.backend.as_str() {
         "garage" => {
-            let token = config
-                .garage_admin_token
-                .clone()
-                .context("the garage backend needs PRESIGND_GARAGE_ADMIN_TOKEN")?;
+            let token = config.garage_admin_token()?.context(
+                "the garage backend needs PRESIGND_GARAGE_ADMIN_TOKEN (or PRESIGND_GARAGE_ADMIN_TOKEN_FILE)",
+            )?;
             Ok(Arc::new(GarageBackend::new(
                 &config.garage_admin_url,
                 token,
@@ -341,4 +355,33 @@ async fn backend(config: &Config) -> anyhow::Result<Arc<dyn KeyBackend>> {
         )),
         other => bail!("unknown backend {other:?}: expected garage or aws"),
     }
+}
+
+/// Every RPC this server answers, as `package.Service/Method`: the per-RPC
+/// log and metrics name these, and any other path `unknown` (bounded labels).
+fn rpc_methods() -> anyhow::Result<Vec<String>> {
+    use prost::Message;
+    let mut methods = Vec::new();
+    for set in [
+        crate::proto::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+    ] {
+        let set =
+            prost_types::FileDescriptorSet::decode(set).context("decoding a descriptor set")?;
+        for file in set.file {
+            let package = file.package.unwrap_or_default();
+            for service in file.service {
+                let service_name = service.name.unwrap_or_default();
+                for method in service.method {
+                    methods.push(format!(
+                        "{package}.{service_name}/{}",
+                        method.name.unwrap_or_default()
+                    ));
+                }
+            }
+        }
+    }
+    Ok(methods)
 }

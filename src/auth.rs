@@ -7,8 +7,10 @@
 use crate::audit::{AuditEvent, Auditor, rpc_of};
 use crate::domain::CallerName;
 use crate::policy::PolicyHandle;
-use crate::tls::ClientCerts;
+use crate::telemetry::rpc;
+use crate::tls::LiveTls;
 use anyhow::{Context, bail};
+use arc_swap::ArcSwap;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
@@ -38,9 +40,10 @@ struct Entry {
 /// The configured callers: by token hash, or by client certificate.
 #[derive(Clone)]
 pub struct Authenticator {
-    entries: Arc<Vec<Entry>>,
+    /// Swapped whole when the callers are reloaded (`reload_callers`).
+    entries: Arc<ArcSwap<Vec<Entry>>>,
     policy: PolicyHandle,
-    certs: Option<Arc<ClientCerts>>,
+    certs: Option<LiveTls>,
     audit: Option<Auditor>,
 }
 
@@ -51,6 +54,7 @@ impl std::fmt::Debug for Authenticator {
                 "callers",
                 &self
                     .entries
+                    .load()
                     .iter()
                     .map(|e| e.name.as_str())
                     .collect::<Vec<_>>(),
@@ -61,6 +65,36 @@ impl std::fmt::Debug for Authenticator {
 
 pub fn hash_token(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// Token callers from `NAME:SHA256HEX` specs.
+fn parse_entries(specs: &[String]) -> anyhow::Result<Vec<Entry>> {
+    let mut entries = Vec::new();
+    for spec in specs.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
+        let (name, hash) = spec
+            .split_once(':')
+            .with_context(|| format!("caller spec {spec:?}: expected NAME:SHA256HEX"))?;
+        let name = CallerName::parse(name).with_context(|| format!("caller spec for {name:?}"))?;
+        let bytes = hex::decode(hash)
+            .ok()
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .with_context(|| {
+                format!("caller {name}: token hash must be 64 hex characters (SHA-256 of the token; see `presignd hash-token`)")
+            })?;
+        if bytes == EMPTY_SHA256 {
+            bail!(
+                "caller {name}: the token hash is the SHA-256 of an empty token, which anyone can send; hash a real token"
+            );
+        }
+        if entries.iter().any(|e: &Entry| e.token_sha256 == bytes) {
+            bail!("caller {name}: this token hash is already used by another caller");
+        }
+        entries.push(Entry {
+            name,
+            token_sha256: bytes,
+        });
+    }
+    Ok(entries)
 }
 
 /// SHA-256 of "": the hash a caller would get from hashing nothing (an empty
@@ -74,43 +108,26 @@ const EMPTY_SHA256: [u8; 32] = [
 impl Authenticator {
     /// From `NAME:SHA256HEX` specs; roles come from `policy`.
     pub fn from_specs(specs: &[String], policy: PolicyHandle) -> anyhow::Result<Self> {
-        let mut entries = Vec::new();
-        for spec in specs.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
-            let (name, hash) = spec
-                .split_once(':')
-                .with_context(|| format!("caller spec {spec:?}: expected NAME:SHA256HEX"))?;
-            let name =
-                CallerName::parse(name).with_context(|| format!("caller spec for {name:?}"))?;
-            let bytes = hex::decode(hash)
-                .ok()
-                .and_then(|b| <[u8; 32]>::try_from(b).ok())
-                .with_context(|| {
-                    format!("caller {name}: token hash must be 64 hex characters (SHA-256 of the token; see `presignd hash-token`)")
-                })?;
-            if bytes == EMPTY_SHA256 {
-                bail!(
-                    "caller {name}: the token hash is the SHA-256 of an empty token, which anyone can send; hash a real token"
-                );
-            }
-            if entries.iter().any(|e: &Entry| e.token_sha256 == bytes) {
-                bail!("caller {name}: this token hash is already used by another caller");
-            }
-            entries.push(Entry {
-                name,
-                token_sha256: bytes,
-            });
-        }
         Ok(Self {
-            entries: Arc::new(entries),
+            entries: Arc::new(ArcSwap::from_pointee(parse_entries(specs)?)),
             policy,
             certs: None,
             audit: None,
         })
     }
 
-    /// Accepts client certificates verified by `certs` (mTLS).
-    pub fn with_client_certs(mut self, certs: Option<Arc<ClientCerts>>) -> Self {
-        self.certs = certs;
+    /// Replaces the token callers with `specs`, or leaves them as they are if
+    /// one is malformed (the error names it).
+    pub fn reload_callers(&self, specs: &[String]) -> anyhow::Result<usize> {
+        let entries = parse_entries(specs)?;
+        let n = entries.len();
+        self.entries.store(Arc::new(entries));
+        Ok(n)
+    }
+
+    /// Accepts client certificates verified by the client CA in force (mTLS).
+    pub fn with_client_certs(mut self, tls: Option<LiveTls>) -> Self {
+        self.certs = tls;
         self
     }
 
@@ -125,7 +142,7 @@ impl Authenticator {
     pub fn authenticate_token(&self, token: &str) -> Option<Caller> {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let mut found = None;
-        for e in self.entries.iter() {
+        for e in self.entries.load().iter() {
             if bool::from(e.token_sha256.ct_eq(&digest)) {
                 found = Some(e.name.clone());
             }
@@ -142,6 +159,7 @@ impl Authenticator {
     pub fn intercept(&self, mut req: Request<()>) -> Result<Request<()>, Status> {
         match self.authenticate(&req) {
             Ok(caller) => {
+                rpc::note(&req, |n| n.caller(caller.name.as_str()));
                 req.extensions_mut().insert(caller);
                 Ok(req)
             }
@@ -164,7 +182,8 @@ impl Authenticator {
     #[allow(clippy::result_large_err)]
     fn authenticate(&self, req: &Request<()>) -> Result<Caller, Status> {
         let policy = self.policy.current();
-        let by_cert = match (&self.certs, req.peer_certs()) {
+        let certs = self.certs.as_ref().and_then(LiveTls::client_certs);
+        let by_cert = match (certs, req.peer_certs()) {
             (Some(certs), Some(chain)) if !chain.is_empty() => {
                 let refused =
                     |r: String| Status::unauthenticated(format!("client certificate: {r}"));

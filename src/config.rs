@@ -39,9 +39,23 @@ pub struct Config {
     #[arg(long, env = "PRESIGND_METRICS_REFRESH_SECS", default_value_t = 60)]
     pub metrics_refresh_secs: u64,
 
-    /// PostgreSQL URL of the registry.
+    /// PostgreSQL URL of the registry. TLS: `?sslmode=verify-full&sslrootcert=/ca.pem`
+    /// (also `require`, `disable`).
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<SecretString>,
+
+    /// File holding the registry's URL (instead of --database-url).
+    #[arg(long, env = "DATABASE_URL_FILE")]
+    pub database_url_file: Option<PathBuf>,
+
+    /// Log format: auto (text on a terminal, JSON otherwise), json or text.
+    #[arg(long, env = "PRESIGND_LOG_FORMAT", value_enum, default_value = "auto")]
+    pub log_format: crate::telemetry::LogFormat,
+
+    /// Log filter, e.g. `info` or `presignd=debug,sqlx=warn` (default: RUST_LOG,
+    /// else info).
+    #[arg(long, env = "PRESIGND_LOG_LEVEL")]
+    pub log_level: Option<String>,
 
     /// Largest number of registry connections.
     #[arg(long, env = "PRESIGND_DB_MAX_CONNECTIONS", default_value_t = 16)]
@@ -95,6 +109,21 @@ pub struct Config {
     /// hashes are configured; `presignd hash-token` computes one.
     #[arg(long, env = "PRESIGND_CALLERS", value_delimiter = ',')]
     pub callers: Vec<String>,
+
+    /// File of callers, one NAME:SHA256HEX(token) per line (# comments allowed),
+    /// added to --callers; re-read on SIGHUP and when it changes.
+    #[arg(long, env = "PRESIGND_CALLERS_FILE")]
+    pub callers_file: Option<PathBuf>,
+
+    /// Seconds between checks of the reloadable files (callers, policy, TLS
+    /// certificate and key, client CA) for changes; 0: only on SIGHUP.
+    #[arg(long, env = "PRESIGND_RELOAD_POLL_SECS", default_value_t = 10)]
+    pub reload_poll_secs: u64,
+
+    /// Seconds after which a client connection is asked to reconnect (HTTP/2
+    /// GOAWAY), so load spreads over replicas added later; 0: never.
+    #[arg(long, env = "PRESIGND_MAX_CONNECTION_AGE_SECS", default_value_t = 0)]
+    pub max_connection_age_secs: u64,
 
     /// Callers with the admin role (may use KeyService).
     #[arg(long, env = "PRESIGND_ADMINS", value_delimiter = ',')]
@@ -187,6 +216,10 @@ pub struct Config {
     #[arg(long, env = "PRESIGND_GARAGE_ADMIN_TOKEN", hide_env_values = true)]
     pub garage_admin_token: Option<SecretString>,
 
+    /// File holding the Garage admin API token (instead of --garage-admin-token).
+    #[arg(long, env = "PRESIGND_GARAGE_ADMIN_TOKEN_FILE")]
+    pub garage_admin_token_file: Option<PathBuf>,
+
     /// Writers committing link rows in batches (group commit).
     #[arg(long, env = "PRESIGND_RECORD_WORKERS", default_value_t = 4)]
     pub record_workers: usize,
@@ -260,11 +293,43 @@ impl Config {
         Ok(config)
     }
 
-    pub fn database_url(&self) -> anyhow::Result<&str> {
-        self.database_url
-            .as_ref()
-            .map(SecretString::expose)
-            .context("no registry configured: set DATABASE_URL or --database-url")
+    /// The registry's URL, from --database-url or --database-url-file.
+    pub fn database_url(&self) -> anyhow::Result<SecretString> {
+        secret_setting(
+            &self.database_url,
+            &self.database_url_file,
+            "--database-url (DATABASE_URL)",
+            "--database-url-file (DATABASE_URL_FILE)",
+        )?
+        .context("no registry configured: set DATABASE_URL or DATABASE_URL_FILE")
+    }
+
+    /// The Garage admin token, from --garage-admin-token or its _FILE form.
+    pub fn garage_admin_token(&self) -> anyhow::Result<Option<SecretString>> {
+        secret_setting(
+            &self.garage_admin_token,
+            &self.garage_admin_token_file,
+            "--garage-admin-token (PRESIGND_GARAGE_ADMIN_TOKEN)",
+            "--garage-admin-token-file (PRESIGND_GARAGE_ADMIN_TOKEN_FILE)",
+        )
+    }
+
+    /// Every configured caller spec: --callers, then the lines of --callers-file.
+    pub fn caller_specs(&self) -> anyhow::Result<Vec<String>> {
+        let mut specs = self.callers.clone();
+        if let Some(path) = &self.callers_file {
+            specs.extend(read_callers_file(path)?);
+        }
+        Ok(specs)
+    }
+
+    pub fn reload_poll(&self) -> Option<Duration> {
+        (self.reload_poll_secs > 0).then(|| Duration::from_secs(self.reload_poll_secs))
+    }
+
+    pub fn max_connection_age(&self) -> Option<Duration> {
+        (self.max_connection_age_secs > 0)
+            .then(|| Duration::from_secs(self.max_connection_age_secs))
     }
 
     pub fn db_acquire_timeout(&self) -> Duration {
@@ -294,19 +359,15 @@ impl Config {
     /// The master key, from --master-key or --master-key-file; a clear error if
     /// neither is set or the value is malformed.
     pub fn master_key(&self) -> anyhow::Result<crate::seal::MasterKey> {
-        let text = match (&self.master_key, &self.master_key_file) {
-            (Some(k), None) => SecretString::new(k.expose().to_owned()),
-            (None, Some(path)) => SecretString::new(
-                std::fs::read_to_string(path)
-                    .with_context(|| format!("reading master key file {}", path.display()))?,
-            ),
-            (Some(_), Some(_)) => {
-                bail!("set only one of PRESIGND_MASTER_KEY and PRESIGND_MASTER_KEY_FILE")
-            }
-            (None, None) => bail!(
-                "no master key: set PRESIGND_MASTER_KEY (64 hex characters, e.g. from `openssl rand -hex 32`) or PRESIGND_MASTER_KEY_FILE"
-            ),
-        };
+        let text = secret_setting(
+            &self.master_key,
+            &self.master_key_file,
+            "PRESIGND_MASTER_KEY",
+            "PRESIGND_MASTER_KEY_FILE",
+        )?
+        .context(
+            "no master key: set PRESIGND_MASTER_KEY (64 hex characters, e.g. from `openssl rand -hex 32`) or PRESIGND_MASTER_KEY_FILE",
+        )?;
         crate::seal::MasterKey::parse(text.expose()).context("PRESIGND_MASTER_KEY")
     }
 
@@ -348,6 +409,44 @@ impl Config {
             .map(|s| CallerName::parse(s.trim()).map_err(anyhow::Error::from))
             .collect()
     }
+}
+
+/// A secret given inline or as a file (a Kubernetes secret mount, systemd
+/// LoadCredential): never both. Surrounding whitespace (a trailing newline) is
+/// not part of the secret.
+fn secret_setting(
+    inline: &Option<SecretString>,
+    file: &Option<PathBuf>,
+    inline_name: &str,
+    file_name: &str,
+) -> anyhow::Result<Option<SecretString>> {
+    match (inline, file) {
+        (Some(_), Some(_)) => bail!("set {inline_name} or {file_name}, not both"),
+        (Some(s), None) => Ok(Some(s.clone())),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("{file_name}: reading {}", path.display()))?;
+            let text = text.trim();
+            if text.is_empty() {
+                bail!("{file_name}: {} is empty", path.display());
+            }
+            Ok(Some(SecretString::new(text.to_owned())))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+/// The caller specs of a callers file: one per line, blank lines and `#`
+/// comments skipped.
+pub fn read_callers_file(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("--callers-file: reading {}", path.display()))?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_owned)
+        .collect())
 }
 
 #[cfg(test)]
@@ -412,6 +511,85 @@ mod tests {
         (c.master_key, c.master_key_file) = (Some(SecretString::new("nothex".into())), None);
         let e = format!("{:#}", c.master_key().unwrap_err());
         assert!(e.contains("malformed"), "{e}");
+    }
+
+    fn temp_file(name: &str, text: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("presignd-cfg-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_secret_is_read_from_its_file_without_the_trailing_newline() {
+        let url = temp_file("db", "postgres://u:p@db/presignd\n");
+        let token = temp_file("tok", "garage-token\n");
+        let m = matches(&[
+            "t",
+            &format!("--database-url-file={}", url.display()),
+            &format!("--garage-admin-token-file={}", token.display()),
+        ]);
+        let mut c = Config::from_matches(&m).unwrap();
+        // The test runner's own DATABASE_URL is not part of this case.
+        c.database_url = None;
+        assert_eq!(
+            c.database_url().unwrap().expose(),
+            "postgres://u:p@db/presignd"
+        );
+        assert_eq!(
+            c.garage_admin_token().unwrap().unwrap().expose(),
+            "garage-token"
+        );
+    }
+
+    #[test]
+    fn a_secret_given_twice_or_from_an_empty_file_is_a_clear_error() {
+        let url = temp_file("db2", "postgres://u:p@db/presignd");
+        let m = matches(&[
+            "t",
+            "--database-url=postgres://x@y/z",
+            &format!("--database-url-file={}", url.display()),
+        ]);
+        let e = format!(
+            "{:#}",
+            Config::from_matches(&m)
+                .unwrap()
+                .database_url()
+                .unwrap_err()
+        );
+        assert!(e.contains("not both"), "{e}");
+        let empty = temp_file("empty", "\n");
+        let m = matches(&[
+            "t",
+            &format!("--garage-admin-token-file={}", empty.display()),
+        ]);
+        let e = format!(
+            "{:#}",
+            Config::from_matches(&m)
+                .unwrap()
+                .garage_admin_token()
+                .unwrap_err()
+        );
+        assert!(
+            e.contains("is empty") && e.contains("PRESIGND_GARAGE_ADMIN_TOKEN_FILE"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_callers_file_adds_its_lines_to_the_callers() {
+        let file = temp_file("callers", "# ops team\nops:abc\n\n  billing:def  \n");
+        let m = matches(&[
+            "t",
+            "--callers=dev:123",
+            &format!("--callers-file={}", file.display()),
+        ]);
+        let c = Config::from_matches(&m).unwrap();
+        assert_eq!(
+            c.caller_specs().unwrap(),
+            ["dev:123", "ops:abc", "billing:def"]
+        );
     }
 
     #[test]

@@ -40,23 +40,34 @@ fn cli() -> Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    telemetry::init();
     let matches = cli().get_matches();
-    match matches.subcommand() {
-        Some(("serve", m)) => {
+    // Commands with settings log as configured; the others as the environment says.
+    let config = match matches.subcommand() {
+        Some(("serve" | "migrate" | "reseal", m)) => {
             let config = Config::from_matches(m)?;
+            telemetry::init(config.log_format, config.log_level.as_deref())?;
+            Some(config)
+        }
+        _ => {
+            telemetry::init_from_env();
+            None
+        }
+    };
+    match matches.subcommand() {
+        Some(("serve", _)) => {
+            let config = config.expect("parsed above");
             App::build(config).await?.run_until_stopped().await
         }
-        Some(("migrate", m)) => {
-            let config = Config::from_matches(m)?;
-            let options = config.database_url()?.parse()?;
+        Some(("migrate", _)) => {
+            let config = config.expect("parsed above");
+            let options = config.database_url()?.expose().parse()?;
             let pool = registry::lazy_pool(options, 2, config.db_acquire_timeout());
             registry::migrate(&pool).await?;
             println!("registry migrated");
             Ok(())
         }
         Some(("reseal", m)) => {
-            let config = Config::from_matches(m)?;
+            let config = config.expect("parsed above");
             let old = config.master_key()?;
             let path = m
                 .get_one::<String>("new-master-key-file")
@@ -66,7 +77,7 @@ async fn main() -> anyhow::Result<()> {
                     .with_context(|| format!("reading new master key file {path}"))?,
             );
             let new = seal::MasterKey::parse(text.expose()).context("--new-master-key-file")?;
-            let options = config.database_url()?.parse()?;
+            let options = config.database_url()?.expose().parse()?;
             let pool = registry::lazy_pool(options, 2, config.db_acquire_timeout());
             let n = reseal::reseal(&pool, &old, &new).await?;
             println!("resealed {n} secret(s); restart every replica with the new master key");

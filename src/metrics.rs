@@ -8,6 +8,7 @@
 //! operation. Never an object key, a URL or a caller name.
 
 use crate::domain::KeyState;
+use crate::telemetry::rpc::{GRPC_REQUESTS, GRPC_SECONDS};
 use metrics::{
     Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
 };
@@ -23,6 +24,7 @@ pub const ISSUE_LINK_SECONDS: &str = "presignd_issue_link_duration_seconds";
 pub const OUTSTANDING_LINKS: &str = "presignd_outstanding_links";
 pub const REVOCATIONS: &str = "presignd_revocations_total";
 pub const REGISTRY_ERRORS: &str = "presignd_registry_errors_total";
+pub const STUCK_REVOCATIONS: &str = "presignd_revocations_stuck";
 
 /// IssueLink's latency buckets, in seconds, around the 3 ms p99 target.
 const ISSUE_LINK_BUCKETS: &[f64] = &[
@@ -39,6 +41,9 @@ pub fn handle() -> &'static PrometheusHandle {
 fn install() -> PrometheusHandle {
     let builder = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(ISSUE_LINK_SECONDS.into()), ISSUE_LINK_BUCKETS)
+        .and_then(|b| {
+            b.set_buckets_for_metric(Matcher::Full(GRPC_SECONDS.into()), ISSUE_LINK_BUCKETS)
+        })
         .expect("the bucket list is not empty");
     let handle = match builder.install_recorder() {
         Ok(handle) => handle,
@@ -62,7 +67,20 @@ fn install() -> PrometheusHandle {
         OUTSTANDING_LINKS,
         "Links not expired nor revoked, per signer and key (active and retired keys), refreshed periodically"
     );
+    describe_counter!(
+        GRPC_REQUESTS,
+        "gRPC requests by method and code, including those refused before the handler"
+    );
+    describe_histogram!(
+        GRPC_SECONDS,
+        Unit::Seconds,
+        "gRPC request latency until the response headers, by method"
+    );
     describe_counter!(REVOCATIONS, "Key revocations, by mode, outcome and signer");
+    describe_gauge!(
+        STUCK_REVOCATIONS,
+        "1 while the signer's revocation cannot finish (retried with backoff), else 0"
+    );
     describe_counter!(
         REGISTRY_ERRORS,
         "Registry (PostgreSQL) errors, by operation"
@@ -108,21 +126,53 @@ pub fn record_revocation(mode: &'static str, outcome: &'static str, signer: &str
         .increment(1);
 }
 
-/// Serves `GET /metrics` on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener) -> std::io::Result<()> {
+/// Which signers have a revocation that could not finish (1) and which not (0).
+pub fn set_stuck_revocations(signers: &[String], stuck: &BTreeSet<String>) {
+    handle();
+    for s in signers.iter().chain(stuck.iter()) {
+        let v = if stuck.contains(s) { 1.0 } else { 0.0 };
+        gauge!(STUCK_REVOCATIONS, "signer" => s.clone()).set(v);
+    }
+}
+
+/// Serves, until the task is dropped:
+/// * `GET /metrics`: Prometheus text;
+/// * `GET /livez`: 200 while the process and its runtime answer (liveness: a
+///   registry outage never fails it, so it never restarts every replica at once);
+/// * `GET /readyz`: 200 when ready (migrated, keys loaded, registry reachable),
+///   else 503 with the reason `not_ready` gives.
+pub async fn serve(
+    listener: TcpListener,
+    not_ready: impl Fn() -> Option<String> + Clone + Send + Sync + 'static,
+) -> std::io::Result<()> {
+    use axum::http::StatusCode;
     let metrics = handle();
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || async move {
-            (
-                [(
-                    axum::http::header::CONTENT_TYPE,
-                    "text/plain; version=0.0.4; charset=utf-8",
-                )],
-                metrics.render(),
-            )
-        }),
-    );
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(move || async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    metrics.render(),
+                )
+            }),
+        )
+        .route("/livez", axum::routing::get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            axum::routing::get(move || async move {
+                match not_ready() {
+                    None => (StatusCode::OK, "ready\n".to_owned()),
+                    Some(reason) => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("not ready: {reason}\n"),
+                    ),
+                }
+            }),
+        );
     axum::serve(listener, app).await
 }
 

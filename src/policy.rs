@@ -176,6 +176,15 @@ impl PolicyHandle {
         })
     }
 
+    /// The policy file, if one is configured (reloadable).
+    pub fn source(&self) -> Option<PathBuf> {
+        self.source.clone()
+    }
+
+    pub fn has_source(&self) -> bool {
+        self.source.is_some()
+    }
+
     pub fn current(&self) -> Arc<Policy> {
         self.current.load_full()
     }
@@ -188,19 +197,5 @@ impl PolicyHandle {
         let policy = Arc::new(Policy::from_file(path, self.settings.clone())?);
         self.current.store(policy.clone());
         Ok(policy)
-    }
-
-    /// Reloads and logs the outcome (the SIGHUP handler).
-    pub fn reload_and_log(&self) {
-        match self.reload() {
-            Ok(p) => tracing::info!(
-                source = ?self.source, callers = p.caller_count(),
-                "policy reloaded"
-            ),
-            Err(e) => tracing::error!(
-                error = format!("{e:#}"),
-                "policy reload refused; the previous policy stays in force"
-            ),
-        }
     }
 }

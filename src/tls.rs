@@ -9,6 +9,7 @@
 //! rather than an opaque handshake failure that nobody records.
 
 use anyhow::{Context, bail};
+use arc_swap::ArcSwap;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -90,6 +91,43 @@ pub struct TlsSetup {
     pub client_certs: Option<Arc<ClientCerts>>,
 }
 
+/// The TLS settings in force, swapped whole when the certificate, key or client
+/// CA is reloaded: connections established before keep theirs, new ones get
+/// the new settings, nothing is dropped.
+#[derive(Clone)]
+pub struct LiveTls {
+    acceptor: Arc<ArcSwap<TlsAcceptor>>,
+    client_certs: Arc<ArcSwap<Option<Arc<ClientCerts>>>>,
+}
+
+impl LiveTls {
+    pub fn new(setup: TlsSetup) -> Self {
+        Self {
+            acceptor: Arc::new(ArcSwap::from_pointee(setup.acceptor)),
+            client_certs: Arc::new(ArcSwap::from_pointee(setup.client_certs)),
+        }
+    }
+
+    pub fn swap(&self, setup: TlsSetup) {
+        self.acceptor.store(Arc::new(setup.acceptor));
+        self.client_certs.store(Arc::new(setup.client_certs));
+    }
+
+    pub fn acceptor(&self) -> TlsAcceptor {
+        (**self.acceptor.load()).clone()
+    }
+
+    pub fn client_certs(&self) -> Option<Arc<ClientCerts>> {
+        (**self.client_certs.load()).clone()
+    }
+}
+
+impl From<TlsSetup> for LiveTls {
+    fn from(setup: TlsSetup) -> Self {
+        Self::new(setup)
+    }
+}
+
 /// Reads the server's certificate chain and key, and the client CA bundle.
 pub fn load(cert: &Path, key: &Path, client_ca: Option<&Path>) -> anyhow::Result<TlsSetup> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -148,15 +186,15 @@ fn read_certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
 /// yields the established ones.
 pub fn incoming(
     listener: TcpListener,
-    acceptor: TlsAcceptor,
+    tls: LiveTls,
 ) -> ReceiverStream<std::io::Result<TlsStream<TcpStream>>> {
-    incoming_with(listener, acceptor, HandshakeLimits::default())
+    incoming_with(listener, tls, HandshakeLimits::default())
 }
 
 /// As `incoming`, with the given limits (tests shorten them).
 pub fn incoming_with(
     listener: TcpListener,
-    acceptor: TlsAcceptor,
+    tls: LiveTls,
     limits: HandshakeLimits,
 ) -> ReceiverStream<std::io::Result<TlsStream<TcpStream>>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
@@ -185,7 +223,8 @@ pub fn incoming_with(
                 continue;
             };
             let _ = tcp.set_nodelay(true);
-            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            // The settings in force now: a reload applies from the next connection.
+            let (acceptor, tx) = (tls.acceptor(), tx.clone());
             tokio::spawn(async move {
                 let handshake = tokio::time::timeout(limits.timeout, acceptor.accept(tcp)).await;
                 drop((slot, peer_slot));

@@ -6,6 +6,7 @@ use crate::dashboard::Dashboard;
 use crate::domain::PresignedUrl;
 use crate::issuance::Issuer;
 use crate::proto::{self, link_service_server::LinkService};
+use crate::telemetry::rpc;
 use tonic::{Request, Response, Status};
 
 pub struct LinkApi {
@@ -23,6 +24,7 @@ impl LinkService for LinkApi {
         self.issuer.admit(&caller)?;
         let (spec, labels) = request::link_request(request.get_ref())?;
         let issued = self.issuer.issue(&caller, spec, labels).await?;
+        rpc::note(&request, |n| n.link(issued.link.id));
         Ok(Response::new(proto::IssueLinkResponse {
             link: Some(response::link(issued.link)),
             url: issued.url,

@@ -117,13 +117,16 @@ impl SigningKey {
 
     /// A presigned HEAD of a probe object in `bucket`: the backend answers 200 or
     /// 404 if it accepts this key, 403 if it does not.
+    /// A presigned GET of an object that does not exist: the answer's body
+    /// says why a key is refused (a HEAD answer has no body), and no object is
+    /// read.
     pub fn presign_probe(&self, bucket: &str) -> Result<String, SignError> {
         let presigned = self.sigv4.presign(
             self.endpoint()?,
             &Request {
-                method: Method::Head,
+                method: Method::Get,
                 bucket,
-                key: ".presignd-probe",
+                key: ".presignd-probe-missing-object",
                 content_type: None,
                 content_disposition: None,
                 x_id: true,

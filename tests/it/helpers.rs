@@ -14,7 +14,10 @@ use presignd::revocation::Revocations;
 use reqwest::StatusCode;
 use sqlx::PgPool;
 use sqlx::postgres::PgConnectOptions;
+use std::net::SocketAddr;
 use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use tonic_health::pb::{
@@ -488,5 +491,45 @@ pub fn rotate_req(
         reason: "integration test: suspected leak".into(),
         expected_key_id: expected.into(),
         dry_run: false,
+        detach: false,
+    }
+}
+
+/// A TCP proxy a test closes to make an outage real (connections and all).
+pub struct Proxy {
+    pub addr: SocketAddr,
+    tasks: JoinSet<()>,
+}
+
+impl Proxy {
+    pub async fn start(target: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve(listener, target)
+    }
+
+    pub fn serve(listener: TcpListener, target: SocketAddr) -> Self {
+        let addr = listener.local_addr().unwrap();
+        let mut tasks = JoinSet::new();
+        tasks.spawn(async move {
+            let mut conns = JoinSet::new();
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                conns.spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+            // Dropping `conns` (when this task is aborted) closes every connection.
+        });
+        Self { addr, tasks }
+    }
+
+    /// Closes the listener and every proxied connection.
+    pub async fn stop(mut self) -> SocketAddr {
+        self.tasks.shutdown().await;
+        self.addr
     }
 }

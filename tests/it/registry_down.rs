@@ -7,47 +7,8 @@ use crate::helpers::*;
 use presignd::proto::Method;
 use sqlx::PgPool;
 use std::net::SocketAddr;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinSet;
+use tokio::net::TcpListener;
 use tonic_health::pb::health_check_response::ServingStatus;
-
-struct Proxy {
-    addr: SocketAddr,
-    tasks: JoinSet<()>,
-}
-
-impl Proxy {
-    async fn start(target: SocketAddr) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        Self::serve(listener, target)
-    }
-
-    fn serve(listener: TcpListener, target: SocketAddr) -> Self {
-        let addr = listener.local_addr().unwrap();
-        let mut tasks = JoinSet::new();
-        tasks.spawn(async move {
-            let mut conns = JoinSet::new();
-            loop {
-                let Ok((mut inbound, _)) = listener.accept().await else {
-                    return;
-                };
-                conns.spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-            }
-            // Dropping `conns` (when this task is aborted) closes every connection.
-        });
-        Self { addr, tasks }
-    }
-
-    /// Closes the listener and every proxied connection.
-    async fn stop(mut self) -> SocketAddr {
-        self.tasks.shutdown().await;
-        self.addr
-    }
-}
 
 #[sqlx::test]
 async fn issue_link_is_unavailable_and_health_not_serving_while_postgres_is_unreachable(

@@ -48,7 +48,7 @@ async fn silent_clients_are_dropped_after_the_timeout_and_capped_per_address() {
     let setup = tls::load(&cert, &key, None).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    let mut established = tls::incoming_with(listener, setup.acceptor, LIMITS);
+    let mut established = tls::incoming_with(listener, setup.into(), LIMITS);
 
     // Two silent connections from 127.0.0.1 take its two handshake slots...
     let mut silent = Vec::new();
