@@ -211,7 +211,7 @@ async fn main() -> anyhow::Result<()> {
     // BENCH_LOG=1: the service's logging (stderr, RUST_LOG), to measure what
     // log lines cost; without it nothing is logged.
     if std::env::var("BENCH_LOG").is_ok_and(|v| v == "1") {
-        presignd::telemetry::init();
+        presignd::telemetry::init(presignd::telemetry::LogFormat::Auto, None)?;
     }
     let admin: PgConnectOptions = env("DATABASE_URL").parse()?;
     let mut c = PgConnection::connect_with(&admin).await?;

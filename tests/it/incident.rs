@@ -4,8 +4,8 @@
 //! link; the sweep goes on past a failure; an outage of Garage's admin API
 //! harms only the signer being revoked; presignctl's exit codes.
 
-use crate::helpers::*;
 use crate::helpers::Proxy;
+use crate::helpers::*;
 use presignd::backend::KeyBackend;
 use presignd::proto::{
     self, CancelRevocationRequest, GetRevocationRequest, LookupLinkRequest, Method,
