@@ -67,11 +67,7 @@ pub struct App {
 
 impl App {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let options: PgConnectOptions = config
-            .database_url()?
-            .expose()
-            .parse()
-            .context("DATABASE_URL is not a valid PostgreSQL URL")?;
+        let options = config.database_options()?;
         Self::build_with_db(config, options).await
     }
 

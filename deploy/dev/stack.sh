@@ -165,8 +165,64 @@ if ! psql_admin "-c \"SELECT 1 FROM pg_database WHERE datname = '$PG_DB'\"" | gr
     su postgres -c "createdb -O $PG_USER $PG_DB"
     psql_admin "-c \"COMMENT ON DATABASE $PG_DB IS '$STATE $(state_id)'\""
 fi
-DATABASE_URL="postgres://$PG_USER:$PG_PASSWORD@127.0.0.1:5432/$PG_DB"
+# In clear on loopback: the suite opens thousands of short-lived connections,
+# and TLS to Postgres has tests of its own (tests/it/postgres_tls.rs) that ask
+# for each sslmode explicitly.
+DATABASE_URL="postgres://$PG_USER:$PG_PASSWORD@127.0.0.1:5432/$PG_DB?sslmode=disable"
 log "PostgreSQL ready (database $PG_DB)"
+
+# ---------------------------------------------------------------- PostgreSQL TLS (dev CA)
+# PostgreSQL serves TLS with a certificate from a dev CA made here once, for the
+# name `localhost` ONLY: `sslmode=verify-full` to localhost passes, to 127.0.0.1
+# it is the "wrong host name" case (tests/it/postgres_tls.rs). The files live
+# beside the cluster's config (not in the state: postgresql.auto.conf names them,
+# and a PostgreSQL restart must find them whatever happened to a state), owned by
+# postgres, the key 0600. The CA's key is thrown away once the certificate is
+# signed: nothing else can ever be issued under this CA. Made again only when a
+# file is missing or the certificate expires within 30 days. Clients that do not
+# ask for TLS (no sslmode, or sslmode=disable) are served as before.
+PG_TLS_DIR="/etc/postgresql/$PG_VERSION/main/presignd-dev-tls"
+PG_CA="$PG_TLS_DIR/ca.pem"
+if [ ! -s "$PG_CA" ] || [ ! -s "$PG_TLS_DIR/server.key" ] ||
+    ! openssl x509 -checkend 2592000 -noout -in "$PG_TLS_DIR/server.pem" >/dev/null 2>&1; then
+    log "making a dev CA and a PostgreSQL server certificate for localhost in $PG_TLS_DIR"
+    tls_tmp="$(mktemp -d)"
+    (
+        cd "$tls_tmp" && umask 077
+        ec=(-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes)
+        openssl req -x509 "${ec[@]}" -days 3650 -subj "/CN=presignd dev PostgreSQL CA" \
+            -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+            -keyout ca.key -out ca.pem 2>/dev/null
+        openssl req "${ec[@]}" -subj "/CN=localhost" -keyout server.key -out server.csr 2>/dev/null
+        printf '%s\n' "subjectAltName=DNS:localhost" "basicConstraints=critical,CA:FALSE" \
+            "keyUsage=critical,digitalSignature" "extendedKeyUsage=serverAuth" >server.ext
+        openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 825 \
+            -extfile server.ext -out server.pem 2>/dev/null
+    )
+    install -d -o postgres -g postgres -m 0755 "$PG_TLS_DIR"
+    install -o postgres -g postgres -m 0600 "$tls_tmp/server.key" "$PG_TLS_DIR/server.key.new"
+    install -o postgres -g postgres -m 0644 "$tls_tmp/server.pem" "$PG_TLS_DIR/server.pem.new"
+    install -o postgres -g postgres -m 0644 "$tls_tmp/ca.pem" "$PG_TLS_DIR/ca.pem.new"
+    rm -rf "$tls_tmp"
+    # Renamed last, each at once: a reload or restart meanwhile reads a whole pair.
+    for f in server.key server.pem ca.pem; do mv -f "$PG_TLS_DIR/$f.new" "$PG_TLS_DIR/$f"; done
+fi
+psql_admin <<SQL >/dev/null
+ALTER SYSTEM SET ssl = on;
+ALTER SYSTEM SET ssl_cert_file = '$PG_TLS_DIR/server.pem';
+ALTER SYSTEM SET ssl_key_file = '$PG_TLS_DIR/server.key';
+SELECT pg_reload_conf();
+SQL
+# The reload is asynchronous, and a certificate PostgreSQL cannot load is only
+# logged (it keeps the previous one): check what it serves, as a client would.
+pg_tls_ok() {
+    openssl s_client -starttls postgres -connect localhost:5432 -verify_hostname localhost \
+        -CAfile "$PG_CA" -verify_return_error </dev/null >/dev/null 2>&1
+}
+for _ in $(seq 1 50); do pg_tls_ok && break; sleep 0.2; done
+pg_tls_ok || die "PostgreSQL does not serve the dev certificate of $PG_TLS_DIR: see its log (pg_lsclusters)"
+log "PostgreSQL serves TLS for localhost (CA $PG_CA)"
+# ---------------------------------------------------------------- end of PostgreSQL TLS
 
 # ---------------------------------------------------------------- Garage
 if ! garage --version 2>/dev/null | grep -q "$GARAGE_VERSION"; then
@@ -260,6 +316,7 @@ export GARAGE_ADMIN_TOKEN='$GARAGE_ADMIN_TOKEN'
 export GARAGE_S3_URL='http://127.0.0.1:$S3_PORT'
 export GARAGE_REGION='garage'
 export PRESIGND_DEV_MASTER_KEY_FILE='$STATE/master.key'
+export PRESIGND_DEV_PG_CA='$PG_CA'
 export PRESIGND_TEST_BUCKETS='presignd-test,presignd-test-b'
 export MOTO_URL='http://127.0.0.1:$MOTO_PORT'
 # moto accepts any credentials; these only make the AWS SDK's chain find some.

@@ -25,6 +25,7 @@ mod mtls;
 mod paging;
 mod pki;
 mod policy_reload;
+mod postgres_tls;
 mod presign_equivalence;
 mod presignctl;
 mod presignctl_links;
