@@ -25,12 +25,15 @@ const MAX_REASON_LEN: usize = 1000;
 pub struct Readiness(Arc<Mutex<Option<String>>>);
 
 impl Readiness {
+    /// Not ready, and why; `presignd_ready` follows.
     pub fn not_ready(&self, reason: impl Into<String>) {
         *self.0.lock().expect("readiness lock") = Some(reason.into());
+        crate::metrics::set_ready(false);
     }
 
     pub fn ready(&self) {
         *self.0.lock().expect("readiness lock") = None;
+        crate::metrics::set_ready(true);
     }
 
     pub fn reason(&self) -> Option<String> {

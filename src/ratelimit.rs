@@ -76,12 +76,15 @@ impl RateLimits {
             return Ok(());
         };
         let limiter = self.limiter(caller, spec);
-        limiter.check().map_err(|_| RateLimited {
-            caller: caller.to_string(),
-            per_sec: spec.per_sec.get(),
-            burst: spec.burst.get(),
-            what: self.what,
-            per: self.per,
+        limiter.check().map_err(|_| {
+            crate::metrics::record_denial(crate::metrics::Denial::RateLimit);
+            RateLimited {
+                caller: caller.to_string(),
+                per_sec: spec.per_sec.get(),
+                burst: spec.burst.get(),
+                what: self.what,
+                per: self.per,
+            }
         })
     }
 

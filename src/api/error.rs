@@ -7,6 +7,7 @@ use crate::backend::BackendError;
 use crate::dashboard::DashboardError;
 use crate::domain::FieldError;
 use crate::issuance::IssueError;
+use crate::metrics;
 use crate::registry::{self, ErrorKind};
 use crate::revocation::RevocationError;
 use tonic::Status;
@@ -117,7 +118,11 @@ impl From<ApiError> for Status {
         match e {
             ApiError::InvalidArgument(f) => Status::invalid_argument(f.to_string()),
             ApiError::NotFound(m) => Status::not_found(m),
-            ApiError::PermissionDenied(m) => Status::permission_denied(m),
+            ApiError::PermissionDenied(m) => {
+                // Every PERMISSION_DENIED a service returns is its policy's refusal.
+                metrics::record_denial(metrics::Denial::Policy);
+                Status::permission_denied(m)
+            }
             ApiError::ResourceExhausted(m) => Status::resource_exhausted(m),
             ApiError::FailedPrecondition(m) => Status::failed_precondition(m),
             ApiError::Unavailable(m) => Status::unavailable(m),

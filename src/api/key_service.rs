@@ -60,6 +60,7 @@ impl KeyApi {
         let admin = match admin_only(&request) {
             Ok(admin) => admin,
             Err(denied) => {
+                crate::metrics::record_denial(crate::metrics::Denial::Policy);
                 // A denial: aggregated with its repeats, like the others.
                 self.audit
                     .record_denial(event(denied.code(), denied.message().to_owned()));

@@ -62,7 +62,6 @@ impl Revocations {
     /// Plans, records and runs a rotation to its end (or to a step that must be
     /// retried later: the report then says RUNNING, with the error).
     pub async fn rotate(&self, req: RotateRequest) -> Result<Rotation, RevocationError> {
-        let (req_mode, signer) = (req.mode, req.signer.clone());
         let id = match self.start(req).await? {
             dry_run @ Rotation::DryRun { .. } => return Ok(dry_run),
             Rotation::Ran(row) => row.id,
@@ -72,11 +71,6 @@ impl Revocations {
             tracing::warn!(revocation_id = %id, error = %e, "revocation paused on a retryable error");
         }
         let row = self.get(id).await?;
-        let outcome = match row.state {
-            RevocationState::Running => "pending_retry",
-            done => done.as_str(),
-        };
-        crate::metrics::record_revocation(req_mode.as_str(), outcome, signer.as_str());
         if row.state == RevocationState::Failed {
             // The report stays readable with GetRevocation; the caller gets a
             // status that says the rotation did not happen, and why.
