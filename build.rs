@@ -19,12 +19,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// `presignd_build_info{revision}`: PRESIGND_REVISION if set (the container
+/// `presignd_build_info{revision}`: BUILD_REVISION if set (the container
 /// build passes it: its context has no .git), else the checkout's commit, else
 /// "unknown". Rebuilt when HEAD moves (its reflog changes on every commit and
 /// checkout), so a dev build never names a stale commit.
 fn revision() {
-    println!("cargo:rerun-if-env-changed=PRESIGND_REVISION");
+    println!("cargo:rerun-if-env-changed=BUILD_REVISION");
     let git = |args: &[&str]| {
         std::process::Command::new("git")
             .args(args)
@@ -43,7 +43,7 @@ fn revision() {
             println!("cargo:rerun-if-changed={path}");
         }
     }
-    let revision = std::env::var("PRESIGND_REVISION")
+    let revision = std::env::var("BUILD_REVISION")
         .ok()
         .filter(|r| !r.is_empty())
         .or_else(|| git(&["rev-parse", "--short=12", "HEAD"]))

@@ -137,6 +137,14 @@ fn install() -> PrometheusHandle {
         "Signers that have no active signing key (their IssueLink answers UNAVAILABLE), refreshed periodically"
     );
     process::describe();
+    // Series that exist from the start at 0, so that rate() and the alerts see
+    // the first increase (and a dashboard's query names a series that exists).
+    for cause in [Denial::Authentication, Denial::Policy, Denial::RateLimit] {
+        counter!(DENIALS, "cause" => cause.as_str()).absolute(0);
+    }
+    for operation in REGISTRY_OPERATIONS {
+        counter!(REGISTRY_ERRORS, "operation" => *operation).absolute(0);
+    }
     // Histograms accumulate between scrapes; drain them even if nobody scrapes.
     let upkeep = handle.clone();
     std::thread::Builder::new()
@@ -163,9 +171,17 @@ pub fn record_issue_latency(elapsed: Duration, outcome: &'static str) {
     histogram!(ISSUE_LINK_SECONDS, "outcome" => outcome).record(elapsed.as_secs_f64());
 }
 
-/// `operation`: a fixed name for what failed ("issue_link", "dashboard",
-/// "outstanding_links", ...).
+/// The `operation` label values of `presignd_registry_errors_total`.
+const REGISTRY_OPERATIONS: &[&str] = &[
+    "issue_link",
+    "dashboard",
+    "outstanding_links",
+    "state_gauges",
+];
+
+/// `operation`: one of `REGISTRY_OPERATIONS`, what failed.
 pub fn record_registry_error(operation: &'static str) {
+    debug_assert!(REGISTRY_OPERATIONS.contains(&operation), "{operation}");
     handle();
     counter!(REGISTRY_ERRORS, "operation" => operation).increment(1);
 }

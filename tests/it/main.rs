@@ -21,6 +21,7 @@ mod lookup_link;
 mod metrics;
 mod migrations;
 mod mtls;
+mod observability;
 mod paging;
 mod pki;
 mod policy_reload;

@@ -300,7 +300,7 @@ async fn the_build_and_the_process_are_described(pool: PgPool) {
         .ok()
         .filter(|o| o.status.success())
         .map(|o| String::from_utf8(o.stdout).unwrap().trim().to_owned());
-    let revision = std::env::var("PRESIGND_REVISION")
+    let revision = std::env::var("BUILD_REVISION")
         .ok()
         .or(revision)
         .unwrap_or_else(|| "unknown".into());
