@@ -28,6 +28,32 @@ pub enum BackendError {
     LimitExceeded(String),
 }
 
+/// Throttling answers: the backend is busy, not refusing.
+const THROTTLING_CODES: &[&str] = &[
+    "Throttling",
+    "ThrottlingException",
+    "RequestLimitExceeded",
+    "SlowDown",
+    "ServiceUnavailable",
+];
+
+impl BackendError {
+    /// An HTTP error answer: throttling (429, or a throttling error code) and
+    /// 5xx are transient (retry); any other 4xx is the backend's refusal.
+    pub fn from_http(status: u16, code: Option<&str>, message: String) -> Self {
+        if status == 429 || status >= 500 || code.is_some_and(|c| THROTTLING_CODES.contains(&c)) {
+            Self::Unavailable(message)
+        } else {
+            Self::Refused(message)
+        }
+    }
+
+    /// Retrying later may help.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
+}
+
 /// A key as the backend sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendKey {
@@ -53,5 +79,38 @@ pub trait KeyBackend: Send + Sync + 'static {
     /// (empty where there is no such limit).
     async fn list_keys(&self, _signer: &str) -> Result<Vec<BackendKey>, BackendError> {
         Ok(Vec::new())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throttling_and_server_errors_are_transient_other_client_errors_are_refusals() {
+        for (status, code) in [
+            (429, None),
+            (500, None),
+            (503, Some("SlowDown")),
+            (400, Some("Throttling")),
+        ] {
+            assert!(
+                BackendError::from_http(status, code, String::new()).is_transient(),
+                "{status} {code:?}"
+            );
+        }
+        for (status, code) in [
+            (400, Some("InvalidRequest")),
+            (403, Some("AccessDenied")),
+            (404, None),
+        ] {
+            assert!(
+                matches!(
+                    BackendError::from_http(status, code, String::new()),
+                    BackendError::Refused(_)
+                ),
+                "{status}"
+            );
+        }
     }
 }

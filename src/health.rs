@@ -20,24 +20,41 @@ pub const NOT_READY_METADATA: &str = "presignd-not-ready";
 /// Metadata values are short, printable ASCII.
 const MAX_REASON_LEN: usize = 1000;
 
-/// Why the server is not ready, as last observed (None once ready).
+/// The response metadata key saying what is degraded while SERVING: a
+/// revocation that cannot finish harms only its signer, and is named here.
+pub const DEGRADED_METADATA: &str = "presignd-degraded";
+
+/// Why the server is not ready, as last observed (None once ready), and what
+/// is degraded while it serves.
 #[derive(Clone, Default)]
-pub struct Readiness(Arc<Mutex<Option<String>>>);
+pub struct Readiness {
+    reason: Arc<Mutex<Option<String>>>,
+    degraded: Arc<Mutex<Option<String>>>,
+}
 
 impl Readiness {
     /// Not ready, and why; `presignd_ready` follows.
     pub fn not_ready(&self, reason: impl Into<String>) {
-        *self.0.lock().expect("readiness lock") = Some(reason.into());
+        *self.reason.lock().expect("readiness lock") = Some(reason.into());
         crate::metrics::set_ready(false);
     }
 
     pub fn ready(&self) {
-        *self.0.lock().expect("readiness lock") = None;
+        *self.reason.lock().expect("readiness lock") = None;
         crate::metrics::set_ready(true);
     }
 
     pub fn reason(&self) -> Option<String> {
-        self.0.lock().expect("readiness lock").clone()
+        self.reason.lock().expect("readiness lock").clone()
+    }
+
+    /// Serving, but not for everything (None: nothing degraded).
+    pub fn set_degraded(&self, what: Option<String>) {
+        *self.degraded.lock().expect("readiness lock") = what;
+    }
+
+    pub fn degraded(&self) -> Option<String> {
+        self.degraded.lock().expect("readiness lock").clone()
     }
 }
 
@@ -64,11 +81,15 @@ impl Health for ExplainedHealth {
         request: Request<HealthCheckRequest>,
     ) -> Result<Response<HealthCheckResponse>, Status> {
         let mut response = self.inner.check(request).await?;
-        if response.get_ref().status() != ServingStatus::Serving
-            && let Some(reason) = self.readiness.reason()
-            && let Ok(value) = printable(&reason).parse()
+        let (key, text) = if response.get_ref().status() == ServingStatus::Serving {
+            (DEGRADED_METADATA, self.readiness.degraded())
+        } else {
+            (NOT_READY_METADATA, self.readiness.reason())
+        };
+        if let Some(text) = text
+            && let Ok(value) = printable(&text).parse()
         {
-            response.metadata_mut().insert(NOT_READY_METADATA, value);
+            response.metadata_mut().insert(key, value);
         }
         Ok(response)
     }

@@ -14,7 +14,8 @@ mod verify;
 
 pub use keyring::Keyring;
 pub use state::{activate_replacement, lock_for_state_change};
-pub use verify::{NotUsable, verify_usable};
+pub use sweep::Swept;
+pub use verify::{NotUsable, ProbeAnswer, classify as classify_probe, verify_usable};
 
 use crate::backend::{BackendError, KeyBackend, NewKey};
 use crate::domain::KeyState;
@@ -25,6 +26,9 @@ use crate::signing::{S3Target, SigningKey};
 use anyhow::Context;
 use sqlx::PgPool;
 use std::sync::Arc;
+
+/// Backend deactivation attempts within one step (200 ms, then doubling).
+const DEACTIVATE_ATTEMPTS: u32 = 4;
 
 /// Why a key operation did not complete.
 #[derive(Debug, thiserror::Error)]
@@ -111,16 +115,32 @@ impl KeyManager {
             &new.secret_access_key,
             signer,
         );
-        self.prove_usable(&key).await?;
-        registry::keys::insert(
-            &mut *tx,
-            &new.access_key_id,
-            signer,
-            KeyState::Active,
-            &self.seal(&new),
-        )
-        .await?;
-        registry::commit(tx).await?;
+        // A key that never reaches the registry is deleted at once, not left
+        // live and unknown (invariant 6): a failed probe or insert takes its key.
+        let recorded = async {
+            self.prove_usable(&key).await?;
+            registry::keys::insert(
+                &mut *tx,
+                &new.access_key_id,
+                signer,
+                KeyState::Active,
+                &self.seal(&new),
+            )
+            .await?;
+            registry::commit(tx).await?;
+            anyhow::Ok(())
+        }
+        .await;
+        if let Err(e) = recorded {
+            if let Err(d) = self.backend.delete_key(signer, &new.access_key_id).await {
+                tracing::error!(signer, key_id = %new.access_key_id, error = %d,
+                    "the unrecorded key could not be deleted: delete it at the backend by hand");
+            }
+            return Err(e.context(format!(
+                "provisioning key {} for signer {signer} (deleted again)",
+                new.access_key_id
+            )));
+        }
         tracing::info!(signer, key_id = %new.access_key_id, "provisioned a signing key");
         self.keyring.install(key);
         Ok(())
@@ -254,10 +274,13 @@ impl KeyManager {
         Ok(())
     }
 
-    /// Deactivates a live key: at the backend first (from then on its links
-    /// are refused), then in the registry under its state-change lock, with the
-    /// revocation that did it, in the caller's transaction; other replicas hear
-    /// of it at commit.
+    /// Deactivates a live key. First it stops signing (an active key is
+    /// retired and committed, so no link of it is handed out once the backend
+    /// refuses it: an EMERGENCY gives out no dead link); then the backend
+    /// deactivates it (from then on its links are refused), transient failures
+    /// retried; then the registry marks it under its state-change lock, with
+    /// the revocation that did it, in the caller's transaction; other replicas
+    /// hear of it at commit.
     pub async fn deactivate(
         &self,
         conn: &mut sqlx::PgConnection,
@@ -265,11 +288,49 @@ impl KeyManager {
         key_id: &str,
         revocation_id: Option<uuid::Uuid>,
     ) -> Result<(), KeyError> {
-        self.backend.deactivate_key(signer, key_id).await?;
+        self.stop_signing(signer, key_id).await?;
+        self.deactivate_at_backend(signer, key_id).await?;
         lock_for_state_change(&mut *conn, key_id).await?;
         registry::keys::deactivate(&mut *conn, key_id, revocation_id).await?;
         registry::keys::notify_changed(&mut *conn, signer).await?;
         Ok(())
+    }
+
+    /// An active key signs nothing more: retired under its state-change lock
+    /// (in-flight link batches commit first, later ones are refused and the
+    /// issuer finds no active key: UNAVAILABLE), committed, keyring reloaded.
+    async fn stop_signing(&self, signer: &str, key_id: &str) -> Result<(), registry::Error> {
+        let mut tx = registry::begin(&self.pool).await?;
+        lock_for_state_change(&mut tx, key_id).await?;
+        if registry::keys::retire(&mut tx, key_id).await? {
+            registry::keys::notify_changed(&mut *tx, signer).await?;
+            registry::commit(tx).await?;
+            tracing::warn!(
+                signer,
+                key_id,
+                "key stopped signing before its deactivation"
+            );
+            self.reload_signer(signer).await?;
+        }
+        Ok(())
+    }
+
+    /// The backend call, retried with backoff while the backend is throttling
+    /// or unavailable (a few seconds in all; after that the revocation stays
+    /// running and is resumed later). A refusal is returned at once.
+    async fn deactivate_at_backend(&self, signer: &str, key_id: &str) -> Result<(), BackendError> {
+        let mut delay = std::time::Duration::from_millis(200);
+        for attempt in 1.. {
+            match self.backend.deactivate_key(signer, key_id).await {
+                Err(e) if e.is_transient() && attempt < DEACTIVATE_ATTEMPTS => {
+                    tracing::warn!(signer, key_id, attempt, error = %e, "deactivation not done yet; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+                other => return other,
+            }
+        }
+        unreachable!("the loop returns")
     }
 
     /// Deletes a replacement key that never signed (still `pending`) at the

@@ -53,6 +53,7 @@ impl Denial {
         }
     }
 }
+pub const STUCK_REVOCATIONS: &str = "presignd_revocations_stuck";
 
 /// IssueLink's latency buckets, in seconds, around the 3 ms p99 target.
 const ISSUE_LINK_BUCKETS: &[f64] = &[
@@ -105,6 +106,10 @@ fn install() -> PrometheusHandle {
         "gRPC request latency until the response headers, by method"
     );
     describe_counter!(REVOCATIONS, "Key revocations, by mode, outcome and signer");
+    describe_gauge!(
+        STUCK_REVOCATIONS,
+        "1 while the signer's revocation cannot finish (retried with backoff), else 0"
+    );
     describe_counter!(
         REGISTRY_ERRORS,
         "Registry (PostgreSQL) errors, by operation"
@@ -198,13 +203,23 @@ pub fn set_ready(ready: bool) {
     gauge!(READY).set(if ready { 1.0 } else { 0.0 });
 }
 
-/// One finished revocation of `signer`'s key. `mode`: "graceful", "revoke" or
-/// "emergency"; `outcome`: "succeeded" or "failed". Counted where it finishes
-/// (the RotateKey call, startup or the maintenance loop), once.
+/// One ended revocation of `signer`'s key. `mode`: "graceful", "revoke" or
+/// "emergency"; `outcome`: "succeeded", "failed" or "cancelled". Counted where
+/// it ends (`revocation::procedure`, `revocation::cancel`), once, whoever drives
+/// it (the RPC's task, startup, the maintenance loop).
 pub fn record_revocation(mode: &'static str, outcome: &'static str, signer: &str) {
     handle();
     counter!(REVOCATIONS, "mode" => mode, "outcome" => outcome, "signer" => signer.to_owned())
         .increment(1);
+}
+
+/// Which signers have a revocation that could not finish (1) and which not (0).
+pub fn set_stuck_revocations(signers: &[String], stuck: &BTreeSet<String>) {
+    handle();
+    for s in signers.iter().chain(stuck.iter()) {
+        let v = if stuck.contains(s) { 1.0 } else { 0.0 };
+        gauge!(STUCK_REVOCATIONS, "signer" => s.clone()).set(v);
+    }
 }
 
 /// Serves, until the task is dropped:

@@ -3,17 +3,21 @@
 //! idempotent step at a time (see `procedure`). The key changes each step makes
 //! are the key lifecycle's (`crate::keys`).
 
+mod cancel;
 mod procedure;
 mod rotate;
 
-pub use procedure::Advance;
-pub use rotate::{MAX_REASON_CHARS, PlanTarget, RotateRequest, Rotation};
+pub use cancel::Cancelled;
+pub use procedure::{Advance, Stuck};
+pub use rotate::{MAX_REASON_CHARS, PlanTarget, RevokeKeyRequest, RotateRequest, Rotation};
 
 use crate::backend::BackendError;
-use crate::domain::{FieldError, RotationMode};
+use crate::domain::{FieldError, KeyState, RevocationState, RotationMode};
 use crate::keys::{KeyError, KeyManager};
 use crate::registry;
 use sqlx::PgPool;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use uuid::Uuid;
 
 /// The revocation service: plans, starts, drives and reads revocations.
@@ -21,11 +25,17 @@ use uuid::Uuid;
 pub struct Revocations {
     pool: PgPool,
     keys: KeyManager,
+    /// When each stuck revocation is tried again (backoff, this process only).
+    retries: Arc<Mutex<HashMap<Uuid, procedure::Retry>>>,
 }
 
 impl Revocations {
     pub fn new(pool: PgPool, keys: KeyManager) -> Self {
-        Self { pool, keys }
+        Self {
+            pool,
+            keys,
+            retries: Arc::default(),
+        }
     }
 }
 
@@ -104,8 +114,14 @@ pub enum RevocationError {
         expected: String,
         actual: String,
     },
-    #[error("revocation {id} is already running for signer {signer}; follow it with GetRevocation")]
+    #[error(
+        "revocation {id} is already running for signer {signer}; follow it with GetRevocation (or abandon it with CancelRevocation)"
+    )]
     AlreadyRunning { id: Uuid, signer: String },
+    #[error("signing key {key_id} is {state}: {}", not_live_hint(*.state))]
+    KeyNotLive { key_id: String, state: KeyState },
+    #[error("revocation {id} is {state}, not running: nothing to cancel")]
+    NotRunning { id: Uuid, state: RevocationState },
     #[error("revocation {0} not found")]
     NotFound(Uuid),
     #[error("revocation {id} failed: {message} (see GetRevocation {id} for the steps)")]
@@ -116,6 +132,15 @@ pub enum RevocationError {
     Registry(#[from] registry::Error),
     #[error("{0:#}")]
     Other(#[from] anyhow::Error),
+}
+
+fn not_live_hint(state: KeyState) -> &'static str {
+    match state {
+        KeyState::Pending => {
+            "it is a running rotation's replacement and signs nothing; CancelRevocation deletes it"
+        }
+        _ => "it is already deactivated at the backend: every link it signed is dead",
+    }
 }
 
 impl From<KeyError> for RevocationError {

@@ -80,9 +80,11 @@ impl From<RevocationError> for ApiError {
         match e {
             InvalidArgument(f) => Self::InvalidArgument(f),
             UnknownSigner(_) | UnknownKey(_) | NotFound(_) => Self::NotFound(e.to_string()),
-            NoActiveKey(_) | ExpectedKeyMismatch { .. } | AlreadyRunning { .. } => {
-                Self::FailedPrecondition(e.to_string())
-            }
+            NoActiveKey(_)
+            | ExpectedKeyMismatch { .. }
+            | AlreadyRunning { .. }
+            | KeyNotLive { .. }
+            | NotRunning { .. } => Self::FailedPrecondition(e.to_string()),
             Backend(BackendError::Unavailable(ref m)) => {
                 tracing::warn!(error = %m, "key backend unavailable");
                 Self::Unavailable("key backend unavailable; retry shortly".into())

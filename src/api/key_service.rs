@@ -8,7 +8,7 @@ use crate::dashboard::Dashboard;
 use crate::domain::{FieldError, SignerName};
 use crate::paging::{Cursor, Listing};
 use crate::proto::{self, key_service_server::KeyService};
-use crate::revocation::{PlanTarget, Revocations, RotateRequest};
+use crate::revocation::{PlanTarget, Revocations, RevokeKeyRequest, RotateRequest};
 use sqlx::PgPool;
 use std::future::Future;
 use tonic::{Request, Response, Status};
@@ -163,9 +163,54 @@ impl KeyService for KeyApi {
                 dry_run: r.dry_run,
                 requested_by: caller.name.to_string(),
             };
-            let rotation = self.revocations.rotate(req).await?;
+            let rotation = self.revocations.rotate(req, r.detach).await?;
             Ok(Response::new(response::rotation(rotation)))
         })
+        .await
+    }
+
+    async fn revoke_key(
+        &self,
+        request: Request<proto::RevokeKeyRequest>,
+    ) -> Result<Response<proto::Revocation>, Status> {
+        let r = request.get_ref();
+        let target = format!("key={} dry_run={}", r.key_id, r.dry_run);
+        self.audited("RevokeKey", target, request, |caller, request| async move {
+            let r = request.into_inner();
+            if r.key_id.is_empty() {
+                return Err(FieldError::new("key_id", "is required").into());
+            }
+            let req = RevokeKeyRequest {
+                key_id: r.key_id,
+                reason: r.reason,
+                dry_run: r.dry_run,
+                requested_by: caller.name.to_string(),
+            };
+            let rotation = self.revocations.revoke_key(req, r.detach).await?;
+            Ok(Response::new(response::rotation(rotation)))
+        })
+        .await
+    }
+
+    async fn cancel_revocation(
+        &self,
+        request: Request<proto::CancelRevocationRequest>,
+    ) -> Result<Response<proto::CancelRevocationResponse>, Status> {
+        let target = format!("revocation={}", request.get_ref().id);
+        self.audited(
+            "CancelRevocation",
+            target,
+            request,
+            |caller, request| async move {
+                let r = request.get_ref();
+                let id = request::uuid("id", &r.id)?;
+                let cancelled = self
+                    .revocations
+                    .cancel(id, &r.reason, caller.name.as_str())
+                    .await?;
+                Ok(Response::new(response::cancelled(cancelled)))
+            },
+        )
         .await
     }
 

@@ -7,7 +7,7 @@ use crate::registry::link_summary::SummaryRow;
 use crate::registry::links::{BlastRadius, LinkRow};
 use crate::registry::revocations::RevocationRow;
 use crate::registry::signers::SignerRow;
-use crate::revocation::Rotation;
+use crate::revocation::{Cancelled, Rotation};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
@@ -102,6 +102,7 @@ fn revocation_state(s: RevocationState) -> proto::RevocationState {
         RevocationState::Running => proto::RevocationState::Running,
         RevocationState::Succeeded => proto::RevocationState::Succeeded,
         RevocationState::Failed => proto::RevocationState::Failed,
+        RevocationState::Cancelled => proto::RevocationState::Cancelled,
     }
 }
 
@@ -166,12 +167,29 @@ pub fn rotation(r: Rotation) -> proto::Revocation {
 
 fn key_state(s: KeyState) -> proto::KeyState {
     match s {
-        // Pending keys were never listed as such: the API has no name for them.
-        KeyState::Pending => proto::KeyState::Unspecified,
+        KeyState::Pending => proto::KeyState::Pending,
         KeyState::Active => proto::KeyState::Active,
         KeyState::Retired => proto::KeyState::Retired,
         KeyState::Inactive => proto::KeyState::Inactive,
         KeyState::Deleted => proto::KeyState::Deleted,
+    }
+}
+
+pub fn cancelled(c: Cancelled) -> proto::CancelRevocationResponse {
+    proto::CancelRevocationResponse {
+        revocation: Some(revocation(c.revocation)),
+        live_keys: c.live_keys.iter().map(signing_key).collect(),
+    }
+}
+
+fn signing_key(k: &KeySummaryRow) -> proto::SigningKey {
+    proto::SigningKey {
+        key_id: k.key_id.clone(),
+        signer: k.signer.clone(),
+        state: key_state(k.state) as i32,
+        created_at: Some(timestamp(k.created_at)),
+        outstanding_links: k.outstanding_links as u64,
+        latest_expiry: k.latest_expiry.map(timestamp),
     }
 }
 
@@ -186,14 +204,7 @@ pub fn signers(
                 keys: keys
                     .iter()
                     .filter(|k| k.signer == s.name)
-                    .map(|k| proto::SigningKey {
-                        key_id: k.key_id.clone(),
-                        signer: k.signer.clone(),
-                        state: key_state(k.state) as i32,
-                        created_at: Some(timestamp(k.created_at)),
-                        outstanding_links: k.outstanding_links as u64,
-                        latest_expiry: k.latest_expiry.map(timestamp),
-                    })
+                    .map(signing_key)
                     .collect(),
                 name: s.name,
                 backend: s.backend,

@@ -1,29 +1,60 @@
 //! Background upkeep, every `--maintenance-interval-secs`: retries revocations
-//! left running by a retryable error, deactivates retired keys whose last link
-//! expired (GRACEFUL rotations), and folds the link roll-up.
+//! left running by a retryable error (each with its own backoff) and reports
+//! those still stuck (health detail, a metric), deactivates retired keys whose
+//! last link expired (GRACEFUL rotations; one failure does not stop the
+//! others), and folds the link roll-up.
 
+use crate::domain::SignerName;
+use crate::health::Readiness;
 use crate::keys::KeyManager;
 use crate::registry;
-use crate::revocation::Revocations;
+use crate::revocation::{Revocations, Stuck};
 use sqlx::PgPool;
+use std::collections::BTreeSet;
 use std::time::Duration;
 
-pub(super) async fn run(
-    pool: PgPool,
-    keys: KeyManager,
-    revocations: Revocations,
-    interval: Duration,
-) {
+pub(super) struct Upkeep {
+    pub pool: PgPool,
+    pub keys: KeyManager,
+    pub revocations: Revocations,
+    pub signers: Vec<SignerName>,
+    pub readiness: Readiness,
+    pub interval: Duration,
+}
+
+pub(super) async fn run(u: Upkeep) {
     loop {
-        tokio::time::sleep(interval).await;
-        if let Err(e) = revocations.resume_all().await {
-            tracing::warn!(error = %e, "resuming revocations");
+        tokio::time::sleep(u.interval).await;
+        match u.revocations.resume_all().await {
+            Ok(stuck) => report_stuck(&u.readiness, &u.signers, &stuck),
+            Err(e) => tracing::warn!(error = %e, "resuming revocations"),
         }
-        if let Err(e) = keys.sweep_retired_keys().await {
-            tracing::warn!(error = %e, "deactivating expired retired keys");
+        match u.keys.sweep_retired_keys().await {
+            Ok(swept) if !swept.failed.is_empty() => {
+                tracing::warn!(
+                    failed = swept.failed.len(),
+                    "some retired keys are still live; retried next time"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "deactivating expired retired keys"),
         }
-        if let Err(e) = registry::link_summary::fold(&pool).await {
+        if let Err(e) = registry::link_summary::fold(&u.pool).await {
             tracing::warn!(error = %e, "folding the link roll-up");
         }
     }
+}
+
+/// Names the stuck revocations in health answers and the metric.
+pub(super) fn report_stuck(readiness: &Readiness, signers: &[SignerName], stuck: &[Stuck]) {
+    let names: Vec<String> = signers.iter().map(|s| s.to_string()).collect();
+    let stuck_signers: BTreeSet<String> = stuck.iter().map(|s| s.signer.clone()).collect();
+    crate::metrics::set_stuck_revocations(&names, &stuck_signers);
+    readiness.set_degraded((!stuck.is_empty()).then(|| {
+        stuck
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+            .join("; ")
+    }));
 }

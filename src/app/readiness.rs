@@ -76,12 +76,14 @@ impl ReadinessTask {
         tokio::join!(
             self.follow_liveness(),
             self.keys.clone().follow_key_changes(names),
-            maintenance::run(
-                self.pool.clone(),
-                self.keys.clone(),
-                self.revocations.clone(),
-                self.maintenance_interval
-            ),
+            maintenance::run(maintenance::Upkeep {
+                pool: self.pool.clone(),
+                keys: self.keys.clone(),
+                revocations: self.revocations.clone(),
+                signers: self.signers.clone(),
+                readiness: self.readiness.clone(),
+                interval: self.maintenance_interval,
+            }),
         );
     }
 
@@ -89,11 +91,11 @@ impl ReadinessTask {
         if self.migrate {
             registry::migrate(&self.pool).await?;
         }
-        // A revocation interrupted by a crash finishes before anything is signed.
-        let unfinished = self.revocations.resume_all().await?;
-        if unfinished > 0 {
-            anyhow::bail!("{unfinished} revocation(s) could not be finished yet");
-        }
+        // A revocation interrupted by a crash is finished before anything is
+        // signed; one that cannot finish (its backend is down) harms only its
+        // signer: the others become ready, and the maintenance loop retries it.
+        let stuck = self.revocations.resume_all().await?;
+        maintenance::report_stuck(&self.readiness, &self.signers, &stuck);
         self.keys.load_active_keys().await?;
         for signer in &self.signers {
             self.keys.ensure_active_key(signer.as_str()).await?;

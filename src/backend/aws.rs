@@ -42,10 +42,9 @@ fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(
     };
     match (&e, code.as_deref()) {
         (_, Some("LimitExceeded")) => BackendError::LimitExceeded(text),
-        (SdkError::ServiceError(s), _) if s.raw().status().is_server_error() => {
-            BackendError::Unavailable(text)
+        (SdkError::ServiceError(s), code) => {
+            BackendError::from_http(s.raw().status().as_u16(), code, text)
         }
-        (SdkError::ServiceError(_), _) => BackendError::Refused(text),
         _ => BackendError::Unavailable(text),
     }
 }

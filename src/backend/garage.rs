@@ -67,11 +67,7 @@ impl GarageBackend {
         // Garage's error bodies are JSON messages without secrets.
         let text = resp.text().await.unwrap_or_default();
         let msg = format!("garage admin {endpoint}: HTTP {status}: {}", text.trim());
-        Err(if status.is_server_error() {
-            BackendError::Unavailable(msg)
-        } else {
-            BackendError::Refused(msg)
-        })
+        Err(BackendError::from_http(status.as_u16(), None, msg))
     }
 
     async fn bucket_id(&self, bucket: &str) -> Result<String, BackendError> {

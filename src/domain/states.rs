@@ -15,13 +15,14 @@ pub enum KeyState {
     Deleted,
 }
 
-/// A revocation's run: `running` until it `succeeded` or `failed`.
-/// (`CancelRevocation` is not built yet: no `cancelled` state exists.)
+/// A revocation's run: `running` until it `succeeded` or `failed`, or an
+/// admin `cancelled` it (CancelRevocation, for one stuck on an outage).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RevocationState {
     Running,
     Succeeded,
     Failed,
+    Cancelled,
 }
 
 /// How a rotation treats the old key.
@@ -71,6 +72,7 @@ named!(RevocationState {
     Running => "running",
     Succeeded => "succeeded",
     Failed => "failed",
+    Cancelled => "cancelled",
 });
 
 named!(RotationMode {

@@ -1,16 +1,81 @@
 //! Proving a new key usable before it signs anything: backends are eventually
-//! consistent (AWS IAM takes seconds to accept a new key), so a presigned probe is
-//! sent until the backend accepts it, with bounded retries.
+//! consistent (AWS IAM takes seconds to accept a new key), so a presigned probe
+//! (a GET of a missing object) is sent until the store accepts the key, with
+//! bounded retries. The answer is judged by the S3 error code in its XML body
+//! (`classify`), not by the status alone: under least privilege (s3:GetObject
+//! only) AWS answers a missing object with 403 AccessDenied, which proves the
+//! key valid. Garage's and AWS's answers: docs/ARCHITECTURE.md, "The new-key probe".
 
 use crate::signing::SigningKey;
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
-#[error("new key {key_id} was not accepted by the S3 endpoint after {attempts} attempts: {last}")]
+#[error("new key {key_id} was not accepted by the S3 endpoint after {attempts} attempt(s): {last}")]
 pub struct NotUsable {
     pub key_id: String,
     pub attempts: u32,
     pub last: String,
+}
+
+/// What one probe answer says about the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeAnswer {
+    /// The store authenticated the key (the object is missing, or was served).
+    Accepted,
+    /// The key is valid but may not list the bucket (AccessDenied for a missing
+    /// object): it can still sign what it is allowed to.
+    AcceptedNarrow,
+    /// Not (yet) known to the store, or the store is busy: retry with backoff.
+    NotYet(String),
+    /// It will not work by retrying (wrong region, clock, missing bucket,
+    /// a deactivated key): fail now, saying why.
+    Refused(String),
+}
+
+/// Judges a probe answer by its status and the `<Code>`/`<Message>` of the S3
+/// XML error body.
+pub fn classify(status: u16, body: &str) -> ProbeAnswer {
+    let code = xml_field(body, "Code").unwrap_or_default();
+    let message = xml_field(body, "Message").unwrap_or_default();
+    let what = || {
+        format!("HTTP {status} {code}: {message}")
+            .trim_end_matches(": ")
+            .to_owned()
+    };
+    match (status, code) {
+        (200..=299, _) | (404, "NoSuchKey") => ProbeAnswer::Accepted,
+        (404, "NoSuchBucket") => ProbeAnswer::Refused(what()),
+        (404, _) => ProbeAnswer::Accepted,
+        // AWS: not yet propagated (or a wrong secret, which retrying will not
+        // fix; the bounded attempts end it).
+        (403, "InvalidAccessKeyId" | "SignatureDoesNotMatch") => ProbeAnswer::NotYet(what()),
+        // Garage says AccessDenied for everything; its message tells the cases
+        // apart (see S3-ANSWERS: "No such key", "Invalid signature", "has expired").
+        (403, "AccessDenied") if message.starts_with("No such key") => ProbeAnswer::NotYet(what()),
+        (403, "AccessDenied") if message.starts_with("Invalid signature") => {
+            ProbeAnswer::NotYet(what())
+        }
+        (403, "AccessDenied")
+            if message.starts_with("Access key") && message.ends_with("has expired") =>
+        {
+            ProbeAnswer::Refused(format!("{}: the key is deactivated at the backend", what()))
+        }
+        (403, "AccessDenied") if message == "Request has expired" => {
+            ProbeAnswer::Refused(format!("{}: check this machine's clock", what()))
+        }
+        (403, "AccessDenied") => ProbeAnswer::AcceptedNarrow,
+        (403, _) => ProbeAnswer::NotYet(what()),
+        (429, _) | (500..=599, _) => ProbeAnswer::NotYet(what()),
+        (400..=499, _) => ProbeAnswer::Refused(what()),
+        _ => ProbeAnswer::NotYet(what()),
+    }
+}
+
+/// The text of the first `<name>` element (S3 error bodies are flat and small).
+fn xml_field<'a>(body: &'a str, name: &str) -> Option<&'a str> {
+    let start = body.find(&format!("<{name}>"))? + name.len() + 2;
+    let len = body[start..].find(&format!("</{name}>"))?;
+    Some(body[start..start + len].trim())
 }
 
 pub async fn verify_usable(
@@ -21,28 +86,151 @@ pub async fn verify_usable(
 ) -> Result<(), NotUsable> {
     let attempts = attempts.max(1);
     let mut last = String::new();
+    let not_usable = |attempts, last| NotUsable {
+        key_id: key.key_id.clone(),
+        attempts,
+        last,
+    };
     for attempt in 1..=attempts {
         match key.presign_probe(bucket).await {
-            Ok(url) => match http.head(&url).send().await {
-                Ok(r)
-                    if r.status().is_success() || r.status() == reqwest::StatusCode::NOT_FOUND =>
-                {
-                    return Ok(());
+            Ok(url) => match http.get(&url).send().await {
+                Ok(r) => {
+                    let status = r.status().as_u16();
+                    // Error bodies are small; a served object is not read.
+                    let body = if r.status().is_success() {
+                        String::new()
+                    } else {
+                        r.text().await.unwrap_or_default()
+                    };
+                    match classify(status, &body) {
+                        ProbeAnswer::Accepted => return Ok(()),
+                        ProbeAnswer::AcceptedNarrow => {
+                            tracing::info!(signer = %key.signer, key_id = %key.key_id, bucket,
+                                "new key accepted; it may not list the bucket (AccessDenied for a missing object): permissions are narrow");
+                            return Ok(());
+                        }
+                        ProbeAnswer::Refused(why) => return Err(not_usable(attempt, why)),
+                        ProbeAnswer::NotYet(why) => last = why,
+                    }
                 }
-                Ok(r) => last = format!("HTTP {}", r.status()),
                 Err(e) => last = format!("request failed: {}", e.without_url()),
             },
             Err(e) => last = e.to_string(),
         }
         if attempt < attempts {
             let backoff =
-                Duration::from_millis(100 * u64::from(attempt)).min(Duration::from_secs(2));
+                Duration::from_millis(100 * 2u64.pow(attempt.min(5))).min(Duration::from_secs(2));
             tokio::time::sleep(backoff).await;
         }
     }
-    Err(NotUsable {
-        key_id: key.key_id.clone(),
-        attempts,
-        last,
-    })
+    Err(not_usable(attempts, last))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(code: &str, message: &str) -> String {
+        format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code><Message>{message}</Message><Resource>/b/k</Resource><Region>garage</Region></Error>"
+        )
+    }
+
+    #[test]
+    fn a_missing_object_proves_the_key_on_garage_and_on_aws_with_list_permission() {
+        assert_eq!(
+            classify(404, &body("NoSuchKey", "Key not found")),
+            ProbeAnswer::Accepted
+        );
+        assert_eq!(classify(200, ""), ProbeAnswer::Accepted);
+    }
+
+    #[test]
+    fn access_denied_for_a_missing_object_means_a_valid_key_with_narrow_permissions() {
+        // AWS, a key without s3:ListBucket; Garage, a bucket not granted.
+        assert_eq!(
+            classify(403, &body("AccessDenied", "Access Denied")),
+            ProbeAnswer::AcceptedNarrow
+        );
+        assert_eq!(
+            classify(
+                403,
+                &body("AccessDenied", "Operation is not allowed for this key")
+            ),
+            ProbeAnswer::AcceptedNarrow
+        );
+    }
+
+    #[test]
+    fn an_unknown_key_or_a_bad_signature_is_not_usable_yet() {
+        // AWS: IAM has not propagated the key yet.
+        for code in ["InvalidAccessKeyId", "SignatureDoesNotMatch"] {
+            assert!(
+                matches!(classify(403, &body(code, "...")), ProbeAnswer::NotYet(_)),
+                "{code}"
+            );
+        }
+        // Garage's words for the same cases.
+        for message in [
+            "No such key: GK0123456789abcdef01234567",
+            "Invalid signature",
+        ] {
+            assert!(
+                matches!(
+                    classify(403, &body("AccessDenied", message)),
+                    ProbeAnswer::NotYet(_)
+                ),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn throttling_and_server_errors_are_retried() {
+        assert!(matches!(
+            classify(503, &body("SlowDown", "Reduce your request rate")),
+            ProbeAnswer::NotYet(_)
+        ));
+        assert!(matches!(classify(500, ""), ProbeAnswer::NotYet(_)));
+        assert!(matches!(classify(429, ""), ProbeAnswer::NotYet(_)));
+    }
+
+    #[test]
+    fn what_retrying_cannot_fix_is_refused_at_once_saying_why() {
+        let region = classify(
+            400,
+            &body(
+                "AuthorizationHeaderMalformed",
+                "unexpected scope 20250101/us-east-1/s3/aws4_request, expected: 20250101/garage/s3/aws4_request",
+            ),
+        );
+        assert!(
+            matches!(&region, ProbeAnswer::Refused(m) if m.contains("expected: 20250101/garage")),
+            "{region:?}"
+        );
+        assert!(matches!(
+            classify(400, &body("InvalidRequest", "Date is too old")),
+            ProbeAnswer::Refused(_)
+        ));
+        // A deactivated key: Garage's AccessDenied "has expired"; AWS's is
+        // InvalidAccessKeyId, indistinguishable from propagation (bounded retries).
+        assert!(matches!(
+            classify(
+                403,
+                &body(
+                    "AccessDenied",
+                    "Access key GK0123456789abcdef01234567 has expired"
+                )
+            ),
+            ProbeAnswer::Refused(_)
+        ));
+        assert!(matches!(
+            classify(403, &body("AccessDenied", "Request has expired")),
+            ProbeAnswer::Refused(_)
+        ));
+        assert!(matches!(
+            classify(404, &body("NoSuchBucket", "Bucket not found")),
+            ProbeAnswer::Refused(_)
+        ));
+    }
 }

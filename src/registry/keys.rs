@@ -159,7 +159,8 @@ pub async fn retired_without_outstanding_links(
     sqlx::query_as(AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM signing_keys k
          WHERE k.state = $1
-           AND NOT EXISTS (SELECT 1 FROM links l WHERE l.key_id = k.key_id AND l.expires_at > now())"
+           AND NOT EXISTS (SELECT 1 FROM links l WHERE l.key_id = k.key_id AND l.expires_at > now())
+         ORDER BY k.created_at"
     )))
     .bind(KeyState::Retired)
     .fetch_all(db)

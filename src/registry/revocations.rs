@@ -160,6 +160,17 @@ pub async fn add_revoked(db: impl PgExecutor<'_>, id: Uuid, n: i64) -> Result<()
 
 /// A step failed for good: the revocation stops here, with the failed step recorded.
 pub async fn fail(db: impl PgExecutor<'_>, id: Uuid, step: &StepRecord) -> Result<(), Error> {
+    finish(db, id, step, RevocationState::Failed).await
+}
+
+/// The revocation ends in `state` (failed, cancelled) with `step` recorded and
+/// its error as the revocation's.
+pub async fn finish(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    step: &StepRecord,
+    state: RevocationState,
+) -> Result<(), Error> {
     sqlx::query(
         "UPDATE revocations SET steps = steps || $2, state = $4, error = $3, finished_at = now()
          WHERE id = $1",
@@ -167,10 +178,10 @@ pub async fn fail(db: impl PgExecutor<'_>, id: Uuid, step: &StepRecord) -> Resul
     .bind(id)
     .bind(Json(vec![step]))
     .bind(&step.error)
-    .bind(RevocationState::Failed)
+    .bind(state)
     .execute(db)
     .await
-    .during("revocations::fail")
+    .during("revocations::finish")
     .map(|_| ())
 }
 

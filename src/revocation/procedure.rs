@@ -16,7 +16,38 @@ use crate::registry::revocations::{RevocationRow, StepRecord};
 use crate::registry::{self, links, revocations, signers};
 use chrono::Utc;
 use sqlx::PgConnection;
+use std::time::{Duration, Instant};
 use uuid::Uuid;
+
+/// The longest wait between two attempts at a stuck revocation.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
+
+/// When a revocation that failed on a retryable error is tried again.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Retry {
+    at: Instant,
+    delay: Duration,
+}
+
+/// A revocation that could not finish yet (its signer's issuance may pause;
+/// the others' does not).
+#[derive(Debug, Clone)]
+pub struct Stuck {
+    pub id: Uuid,
+    pub signer: String,
+    pub step: String,
+    pub error: String,
+}
+
+impl std::fmt::Display for Stuck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "signer {}: revocation {} stuck at {}: {}",
+            self.signer, self.id, self.step, self.error
+        )
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Advance {
@@ -140,18 +171,51 @@ impl Revocations {
         }
     }
 
-    /// Drives every running revocation (after a crash, or a step that must be
-    /// retried). Returns how many are still running.
-    pub async fn resume_all(&self) -> Result<usize, RevocationError> {
-        let mut still_running = 0;
+    /// Drives every running revocation that is due (after a crash, or a step
+    /// that must be retried: each waits twice as long after every failure, up
+    /// to `MAX_RETRY_DELAY`). Returns those still running: each harms only its
+    /// signer, and is reported (readiness detail, a metric, ListRevocations).
+    pub async fn resume_all(&self) -> Result<Vec<Stuck>, RevocationError> {
+        let mut stuck = Vec::new();
         for id in revocations::running_ids(&self.pool).await? {
-            tracing::info!(revocation_id = %id, "resuming revocation");
-            if let Err(e) = self.drive(id).await {
-                tracing::warn!(revocation_id = %id, error = %e, "revocation not finished yet");
-                still_running += 1;
+            let due = self
+                .retries
+                .lock()
+                .expect("retry lock")
+                .get(&id)
+                .is_none_or(|r| r.at <= Instant::now());
+            if due {
+                tracing::info!(revocation_id = %id, "resuming revocation");
+                match self.drive(id).await {
+                    Ok(_) => {
+                        self.retries.lock().expect("retry lock").remove(&id);
+                        continue;
+                    }
+                    Err(e) => {
+                        let mut retries = self.retries.lock().expect("retry lock");
+                        let r = retries.entry(id).or_insert(Retry {
+                            at: Instant::now(),
+                            delay: Duration::from_millis(500),
+                        });
+                        r.delay = (r.delay * 2).min(MAX_RETRY_DELAY);
+                        r.at = Instant::now() + r.delay;
+                        tracing::warn!(revocation_id = %id, error = %e, retry_in_ms = r.delay.as_millis() as u64,
+                            "revocation not finished yet");
+                    }
+                }
+            }
+            if let Some(row) = revocations::get(&self.pool, id).await?
+                && row.state == RevocationState::Running
+            {
+                stuck.push(Stuck {
+                    id,
+                    signer: row.signer,
+                    step: row.next_step,
+                    error: row.error.unwrap_or_default(),
+                });
             }
         }
-        Ok(still_running)
+        Ok(stuck)
     }
 
     async fn create_key(
@@ -194,7 +258,14 @@ impl Revocations {
         // commit first, later ones see it inactive).
         self.keys
             .deactivate(&mut *tx, &row.signer, old, Some(row.id))
-            .await?;
+            .await
+            .map_err(|e| match StepError::from(e) {
+                StepError::Fatal(why) => StepError::Fatal(format!(
+                    "{why}. Key {old} is STILL LIVE: its links keep working. Once the cause is fixed, \
+                     kill it with KeyService.RevokeKey(key_id={old}) (`presignctl revoke --key {old} --reason ...`)"
+                )),
+                retry => retry,
+            })?;
         if mode == RotationMode::Emergency {
             signers::set_paused(&mut *tx, &row.signer, true).await?;
         }

@@ -1,6 +1,7 @@
 //! Starting a rotation (after computing its plan), and reading revocations back.
 
 use super::{RevocationError, Revocations, Step, steps};
+use crate::domain::KeyState;
 use crate::domain::{FieldError, RevocationState, RotationMode, SignerName};
 use crate::registry::blast_radius::{self, BlastRadius};
 use crate::registry::revocations::{self, NewRevocation, RevocationRow};
@@ -22,6 +23,25 @@ pub struct RotateRequest {
     pub expected_key_id: Option<String>,
     pub dry_run: bool,
     pub requested_by: String,
+}
+
+/// RevokeKey: any live key, by id.
+pub struct RevokeKeyRequest {
+    pub key_id: String,
+    pub reason: String,
+    pub dry_run: bool,
+    pub requested_by: String,
+}
+
+/// What a revocation starts from: a signer's active key (RotateKey), or one
+/// key by id (RevokeKey).
+enum Target {
+    Signer {
+        signer: SignerName,
+        mode: RotationMode,
+        expected_key_id: Option<String>,
+    },
+    Key(String),
 }
 
 pub enum Rotation {
@@ -59,16 +79,74 @@ impl Revocations {
         Ok(blast_radius::compute(&mut tx, &key.key_id, &key.signer).await?)
     }
 
-    /// Plans, records and runs a rotation to its end (or to a step that must be
-    /// retried later: the report then says RUNNING, with the error).
-    pub async fn rotate(&self, req: RotateRequest) -> Result<Rotation, RevocationError> {
-        let id = match self.start(req).await? {
+    /// Plans, records and runs a rotation. All of it runs in a task of its own
+    /// (`run`): the caller going away cuts no step.
+    pub async fn rotate(
+        &self,
+        req: RotateRequest,
+        detach: bool,
+    ) -> Result<Rotation, RevocationError> {
+        let this = self.clone();
+        self.run(detach, async move { this.start(req).await }).await
+    }
+
+    /// RevokeKey: deactivates a live key now. A retired key: one step
+    /// (deactivate); the active key: rotated first as REVOKE does.
+    pub async fn revoke_key(
+        &self,
+        req: RevokeKeyRequest,
+        detach: bool,
+    ) -> Result<Rotation, RevocationError> {
+        let this = self.clone();
+        let start = async move {
+            this.start_target(
+                Target::Key(req.key_id),
+                &req.reason,
+                &req.requested_by,
+                req.dry_run,
+            )
+            .await
+        };
+        self.run(detach, start).await
+    }
+
+    /// Starts (plans and records) and drives a revocation in a task of its
+    /// own, to its end or to a step that must be retried later (the report
+    /// then says RUNNING, with the error). The caller waits for the start;
+    /// then, unless `detach`, for the end.
+    async fn run(
+        &self,
+        detach: bool,
+        start: impl Future<Output = Result<Rotation, RevocationError>> + Send + 'static,
+    ) -> Result<Rotation, RevocationError> {
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+        let this = self.clone();
+        let task = tokio::spawn(async move {
+            let started = start.await;
+            let ran = match &started {
+                Ok(Rotation::Ran(row)) => Some(row.id),
+                _ => None,
+            };
+            let _ = started_tx.send(started);
+            let Some(id) = ran else {
+                return;
+            };
+            // Counted in the metrics where it finishes (procedure.rs), whoever
+            // drives it: here, or the maintenance loop after a retry.
+            if let Err(e) = this.drive(id).await {
+                // Left running: the maintenance loop retries it.
+                tracing::warn!(revocation_id = %id, error = %e, "revocation paused on a retryable error");
+            }
+        });
+        let started = started_rx
+            .await
+            .map_err(|_| anyhow::anyhow!("the revocation task ended before it was recorded"))??;
+        let id = match started {
             dry_run @ Rotation::DryRun { .. } => return Ok(dry_run),
             Rotation::Ran(row) => row.id,
         };
-        if let Err(e) = self.drive(id).await {
-            // Left running: the maintenance loop retries it.
-            tracing::warn!(revocation_id = %id, error = %e, "revocation paused on a retryable error");
+        if !detach && let Err(e) = task.await {
+            tracing::error!(revocation_id = %id, error = %e, "the revocation task ended abnormally");
         }
         let row = self.get(id).await?;
         if row.state == RevocationState::Failed {
@@ -83,11 +161,38 @@ impl Revocations {
     }
 
     /// Plans and records a rotation without running any step (`try_advance` runs
-    /// them). Serialized per signer: the signer's row lock is held while the plan is
-    /// computed and the revocation recorded; at most one runs per signer.
+    /// them).
     pub async fn start(&self, req: RotateRequest) -> Result<Rotation, RevocationError> {
-        let reason = validate_reason(&req.reason)?;
-        let signer = req.signer.as_str();
+        let target = Target::Signer {
+            signer: req.signer,
+            mode: req.mode,
+            expected_key_id: req.expected_key_id,
+        };
+        self.start_target(target, &req.reason, &req.requested_by, req.dry_run)
+            .await
+    }
+
+    /// Serialized per signer: the signer's row lock is held while the target
+    /// key is checked, the plan computed and the revocation recorded; at most
+    /// one runs per signer.
+    async fn start_target(
+        &self,
+        target: Target,
+        reason: &str,
+        requested_by: &str,
+        dry_run: bool,
+    ) -> Result<Rotation, RevocationError> {
+        let reason = validate_reason(reason)?;
+        let signer = match &target {
+            Target::Signer { signer, .. } => signer.as_str().to_owned(),
+            Target::Key(key_id) => {
+                keys::get(&self.pool, key_id)
+                    .await?
+                    .ok_or_else(|| RevocationError::UnknownKey(key_id.clone()))?
+                    .signer
+            }
+        };
+        let signer = signer.as_str();
         let mut tx = registry::begin(&self.pool).await?;
         signers::lock(&mut *tx, signer)
             .await?
@@ -98,21 +203,43 @@ impl Revocations {
                 signer: signer.to_owned(),
             });
         }
-        let old = keys::active_for_signer(&mut *tx, signer).await?;
-        if let Some(expected) = &req.expected_key_id {
-            let actual = old
-                .as_ref()
-                .map(|k| k.key_id.clone())
-                .unwrap_or_else(|| "(none)".into());
-            if &actual != expected {
-                return Err(RevocationError::ExpectedKeyMismatch {
-                    signer: signer.to_owned(),
-                    expected: expected.clone(),
-                    actual,
-                });
+        let (mode, old_key_id, steps) = match target {
+            Target::Signer {
+                mode,
+                expected_key_id,
+                ..
+            } => {
+                let old = keys::active_for_signer(&mut *tx, signer).await?;
+                if let Some(expected) = expected_key_id {
+                    let actual = old
+                        .as_ref()
+                        .map(|k| k.key_id.clone())
+                        .unwrap_or_else(|| "(none)".into());
+                    if actual != expected {
+                        return Err(RevocationError::ExpectedKeyMismatch {
+                            signer: signer.to_owned(),
+                            expected,
+                            actual,
+                        });
+                    }
+                }
+                let old_key_id = old.map(|k| k.key_id);
+                (mode, old_key_id.clone(), steps(mode, old_key_id.is_some()))
             }
-        }
-        let old_key_id = old.map(|k| k.key_id);
+            Target::Key(key_id) => {
+                // Read again under the signer's lock: no rotation moves it now.
+                let key = keys::get(&mut *tx, &key_id)
+                    .await?
+                    .ok_or_else(|| RevocationError::UnknownKey(key_id.clone()))?;
+                let mode = RotationMode::Revoke;
+                let steps = match key.state {
+                    KeyState::Active => steps(mode, true),
+                    KeyState::Retired => vec![Step::DeactivateOld],
+                    state => return Err(RevocationError::KeyNotLive { key_id, state }),
+                };
+                (mode, Some(key_id), steps)
+            }
+        };
         let radius = match &old_key_id {
             Some(key_id) => blast_radius::compute(&mut tx, key_id, signer).await?,
             None => BlastRadius {
@@ -121,11 +248,10 @@ impl Revocations {
                 ..Default::default()
             },
         };
-        let steps = steps(req.mode, old_key_id.is_some());
-        if req.dry_run {
+        if dry_run {
             return Ok(Rotation::DryRun {
                 signer: signer.to_owned(),
-                mode: req.mode,
+                mode,
                 old_key_id,
                 blast_radius: Box::new(radius),
                 steps,
@@ -137,8 +263,8 @@ impl Revocations {
             &NewRevocation {
                 id,
                 signer,
-                mode: req.mode,
-                requested_by: &req.requested_by,
+                mode,
+                requested_by,
                 reason: &reason,
                 old_key_id: old_key_id.as_deref(),
                 first_step: steps.first().copied().unwrap_or(Step::Done).as_str(),
@@ -148,7 +274,7 @@ impl Revocations {
         .await?;
         registry::commit(tx).await?;
         tracing::warn!(
-            revocation_id = %id, signer, mode = req.mode.as_str(), requested_by = %req.requested_by,
+            revocation_id = %id, signer, mode = mode.as_str(), requested_by = %requested_by,
             old_key_id = old_key_id.as_deref().unwrap_or("-"), outstanding_links = radius.outstanding_links,
             "revocation started"
         );
@@ -162,7 +288,7 @@ impl Revocations {
     }
 }
 
-fn validate_reason(reason: &str) -> Result<String, FieldError> {
+pub(super) fn validate_reason(reason: &str) -> Result<String, FieldError> {
     let reason = reason.trim();
     if reason.is_empty() {
         return Err(FieldError::new(

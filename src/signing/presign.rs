@@ -148,14 +148,17 @@ impl SigningKey {
 
     /// A presigned HEAD of a probe object in `bucket`: the backend answers 200 or
     /// 404 if it accepts this key, 403 if it does not.
+    /// A presigned GET of an object that does not exist: the answer's body
+    /// says why a key is refused (a HEAD answer has no body), and no object is
+    /// read.
     pub async fn presign_probe(&self, bucket: &str) -> Result<String, SignError> {
         let config = PresigningConfig::expires_in(std::time::Duration::from_secs(60))
             .map_err(|e| SignError::Presign(e.to_string()))?;
         let request = self
             .client
-            .head_object()
+            .get_object()
             .bucket(bucket)
-            .key(".presignd-probe")
+            .key(".presignd-probe-missing-object")
             .presigned(config)
             .await
             .map_err(|e| SignError::Presign(DisplayErrorContext(e).to_string()))?;

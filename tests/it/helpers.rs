@@ -491,6 +491,7 @@ pub fn rotate_req(
         reason: "integration test: suspected leak".into(),
         expected_key_id: expected.into(),
         dry_run: false,
+        detach: false,
     }
 }
 

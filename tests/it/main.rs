@@ -12,6 +12,7 @@ mod deploy_files;
 mod fixture;
 mod health;
 mod helpers;
+mod incident;
 mod issue_link;
 mod layering;
 mod link_paging;

@@ -153,3 +153,136 @@ async fn wait_ready_says_when_nothing_answers() {
     assert!(err.contains("did not answer within 1s"), "{err}");
     assert!(err.contains("cannot connect to presignd"), "{err}");
 }
+
+async fn ctl(app: &TestApp, token: &str, args: &[&str]) -> (i32, String, String) {
+    let out = presignctl(app, token, args, None).await;
+    (out.code, out.stdout, out.stderr)
+}
+
+async fn presignctl_at(endpoint: &str, token: &str, args: &[&str]) -> (i32, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_presignctl"))
+        .args(args)
+        .env("PRESIGND_ENDPOINT", endpoint)
+        .env("PRESIGND_TOKEN", token)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .expect("presignctl runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `rotate` and `revoke` exit with one code per outcome: 0 succeeded, 2
+/// failed, 3 still running, 4 refused, 5 unreachable; `lookup` prints the
+/// revoke command; `--wait` prints each step.
+#[sqlx::test]
+async fn revoke_and_rotate_exit_codes_say_the_outcome(pool: PgPool) {
+    use crate::helpers::Proxy;
+    use presignd::backend::KeyBackend;
+    let target: std::net::SocketAddr = env("GARAGE_ADMIN_URL")
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+    let proxy = Proxy::start(target).await;
+    let admin = format!("--garage-admin-url=http://{}", proxy.addr);
+    let mut app = spawn_app_with(test_config(&[&admin]), (*pool.connect_options()).clone()).await;
+    app.wait_for(tonic_health::pb::health_check_response::ServingStatus::Serving)
+        .await;
+    let link = app
+        .issue(link_request(&buckets()[0], "k", Method::Get, 600))
+        .await
+        .unwrap();
+    let key = link.link.as_ref().unwrap().key_id.clone();
+    let (code, out, err) = ctl(&app, TOKEN, &["lookup", &link.url]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&format!("presignctl revoke --key {key} --reason")),
+        "{out}"
+    );
+
+    let rotate = [
+        "rotate", "--signer", "default", "--mode", "graceful", "--reason", "r", "--yes", "--wait",
+    ];
+    let (code, out, err) = ctl(&app, TOKEN, &rotate).await;
+    assert_eq!(code, 0, "{err}");
+    for step in ["create_key", "verify_key", "activate_key"] {
+        assert!(out.contains(&format!("step {step}")), "{out}");
+    }
+    let revoke = [
+        "revoke", "--key", &key, "--reason", "leak", "--yes", "--wait",
+    ];
+    let (code, out, err) = ctl(&app, TOKEN, &revoke).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("step deactivate_old_key") && out.contains("SUCCEEDED"),
+        "{out}"
+    );
+    assert_eq!(try_link(&app.http, &link).await, StatusCode::FORBIDDEN);
+
+    // Refused: the key is dead already; a caller who is no admin.
+    let (code, _, err) = ctl(&app, TOKEN, &revoke).await;
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("inactive"), "{err}");
+    let (code, _, err) = ctl(&app, TOKEN_B, &revoke).await;
+    assert_eq!(code, 4, "{err}");
+
+    // Failed: the backend refuses to deactivate a key it no longer knows.
+    let (code, _, err) = ctl(&app, TOKEN, &rotate).await;
+    assert_eq!(code, 0, "{err}");
+    let retired: String =
+        sqlx::query_scalar("SELECT key_id FROM signing_keys WHERE state = 'retired'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    garage_backend()
+        .delete_key("default", &retired)
+        .await
+        .unwrap();
+    let (code, out, err) = ctl(
+        &app,
+        TOKEN,
+        &["revoke", "--key", &retired, "--reason", "leak", "--yes"],
+    )
+    .await;
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        err.contains("FAILED") && err.contains(&format!("revoke --key {retired}")),
+        "{err}"
+    );
+
+    // Still running: the admin API is down.
+    let addr = proxy.stop().await;
+    let (code, out, err) = ctl(
+        &app,
+        TOKEN,
+        &[
+            "rotate",
+            "--signer",
+            "default",
+            "--mode",
+            "revoke",
+            "--reason",
+            "r",
+            "--yes",
+            "--wait",
+            "--timeout-secs",
+            "2",
+        ],
+    )
+    .await;
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(out.contains("retrying: create_key"), "{out}");
+    assert!(err.contains("still RUNNING"), "{err}");
+    let _back = Proxy::serve(tokio::net::TcpListener::bind(addr).await.unwrap(), target);
+
+    // Unreachable: nothing listens there.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let (code, _, err) = presignctl_at(&endpoint, TOKEN, &revoke).await;
+    assert_eq!(code, 5, "{err}");
+}

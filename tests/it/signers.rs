@@ -10,7 +10,7 @@ use presignd::proto::{
 use reqwest::StatusCode;
 use sqlx::PgPool;
 
-const POLICY: &str = r#"
+pub const POLICY: &str = r#"
 [callers.it-caller]
 role = "admin"
 signer = "default"
@@ -86,6 +86,7 @@ async fn revoking_one_signer_leaves_the_other_callers_links_working(pool: PgPool
             reason: "caller b's key leaked".into(),
             expected_key_id: plan.key_id.clone(),
             dry_run: false,
+            detach: false,
         })
         .await;
     assert_eq!(

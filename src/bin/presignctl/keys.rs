@@ -8,6 +8,7 @@ use presignd::proto::{
 };
 use serde_json::{Value, json};
 use std::io::{BufRead, IsTerminal, Write};
+use std::time::{Duration, Instant};
 
 #[derive(Args)]
 pub struct PlanArgs {
@@ -42,12 +43,38 @@ pub struct RotateArgs {
     /// plan shown to you was computed for).
     #[arg(long)]
     expected_key: Option<String>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Args)]
+pub struct RevokeArgs {
+    /// The key to deactivate (`presignctl lookup` names it for a leaked URL).
+    #[arg(long)]
+    key: String,
+    /// Why (recorded in the revocation).
+    #[arg(long)]
+    reason: String,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+/// How `rotate` and `revoke` run and report.
+#[derive(Args)]
+pub struct RunArgs {
     /// Show the plan and stop.
     #[arg(long)]
     dry_run: bool,
     /// Do not ask for confirmation.
     #[arg(long)]
     yes: bool,
+    /// Print each step as it finishes.
+    #[arg(long)]
+    wait: bool,
+    /// Stop following after this long (exit 3 if it is still running: the
+    /// server finishes it by itself).
+    #[arg(long, default_value_t = 120)]
+    timeout_secs: u64,
 }
 
 type Interceptor =
@@ -128,6 +155,7 @@ fn state_name(s: i32) -> &'static str {
         Ok(proto::RevocationState::Running) => "RUNNING",
         Ok(proto::RevocationState::Succeeded) => "SUCCEEDED",
         Ok(proto::RevocationState::Failed) => "FAILED",
+        Ok(proto::RevocationState::Cancelled) => "CANCELLED",
         _ => "UNKNOWN",
     }
 }
@@ -252,7 +280,7 @@ pub async fn plan(cli: &Conn, args: PlanArgs) -> anyhow::Result<()> {
 }
 
 pub async fn rotate(cli: &Conn, args: RotateArgs) -> anyhow::Result<()> {
-    let mut client = client(cli).await?;
+    let mut client = client(cli).await.map_err(unreachable)?;
     let mode = match args.mode {
         ModeArg::Graceful => proto::RotationMode::Graceful,
         ModeArg::Revoke => proto::RotationMode::Revoke,
@@ -264,59 +292,228 @@ pub async fn rotate(cli: &Conn, args: RotateArgs) -> anyhow::Result<()> {
         reason: args.reason,
         expected_key_id: args.expected_key.unwrap_or_default(),
         dry_run: true,
+        detach: true,
     };
     let plan = client
         .rotate_key(req.clone())
         .await
-        .map_err(status_error)?
+        .map_err(refused)?
         .into_inner();
-    if args.dry_run {
-        if cli.json {
-            println!("{}", revocation_json(&plan))
-        } else {
-            print_revocation(&plan)
-        }
+    let question = format!(
+        "Rotate signer {} in mode {} now? Type the signer's name to confirm: ",
+        args.signer,
+        mode.as_str_name()
+    );
+    if !confirmed(cli, &args.run, &plan, &question, &args.signer)? {
         return Ok(());
-    }
-    if !args.yes {
-        if cli.json || !std::io::stdin().is_terminal() {
-            bail!("refusing to rotate without --yes when not asking a person at a terminal");
-        }
-        print_revocation(&plan);
-        print!(
-            "\nRotate signer {} in mode {} now? Type the signer's name to confirm: ",
-            args.signer,
-            mode.as_str_name()
-        );
-        std::io::stdout().flush()?;
-        let mut answer = String::new();
-        std::io::stdin().lock().read_line(&mut answer)?;
-        if answer.trim() != args.signer {
-            bail!("not confirmed; nothing was done");
-        }
     }
     // Rotate the key the plan was computed for, and no other.
     req.dry_run = false;
     req.expected_key_id = plan.old_key_id.clone();
-    let report = client
-        .rotate_key(req)
+    let started = client.rotate_key(req).await.map_err(refused)?.into_inner();
+    follow(cli, &mut client, started, &args.run).await
+}
+
+pub async fn revoke(cli: &Conn, args: RevokeArgs) -> anyhow::Result<()> {
+    let mut client = client(cli).await.map_err(unreachable)?;
+    let mut req = proto::RevokeKeyRequest {
+        key_id: args.key.clone(),
+        reason: args.reason,
+        dry_run: true,
+        detach: true,
+    };
+    let plan = client
+        .revoke_key(req.clone())
         .await
-        .map_err(status_error)?
+        .map_err(refused)?
         .into_inner();
-    if cli.json {
-        println!("{}", revocation_json(&report))
-    } else {
-        print_revocation(&report)
+    let question = format!(
+        "Deactivate key {} now (every link it signed dies)? Type the key id to confirm: ",
+        args.key
+    );
+    if !confirmed(cli, &args.run, &plan, &question, &args.key)? {
+        return Ok(());
     }
-    if report.state != proto::RevocationState::Succeeded as i32 {
-        bail!(
-            "revocation {} is {}: {}",
-            report.id,
-            state_name(report.state),
-            report.error
+    req.dry_run = false;
+    let started = client.revoke_key(req).await.map_err(refused)?.into_inner();
+    follow(cli, &mut client, started, &args.run).await
+}
+
+/// Shows the plan and asks for `answer` typed back, unless `--yes` (or
+/// `--dry-run`: then only the plan is shown, and false is returned).
+fn confirmed(
+    cli: &Conn,
+    run: &RunArgs,
+    plan: &proto::Revocation,
+    question: &str,
+    answer: &str,
+) -> anyhow::Result<bool> {
+    if run.dry_run {
+        if cli.json {
+            println!("{}", revocation_json(plan))
+        } else {
+            print_revocation(plan)
+        }
+        return Ok(false);
+    }
+    if run.yes {
+        return Ok(true);
+    }
+    if cli.json || !std::io::stdin().is_terminal() {
+        bail!("refusing to act without --yes when not asking a person at a terminal");
+    }
+    print_revocation(plan);
+    print!("\n{question}");
+    std::io::stdout().flush()?;
+    let mut typed = String::new();
+    std::io::stdin().lock().read_line(&mut typed)?;
+    if typed.trim() != answer {
+        bail!("not confirmed; nothing was done");
+    }
+    Ok(true)
+}
+
+/// Follows a started revocation with GetRevocation until it ends or
+/// `--timeout-secs` pass; with `--wait`, prints each step as it finishes.
+/// The exit code says the outcome (see `Exit`).
+async fn follow(
+    cli: &Conn,
+    client: &mut Client,
+    mut r: proto::Revocation,
+    run: &RunArgs,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(run.timeout_secs);
+    let (mut shown, mut last_error) = (0, String::new());
+    loop {
+        if run.wait {
+            for s in r.steps.iter().skip(shown) {
+                print_step(cli, s);
+            }
+            shown = r.steps.len();
+            if r.state == proto::RevocationState::Running as i32
+                && !r.error.is_empty()
+                && r.error != last_error
+            {
+                if cli.json {
+                    println!("{}", json!({"retrying": r.error}));
+                } else {
+                    println!("  retrying: {}", r.error);
+                }
+                last_error = r.error.clone();
+            }
+        }
+        let state = proto::RevocationState::try_from(r.state).unwrap_or_default();
+        let running = state == proto::RevocationState::Running;
+        if !running || Instant::now() >= deadline {
+            if cli.json {
+                println!("{}", revocation_json(&r))
+            } else {
+                print_revocation(&r)
+            }
+        }
+        match state {
+            proto::RevocationState::Succeeded => return Ok(()),
+            proto::RevocationState::Running if Instant::now() < deadline => {}
+            proto::RevocationState::Running => {
+                return Err(Exit::still_running(format!(
+                    "revocation {} is still RUNNING after {}s{}; the server resumes it by itself: follow it with `presignctl revocations {}`",
+                    r.id,
+                    run.timeout_secs,
+                    if r.error.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (last error: {})", r.error)
+                    },
+                    r.id
+                )));
+            }
+            _ => {
+                return Err(Exit::failed(format!(
+                    "revocation {} is {}: {}",
+                    r.id,
+                    state_name(r.state),
+                    r.error
+                )));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        r = client
+            .get_revocation(proto::GetRevocationRequest { id: r.id.clone() })
+            .await
+            .map_err(refused)?
+            .into_inner();
+    }
+}
+
+fn print_step(cli: &Conn, s: &proto::Step) {
+    if cli.json {
+        println!(
+            "{}",
+            json!({"step": s.name, "started_at": ts(&s.started_at), "finished_at": ts(&s.finished_at), "error": s.error})
+        );
+    } else if s.error.is_empty() {
+        println!("  step {:<20} done at {}", s.name, ts(&s.finished_at));
+    } else {
+        println!(
+            "  step {:<20} FAILED at {}: {}",
+            s.name,
+            ts(&s.finished_at),
+            s.error
         );
     }
-    Ok(())
+}
+
+/// The exit code of `rotate` and `revoke`, by outcome (documented in
+/// `--help` and the README): 0 succeeded, 2 failed (or cancelled), 3 still
+/// running (the server resumes it), 4 refused (permission or precondition),
+/// 5 presignd unreachable; 1 anything else (usage, not confirmed).
+#[derive(Debug)]
+pub struct Exit {
+    pub code: i32,
+    message: String,
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Exit {}
+
+impl Exit {
+    fn failed(message: String) -> anyhow::Error {
+        Self { code: 2, message }.into()
+    }
+
+    fn still_running(message: String) -> anyhow::Error {
+        Self { code: 3, message }.into()
+    }
+}
+
+/// A gRPC refusal: 4 for permission or precondition, 5 when presignd cannot
+/// be reached.
+fn refused(s: tonic::Status) -> anyhow::Error {
+    use tonic::Code::*;
+    let code = match s.code() {
+        PermissionDenied | Unauthenticated | FailedPrecondition | NotFound | InvalidArgument
+        | AlreadyExists | OutOfRange => 4,
+        Unavailable | DeadlineExceeded => 5,
+        _ => 1,
+    };
+    Exit {
+        code,
+        message: status_error(s).to_string(),
+    }
+    .into()
+}
+
+fn unreachable(e: anyhow::Error) -> anyhow::Error {
+    Exit {
+        code: 5,
+        message: format!("{e:#}"),
+    }
+    .into()
 }
 
 pub async fn revocations(
@@ -356,6 +553,44 @@ pub async fn revocations(
             print_revocation(r);
             println!();
         }
+    }
+    Ok(())
+}
+
+pub async fn cancel(cli: &Conn, id: String, reason: String) -> anyhow::Result<()> {
+    let resp = client(cli)
+        .await
+        .map_err(unreachable)?
+        .cancel_revocation(proto::CancelRevocationRequest { id, reason })
+        .await
+        .map_err(refused)?
+        .into_inner();
+    let r = resp.revocation.unwrap_or_default();
+    if cli.json {
+        let live: Vec<Value> = resp
+            .live_keys
+            .iter()
+            .map(|k| json!({"key_id": k.key_id, "state": key_state(k.state), "outstanding_links": k.outstanding_links}))
+            .collect();
+        println!(
+            "{}",
+            json!({"revocation": revocation_json(&r), "live_keys": live})
+        );
+        return Ok(());
+    }
+    print_revocation(&r);
+    println!("\nKeys of signer {} live at the backend now:", r.signer);
+    if resp.live_keys.is_empty() {
+        println!("  none: issuance for this signer is paused until a rotation gives it a key");
+    }
+    for k in &resp.live_keys {
+        println!(
+            "  {:<28} {:<8} {:>8} outstanding links   (kill: presignctl revoke --key {} --reason '...')",
+            k.key_id,
+            key_state(k.state),
+            k.outstanding_links,
+            k.key_id
+        );
     }
     Ok(())
 }

@@ -322,7 +322,7 @@ pub async fn lookup(conn: &Conn, as_json: bool, args: LookupArgs) -> anyhow::Res
         });
         println!(
             "{}",
-            json!({ "link": link_json(&link), "blast_radius": radius })
+            json!({ "link": link_json(&link), "blast_radius": radius, "revoke_command": revoke_command(&link) })
         );
         return Ok(());
     }
@@ -353,5 +353,22 @@ pub async fn lookup(conn: &Conn, as_json: bool, args: LookupArgs) -> anyhow::Res
     println!("  top buckets        {}", counts(&r.top_buckets));
     println!("  top callers        {}", counts(&r.top_callers));
     println!("  sample links       {}", r.sample_link_ids.join(", "));
+    match revoke_command(&link) {
+        Some(cmd) => println!(
+            "\nto kill this link (and every link of key {}) now:\n  {cmd}",
+            link.key_id
+        ),
+        None => println!("\nthis link is dead already: its key is deactivated"),
+    }
     Ok(())
+}
+
+/// The command that kills a live link's key (None once the link is revoked).
+fn revoke_command(link: &proto::Link) -> Option<String> {
+    (link.state != proto::LinkState::Revoked as i32).then(|| {
+        format!(
+            "presignctl revoke --key {} --reason 'leaked link {}'",
+            link.key_id, link.id
+        )
+    })
 }

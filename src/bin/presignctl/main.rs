@@ -92,7 +92,19 @@ enum Cmd {
     /// What breaks if a key is deactivated: the blast radius (admins).
     Plan(keys::PlanArgs),
     /// Rotate a signer's key: shows the plan, asks, rotates, reports (admins).
+    #[command(after_help = EXIT_CODES)]
     Rotate(keys::RotateArgs),
+    /// Deactivate one key now, whatever its state: the incident path after
+    /// `lookup` (a retired key dies at once; the active one is replaced first,
+    /// so issuance never pauses). Shows the plan, asks, revokes, reports (admins).
+    #[command(after_help = EXIT_CODES)]
+    Revoke(keys::RevokeArgs),
+    /// Abandon a revocation stuck on an outage; prints the keys live afterwards (admins).
+    CancelRevocation {
+        id: String,
+        #[arg(long)]
+        reason: String,
+    },
     /// The audit trail, newest first: admin calls and denied requests (admins).
     Audit(audit::AuditArgs),
     /// One revocation by id, or the latest ones (admins).
@@ -102,6 +114,11 @@ enum Cmd {
         signer: Option<String>,
     },
 }
+
+const EXIT_CODES: &str = "Exit codes: 0 succeeded; 2 failed or cancelled (the report says which step and \
+what is live); 3 still running after --timeout-secs (the server resumes it: follow it with \
+`presignctl revocations ID`); 4 refused (permission, precondition, unknown signer or key); \
+5 presignd unreachable; 1 anything else (bad arguments, not confirmed).";
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
@@ -114,7 +131,7 @@ async fn main() {
     let cli = Cli::parse();
     if let Err(e) = run(cli).await {
         eprintln!("presignctl: {e:#}");
-        std::process::exit(1);
+        std::process::exit(e.downcast_ref::<keys::Exit>().map_or(1, |e| e.code));
     }
 }
 
@@ -158,6 +175,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Audit(args) => audit::audit(conn, args).await,
         Cmd::Plan(args) => keys::plan(conn, args).await,
         Cmd::Rotate(args) => keys::rotate(conn, args).await,
+        Cmd::Revoke(args) => keys::revoke(conn, args).await,
+        Cmd::CancelRevocation { id, reason } => keys::cancel(conn, id, reason).await,
         Cmd::Revocations { id, signer } => keys::revocations(conn, id, signer).await,
         Cmd::Issue {
             bucket,
