@@ -9,6 +9,7 @@ mod aws_backend;
 mod credentials;
 mod dashboards;
 mod deploy_files;
+mod error_details;
 mod fixture;
 mod health;
 mod helpers;
