@@ -132,10 +132,8 @@ impl Issuer {
                 .active_key(signer)
                 .ok_or_else(|| IssueError::NoActiveKey(signer.to_owned()))?;
             let issued = now_in_seconds();
-            let presigned = key.presign(&spec, issued).await?;
-            let signature = presigned.signature().ok_or_else(|| {
-                SignError::Presign("no X-Amz-Signature in the presigned URL".into())
-            })?;
+            let presigned = key.presign(&spec, issued)?;
+            let signature = presigned.signature();
             let issued_at: DateTime<Utc> = issued.into();
             let row = NewLink {
                 id: Uuid::now_v7(),

@@ -92,7 +92,7 @@ pub async fn verify_usable(
         last,
     };
     for attempt in 1..=attempts {
-        match key.presign_probe(bucket).await {
+        match key.presign_probe(bucket) {
             Ok(url) => match http.get(&url).send().await {
                 Ok(r) => {
                     let status = r.status().as_u16();

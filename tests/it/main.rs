@@ -27,6 +27,7 @@ mod observability;
 mod paging;
 mod pki;
 mod policy_reload;
+mod presign_equivalence;
 mod presignctl;
 mod presignctl_links;
 mod production;
