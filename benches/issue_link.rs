@@ -13,6 +13,12 @@
 //! /proc/self/task), Postgres is the backends of the bench database (from
 //! pg_stat_activity and /proc; the WAL writer and checkpointer, shared with
 //! every database, are not counted).
+//!
+//! BENCH_DB=<name> runs against that existing database instead (e.g. the one
+//! `--bench dashboards` filled), untouched but for the links issued; with
+//! BENCH_DROP_PARTITION=1 a last closed loop runs while, 5 s in, the oldest
+//! day's partition of links is dropped as retention does
+//! (`registry::partitions::drop`), and the drop is timed.
 
 use clap::Parser;
 use presignd::app::App;
@@ -214,13 +220,17 @@ async fn main() -> anyhow::Result<()> {
         presignd::telemetry::init(presignd::telemetry::LogFormat::Auto, None)?;
     }
     let admin: PgConnectOptions = env("DATABASE_URL").parse()?;
-    let mut c = PgConnection::connect_with(&admin).await?;
-    c.execute(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {DB} WITH (FORCE)"
-    )))
-    .await?;
-    c.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {DB}")))
+    let existing = std::env::var("BENCH_DB").ok();
+    let db = existing.clone().unwrap_or_else(|| DB.to_owned());
+    if existing.is_none() {
+        let mut c = PgConnection::connect_with(&admin).await?;
+        c.execute(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {DB} WITH (FORCE)"
+        )))
         .await?;
+        c.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {DB}")))
+            .await?;
+    }
     let bucket = env("PRESIGND_TEST_BUCKETS")
         .split(',')
         .next()
@@ -257,9 +267,9 @@ async fn main() -> anyhow::Result<()> {
             })
             .build()?
     };
-    let db = admin.clone().database(DB);
+    let db_options = admin.clone().database(&db);
     let app = server_rt
-        .spawn(async move { App::build_with_db(config, db).await })
+        .spawn(async move { App::build_with_db(config, db_options).await })
         .await??;
     let port = app.port();
     server_rt.spawn(app.run_until_stopped());
@@ -289,12 +299,12 @@ async fn main() -> anyhow::Result<()> {
 
     let noop = closed_loop(Rpc::Health, &channels, &bucket).await;
 
-    let mut bench_db = PgConnection::connect_with(&admin.clone().database(DB)).await?;
+    let mut bench_db = PgConnection::connect_with(&admin.clone().database(&db)).await?;
     let count = "SELECT count(*) FROM links";
     let backends: Vec<i32> = sqlx::query_scalar(
         "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
     )
-    .bind(DB)
+    .bind(&db)
     .fetch_all(&mut bench_db)
     .await?;
     let links_before: i64 = sqlx::query_scalar(count).fetch_one(&mut bench_db).await?;
@@ -305,6 +315,14 @@ async fn main() -> anyhow::Result<()> {
     let committed = (links_after - links_before).max(1) as f64;
 
     let half = open_loop(Rpc::Issue, &channels, &bucket, issue.per_sec / 2.0).await;
+    let dropping = std::env::var("BENCH_DROP_PARTITION").is_ok_and(|v| v == "1");
+    let during_drop = if dropping {
+        let drop = tokio::spawn(drop_oldest_partition(admin.clone().database(&db)));
+        let run = closed_loop(Rpc::Issue, &channels, &bucket).await;
+        Some((run, drop.await??))
+    } else {
+        None
+    };
     let links: i64 = sqlx::query_scalar(count).fetch_one(&mut bench_db).await?;
 
     println!(
@@ -321,6 +339,14 @@ async fn main() -> anyhow::Result<()> {
         ),
         &half,
     );
+    if let Some((run, (partition, rows, took))) = &during_drop {
+        row(
+            &format!("IssueLink, closed loop, {partition} ({rows} links) dropped 5 s in"),
+            run,
+        );
+        println!();
+        println!("drop of {partition}: {:.1} ms", took.as_secs_f64() * 1e3);
+    }
     println!();
     println!(
         "IssueLink / no-op throughput: {:.2}; links committed in the registry: {links}",
@@ -336,4 +362,29 @@ async fn main() -> anyhow::Result<()> {
     );
     std::mem::forget(server_rt); // a runtime may not be dropped inside another
     Ok(())
+}
+
+/// 5 s from now, drops the oldest day's partition of links as retention does;
+/// returns its name, how many links it held and how long the drop took.
+async fn drop_oldest_partition(db: PgConnectOptions) -> anyhow::Result<(String, i64, Duration)> {
+    use presignd::registry::partitions::{self, Table};
+    let mut conn = PgConnection::connect_with(&db).await?;
+    let oldest = partitions::list(&mut conn, Table::Links)
+        .await?
+        .into_iter()
+        .filter(|p| Table::Links.range_of(p).is_some())
+        .min_by_key(|p| Table::Links.range_of(p).map(|r| r.1))
+        .ok_or_else(|| anyhow::anyhow!("no partition to drop"))?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let t = Instant::now();
+    let dropped = partitions::drop(
+        &mut conn,
+        Table::Links,
+        &oldest,
+        presignd::lifecycle::LOCK_TIMEOUT_MS,
+        chrono::Utc::now(),
+    )
+    .await?
+    .ok_or_else(|| anyhow::anyhow!("{oldest}: lock not granted within the timeout"))?;
+    Ok((oldest, dropped.rows, t.elapsed()))
 }

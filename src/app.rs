@@ -62,6 +62,9 @@ pub struct App {
     audit: Auditor,
     /// The read RPCs' own pool (`registry::read_pool`).
     read_pool: sqlx::PgPool,
+    /// The dashboards' pool: the replica's (--read-database-url) or `read_pool`.
+    replica_pool: sqlx::PgPool,
+    retention: crate::lifecycle::Retention,
     tls: Option<LiveTls>,
 }
 
@@ -92,6 +95,18 @@ impl App {
             config.db_acquire_timeout(),
             config.read_statement_timeout(),
         );
+        // GetLink, ListLinks and SummarizeLinks read from the replica when one
+        // is configured: a read pool of the same size and timeouts, there.
+        let replica_pool = match config.read_database()? {
+            Some(replica) => registry::read_pool(
+                replica,
+                config.read_db_max_connections,
+                config.db_acquire_timeout(),
+                config.read_statement_timeout(),
+            ),
+            None => read_pool.clone(),
+        };
+        let retention = config.retention()?;
         let pool = registry::lazy_pool(db, config.db_max_connections, config.db_acquire_timeout());
         let audit = Auditor::new(
             pool.clone(),
@@ -145,6 +160,8 @@ impl App {
             policy,
             audit,
             read_pool,
+            replica_pool,
+            retention,
             tls,
         })
     }
@@ -194,6 +211,7 @@ impl App {
                 migrate: self.config.migrate_on_start,
                 health_interval: self.config.health_interval(),
                 maintenance_interval: self.config.maintenance_interval(),
+                retention: self.retention,
                 health: health.clone(),
                 readiness: readiness.clone(),
             }
@@ -225,6 +243,7 @@ impl App {
         };
         let dashboard = Dashboard {
             pool: self.read_pool.clone(),
+            replica: self.replica_pool.clone(),
             tokens: PageTokens::new(&self.master_key),
             reads: ReadLimits::new(RateSpec::new(
                 self.config.read_rate_per_sec,

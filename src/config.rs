@@ -57,6 +57,29 @@ pub struct Config {
     #[arg(long, env = "PRESIGND_LOG_LEVEL")]
     pub log_level: Option<String>,
 
+    /// PostgreSQL URL of a streaming replica of the registry: GetLink, ListLinks
+    /// and SummarizeLinks read there (the read pool connects to it), seeing
+    /// what the replica has replayed. Everything that decides or writes
+    /// (IssueLink, LookupLink, PlanRevocation, RotateKey, KeyService's
+    /// listings) stays on the primary. Unset: every read goes to the primary.
+    #[arg(long, env = "PRESIGND_READ_DATABASE_URL", hide_env_values = true)]
+    pub read_database_url: Option<SecretString>,
+
+    /// File holding the replica's URL (instead of --read-database-url).
+    #[arg(long, env = "PRESIGND_READ_DATABASE_URL_FILE")]
+    pub read_database_url_file: Option<PathBuf>,
+
+    /// Days a link is kept after it expired: a day's partition of links is
+    /// dropped once every link in it expired more than this long ago (0: keep
+    /// every link).
+    #[arg(long, env = "PRESIGND_RETENTION_DAYS", default_value_t = 30)]
+    pub retention_days: u32,
+
+    /// Days audit events are kept: a month of the audit trail is dropped (and
+    /// the drop audited) once it ended more than this long ago. At least 90.
+    #[arg(long, env = "PRESIGND_AUDIT_RETENTION_DAYS", default_value_t = 400)]
+    pub audit_retention_days: u32,
+
     /// Largest number of registry connections.
     #[arg(long, env = "PRESIGND_DB_MAX_CONNECTIONS", default_value_t = 16)]
     pub db_max_connections: u32,
@@ -363,6 +386,27 @@ impl Config {
             .then(|| Duration::from_secs(self.max_connection_age_secs))
     }
 
+    /// The read replica's connect options, if --read-database-url is set.
+    pub fn read_database(&self) -> anyhow::Result<Option<sqlx::postgres::PgConnectOptions>> {
+        secret_setting(
+            &self.read_database_url,
+            &self.read_database_url_file,
+            "--read-database-url (PRESIGND_READ_DATABASE_URL)",
+            "--read-database-url-file (PRESIGND_READ_DATABASE_URL_FILE)",
+        )?
+        .map(|url| {
+            url.expose()
+                .parse()
+                .context("PRESIGND_READ_DATABASE_URL is not a valid PostgreSQL URL")
+        })
+        .transpose()
+    }
+
+    /// The retention settings; an audit retention under 90 days is refused.
+    pub fn retention(&self) -> anyhow::Result<crate::lifecycle::Retention> {
+        crate::lifecycle::Retention::new(self.retention_days, self.audit_retention_days)
+    }
+
     pub fn db_acquire_timeout(&self) -> Duration {
         Duration::from_secs(self.db_acquire_timeout_secs.max(1))
     }
@@ -661,6 +705,17 @@ mod tests {
         let c = Config::from_matches(&m).unwrap();
         let e = format!("{:#}", c.tls().err().expect("refused"));
         assert!(e.contains("--client-ca needs --policy-file"), "{e}");
+    }
+
+    #[test]
+    fn an_audit_retention_under_90_days_is_refused_with_a_message() {
+        let c = Config::from_matches(&matches(&["t", "--audit-retention-days", "89"])).unwrap();
+        let e = format!("{:#}", c.retention().unwrap_err());
+        assert!(e.contains("--audit-retention-days is 89"), "{e}");
+        assert!(e.contains("at least 90"), "{e}");
+        let c = Config::from_matches(&matches(&["t"])).unwrap();
+        let r = c.retention().unwrap();
+        assert_eq!((r.link_days, r.audit_days), (30, 400), "the defaults");
     }
 
     #[test]

@@ -94,8 +94,15 @@ pub fn may_read(caller: &Caller, link: &LinkRow) -> bool {
 
 #[derive(Clone)]
 pub struct Dashboard {
-    /// The read pool (`registry::read_pool`), not IssueLink's.
+    /// The read pool (`registry::read_pool`), not IssueLink's: on the primary.
     pub pool: PgPool,
+    /// Where GetLink, ListLinks and SummarizeLinks read: a read pool on the
+    /// replica (`--read-database-url`), else `pool` itself. A replica shows
+    /// what it has replayed: a link just issued may be NOT_FOUND there for
+    /// the replication lag. LookupLink (the incident path, next to a
+    /// revocation), KeyService's listings and everything that decides read
+    /// the primary.
+    pub replica: PgPool,
     pub tokens: PageTokens,
     pub reads: ReadLimits,
 }
@@ -108,7 +115,7 @@ impl Dashboard {
     }
 
     pub async fn get(&self, caller: &Caller, id: Uuid) -> Result<LinkRow, DashboardError> {
-        links::get(&self.pool, id)
+        links::get(&self.replica, id)
             .await?
             .filter(|link| may_read(caller, link))
             .ok_or_else(|| DashboardError::NotFound(format!("no link {id}")))
@@ -127,7 +134,7 @@ impl Dashboard {
             .tokens
             .request(Listing::Links, &filter, requested_page_size, page_token)?;
         let mut rows =
-            link_queries::list_page(&self.pool, &filter, page.after, page.fetch_limit()).await?;
+            link_queries::list_page(&self.replica, &filter, page.after, page.fetch_limit()).await?;
         let next_page_token = self.tokens.next_page(&page, &mut rows, |r| Cursor::from(r));
         Ok(Page {
             links: rows,
@@ -142,7 +149,7 @@ impl Dashboard {
         group_by: GroupBy,
     ) -> Result<Vec<SummaryRow>, DashboardError> {
         let filter = scope(caller, filter)?;
-        Ok(link_summary::summarize(&self.pool, &filter, group_by).await?)
+        Ok(link_summary::summarize(&self.replica, &filter, group_by).await?)
     }
 
     /// ListSigningKeys: the signers and their keys with outstanding counts.
@@ -190,7 +197,7 @@ impl Dashboard {
     ) -> Result<Lookup, DashboardError> {
         let not_found =
             || DashboardError::NotFound("no link issued by presignd has this URL".into());
-        let link = links::find_by_signature(&self.pool, &url.signature_sha256())
+        let link = links::find_by_signature(&self.pool, &url.signature_sha256(), url.signed_at())
             .await?
             .filter(|l| {
                 url.addresses(&l.bucket, &l.object_key)

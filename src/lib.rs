@@ -14,6 +14,7 @@ pub mod domain;
 pub mod health;
 pub mod issuance;
 pub mod keys;
+pub mod lifecycle;
 pub mod metrics;
 pub mod paging;
 pub mod policy;

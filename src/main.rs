@@ -2,7 +2,9 @@
 
 use anyhow::Context;
 use clap::{Arg, ArgAction, Args, Command};
-use presignd::{app::App, auth, config::Config, registry, reseal, seal, secret, telemetry};
+use presignd::{
+    app::App, auth, config::Config, lifecycle, registry, reseal, seal, secret, telemetry,
+};
 use std::io::Read;
 
 fn cli() -> Command {
@@ -63,7 +65,11 @@ async fn main() -> anyhow::Result<()> {
             let options = config.database_options()?;
             let pool = registry::lazy_pool(options, 2, config.db_acquire_timeout());
             registry::migrate(&pool).await?;
-            println!("registry migrated");
+            let report = lifecycle::prepare(&pool, chrono::Utc::now()).await?;
+            println!(
+                "registry migrated; partitions created ahead: {}",
+                report.created.len()
+            );
             Ok(())
         }
         Some(("reseal", m)) => {

@@ -10,6 +10,7 @@ pub mod keys;
 pub mod link_queries;
 pub mod link_summary;
 pub mod links;
+pub mod partitions;
 pub mod revocations;
 pub mod sealed;
 pub mod signers;
@@ -67,6 +68,12 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
         .run(pool)
         .await
         .context("running registry migrations")
+}
+
+/// One connection of `pool`, for a run of statements that must share a
+/// session (a session lock).
+pub async fn acquire(pool: &PgPool) -> Result<sqlx::pool::PoolConnection<sqlx::Postgres>, Error> {
+    pool.acquire().await.during("acquire")
 }
 
 pub async fn ping(pool: &PgPool) -> Result<(), Error> {

@@ -17,6 +17,8 @@
 #                                   PostgreSQL if this state started it)
 #        deploy/dev/stack.sh reset  stop, drop this state's database, remove the state
 #        deploy/dev/stack.sh status what runs, and for which state
+#        deploy/dev/stack.sh replica [up|stop]  opt-in: a streaming replica on :5433
+#                                   (REPLICA_PORT), REPLICA_DATABASE_URL in the env
 # Ports (change them to run a second stack beside the first):
 #   GARAGE_PORT_BASE (3900: S3 on it, RPC +1, admin +3), MOTO_PORT (5000).
 set -euo pipefail
@@ -85,8 +87,55 @@ stop_stack() {
     fi
 }
 
+# ---------------------------------------------------------------- replica (opt-in)
+# `stack.sh replica [up|stop]`: a streaming replica of cluster 15/main, for
+# dashboards reading with --read-database-url and the test that reads through
+# it. A second Debian cluster, 15/replica on $REPLICA_PORT (5433), whose data
+# directory is a pg_basebackup of the primary taken as postgres over the local
+# socket (peer auth: no role, no pg_hba change); -R makes it a standby that
+# streams from the primary. Writes REPLICA_DATABASE_URL to $STATE/env (same
+# role, same database names: the replica replicates the whole cluster).
+replica() {
+    local port="${REPLICA_PORT:-5433}" data="/var/lib/postgresql/$PG_VERSION/replica"
+    case "${1:-up}" in
+        up) ;;
+        stop)
+            pg_ctlcluster --skip-systemctl-redirect "$PG_VERSION" replica stop 2>/dev/null || true
+            sed -i '/^export REPLICA_DATABASE_URL=/d' "$STATE/env" 2>/dev/null || true
+            log "replica stopped (cluster $PG_VERSION/replica kept; pg_dropcluster $PG_VERSION replica removes it)"
+            return ;;
+        *) die "replica: expected up or stop" ;;
+    esac
+    [ -n "$(state_id)" ] || die "no state in $STATE: run $0 up first"
+    pg_lsclusters -h | grep -q "^$PG_VERSION main .* online" \
+        || die "the primary (cluster $PG_VERSION/main) is not running: run $0 up first"
+    if ! pg_lsclusters -h | grep -q "^$PG_VERSION replica "; then
+        log "creating cluster $PG_VERSION/replica on port $port: a base backup of $PG_VERSION/main"
+        pg_createcluster "$PG_VERSION" replica --port "$port" >/dev/null
+        rm -rf "$data"
+        su postgres -c "pg_basebackup -D '$data' -R -X stream -c fast -p 5432" \
+            || { pg_dropcluster "$PG_VERSION" replica || true; die "pg_basebackup failed"; }
+    fi
+    if ! pg_lsclusters -h | grep -q "^$PG_VERSION replica .* online"; then
+        log "starting the replica (port $port)"
+        pg_ctlcluster --skip-systemctl-redirect "$PG_VERSION" replica start
+    fi
+    for _ in $(seq 1 50); do
+        [ "$(su postgres -c "psql -p $port -qtAc 'SELECT pg_is_in_recovery()'" 2>/dev/null)" = t ] && break
+        sleep 0.2
+    done
+    [ "$(su postgres -c "psql -p $port -qtAc 'SELECT pg_is_in_recovery()'" 2>/dev/null)" = t ] \
+        || die "the replica on :$port is not a standby in recovery: see /var/log/postgresql/postgresql-$PG_VERSION-replica.log"
+    sed -i '/^export REPLICA_DATABASE_URL=/d' "$STATE/env" 2>/dev/null || true
+    echo "export REPLICA_DATABASE_URL='postgres://$PG_USER:$PG_PASSWORD@127.0.0.1:$port/$(db_name)'" >>"$STATE/env"
+    log "replica streaming from $PG_VERSION/main on :$port; REPLICA_DATABASE_URL in $STATE/env"
+}
+
 case "${1:-up}" in
     up) ;;
+    replica)
+        replica "${2:-up}"
+        exit 0 ;;
     stop)
         stop_stack
         log "stopped what $STATE started"
@@ -107,7 +156,7 @@ case "${1:-up}" in
         done
         pg_lsclusters -h 2>/dev/null | grep "^$PG_VERSION main" || echo "PostgreSQL $PG_VERSION: no cluster"
         exit 0 ;;
-    *) die "unknown command ${1}: expected up, stop, reset or status" ;;
+    *) die "unknown command ${1}: expected up, stop, reset, status or replica" ;;
 esac
 
 for tool in ss:iproute2 curl:curl openssl:openssl systemd-analyze:systemd promtool:prometheus; do
@@ -319,6 +368,7 @@ export PRESIGND_DEV_MASTER_KEY_FILE='$STATE/master.key'
 export PRESIGND_DEV_PG_CA='$PG_CA'
 export PRESIGND_TEST_BUCKETS='presignd-test,presignd-test-b'
 export MOTO_URL='http://127.0.0.1:$MOTO_PORT'
+$(pg_lsclusters -h | grep -q "^$PG_VERSION replica .* online" && echo "export REPLICA_DATABASE_URL='postgres://$PG_USER:$PG_PASSWORD@127.0.0.1:${REPLICA_PORT:-5433}/$PG_DB'")
 # moto accepts any credentials; these only make the AWS SDK's chain find some.
 export AWS_ACCESS_KEY_ID='moto-testing'
 export AWS_SECRET_ACCESS_KEY='moto-testing'

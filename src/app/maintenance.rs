@@ -3,11 +3,13 @@
 //! left running by a retryable error (each with its own backoff) and reports
 //! those still stuck (health detail, a metric), deactivates retired keys whose
 //! last link expired (GRACEFUL rotations; one failure does not stop the
-//! others), and folds the link roll-up.
+//! others), folds the link roll-up, and runs the registry's lifecycle
+//! (partitions ahead, retention: `lifecycle::step`).
 
 use crate::domain::SignerName;
 use crate::health::Readiness;
 use crate::keys::KeyManager;
+use crate::lifecycle::{self, Retention};
 use crate::registry;
 use crate::revocation::{Revocations, Stuck};
 use sqlx::PgPool;
@@ -21,6 +23,7 @@ pub(super) struct Upkeep {
     pub signers: Vec<SignerName>,
     pub readiness: Readiness,
     pub interval: Duration,
+    pub retention: Retention,
 }
 
 pub(super) async fn run(u: Upkeep) {
@@ -45,6 +48,9 @@ pub(super) async fn run(u: Upkeep) {
         }
         if let Err(e) = registry::link_summary::fold(&u.pool).await {
             tracing::warn!(error = %e, "folding the link roll-up");
+        }
+        if let Err(e) = lifecycle::step(&u.pool, chrono::Utc::now(), u.retention).await {
+            tracing::warn!(error = %e, "creating partitions ahead, dropping expired ones");
         }
     }
 }

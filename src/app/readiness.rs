@@ -28,6 +28,7 @@ pub(super) struct ReadinessTask {
     pub migrate: bool,
     pub health_interval: Duration,
     pub maintenance_interval: Duration,
+    pub retention: crate::lifecycle::Retention,
     pub health: HealthReporter,
     /// Why the server is not ready, for health answers (`crate::health`).
     pub readiness: Readiness,
@@ -84,6 +85,7 @@ impl ReadinessTask {
                 signers: self.signers.clone(),
                 readiness: self.readiness.clone(),
                 interval: self.maintenance_interval,
+                retention: self.retention,
             }),
         );
     }
@@ -91,6 +93,13 @@ impl ReadinessTask {
     async fn prepare(&self) -> anyhow::Result<()> {
         if self.migrate {
             registry::migrate(&self.pool).await?;
+        }
+        // Partitions for today and the days ahead, before the first insert.
+        // Not a reason to stay unready: the migrations made two weeks of them,
+        // links_default takes any link without one, and a role that does not
+        // own the tables may not create them (the owner runs `presignd migrate`).
+        if let Err(e) = crate::lifecycle::prepare(&self.pool, chrono::Utc::now()).await {
+            tracing::warn!(error = %e, "creating the partitions ahead of need");
         }
         // Keys a crash (or an error) left created and unrecorded are deleted
         // first; a backend down leaves their intents to the maintenance loop.

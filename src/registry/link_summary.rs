@@ -207,7 +207,9 @@ const ROLLUP_LOCK: (i32, i32) = (0x7074, 1);
 
 /// Moves the triggers' deltas into `link_rollup`, and merges every cell whose
 /// state no longer depends on time (an earlier hour, marked, or of a dead key)
-/// into its key's '-infinity' cell. One statement, so a summary sees the
+/// into the cell of its day (UTC midnight): a day is a `links` partition, so
+/// retention drops exactly the cells of the days it drops (0011; before,
+/// such cells merged into one '-infinity' cell per key). One statement, so a summary sees the
 /// roll-up before or after it, never half. Returns None if another fold or a
 /// recount holds the lock (the next fold will do it), else the rows written.
 pub async fn fold(pool: &PgPool) -> Result<Option<u64>, Error> {
@@ -232,13 +234,15 @@ pub async fn fold(pool: &PgPool) -> Result<Option<u64>, Error> {
              RETURNING key_id, signer, bucket, caller, expires_hour, marked, links, latest),
          aged AS (
              DELETE FROM link_rollup a USING signing_keys k
-             WHERE k.key_id = a.key_id AND a.expires_hour <> '-infinity' AND {SETTLED}
+             WHERE k.key_id = a.key_id AND {SETTLED}
+               AND a.expires_hour <> date_trunc('day', a.expires_hour, 'UTC')
              RETURNING a.key_id, a.signer, a.bucket, a.caller, a.expires_hour, a.marked,
                        a.links, a.latest)
          INSERT INTO link_rollup AS t
              (key_id, signer, bucket, caller, expires_hour, marked, links, latest)
          SELECT a.key_id, a.signer, a.bucket, a.caller,
-                CASE WHEN {SETTLED} THEN '-infinity'::timestamptz ELSE a.expires_hour END,
+                CASE WHEN {SETTLED} THEN date_trunc('day', a.expires_hour, 'UTC')
+                     ELSE a.expires_hour END,
                 a.marked, sum(a.links), max(a.latest)
          FROM (SELECT * FROM moved UNION ALL SELECT * FROM aged) a
          JOIN signing_keys k ON k.key_id = a.key_id

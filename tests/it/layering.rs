@@ -24,6 +24,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("audit", 4),
     ("metrics", 4),
     ("reseal", 4),
+    ("lifecycle", 4),
     ("registry", 3),
     ("backend", 3),
     ("signing", 3),

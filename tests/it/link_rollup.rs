@@ -129,14 +129,16 @@ async fn the_rollup_answers_every_summary_as_a_scan_does(pool: PgPool) {
     assert!(
         count(
             &pool,
-            "SELECT count(*) FROM link_rollup WHERE expires_hour = '-infinity'"
+            "SELECT count(*) FROM link_rollup
+             WHERE expires_hour = date_trunc('day', expires_hour, 'UTC')"
         )
         .await
             > 0,
-        "settled cells are merged"
+        "settled cells are merged into their day's"
     );
     let unmerged: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM link_rollup WHERE expires_hour <> '-infinity'
+        "SELECT count(*) FROM link_rollup
+         WHERE expires_hour <> date_trunc('day', expires_hour, 'UTC')
            AND expires_hour < date_trunc('hour', $1::timestamptz, 'UTC')",
     )
     .bind(before_fold)
@@ -184,7 +186,8 @@ async fn the_rollup_answers_every_summary_as_a_scan_does(pool: PgPool) {
         count(
             &pool,
             "SELECT count(*) FROM link_rollup
-             WHERE key_id = 'GKALPHA1' AND expires_hour <> '-infinity'"
+             WHERE key_id = 'GKALPHA1'
+               AND expires_hour <> date_trunc('day', expires_hour, 'UTC')"
         )
         .await,
         0,

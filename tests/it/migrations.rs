@@ -192,6 +192,27 @@ async fn a_registry_with_data_from_the_first_migration_upgrades_to_the_last_inta
     .await
     .expect("0004's data");
 
+    // 0008 (0009 adds an empty table), before the partitioned layout (0010, 0011): an
+    // aggregated denial (0007), a link expiring in six days, a folded roll-up.
+    migrate_to(&pool, 8).await;
+    sqlx::raw_sql(
+        "INSERT INTO audit_events (id, at, caller, peer, rpc, target, code, message, count)
+         VALUES ('0198c0de-0000-7000-8000-0000000000a3', now(), 'svc-x', '10.0.0.2:6000',
+                 'presignd.v1.LinkService/IssueLink', '', 'PERMISSION_DENIED', 'bucket', 3);
+         INSERT INTO links (id, key_id, signer, caller, method, bucket, object_key,
+                            issued_at, expires_at, signature_sha256)
+         VALUES ('00000000-0000-7000-8000-000000000013', 'GKBETA2', 'beta', 'svc-a', 'PUT',
+                 'archive', 'users/1/j.zip', date_trunc('second', now()) - interval '1 day',
+                 date_trunc('second', now()) + interval '6 days', sha256('13'::bytea));",
+    )
+    .execute(&pool)
+    .await
+    .expect("0008's data");
+    link_summary::fold(&pool)
+        .await
+        .unwrap()
+        .expect("the fold ran");
+
     let before = [
         rows(&pool, SIGNERS).await,
         rows(&pool, KEYS).await,
@@ -201,12 +222,13 @@ async fn a_registry_with_data_from_the_first_migration_upgrades_to_the_last_inta
     ];
     assert_eq!(
         before.iter().map(Vec::len).collect::<Vec<_>>(),
-        [2, 6, 10, 1, 2]
+        [2, 6, 11, 1, 3]
     );
 
     presignd::registry::migrate(&pool)
         .await
         .expect("to the last migration");
+    let id = |n: u8| format!("00000000-0000-7000-8000-0000000000{n:02}");
 
     let after = [
         rows(&pool, SIGNERS).await,
@@ -222,14 +244,55 @@ async fn a_registry_with_data_from_the_first_migration_upgrades_to_the_last_inta
         .unwrap();
     assert_eq!(
         counts,
-        [1, 1],
+        [1, 1, 3],
         "older audit rows stand for one request each"
     );
 
+    // The partitioned layout: every row kept in place, in the partition that
+    // was the table (no rewrite), each link found by id; the days ahead ready.
+    for (parent, legacy, n) in [
+        ("links", "links_before_", 11),
+        ("audit_events", "audit_events_before_", 3),
+    ] {
+        let kind: String =
+            sqlx::query_scalar("SELECT relkind::text FROM pg_class WHERE relname = $1")
+                .bind(parent)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert_eq!(kind, "p", "{parent} is partitioned");
+        let placed: Vec<(String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT tableoid::regclass::text, count(*) FROM {parent} GROUP BY 1"
+        )))
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        assert_eq!(placed.len(), 1, "{placed:?}");
+        assert!(placed[0].0.starts_with(legacy), "{placed:?}");
+        assert_eq!(placed[0].1, n);
+    }
+    for n in [1, 2, 3, 5, 7, 8, 9, 10, 11, 12, 13] {
+        let link = presignd::registry::links::get(&pool, id(n).parse().unwrap())
+            .await
+            .unwrap();
+        assert!(link.is_some(), "link {n} by id");
+    }
+    let refused = sqlx::query("DELETE FROM audit_events")
+        .execute(&pool)
+        .await
+        .expect_err("the upgraded trail is append-only");
+    assert!(refused.to_string().contains("append-only"), "{refused}");
+    let created = presignd::lifecycle::prepare(&pool, Utc::now())
+        .await
+        .unwrap();
+    assert!(
+        created.created.is_empty(),
+        "the migration made the days ahead: {created:?}"
+    );
+
     // Derived state: each link's, as listings filter and report it.
-    let id = |n: u8| format!("00000000-0000-7000-8000-0000000000{n:02}");
     for (state, expected) in [
-        (LinkState::Active, vec![12, 1, 2, 7, 11]),
+        (LinkState::Active, vec![12, 1, 2, 7, 11, 13]),
         (LinkState::Expired, vec![3, 8]),
         (LinkState::Revoked, vec![5, 9, 10]),
     ] {
@@ -248,6 +311,7 @@ async fn a_registry_with_data_from_the_first_migration_upgrades_to_the_last_inta
     // LookupLink by signature, through the dashboard as an admin.
     let dashboard = Dashboard {
         pool: pool.clone(),
+        replica: pool.clone(),
         tokens: PageTokens::new(&presignd::seal::MasterKey::generate()),
         reads: presignd::ratelimit::ReadLimits::new(None),
     };
@@ -282,6 +346,6 @@ async fn a_registry_with_data_from_the_first_migration_upgrades_to_the_last_inta
         let totals = rollup.iter().fold((0, 0, 0), |t, r| {
             (t.0 + r.active, t.1 + r.expired, t.2 + r.revoked)
         });
-        assert_eq!(totals, (5, 2, 3), "{group_by:?}");
+        assert_eq!(totals, (6, 2, 3), "{group_by:?}");
     }
 }

@@ -1,0 +1,182 @@
+//! The registry's lifecycle: time partitions created ahead of need, and
+//! retention that drops whole partitions, never rows (docs/ARCHITECTURE.md,
+//! "Lifecycle"). `step` is what the maintenance loop runs every tick, and
+//! `prepare` what `presignd migrate` and startup run; tests call both with a
+//! clock of their choosing.
+
+use crate::registry::partitions::{self, Dropped, Table};
+use crate::registry::{self, Error};
+use chrono::{DateTime, Days, Months, NaiveDate, Utc};
+use sqlx::{PgConnection, PgPool};
+
+/// Days of link partitions kept ready past today: a link lives at most 7
+/// days, so a week more of margin lets the maintenance fail for a week
+/// before an insert lands in `links_default`.
+pub const LINK_DAYS_AHEAD: u64 = 14;
+/// Months of audit partitions kept ready past this one.
+pub const AUDIT_MONTHS_AHEAD: u32 = 3;
+/// The shortest audit retention `--audit-retention-days` accepts.
+pub const MIN_AUDIT_RETENTION_DAYS: u32 = 90;
+/// How long partition DDL waits for its lock before giving up until the next
+/// tick (registry/partitions.rs): IssueLink's inserts queue behind a waiting
+/// drop, so this bounds what a drop can cost them.
+pub const LOCK_TIMEOUT_MS: u64 = 200;
+
+/// How long rows are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// A link partition goes once every link in it expired more than this
+    /// many days ago; 0 keeps every link.
+    pub link_days: u32,
+    /// An audit month goes once it ended more than this many days ago.
+    pub audit_days: u32,
+}
+
+impl Retention {
+    /// Refuses an audit retention under `MIN_AUDIT_RETENTION_DAYS`.
+    pub fn new(link_days: u32, audit_days: u32) -> anyhow::Result<Self> {
+        if audit_days < MIN_AUDIT_RETENTION_DAYS {
+            anyhow::bail!(
+                "--audit-retention-days is {audit_days}: it must be at least {MIN_AUDIT_RETENTION_DAYS} \
+                 (the audit trail is what an incident review reads; keep at least a quarter)"
+            );
+        }
+        Ok(Self {
+            link_days,
+            audit_days,
+        })
+    }
+}
+
+/// What one run created and dropped.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub created: Vec<String>,
+    pub dropped: Vec<Dropped>,
+    /// DDL that did not get its lock in time (retried next run).
+    pub deferred: usize,
+}
+
+/// Creates the partitions `now` needs: link days from today through
+/// `LINK_DAYS_AHEAD` days ahead, the days of any link in `links_default`
+/// (which moves it there), audit months through `AUDIT_MONTHS_AHEAD` ahead.
+/// Serialized across replicas; a run that finds another one going does nothing.
+pub async fn prepare(pool: &PgPool, now: DateTime<Utc>) -> Result<Report, Error> {
+    run(pool, now, None).await
+}
+
+/// `prepare`, then drops what `retention` no longer keeps: the link
+/// partitions whose every link expired more than `link_days` ago, the audit
+/// months that ended more than `audit_days` ago.
+pub async fn step(
+    pool: &PgPool,
+    now: DateTime<Utc>,
+    retention: Retention,
+) -> Result<Report, Error> {
+    run(pool, now, Some(retention)).await
+}
+
+fn days_before(now: DateTime<Utc>, days: u32) -> DateTime<Utc> {
+    now.checked_sub_days(Days::new(days.into()))
+        .unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
+/// One run on one connection holding the maintenance session lock.
+async fn run(
+    pool: &PgPool,
+    now: DateTime<Utc>,
+    retention: Option<Retention>,
+) -> Result<Report, Error> {
+    let mut conn = registry::acquire(pool).await?;
+    let mut report = Report::default();
+    if !partitions::try_lock(&mut conn).await? {
+        return Ok(report);
+    }
+    let done = async {
+        prepare_on(&mut conn, now, &mut report).await?;
+        if let Some(r) = retention {
+            if r.link_days > 0 {
+                let cutoff = days_before(now, r.link_days);
+                drop_before(&mut conn, Table::Links, cutoff, now, &mut report).await?;
+            }
+            let cutoff = days_before(now, r.audit_days);
+            drop_before(&mut conn, Table::Audit, cutoff, now, &mut report).await?;
+        }
+        Ok::<(), Error>(())
+    }
+    .await;
+    let unlocked = partitions::unlock(&mut conn).await;
+    if unlocked.is_err() {
+        // Never hand a connection holding the lock back to the pool.
+        conn.detach();
+    }
+    done.and(unlocked).map(|()| report)
+}
+
+async fn prepare_on(
+    conn: &mut PgConnection,
+    now: DateTime<Utc>,
+    report: &mut Report,
+) -> Result<(), Error> {
+    let today = Table::Links.period_of(now);
+    let mut days: Vec<NaiveDate> = (0..=LINK_DAYS_AHEAD)
+        .filter_map(|n| today.checked_add_days(Days::new(n)))
+        .collect();
+    days.extend(partitions::periods_in_default(conn, Table::Links).await?);
+    let month = Table::Audit.period_of(now);
+    let months: Vec<NaiveDate> = (0..=AUDIT_MONTHS_AHEAD)
+        .filter_map(|n| month.checked_add_months(Months::new(n)))
+        .collect();
+    for (table, starts) in [(Table::Links, days), (Table::Audit, months)] {
+        let existing = partitions::list(conn, table).await?;
+        let covered = |d: NaiveDate| {
+            existing.iter().any(|p| {
+                table
+                    .range_of(p)
+                    .is_some_and(|(lo, hi)| lo.is_none_or(|lo| lo <= d) && d < hi)
+            })
+        };
+        let mut starts = starts;
+        starts.sort();
+        starts.dedup();
+        for start in starts.into_iter().filter(|&d| !covered(d)) {
+            if partitions::create(conn, table, start, LOCK_TIMEOUT_MS).await? {
+                report.created.push(table.partition_name(start));
+            } else {
+                report.deferred += 1;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Drops every partition of `table` whose rows all fall before `cutoff`
+/// (its range ends at or before it).
+async fn drop_before(
+    conn: &mut PgConnection,
+    table: Table,
+    cutoff: DateTime<Utc>,
+    now: DateTime<Utc>,
+    report: &mut Report,
+) -> Result<(), Error> {
+    for name in partitions::list(conn, table).await? {
+        let Some((_, end)) = table.range_of(&name) else {
+            continue;
+        };
+        if end.and_hms_opt(0, 0, 0).expect("midnight").and_utc() > cutoff {
+            continue;
+        }
+        match partitions::drop(conn, table, &name, LOCK_TIMEOUT_MS, now).await? {
+            Some(dropped) => {
+                tracing::info!(
+                    partition = name,
+                    rows = dropped.rows,
+                    "retention dropped a partition"
+                );
+                report.dropped.push(dropped);
+            }
+            None => report.deferred += 1,
+        }
+    }
+    Ok(())
+}
