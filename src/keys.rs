@@ -15,7 +15,7 @@ mod verify;
 pub use keyring::Keyring;
 pub use state::{activate_replacement, lock_for_state_change};
 pub use sweep::Swept;
-pub use verify::{NotUsable, ProbeAnswer, classify as classify_probe, verify_usable};
+pub use verify::{NotUsable, ProbeAnswer, classify as classify_probe, verify_usable, xml_field};
 
 use crate::backend::{BackendError, KeyBackend, NewKey};
 use crate::domain::KeyState;
@@ -80,6 +80,16 @@ impl KeyManager {
             target,
             probe,
         }
+    }
+
+    /// Where links point (endpoint, region, URL style).
+    pub fn target(&self) -> &S3Target {
+        &self.target
+    }
+
+    /// The HTTP client that probes the store.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.probe.http
     }
 
     /// The key `signer` signs with now, if it has one.

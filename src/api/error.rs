@@ -110,6 +110,10 @@ impl From<DashboardError> for ApiError {
             DashboardError::Registry(cause) => cause.into(),
             DashboardError::RateLimited(ref r) => Self::ResourceExhausted(r.to_string()),
             DashboardError::TimedOut => Self::ResourceExhausted(e.to_string()),
+            DashboardError::Probe(m) => {
+                tracing::error!(error = %m, "VerifyLink could not sign its probe");
+                Self::Internal("could not sign the probe".into())
+            }
         }
     }
 }

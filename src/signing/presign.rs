@@ -115,18 +115,22 @@ impl SigningKey {
         )
     }
 
-    /// A presigned HEAD of a probe object in `bucket`: the backend answers 200 or
-    /// 404 if it accepts this key, 403 if it does not.
     /// A presigned GET of an object that does not exist: the answer's body
     /// says why a key is refused (a HEAD answer has no body), and no object is
     /// read.
     pub fn presign_probe(&self, bucket: &str) -> Result<String, SignError> {
+        self.presign_get(bucket, ".presignd-probe-missing-object")
+    }
+
+    /// A presigned GET of `key` in `bucket`, valid one minute: VerifyLink's probe
+    /// of a GET or HEAD link's object.
+    pub fn presign_get(&self, bucket: &str, key: &str) -> Result<String, SignError> {
         let presigned = self.sigv4.presign(
             self.endpoint()?,
             &Request {
                 method: Method::Get,
                 bucket,
-                key: ".presignd-probe-missing-object",
+                key,
                 content_type: None,
                 content_disposition: None,
                 x_id: true,

@@ -41,3 +41,4 @@ mod secrets;
 mod signers;
 mod tls_handshake;
 mod validation;
+mod verify_link;
