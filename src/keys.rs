@@ -22,7 +22,7 @@ use crate::domain::KeyState;
 use crate::registry::{self, keys::KeyRow};
 use crate::seal::MasterKey;
 use crate::secret::SecretString;
-use crate::signing::{S3Target, SigningKey};
+use crate::signing::{S3Target, SESSION_KEY_REFUSED, SigningKey, is_session_key_id};
 use anyhow::Context;
 use sqlx::PgPool;
 use std::sync::Arc;
@@ -253,6 +253,9 @@ impl KeyManager {
             .is_some_and(|k| k.key_id == row.key_id)
         {
             return Ok(());
+        }
+        if is_session_key_id(&row.key_id) {
+            anyhow::bail!("signing key {} {SESSION_KEY_REFUSED}", row.key_id);
         }
         let secret = self.open_secret(row)?;
         self.keyring.install(SigningKey::new(
