@@ -265,7 +265,7 @@ impl App {
         let metrics_server = tokio::spawn(metrics::serve(self.metrics_listener, move || {
             probe.reason()
         }));
-        let outstanding = tokio::spawn(metrics::keep_outstanding_fresh(
+        let outstanding = tokio::spawn(metrics::keep_registry_gauges_fresh(
             self.pool.clone(),
             self.config.metrics_refresh(),
         ));

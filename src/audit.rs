@@ -100,8 +100,23 @@ impl Auditor {
     }
 }
 
+/// Writes one audit row; a passing outage (no connection within the pool's
+/// timeout, as under load or while Postgres restarts) is retried a few times,
+/// since a lost row is a hole in the trail.
 async fn write(pool: &PgPool, row: AuditRow) {
-    if let Err(e) = registry::audit::insert(pool, &row).await {
+    let mut backoff = Duration::from_millis(100);
+    let mut result = registry::audit::insert(pool, &row).await;
+    for _ in 0..5 {
+        match &result {
+            Err(e) if e.is_unavailable() => {
+                tokio::time::sleep(backoff).await;
+                backoff *= 2;
+                result = registry::audit::insert(pool, &row).await;
+            }
+            _ => break,
+        }
+    }
+    if let Err(e) = result {
         tracing::error!(
             error = %e, rpc = %row.rpc, code = %row.code,
             caller = row.caller.as_deref().unwrap_or("-"),

@@ -228,7 +228,8 @@ pub struct Config {
     #[arg(long, env = "PRESIGND_RECORD_BATCH_MAX", default_value_t = 256)]
     pub record_batch_max: usize,
 
-    /// Seconds between background upkeep runs: retrying unfinished revocations,
+    /// Seconds between background upkeep runs: deleting keys a crash left
+    /// created and unrecorded (key intents), retrying unfinished revocations,
     /// deactivating retired keys whose last link expired, and folding the link
     /// roll-up that SummarizeLinks reads.
     #[arg(long, env = "PRESIGND_MAINTENANCE_INTERVAL_SECS", default_value_t = 15)]

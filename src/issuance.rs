@@ -149,7 +149,9 @@ impl Issuer {
                 signature_sha256: Sha256::digest(signature.as_bytes()).to_vec(),
             };
             if let Some(row) = self.recorder.record(row).await? {
-                tracing::info!(
+                // Debug: at thousands of links a second, a line each is a
+                // measurable share of the server's CPU (docs/BENCHMARKS.md).
+                tracing::debug!(
                     link_id = %row.id, caller = %caller.name, signer, key_id = %key.key_id,
                     method = spec.method.as_str(), bucket = %spec.bucket, ttl_s = spec.ttl.as_secs(),
                     "issued link"

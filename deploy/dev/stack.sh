@@ -110,7 +110,7 @@ case "${1:-up}" in
     *) die "unknown command ${1}: expected up, stop, reset or status" ;;
 esac
 
-for tool in ss:iproute2 curl:curl openssl:openssl systemd-analyze:systemd; do
+for tool in ss:iproute2 curl:curl openssl:openssl systemd-analyze:systemd promtool:prometheus; do
     command -v "${tool%%:*}" >/dev/null || {
         log "installing ${tool#*:}"
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${tool#*:}" >/dev/null

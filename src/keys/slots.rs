@@ -8,17 +8,18 @@ use crate::registry;
 use crate::signing::{SESSION_KEY_REFUSED, is_session_key_id};
 
 impl KeyManager {
-    /// Creates a key at the backend for `signer`, freeing a slot first if the
-    /// backend's limit is reached (see `free_key_slot`).
-    pub(super) async fn create_backend_key(
+    /// Creates a key named `name` at the backend for `signer`, freeing a slot
+    /// first if the backend's limit is reached (see `free_key_slot`).
+    pub(super) async fn create_within_limit(
         &self,
         conn: &mut sqlx::PgConnection,
         signer: &str,
+        name: &str,
     ) -> Result<NewKey, BackendError> {
-        let new = match self.backend.create_key(signer).await {
+        let new = match self.backend.create_key(signer, name).await {
             Err(BackendError::LimitExceeded(limit)) => {
                 self.free_key_slot(conn, signer, &limit).await?;
-                self.backend.create_key(signer).await
+                self.backend.create_key(signer, name).await
             }
             other => other,
         }?;
