@@ -255,6 +255,7 @@ impl App {
             LinkServiceServer::new(LinkApi {
                 issuer,
                 dashboard: dashboard.clone(),
+                keys: self.keys.clone(),
             }),
             move |req| auth.intercept(req),
         );

@@ -20,14 +20,14 @@ pub use intents::Reconciled;
 pub use keyring::Keyring;
 pub use state::{activate_replacement, lock_for_state_change};
 pub use sweep::Swept;
-pub use verify::{NotUsable, ProbeAnswer, classify as classify_probe, verify_usable};
+pub use verify::{NotUsable, ProbeAnswer, classify as classify_probe, verify_usable, xml_field};
 
 use crate::backend::{BackendError, KeyBackend, NewKey};
 use crate::domain::KeyState;
 use crate::registry::{self, keys::KeyRow};
 use crate::seal::MasterKey;
 use crate::secret::SecretString;
-use crate::signing::{S3Target, SigningKey};
+use crate::signing::{S3Target, SESSION_KEY_REFUSED, SigningKey, is_session_key_id};
 use anyhow::Context;
 use sqlx::PgPool;
 use std::sync::Arc;
@@ -87,6 +87,16 @@ impl KeyManager {
             probe,
             failpoints: Failpoints::default(),
         }
+    }
+
+    /// Where links point (endpoint, region, URL style).
+    pub fn target(&self) -> &S3Target {
+        &self.target
+    }
+
+    /// The HTTP client that probes the store.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.probe.http
     }
 
     /// Crash injection (tests): inert unless a point is armed.
@@ -251,6 +261,9 @@ impl KeyManager {
             .is_some_and(|k| k.key_id == row.key_id)
         {
             return Ok(());
+        }
+        if is_session_key_id(&row.key_id) {
+            anyhow::bail!("signing key {} {SESSION_KEY_REFUSED}", row.key_id);
         }
         let secret = self.open_secret(row)?;
         self.keyring.install(SigningKey::new(

@@ -7,4 +7,7 @@
 mod presign;
 mod sigv4;
 
-pub use presign::{Presigned, S3Target, SignError, SigningKey, signature_of};
+pub use presign::{
+    Presigned, S3Target, SESSION_KEY_REFUSED, SignError, SigningKey, is_session_key_id,
+    signature_of,
+};

@@ -80,6 +80,10 @@ stop_stack() {
         fi
         rm -f "$STATE/$svc.pid"
     done
+    if pg_lsclusters -h 2>/dev/null | grep -q "^$PG_VERSION replica .* online"; then
+        log "stopping the streaming replica (cluster $PG_VERSION/replica)"
+        pg_ctlcluster --skip-systemctl-redirect "$PG_VERSION" replica stop || true
+    fi
     if [ -f "$STATE/postgres.started" ]; then
         log "stopping PostgreSQL $PG_VERSION (this state started it)"
         pg_ctlcluster --skip-systemctl-redirect "$PG_VERSION" main stop || true

@@ -205,6 +205,10 @@ impl From<DashboardError> for ApiError {
                 message: e.to_string(),
                 retry_after: RETRY_TIMED_OUT,
             },
+            DashboardError::Probe(m) => {
+                tracing::error!(error = %m, "VerifyLink could not sign its probe");
+                Self::Internal("could not sign the probe".into())
+            }
         }
     }
 }

@@ -77,7 +77,7 @@ pub fn classify(status: u16, body: &str) -> ProbeAnswer {
 }
 
 /// The text of the first `<name>` element (S3 error bodies are flat and small).
-fn xml_field<'a>(body: &'a str, name: &str) -> Option<&'a str> {
+pub fn xml_field<'a>(body: &'a str, name: &str) -> Option<&'a str> {
     let start = body.find(&format!("<{name}>"))? + name.len() + 2;
     let len = body[start..].find(&format!("</{name}>"))?;
     Some(body[start..start + len].trim())

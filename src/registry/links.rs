@@ -184,6 +184,28 @@ pub async fn find_by_signature(
     .during("links::find_by_signature")
 }
 
+/// The links `key_id` signed at `issued_at` (a second): VerifyLink's way back
+/// to the link of a URL whose signature was altered, checked by the caller
+/// against the URL's bucket and key.
+pub async fn find_by_key_and_time(
+    db: impl PgExecutor<'_>,
+    key_id: &str,
+    issued_at: DateTime<Utc>,
+) -> Result<Vec<LinkRow>, Error> {
+    sqlx::query_as(AssertSqlSafe(select_sql(
+        // A link lives at most 7 days: the expiry range keeps the scan to the
+        // partitions that can hold it.
+        "WHERE l.key_id = $1 AND l.issued_at = $2
+           AND l.expires_at > $2 AND l.expires_at <= $2 + interval '7 days'
+         ORDER BY l.id LIMIT 100",
+    )))
+    .bind(key_id)
+    .bind(issued_at)
+    .fetch_all(db)
+    .await
+    .during("links::find_by_key_and_time")
+}
+
 /// How many links a deactivation revoked: those of the key still unexpired when
 /// it was deactivated. Nothing is written per link (a key with a million links
 /// is revoked in one row update); reads derive each link's revocation from its

@@ -65,6 +65,19 @@ pub fn signature_of(url: &str) -> Option<&str> {
         .filter(|s| !s.is_empty())
 }
 
+/// Whether `key_id` is a temporary (STS session) access key: AWS gives those
+/// the ASIA prefix (long-term keys: AKIA). presignd never signs with one: the
+/// session could end before the links it signed, cutting them short of their
+/// recorded expiry.
+pub fn is_session_key_id(key_id: &str) -> bool {
+    key_id.starts_with("ASIA")
+}
+
+/// Why a session key is refused, for the error that stops startup.
+pub const SESSION_KEY_REFUSED: &str = "is a temporary STS session key: presignd signs only with \
+     long-term access keys it created itself (a session could end before the links it signed); \
+     delete that key from the registry and let presignd create one";
+
 pub struct SigningKey {
     pub key_id: String,
     pub signer: String,
@@ -115,18 +128,22 @@ impl SigningKey {
         )
     }
 
-    /// A presigned HEAD of a probe object in `bucket`: the backend answers 200 or
-    /// 404 if it accepts this key, 403 if it does not.
     /// A presigned GET of an object that does not exist: the answer's body
     /// says why a key is refused (a HEAD answer has no body), and no object is
     /// read.
     pub fn presign_probe(&self, bucket: &str) -> Result<String, SignError> {
+        self.presign_get(bucket, ".presignd-probe-missing-object")
+    }
+
+    /// A presigned GET of `key` in `bucket`, valid one minute: VerifyLink's probe
+    /// of a GET or HEAD link's object.
+    pub fn presign_get(&self, bucket: &str, key: &str) -> Result<String, SignError> {
         let presigned = self.sigv4.presign(
             self.endpoint()?,
             &Request {
                 method: Method::Get,
                 bucket,
-                key: ".presignd-probe-missing-object",
+                key,
                 content_type: None,
                 content_disposition: None,
                 x_id: true,
@@ -141,6 +158,13 @@ impl SigningKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn session_keys_are_told_from_long_term_ones_by_their_prefix() {
+        assert!(is_session_key_id("ASIAIOSFODNN7EXAMPLE"));
+        assert!(!is_session_key_id("AKIAIOSFODNN7EXAMPLE"));
+        assert!(!is_session_key_id("GK31c2f218a2e44f485b94239e"));
+    }
 
     #[test]
     fn the_signature_is_read_from_the_query() {

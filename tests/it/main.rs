@@ -46,3 +46,4 @@ mod secrets;
 mod signers;
 mod tls_handshake;
 mod validation;
+mod verify_link;

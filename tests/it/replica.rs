@@ -81,11 +81,9 @@ async fn the_three_dashboard_reads_go_to_the_replica_and_the_rest_to_the_primary
         .expect("ListAuditEvents reads the primary");
 }
 
-/// Needs a streaming replica: `deploy/dev/stack.sh replica`, then source the
-/// env again (REPLICA_DATABASE_URL). Run with `cargo nextest run --run-ignored
-/// all replica`.
+/// Through the dev stack's streaming replica (`deploy/dev/stack.sh replica`,
+/// started by deploy/dev/test.sh; REPLICA_DATABASE_URL): fails loudly without it.
 #[sqlx::test]
-#[ignore = "needs deploy/dev/stack.sh replica (REPLICA_DATABASE_URL)"]
 async fn a_link_is_read_through_a_real_replica_once_it_replayed(pool: PgPool) {
     let replica_server = env("REPLICA_DATABASE_URL");
     let (server, _) = replica_server.rsplit_once('/').unwrap();
