@@ -80,9 +80,10 @@ stop_stack() {
         fi
         rm -f "$STATE/$svc.pid"
     done
-    if pg_lsclusters -h 2>/dev/null | grep -q "^$PG_VERSION replica .* online"; then
-        log "stopping the streaming replica (cluster $PG_VERSION/replica)"
+    if [ -f "$STATE/replica.started" ]; then
+        log "stopping the streaming replica (cluster $PG_VERSION/replica; this state started it)"
         pg_ctlcluster --skip-systemctl-redirect "$PG_VERSION" replica stop || true
+        rm -f "$STATE/replica.started"
     fi
     if [ -f "$STATE/postgres.started" ]; then
         log "stopping PostgreSQL $PG_VERSION (this state started it)"
@@ -123,6 +124,7 @@ replica() {
     if ! pg_lsclusters -h | grep -q "^$PG_VERSION replica .* online"; then
         log "starting the replica (port $port)"
         pg_ctlcluster --skip-systemctl-redirect "$PG_VERSION" replica start
+        mkdir -p "$STATE" && touch "$STATE/replica.started"
     fi
     for _ in $(seq 1 50); do
         [ "$(su postgres -c "psql -p $port -qtAc 'SELECT pg_is_in_recovery()'" 2>/dev/null)" = t ] && break
