@@ -285,7 +285,7 @@ fn to_row(e: AuditEvent, count: u64) -> AuditRow {
         peer: e.peer,
         rpc: clean(&e.rpc, 200),
         target: clean(&e.target, MAX_TARGET_CHARS),
-        code: code_name(e.code).to_owned(),
+        code: crate::telemetry::rpc::code_name(e.code).to_owned(),
         message: clean(&e.message, MAX_MESSAGE_CHARS),
         count: i64::try_from(count).unwrap_or(i64::MAX),
     }
@@ -317,29 +317,6 @@ pub fn clean(text: &str, max_chars: usize) -> String {
 pub fn looks_like_credential(word: &str) -> bool {
     let lower = word.to_ascii_lowercase();
     lower.contains("://") || lower.contains("x-amz-") || lower.contains("signature=")
-}
-
-/// The canonical upper-case name of a gRPC code.
-pub fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
 }
 
 /// The gRPC method a request is for, put in its extensions by `tag_rpc` (a
