@@ -100,6 +100,35 @@ stop_stack() {
 # socket (peer auth: no role, no pg_hba change); -R makes it a standby that
 # streams from the primary. Writes REPLICA_DATABASE_URL to $STATE/env (same
 # role, same database names: the replica replicates the whole cluster).
+# Creates (a base backup of the primary) and starts the replica cluster as needed.
+replica_start() {
+    local port=$1 data=$2
+    if ! pg_lsclusters -h | grep -q "^$PG_VERSION replica "; then
+        log "creating cluster $PG_VERSION/replica on port $port: a base backup of $PG_VERSION/main"
+        pg_createcluster "$PG_VERSION" replica --port "$port" >/dev/null
+        rm -rf "$data"
+        su postgres -c "pg_basebackup -D '$data' -R -X stream -c fast -p 5432" \
+            || { pg_dropcluster "$PG_VERSION" replica || true; die "pg_basebackup failed"; }
+    fi
+    if ! pg_lsclusters -h | grep -q "^$PG_VERSION replica .* online"; then
+        log "starting the replica (port $port)"
+        pg_ctlcluster --skip-systemctl-redirect "$PG_VERSION" replica start
+        mkdir -p "$STATE" && touch "$STATE/replica.started"
+    fi
+}
+
+# Whether the replica, in recovery, replays past the primary's current WAL
+# position within 20 s.
+replica_caught_up() {
+    local port=$1 lsn
+    lsn="$(su postgres -c "psql -qtAc 'SELECT pg_current_wal_lsn()'")"
+    for _ in $(seq 1 100); do
+        [ "$(su postgres -c "psql -p $port -qtAc \"SELECT pg_is_in_recovery() AND pg_last_wal_replay_lsn() >= '$lsn'\"" 2>/dev/null)" = t ] && return 0
+        sleep 0.2
+    done
+    return 1
+}
+
 replica() {
     local port="${REPLICA_PORT:-5433}" data="/var/lib/postgresql/$PG_VERSION/replica"
     case "${1:-up}" in
@@ -114,24 +143,17 @@ replica() {
     [ -n "$(state_id)" ] || die "no state in $STATE: run $0 up first"
     pg_lsclusters -h | grep -q "^$PG_VERSION main .* online" \
         || die "the primary (cluster $PG_VERSION/main) is not running: run $0 up first"
-    if ! pg_lsclusters -h | grep -q "^$PG_VERSION replica "; then
-        log "creating cluster $PG_VERSION/replica on port $port: a base backup of $PG_VERSION/main"
-        pg_createcluster "$PG_VERSION" replica --port "$port" >/dev/null
-        rm -rf "$data"
-        su postgres -c "pg_basebackup -D '$data' -R -X stream -c fast -p 5432" \
-            || { pg_dropcluster "$PG_VERSION" replica || true; die "pg_basebackup failed"; }
+    replica_start "$port" "$data"
+    # A replica that was down while the primary recycled its WAL can never
+    # catch up (no replication slot, on purpose: a forgotten replica must not
+    # fill the disk with WAL). It is rebuilt from a new base backup.
+    if ! replica_caught_up "$port"; then
+        log "the replica cannot catch up with the primary (WAL recycled while it was down?): rebuilding it"
+        pg_dropcluster --stop "$PG_VERSION" replica || true
+        replica_start "$port" "$data"
+        replica_caught_up "$port" \
+            || die "the replica on :$port does not replay the primary's WAL: see /var/log/postgresql/postgresql-$PG_VERSION-replica.log"
     fi
-    if ! pg_lsclusters -h | grep -q "^$PG_VERSION replica .* online"; then
-        log "starting the replica (port $port)"
-        pg_ctlcluster --skip-systemctl-redirect "$PG_VERSION" replica start
-        mkdir -p "$STATE" && touch "$STATE/replica.started"
-    fi
-    for _ in $(seq 1 50); do
-        [ "$(su postgres -c "psql -p $port -qtAc 'SELECT pg_is_in_recovery()'" 2>/dev/null)" = t ] && break
-        sleep 0.2
-    done
-    [ "$(su postgres -c "psql -p $port -qtAc 'SELECT pg_is_in_recovery()'" 2>/dev/null)" = t ] \
-        || die "the replica on :$port is not a standby in recovery: see /var/log/postgresql/postgresql-$PG_VERSION-replica.log"
     sed -i '/^export REPLICA_DATABASE_URL=/d' "$STATE/env" 2>/dev/null || true
     echo "export REPLICA_DATABASE_URL='postgres://$PG_USER:$PG_PASSWORD@127.0.0.1:$port/$(db_name)'" >>"$STATE/env"
     log "replica streaming from $PG_VERSION/main on :$port; REPLICA_DATABASE_URL in $STATE/env"
