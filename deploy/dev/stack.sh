@@ -190,7 +190,14 @@ esac
 for tool in ss:iproute2 curl:curl openssl:openssl systemd-analyze:systemd promtool:prometheus; do
     command -v "${tool%%:*}" >/dev/null || {
         log "installing ${tool#*:}"
+        # Packages that ship a daemon (prometheus) must not start it here: the
+        # usual policy-rc.d answer "no service starts", for this install only.
+        made_policy=false
+        if [ ! -e /usr/sbin/policy-rc.d ]; then
+            printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && made_policy=true
+        fi
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${tool#*:}" >/dev/null
+        if $made_policy; then rm -f /usr/sbin/policy-rc.d; fi
     }
 done
 mkdir -p "$STATE"
