@@ -13,9 +13,12 @@ use tonic::Code;
 
 #[sqlx::test]
 async fn issue_link_keeps_working_while_another_caller_floods_summaries(pool: PgPool) {
-    // IssueLink's pool is small, so a flood on it would show at once.
+    // IssueLink's pool is small, so a flood on it would show at once (32
+    // flooders against 6 connections, one of which LISTENs for key changes);
+    // the acquire timeout leaves room for a machine busy with other tests.
     let config = test_config(&[
-        "--db-max-connections=3",
+        "--db-max-connections=6",
+        "--db-acquire-timeout-secs=3",
         "--read-db-max-connections=1",
         "--read-rate-per-sec=10",
         "--read-burst=10",
