@@ -8,6 +8,12 @@
 //! each send requests back to back for D seconds (max throughput). Open loop:
 //! requests sent at half the measured IssueLink throughput (p99 at half load).
 //!
+//! CPU per committed link, over the closed loop: the server runs on a runtime
+//! of its own whose threads are known (their utime+stime from
+//! /proc/self/task), Postgres is the backends of the bench database (from
+//! pg_stat_activity and /proc; the WAL writer and checkpointer, shared with
+//! every database, are not counted).
+//!
 //! BENCH_DB=<name> runs against that existing database instead (e.g. the one
 //! `--bench dashboards` filled), untouched but for the links issued; with
 //! BENCH_DROP_PARTITION=1 a last closed loop runs while, 5 s in, the oldest
@@ -163,6 +169,35 @@ async fn open_loop(rpc: Rpc, channels: &[Channel], bucket: &str, rate: f64) -> R
     }
 }
 
+/// Clock ticks of CPU (user + system) of one /proc stat file.
+fn cpu_ticks(stat: &str) -> u64 {
+    std::fs::read_to_string(stat)
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            // Fields 14 and 15 (utime, stime), counted from the state (field 3).
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .unwrap_or(0)
+}
+
+const TICK_US: f64 = 10_000.0; // USER_HZ = 100 on Linux
+
+fn server_ticks(tids: &std::sync::Mutex<Vec<u32>>) -> u64 {
+    tids.lock()
+        .unwrap()
+        .iter()
+        .map(|t| cpu_ticks(&format!("/proc/self/task/{t}/stat")))
+        .sum()
+}
+
+fn postgres_ticks(pids: &[i32]) -> u64 {
+    pids.iter()
+        .map(|p| cpu_ticks(&format!("/proc/{p}/stat")))
+        .sum()
+}
+
 fn row(name: &str, r: &Run) {
     println!(
         "| {name} | {:.0}/s | {:.2} ms | {:.2} ms | {:.2} ms | {} |",
@@ -178,6 +213,11 @@ fn row(name: &str, r: &Run) {
 async fn main() -> anyhow::Result<()> {
     if !std::env::args().any(|a| a == "--bench") {
         return Ok(()); // `cargo test` runs bench binaries too
+    }
+    // BENCH_LOG=1: the service's logging (stderr, RUST_LOG), to measure what
+    // log lines cost; without it nothing is logged.
+    if std::env::var("BENCH_LOG").is_ok_and(|v| v == "1") {
+        presignd::telemetry::init(presignd::telemetry::LogFormat::Auto, None)?;
     }
     let admin: PgConnectOptions = env("DATABASE_URL").parse()?;
     let existing = std::env::var("BENCH_DB").ok();
@@ -222,9 +262,28 @@ async fn main() -> anyhow::Result<()> {
             .await?;
     }
     let config = Wrapper::try_parse_from(args)?.config;
-    let app = App::build_with_db(config, admin.clone().database(&db)).await?;
+    // The server's own runtime, so its CPU can be told from the clients'.
+    let tids = Arc::new(std::sync::Mutex::new(Vec::<u32>::new()));
+    let server_rt = {
+        let tids = tids.clone();
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("server") // `perf report --comms server`
+            .enable_all()
+            .on_thread_start(move || {
+                let tid = std::fs::read_link("/proc/thread-self")
+                    .ok()
+                    .and_then(|p| p.file_name()?.to_str()?.parse::<u32>().ok());
+                tids.lock().unwrap().extend(tid);
+            })
+            .build()?
+    };
+    let db_options = admin.clone().database(&db);
+    let app = server_rt
+        .spawn(async move { App::build_with_db(config, db_options).await })
+        .await??;
     let port = app.port();
-    tokio::spawn(async move {
+    server_rt.spawn(async move {
         if let Err(e) = app.run_until_stopped().await {
             eprintln!("the server stopped: {e:#}");
         }
@@ -254,7 +313,22 @@ async fn main() -> anyhow::Result<()> {
     let _ = closed_loop(Rpc::Issue, &channels, &bucket).await;
 
     let noop = closed_loop(Rpc::Health, &channels, &bucket).await;
+
+    let mut bench_db = PgConnection::connect_with(&admin.clone().database(&db)).await?;
+    let count = "SELECT count(*) FROM links";
+    let backends: Vec<i32> = sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+    )
+    .bind(&db)
+    .fetch_all(&mut bench_db)
+    .await?;
+    let links_before: i64 = sqlx::query_scalar(count).fetch_one(&mut bench_db).await?;
+    let (server0, pg0) = (server_ticks(&tids), postgres_ticks(&backends));
     let issue = closed_loop(Rpc::Issue, &channels, &bucket).await;
+    let (server1, pg1) = (server_ticks(&tids), postgres_ticks(&backends));
+    let links_after: i64 = sqlx::query_scalar(count).fetch_one(&mut bench_db).await?;
+    let committed = (links_after - links_before).max(1) as f64;
+
     let half = open_loop(Rpc::Issue, &channels, &bucket, issue.per_sec / 2.0).await;
     let dropping = std::env::var("BENCH_DROP_PARTITION").is_ok_and(|v| v == "1");
     let during_drop = if dropping {
@@ -264,9 +338,7 @@ async fn main() -> anyhow::Result<()> {
     } else {
         None
     };
-    let links: i64 = sqlx::query_scalar("SELECT count(*) FROM links")
-        .fetch_one(&mut PgConnection::connect_with(&admin.database(&db)).await?)
-        .await?;
+    let links: i64 = sqlx::query_scalar(count).fetch_one(&mut bench_db).await?;
 
     println!(
         "| load ({} clients on {CHANNELS} HTTP/2 connections, {SECONDS} s) | throughput | p50 | p99 | p99.9 | errors |",
@@ -295,6 +367,15 @@ async fn main() -> anyhow::Result<()> {
         "IssueLink / no-op throughput: {:.2}; links committed in the registry: {links}",
         issue.per_sec / noop.per_sec
     );
+    println!(
+        "CPU per committed link over the IssueLink closed loop ({} links committed, {} answered OK, {} backends): server {:.1} µs, Postgres {:.1} µs",
+        links_after - links_before,
+        issue.latencies.len(),
+        backends.len(),
+        (server1 - server0) as f64 * TICK_US / committed,
+        (pg1 - pg0) as f64 * TICK_US / committed,
+    );
+    std::mem::forget(server_rt); // a runtime may not be dropped inside another
     Ok(())
 }
 

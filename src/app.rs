@@ -70,11 +70,7 @@ pub struct App {
 
 impl App {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let options: PgConnectOptions = config
-            .database_url()?
-            .expose()
-            .parse()
-            .context("DATABASE_URL is not a valid PostgreSQL URL")?;
+        let options = config.database_options()?;
         Self::build_with_db(config, options).await
     }
 
@@ -259,6 +255,7 @@ impl App {
             LinkServiceServer::new(LinkApi {
                 issuer,
                 dashboard: dashboard.clone(),
+                keys: self.keys.clone(),
             }),
             move |req| auth.intercept(req),
         );
@@ -287,7 +284,7 @@ impl App {
         let metrics_server = tokio::spawn(metrics::serve(self.metrics_listener, move || {
             probe.reason()
         }));
-        let outstanding = tokio::spawn(metrics::keep_outstanding_fresh(
+        let outstanding = tokio::spawn(metrics::keep_registry_gauges_fresh(
             self.pool.clone(),
             self.config.metrics_refresh(),
         ));

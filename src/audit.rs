@@ -100,8 +100,23 @@ impl Auditor {
     }
 }
 
+/// Writes one audit row; a passing outage (no connection within the pool's
+/// timeout, as under load or while Postgres restarts) is retried a few times,
+/// since a lost row is a hole in the trail.
 async fn write(pool: &PgPool, row: AuditRow) {
-    if let Err(e) = registry::audit::insert(pool, &row).await {
+    let mut backoff = Duration::from_millis(100);
+    let mut result = registry::audit::insert(pool, &row).await;
+    for _ in 0..5 {
+        match &result {
+            Err(e) if e.is_unavailable() => {
+                tokio::time::sleep(backoff).await;
+                backoff *= 2;
+                result = registry::audit::insert(pool, &row).await;
+            }
+            _ => break,
+        }
+    }
+    if let Err(e) = result {
         tracing::error!(
             error = %e, rpc = %row.rpc, code = %row.code,
             caller = row.caller.as_deref().unwrap_or("-"),
@@ -270,7 +285,7 @@ fn to_row(e: AuditEvent, count: u64) -> AuditRow {
         peer: e.peer,
         rpc: clean(&e.rpc, 200),
         target: clean(&e.target, MAX_TARGET_CHARS),
-        code: code_name(e.code).to_owned(),
+        code: crate::telemetry::rpc::code_name(e.code).to_owned(),
         message: clean(&e.message, MAX_MESSAGE_CHARS),
         count: i64::try_from(count).unwrap_or(i64::MAX),
     }
@@ -302,29 +317,6 @@ pub fn clean(text: &str, max_chars: usize) -> String {
 pub fn looks_like_credential(word: &str) -> bool {
     let lower = word.to_ascii_lowercase();
     lower.contains("://") || lower.contains("x-amz-") || lower.contains("signature=")
-}
-
-/// The canonical upper-case name of a gRPC code.
-pub fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
 }
 
 /// The gRPC method a request is for, put in its extensions by `tag_rpc` (a

@@ -164,6 +164,7 @@ impl Authenticator {
                 Ok(req)
             }
             Err(status) => {
+                crate::metrics::record_denial(crate::metrics::Denial::Authentication);
                 if let Some(audit) = &self.audit {
                     audit.record_denial(AuditEvent {
                         caller: None,

@@ -6,6 +6,7 @@ pub mod aws;
 pub mod garage;
 
 use crate::secret::SecretString;
+use chrono::{DateTime, Utc};
 
 /// A freshly created access key. The secret leaves this struct only to be sealed
 /// and to build a signing client.
@@ -66,8 +67,21 @@ pub trait KeyBackend: Send + Sync + 'static {
     /// "garage" or "aws", as stored in the registry.
     fn kind(&self) -> &'static str;
 
-    /// Creates a new access key for `signer`, allowed on the configured buckets.
-    async fn create_key(&self, signer: &str) -> Result<NewKey, BackendError>;
+    /// Creates a new access key for `signer`, allowed on the configured
+    /// buckets, under `name` (unique, chosen and recorded by presignd before
+    /// this call: `find_created` finds the key by it).
+    async fn create_key(&self, signer: &str, name: &str) -> Result<NewKey, BackendError>;
+
+    /// The ids of `signer`'s keys that calls `create_key(signer, name)` with
+    /// one of `names`, none earlier than `since`, may have created. Garage
+    /// finds them by name; IAM access keys carry no name, so AWS answers the
+    /// user's keys created since `since` (the caller leaves out those it knows).
+    async fn find_created(
+        &self,
+        signer: &str,
+        names: &[String],
+        since: DateTime<Utc>,
+    ) -> Result<Vec<String>, BackendError>;
 
     /// Makes the key unusable: every URL it signed stops working. Idempotent.
     async fn deactivate_key(&self, signer: &str, access_key_id: &str) -> Result<(), BackendError>;

@@ -251,7 +251,8 @@ pub struct Config {
     #[arg(long, env = "PRESIGND_RECORD_BATCH_MAX", default_value_t = 256)]
     pub record_batch_max: usize,
 
-    /// Seconds between background upkeep runs: retrying unfinished revocations,
+    /// Seconds between background upkeep runs: deleting keys a crash left
+    /// created and unrecorded (key intents), retrying unfinished revocations,
     /// deactivating retired keys whose last link expired, and folding the link
     /// roll-up that SummarizeLinks reads.
     #[arg(long, env = "PRESIGND_MAINTENANCE_INTERVAL_SECS", default_value_t = 15)]
@@ -325,6 +326,36 @@ impl Config {
             "--database-url-file (DATABASE_URL_FILE)",
         )?
         .context("no registry configured: set DATABASE_URL or DATABASE_URL_FILE")
+    }
+
+    /// The registry's connect options: the URL parsed as libpq users know it
+    /// (`sslmode`, `sslrootcert`, `sslcert`, `sslkey` in its query). A
+    /// certificate or key file the URL names must be readable now: sqlx reads
+    /// it at each connection, and its error then does not say which file.
+    pub fn database_options(&self) -> anyhow::Result<sqlx::postgres::PgConnectOptions> {
+        let url = self.database_url()?;
+        let options = url
+            .expose()
+            .parse()
+            .context("DATABASE_URL is not a valid PostgreSQL URL")?;
+        let query = url::Url::parse(url.expose()).context("DATABASE_URL is not a URL")?;
+        for (key, value) in query.query_pairs() {
+            let names_a_file = matches!(
+                &*key,
+                "sslrootcert"
+                    | "ssl-root-cert"
+                    | "ssl-ca"
+                    | "sslcert"
+                    | "ssl-cert"
+                    | "sslkey"
+                    | "ssl-key"
+            ) && !value.trim_start().starts_with("-----BEGIN");
+            if names_a_file {
+                std::fs::File::open(&*value)
+                    .with_context(|| format!("DATABASE_URL's {key}: reading {value}"))?;
+            }
+        }
+        Ok(options)
     }
 
     /// The Garage admin token, from --garage-admin-token or its _FILE form.
@@ -555,6 +586,33 @@ mod tests {
         (c.master_key, c.master_key_file) = (Some(SecretString::new("nothex".into())), None);
         let e = format!("{:#}", c.master_key().unwrap_err());
         assert!(e.contains("malformed"), "{e}");
+    }
+
+    #[test]
+    fn a_database_url_naming_a_missing_ca_file_says_which() {
+        let mut c = Config::from_matches(&matches(&["t"])).unwrap();
+        (c.database_url, c.database_url_file) = (
+            Some(SecretString::new(
+                "postgres://u:secret@db/p?sslmode=verify-full&sslrootcert=/nowhere/ca.pem".into(),
+            )),
+            None,
+        );
+        let e = format!("{:#}", c.database_options().unwrap_err());
+        assert!(
+            e.contains("sslrootcert: reading /nowhere/ca.pem") && e.contains("No such file"),
+            "{e}"
+        );
+        assert!(!e.contains("secret"), "the URL's password leaked: {e}");
+        let ca = temp_file("ca.pem", "-----BEGIN CERTIFICATE-----\n");
+        c.database_url = Some(SecretString::new(format!(
+            "postgres://u:secret@db/p?sslmode=verify-full&sslrootcert={}",
+            ca.display()
+        )));
+        let options = c.database_options().unwrap();
+        assert!(matches!(
+            options.get_ssl_mode(),
+            sqlx::postgres::PgSslMode::VerifyFull
+        ));
     }
 
     fn temp_file(name: &str, text: &str) -> PathBuf {

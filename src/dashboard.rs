@@ -13,6 +13,10 @@
 //! timeout. A flood of full-scan summaries waits for those connections, or is
 //! refused, but never takes one IssueLink needs.
 
+mod verify;
+
+pub use verify::{StoreAnswer, Subject, Verdict, Verification, judge};
+
 use crate::auth::Caller;
 use crate::domain::{FieldError, PresignedUrl};
 use crate::paging::{Cursor, Listing, PageTokens};
@@ -42,6 +46,9 @@ pub enum DashboardError {
     RateLimited(#[from] RateLimited),
     #[error("the query ran past the read statement timeout; narrow the filter")]
     TimedOut,
+    /// VerifyLink could not sign its probe.
+    #[error("{0}")]
+    Probe(String),
 }
 
 impl From<registry::Error> for DashboardError {
@@ -195,17 +202,7 @@ impl Dashboard {
         caller: &Caller,
         url: &PresignedUrl,
     ) -> Result<Lookup, DashboardError> {
-        let not_found =
-            || DashboardError::NotFound("no link issued by presignd has this URL".into());
-        let link = links::find_by_signature(&self.pool, &url.signature_sha256(), url.signed_at())
-            .await?
-            .filter(|l| {
-                url.addresses(&l.bucket, &l.object_key)
-                    && url.access_key_id() == l.key_id
-                    && url.signed_at() == l.issued_at
-                    && may_read(caller, l)
-            })
-            .ok_or_else(not_found)?;
+        let link = self.lookup_link(caller, url).await?;
         let blast_radius = match caller.admin {
             true => {
                 let mut snapshot = registry::begin_snapshot(&self.pool).await?;
@@ -214,6 +211,25 @@ impl Dashboard {
             false => None,
         };
         Ok(Lookup { link, blast_radius })
+    }
+
+    /// The link `url` was issued as, if `caller` may read it.
+    async fn lookup_link(
+        &self,
+        caller: &Caller,
+        url: &PresignedUrl,
+    ) -> Result<LinkRow, DashboardError> {
+        let not_found =
+            || DashboardError::NotFound("no link issued by presignd has this URL".into());
+        links::find_by_signature(&self.pool, &url.signature_sha256(), url.signed_at())
+            .await?
+            .filter(|l| {
+                url.addresses(&l.bucket, &l.object_key)
+                    && url.access_key_id() == l.key_id
+                    && url.signed_at() == l.issued_at
+                    && may_read(caller, l)
+            })
+            .ok_or_else(not_found)
     }
 }
 

@@ -33,12 +33,15 @@ pub struct Readiness {
 }
 
 impl Readiness {
+    /// Not ready, and why; `presignd_ready` follows.
     pub fn not_ready(&self, reason: impl Into<String>) {
         *self.reason.lock().expect("readiness lock") = Some(reason.into());
+        crate::metrics::set_ready(false);
     }
 
     pub fn ready(&self) {
         *self.reason.lock().expect("readiness lock") = None;
+        crate::metrics::set_ready(true);
     }
 
     pub fn reason(&self) -> Option<String> {

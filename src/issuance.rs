@@ -132,10 +132,8 @@ impl Issuer {
                 .active_key(signer)
                 .ok_or_else(|| IssueError::NoActiveKey(signer.to_owned()))?;
             let issued = now_in_seconds();
-            let presigned = key.presign(&spec, issued).await?;
-            let signature = presigned.signature().ok_or_else(|| {
-                SignError::Presign("no X-Amz-Signature in the presigned URL".into())
-            })?;
+            let presigned = key.presign(&spec, issued)?;
+            let signature = presigned.signature();
             let issued_at: DateTime<Utc> = issued.into();
             let row = NewLink {
                 id: Uuid::now_v7(),
@@ -151,7 +149,9 @@ impl Issuer {
                 signature_sha256: Sha256::digest(signature.as_bytes()).to_vec(),
             };
             if let Some(row) = self.recorder.record(row).await? {
-                tracing::info!(
+                // Debug: at thousands of links a second, a line each is a
+                // measurable share of the server's CPU (docs/BENCHMARKS.md).
+                tracing::debug!(
                     link_id = %row.id, caller = %caller.name, signer, key_id = %key.key_id,
                     method = spec.method.as_str(), bucket = %spec.bucket, ttl_s = spec.ttl.as_secs(),
                     "issued link"

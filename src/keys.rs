@@ -1,28 +1,33 @@
 //! The signing keys' lifecycle, in one place: provisioning a signer's first
-//! key, loading active keys into the keyring (opening their sealed secrets),
+//! key, creating keys under a recorded intent and reconciling those a crash
+//! left behind (`intents`), loading active keys into the keyring (opening their sealed secrets),
 //! creating a rotation's replacement and proving it usable, changing a key's
 //! state under its state-change lock (retire, activate, deactivate, discard),
 //! freeing a backend key slot, and following other replicas' key changes.
 //! Revocation decides *when* these happen; this module is *how*.
 
+mod failpoints;
 mod follow;
+mod intents;
 mod keyring;
 mod slots;
 mod state;
 mod sweep;
 mod verify;
 
+pub use failpoints::{Failpoint, Failpoints};
+pub use intents::Reconciled;
 pub use keyring::Keyring;
 pub use state::{activate_replacement, lock_for_state_change};
 pub use sweep::Swept;
-pub use verify::{NotUsable, ProbeAnswer, classify as classify_probe, verify_usable};
+pub use verify::{NotUsable, ProbeAnswer, classify as classify_probe, verify_usable, xml_field};
 
 use crate::backend::{BackendError, KeyBackend, NewKey};
 use crate::domain::KeyState;
 use crate::registry::{self, keys::KeyRow};
 use crate::seal::MasterKey;
 use crate::secret::SecretString;
-use crate::signing::{S3Target, SigningKey};
+use crate::signing::{S3Target, SESSION_KEY_REFUSED, SigningKey, is_session_key_id};
 use anyhow::Context;
 use sqlx::PgPool;
 use std::sync::Arc;
@@ -62,6 +67,7 @@ pub struct KeyManager {
     master_key: MasterKey,
     target: S3Target,
     probe: Probe,
+    failpoints: Failpoints,
 }
 
 impl KeyManager {
@@ -79,7 +85,23 @@ impl KeyManager {
             master_key,
             target,
             probe,
+            failpoints: Failpoints::default(),
         }
+    }
+
+    /// Where links point (endpoint, region, URL style).
+    pub fn target(&self) -> &S3Target {
+        &self.target
+    }
+
+    /// The HTTP client that probes the store.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.probe.http
+    }
+
+    /// Crash injection (tests): inert unless a point is armed.
+    pub fn failpoints(&self) -> &Failpoints {
+        &self.failpoints
     }
 
     /// The key `signer` signs with now, if it has one.
@@ -105,66 +127,60 @@ impl KeyManager {
             registry::commit(tx).await?;
             return self.install(&row);
         }
-        let new = self
+        let created = self
             .create_backend_key(&mut tx, signer)
             .await
             .with_context(|| format!("creating a signing key for signer {signer}"))?;
+        let new = &created.key;
         let key = SigningKey::new(
             &self.target,
             &new.access_key_id,
             &new.secret_access_key,
             signer,
         );
-        // A key that never reaches the registry is deleted at once, not left
-        // live and unknown (invariant 6): a failed probe or insert takes its key.
         let recorded = async {
             self.prove_usable(&key).await?;
-            registry::keys::insert(
-                &mut *tx,
-                &new.access_key_id,
-                signer,
-                KeyState::Active,
-                &self.seal(&new),
-            )
-            .await?;
-            registry::commit(tx).await?;
+            self.failpoints.check(Failpoint::AfterProbe);
+            self.record(&mut tx, signer, &created, KeyState::Active)
+                .await?;
+            self.failpoints.check(Failpoint::BeforeCommit);
             anyhow::Ok(())
         }
         .await;
         if let Err(e) = recorded {
-            if let Err(d) = self.backend.delete_key(signer, &new.access_key_id).await {
-                tracing::error!(signer, key_id = %new.access_key_id, error = %d,
-                    "the unrecorded key could not be deleted: delete it at the backend by hand");
+            // A key that never reaches the registry is deleted at once, not
+            // left live until reconciliation: a failed probe or insert takes it.
+            let _ = tx.rollback().await;
+            let key_id = new.access_key_id.clone();
+            if let Err(d) = self.abandon(signer, created).await {
+                tracing::error!(signer, key_id, error = %d,
+                    "the unrecorded key could not be deleted yet: its intent stays, reconciliation retries");
             }
             return Err(e.context(format!(
-                "provisioning key {} for signer {signer} (deleted again)",
-                new.access_key_id
+                "provisioning key {key_id} for signer {signer} (deleted again)"
             )));
         }
-        tracing::info!(signer, key_id = %new.access_key_id, "provisioned a signing key");
+        // A failed commit may still have landed: the intent tells
+        // (reconciliation deletes the key only if the intent is still there).
+        registry::commit(tx).await?;
+        tracing::info!(signer, key_id = %key.key_id, "provisioned a signing key");
         self.keyring.install(key);
         Ok(())
     }
 
     /// Creates a rotation's replacement key for `signer` at the backend and
-    /// records it `pending` (sealed) in the caller's transaction; returns its id.
+    /// records it `pending` (sealed) in the caller's transaction, which holds
+    /// the signer's row lock from then on; returns its id. If that transaction
+    /// never commits, the key's intent stays and reconciliation deletes it.
     pub async fn create_replacement(
         &self,
         conn: &mut sqlx::PgConnection,
         signer: &str,
     ) -> Result<String, KeyError> {
-        let new = self.create_backend_key(&mut *conn, signer).await?;
-        // Logged so that a crash before commit leaves a trace of the backend key.
-        tracing::info!(signer, key_id = %new.access_key_id, "created replacement key");
-        registry::keys::insert(
-            &mut *conn,
-            &new.access_key_id,
-            signer,
-            KeyState::Pending,
-            &self.seal(&new),
-        )
-        .await?;
-        Ok(new.access_key_id)
+        let created = self.create_backend_key(&mut *conn, signer).await?;
+        self.record(&mut *conn, signer, &created, KeyState::Pending)
+            .await?;
+        Ok(created.key.access_key_id)
     }
 
     /// Proves a recorded key usable: opens its secret and probes the S3
@@ -185,7 +201,9 @@ impl KeyManager {
         let key = SigningKey::new(&self.target, key_id, &secret, &row.signer);
         self.prove_usable(&key)
             .await
-            .map_err(|e| KeyError::Unusable(e.to_string()))
+            .map_err(|e| KeyError::Unusable(e.to_string()))?;
+        self.failpoints.check(Failpoint::AfterProbe);
+        Ok(())
     }
 
     /// A presigned probe against the S3 endpoint, retried while the backend
@@ -244,6 +262,9 @@ impl KeyManager {
         {
             return Ok(());
         }
+        if is_session_key_id(&row.key_id) {
+            anyhow::bail!("signing key {} {SESSION_KEY_REFUSED}", row.key_id);
+        }
         let secret = self.open_secret(row)?;
         self.keyring.install(SigningKey::new(
             &self.target,
@@ -290,6 +311,7 @@ impl KeyManager {
     ) -> Result<(), KeyError> {
         self.stop_signing(signer, key_id).await?;
         self.deactivate_at_backend(signer, key_id).await?;
+        self.failpoints.check(Failpoint::AfterBackendDeactivate);
         lock_for_state_change(&mut *conn, key_id).await?;
         registry::keys::deactivate(&mut *conn, key_id, revocation_id).await?;
         registry::keys::notify_changed(&mut *conn, signer).await?;

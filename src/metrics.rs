@@ -19,11 +19,40 @@ use std::sync::OnceLock;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
+mod process;
+
 pub const LINKS_ISSUED: &str = "presignd_links_issued_total";
 pub const ISSUE_LINK_SECONDS: &str = "presignd_issue_link_duration_seconds";
 pub const OUTSTANDING_LINKS: &str = "presignd_outstanding_links";
 pub const REVOCATIONS: &str = "presignd_revocations_total";
 pub const REGISTRY_ERRORS: &str = "presignd_registry_errors_total";
+pub const DENIALS: &str = "presignd_denials_total";
+pub const BUILD_INFO: &str = "presignd_build_info";
+pub const READY: &str = "presignd_ready";
+pub const REVOCATIONS_RUNNING: &str = "presignd_revocations_running";
+pub const OLDEST_REVOCATION_AGE: &str = "presignd_revocation_oldest_running_age_seconds";
+pub const SIGNERS_WITHOUT_ACTIVE_KEY: &str = "presignd_signers_without_active_key";
+
+/// Why a request was refused, the `cause` label of `presignd_denials_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Denial {
+    /// No credentials, unknown token, refused certificate (UNAUTHENTICATED).
+    Authentication,
+    /// Outside the caller's policy, or a non-admin on KeyService (PERMISSION_DENIED).
+    Policy,
+    /// Over the caller's rate (RESOURCE_EXHAUSTED).
+    RateLimit,
+}
+
+impl Denial {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Authentication => "authentication",
+            Self::Policy => "policy",
+            Self::RateLimit => "rate_limit",
+        }
+    }
+}
 pub const STUCK_REVOCATIONS: &str = "presignd_revocations_stuck";
 
 /// IssueLink's latency buckets, in seconds, around the 3 ms p99 target.
@@ -85,6 +114,42 @@ fn install() -> PrometheusHandle {
         REGISTRY_ERRORS,
         "Registry (PostgreSQL) errors, by operation"
     );
+    describe_counter!(
+        DENIALS,
+        "Requests refused, by cause: authentication, policy, rate_limit"
+    );
+    describe_gauge!(
+        BUILD_INFO,
+        "Always 1; the labels say which build runs (version, git revision)"
+    );
+    gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "revision" => env!("PRESIGND_REVISION"))
+        .set(1.0);
+    describe_gauge!(
+        READY,
+        "1 when the server is ready (health SERVING, /readyz 200), else 0"
+    );
+    describe_gauge!(
+        REVOCATIONS_RUNNING,
+        "Revocations not finished (running or waiting for a retry), refreshed periodically"
+    );
+    describe_gauge!(
+        OLDEST_REVOCATION_AGE,
+        Unit::Seconds,
+        "Age of the oldest revocation still running (0 when none), refreshed periodically"
+    );
+    describe_gauge!(
+        SIGNERS_WITHOUT_ACTIVE_KEY,
+        "Signers that have no active signing key (their IssueLink answers UNAVAILABLE), refreshed periodically"
+    );
+    process::describe();
+    // Series that exist from the start at 0, so that rate() and the alerts see
+    // the first increase (and a dashboard's query names a series that exists).
+    for cause in [Denial::Authentication, Denial::Policy, Denial::RateLimit] {
+        counter!(DENIALS, "cause" => cause.as_str()).absolute(0);
+    }
+    for operation in REGISTRY_OPERATIONS {
+        counter!(REGISTRY_ERRORS, "operation" => *operation).absolute(0);
+    }
     // Histograms accumulate between scrapes; drain them even if nobody scrapes.
     let upkeep = handle.clone();
     std::thread::Builder::new()
@@ -111,15 +176,37 @@ pub fn record_issue_latency(elapsed: Duration, outcome: &'static str) {
     histogram!(ISSUE_LINK_SECONDS, "outcome" => outcome).record(elapsed.as_secs_f64());
 }
 
-/// `operation`: a fixed name for what failed ("issue_link", "dashboard",
-/// "outstanding_links", ...).
+/// The `operation` label values of `presignd_registry_errors_total`.
+const REGISTRY_OPERATIONS: &[&str] = &[
+    "issue_link",
+    "dashboard",
+    "outstanding_links",
+    "state_gauges",
+];
+
+/// `operation`: one of `REGISTRY_OPERATIONS`, what failed.
 pub fn record_registry_error(operation: &'static str) {
+    debug_assert!(REGISTRY_OPERATIONS.contains(&operation), "{operation}");
     handle();
     counter!(REGISTRY_ERRORS, "operation" => operation).increment(1);
 }
 
-/// One finished revocation of `signer`'s key. `mode`: "graceful", "revoke" or
-/// "emergency"; `outcome`: "succeeded", "failed" or "pending_retry".
+/// One refused request.
+pub fn record_denial(cause: Denial) {
+    handle();
+    counter!(DENIALS, "cause" => cause.as_str()).increment(1);
+}
+
+/// Follows readiness (`health::Readiness`).
+pub fn set_ready(ready: bool) {
+    handle();
+    gauge!(READY).set(if ready { 1.0 } else { 0.0 });
+}
+
+/// One ended revocation of `signer`'s key. `mode`: "graceful", "revoke" or
+/// "emergency"; `outcome`: "succeeded", "failed" or "cancelled". Counted where
+/// it ends (`revocation::procedure`, `revocation::cancel`), once, whoever drives
+/// it (the RPC's task, startup, the maintenance loop).
 pub fn record_revocation(mode: &'static str, outcome: &'static str, signer: &str) {
     handle();
     counter!(REVOCATIONS, "mode" => mode, "outcome" => outcome, "signer" => signer.to_owned())
@@ -151,6 +238,7 @@ pub async fn serve(
         .route(
             "/metrics",
             axum::routing::get(move || async move {
+                process::refresh();
                 (
                     [(
                         axum::http::header::CONTENT_TYPE,
@@ -201,8 +289,21 @@ pub async fn refresh_outstanding(
     Ok(())
 }
 
-/// `refresh_outstanding` every `interval`, forever (errors are counted and logged).
-pub async fn keep_outstanding_fresh(pool: PgPool, interval: Duration) {
+/// Sets the state gauges an on-call engineer alerts on, from the registry once:
+/// revocations running and the age of the oldest, signers without an active key.
+pub async fn refresh_state(pool: &PgPool) -> Result<(), crate::registry::Error> {
+    handle();
+    let running = crate::registry::revocations::running_summary(pool).await?;
+    gauge!(REVOCATIONS_RUNNING).set(running.count as f64);
+    gauge!(OLDEST_REVOCATION_AGE).set(running.oldest_age_secs);
+    let without = crate::registry::signers::count_without_active_key(pool).await?;
+    gauge!(SIGNERS_WITHOUT_ACTIVE_KEY).set(without as f64);
+    Ok(())
+}
+
+/// `refresh_outstanding` and `refresh_state` every `interval`, forever (errors
+/// are counted and logged).
+pub async fn keep_registry_gauges_fresh(pool: PgPool, interval: Duration) {
     let mut reported = BTreeSet::new();
     loop {
         // Sleep first: at startup the registry may not be migrated yet.
@@ -210,6 +311,10 @@ pub async fn keep_outstanding_fresh(pool: PgPool, interval: Duration) {
         if let Err(e) = refresh_outstanding(&pool, &mut reported).await {
             record_registry_error("outstanding_links");
             tracing::debug!(error = %e, "could not refresh the outstanding-links gauge");
+        }
+        if let Err(e) = refresh_state(&pool).await {
+            record_registry_error("state_gauges");
+            tracing::debug!(error = %e, "could not refresh the state gauges");
         }
     }
 }

@@ -133,7 +133,12 @@ impl Policy {
             }),
             Some(callers) => callers
                 .get(caller)
-                .ok_or_else(|| Denied::new(format!("caller {caller} has no entry in the policy")))?
+                .ok_or_else(|| {
+                    Denied::new(
+                        "entry",
+                        format!("caller {caller} has no entry in the policy"),
+                    )
+                })?
                 .authorize(caller, spec),
         }
     }

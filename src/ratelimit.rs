@@ -19,6 +19,8 @@ pub struct RateLimited {
     pub caller: String,
     pub per_sec: u32,
     pub burst: u32,
+    /// When the next token is there at the latest: one emission interval.
+    pub retry_after: std::time::Duration,
     what: &'static str,
     per: &'static str,
 }
@@ -76,12 +78,18 @@ impl RateLimits {
             return Ok(());
         };
         let limiter = self.limiter(caller, spec);
-        limiter.check().map_err(|_| RateLimited {
-            caller: caller.to_string(),
-            per_sec: spec.per_sec.get(),
-            burst: spec.burst.get(),
-            what: self.what,
-            per: self.per,
+        limiter.check().map_err(|_| {
+            crate::metrics::record_denial(crate::metrics::Denial::RateLimit);
+            RateLimited {
+                caller: caller.to_string(),
+                per_sec: spec.per_sec.get(),
+                burst: spec.burst.get(),
+                retry_after: std::time::Duration::from_secs_f64(
+                    1.0 / f64::from(spec.per_sec.get()),
+                ),
+                what: self.what,
+                per: self.per,
+            }
         })
     }
 

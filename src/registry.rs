@@ -5,6 +5,7 @@
 pub mod audit;
 pub mod blast_radius;
 mod error;
+pub mod key_intents;
 pub mod keys;
 pub mod link_queries;
 pub mod link_summary;

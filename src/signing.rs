@@ -1,7 +1,13 @@
-//! Presigning: a `SigningKey` turns a validated link request into a URL, with
-//! aws-sdk-s3's own presigner (local computation, no network). A pure adapter:
-//! which key signs, and when, is the key lifecycle's (`crate::keys`).
+//! Presigning: a `SigningKey` turns a validated link request into a URL with
+//! our own SigV4 query signer (`sigv4`: local computation, the day's signing
+//! key cached; byte-identical to aws-sdk-s3's presigner, which the tests keep
+//! as the reference). A pure adapter: which key signs, and when, is the key
+//! lifecycle's (`crate::keys`).
 
 mod presign;
+mod sigv4;
 
-pub use presign::{Presigned, S3Target, SignError, SigningKey, signature_of};
+pub use presign::{
+    Presigned, S3Target, SESSION_KEY_REFUSED, SignError, SigningKey, is_session_key_id,
+    signature_of,
+};

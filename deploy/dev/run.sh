@@ -62,7 +62,19 @@ trap stop_server EXIT
 trap 'exit 130' INT TERM
 
 export PRESIGND_ENDPOINT="http://127.0.0.1:$PORT" PRESIGND_TOKEN="$TOKEN"
-"$BIN/presignctl" wait-ready --timeout-secs 120
+# Wait for readiness, but not for a server that already exited (a port in
+# use, a bad setting: its own error is above).
+"$BIN/presignctl" wait-ready --timeout-secs 120 &
+WAITING=$!
+while kill -0 "$WAITING" 2>/dev/null; do
+    if ! kill -0 "$SERVER" 2>/dev/null; then
+        kill "$WAITING" 2>/dev/null || true
+        echo "[run] presignd exited before it was ready: see its error above" >&2
+        exit 1
+    fi
+    sleep 0.2
+done
+wait "$WAITING"
 
 PUT_URL="$("$BIN/presignctl" issue --bucket "$BUCKET" --key hello.txt --method PUT --ttl 300)"
 printf 'hello from presignd\n' | curl -fsS -X PUT --data-binary @- "$PUT_URL"

@@ -80,6 +80,11 @@ stop_stack() {
         fi
         rm -f "$STATE/$svc.pid"
     done
+    if [ -f "$STATE/replica.started" ]; then
+        log "stopping the streaming replica (cluster $PG_VERSION/replica; this state started it)"
+        pg_ctlcluster --skip-systemctl-redirect "$PG_VERSION" replica stop || true
+        rm -f "$STATE/replica.started"
+    fi
     if [ -f "$STATE/postgres.started" ]; then
         log "stopping PostgreSQL $PG_VERSION (this state started it)"
         pg_ctlcluster --skip-systemctl-redirect "$PG_VERSION" main stop || true
@@ -95,6 +100,35 @@ stop_stack() {
 # socket (peer auth: no role, no pg_hba change); -R makes it a standby that
 # streams from the primary. Writes REPLICA_DATABASE_URL to $STATE/env (same
 # role, same database names: the replica replicates the whole cluster).
+# Creates (a base backup of the primary) and starts the replica cluster as needed.
+replica_start() {
+    local port=$1 data=$2
+    if ! pg_lsclusters -h | grep -q "^$PG_VERSION replica "; then
+        log "creating cluster $PG_VERSION/replica on port $port: a base backup of $PG_VERSION/main"
+        pg_createcluster "$PG_VERSION" replica --port "$port" >/dev/null
+        rm -rf "$data"
+        su postgres -c "pg_basebackup -D '$data' -R -X stream -c fast -p 5432" \
+            || { pg_dropcluster "$PG_VERSION" replica || true; die "pg_basebackup failed"; }
+    fi
+    if ! pg_lsclusters -h | grep -q "^$PG_VERSION replica .* online"; then
+        log "starting the replica (port $port)"
+        pg_ctlcluster --skip-systemctl-redirect "$PG_VERSION" replica start
+        mkdir -p "$STATE" && touch "$STATE/replica.started"
+    fi
+}
+
+# Whether the replica, in recovery, replays past the primary's current WAL
+# position within 20 s.
+replica_caught_up() {
+    local port=$1 lsn
+    lsn="$(su postgres -c "psql -qtAc 'SELECT pg_current_wal_lsn()'")"
+    for _ in $(seq 1 100); do
+        [ "$(su postgres -c "psql -p $port -qtAc \"SELECT pg_is_in_recovery() AND pg_last_wal_replay_lsn() >= '$lsn'\"" 2>/dev/null)" = t ] && return 0
+        sleep 0.2
+    done
+    return 1
+}
+
 replica() {
     local port="${REPLICA_PORT:-5433}" data="/var/lib/postgresql/$PG_VERSION/replica"
     case "${1:-up}" in
@@ -109,23 +143,17 @@ replica() {
     [ -n "$(state_id)" ] || die "no state in $STATE: run $0 up first"
     pg_lsclusters -h | grep -q "^$PG_VERSION main .* online" \
         || die "the primary (cluster $PG_VERSION/main) is not running: run $0 up first"
-    if ! pg_lsclusters -h | grep -q "^$PG_VERSION replica "; then
-        log "creating cluster $PG_VERSION/replica on port $port: a base backup of $PG_VERSION/main"
-        pg_createcluster "$PG_VERSION" replica --port "$port" >/dev/null
-        rm -rf "$data"
-        su postgres -c "pg_basebackup -D '$data' -R -X stream -c fast -p 5432" \
-            || { pg_dropcluster "$PG_VERSION" replica || true; die "pg_basebackup failed"; }
+    replica_start "$port" "$data"
+    # A replica that was down while the primary recycled its WAL can never
+    # catch up (no replication slot, on purpose: a forgotten replica must not
+    # fill the disk with WAL). It is rebuilt from a new base backup.
+    if ! replica_caught_up "$port"; then
+        log "the replica cannot catch up with the primary (WAL recycled while it was down?): rebuilding it"
+        pg_dropcluster --stop "$PG_VERSION" replica || true
+        replica_start "$port" "$data"
+        replica_caught_up "$port" \
+            || die "the replica on :$port does not replay the primary's WAL: see /var/log/postgresql/postgresql-$PG_VERSION-replica.log"
     fi
-    if ! pg_lsclusters -h | grep -q "^$PG_VERSION replica .* online"; then
-        log "starting the replica (port $port)"
-        pg_ctlcluster --skip-systemctl-redirect "$PG_VERSION" replica start
-    fi
-    for _ in $(seq 1 50); do
-        [ "$(su postgres -c "psql -p $port -qtAc 'SELECT pg_is_in_recovery()'" 2>/dev/null)" = t ] && break
-        sleep 0.2
-    done
-    [ "$(su postgres -c "psql -p $port -qtAc 'SELECT pg_is_in_recovery()'" 2>/dev/null)" = t ] \
-        || die "the replica on :$port is not a standby in recovery: see /var/log/postgresql/postgresql-$PG_VERSION-replica.log"
     sed -i '/^export REPLICA_DATABASE_URL=/d' "$STATE/env" 2>/dev/null || true
     echo "export REPLICA_DATABASE_URL='postgres://$PG_USER:$PG_PASSWORD@127.0.0.1:$port/$(db_name)'" >>"$STATE/env"
     log "replica streaming from $PG_VERSION/main on :$port; REPLICA_DATABASE_URL in $STATE/env"
@@ -159,10 +187,17 @@ case "${1:-up}" in
     *) die "unknown command ${1}: expected up, stop, reset, status or replica" ;;
 esac
 
-for tool in ss:iproute2 curl:curl openssl:openssl systemd-analyze:systemd; do
+for tool in ss:iproute2 curl:curl openssl:openssl systemd-analyze:systemd promtool:prometheus; do
     command -v "${tool%%:*}" >/dev/null || {
         log "installing ${tool#*:}"
+        # Packages that ship a daemon (prometheus) must not start it here: the
+        # usual policy-rc.d answer "no service starts", for this install only.
+        made_policy=false
+        if [ ! -e /usr/sbin/policy-rc.d ]; then
+            printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && made_policy=true
+        fi
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${tool#*:}" >/dev/null
+        if $made_policy; then rm -f /usr/sbin/policy-rc.d; fi
     }
 done
 mkdir -p "$STATE"
@@ -214,8 +249,64 @@ if ! psql_admin "-c \"SELECT 1 FROM pg_database WHERE datname = '$PG_DB'\"" | gr
     su postgres -c "createdb -O $PG_USER $PG_DB"
     psql_admin "-c \"COMMENT ON DATABASE $PG_DB IS '$STATE $(state_id)'\""
 fi
-DATABASE_URL="postgres://$PG_USER:$PG_PASSWORD@127.0.0.1:5432/$PG_DB"
+# In clear on loopback: the suite opens thousands of short-lived connections,
+# and TLS to Postgres has tests of its own (tests/it/postgres_tls.rs) that ask
+# for each sslmode explicitly.
+DATABASE_URL="postgres://$PG_USER:$PG_PASSWORD@127.0.0.1:5432/$PG_DB?sslmode=disable"
 log "PostgreSQL ready (database $PG_DB)"
+
+# ---------------------------------------------------------------- PostgreSQL TLS (dev CA)
+# PostgreSQL serves TLS with a certificate from a dev CA made here once, for the
+# name `localhost` ONLY: `sslmode=verify-full` to localhost passes, to 127.0.0.1
+# it is the "wrong host name" case (tests/it/postgres_tls.rs). The files live
+# beside the cluster's config (not in the state: postgresql.auto.conf names them,
+# and a PostgreSQL restart must find them whatever happened to a state), owned by
+# postgres, the key 0600. The CA's key is thrown away once the certificate is
+# signed: nothing else can ever be issued under this CA. Made again only when a
+# file is missing or the certificate expires within 30 days. Clients that do not
+# ask for TLS (no sslmode, or sslmode=disable) are served as before.
+PG_TLS_DIR="/etc/postgresql/$PG_VERSION/main/presignd-dev-tls"
+PG_CA="$PG_TLS_DIR/ca.pem"
+if [ ! -s "$PG_CA" ] || [ ! -s "$PG_TLS_DIR/server.key" ] ||
+    ! openssl x509 -checkend 2592000 -noout -in "$PG_TLS_DIR/server.pem" >/dev/null 2>&1; then
+    log "making a dev CA and a PostgreSQL server certificate for localhost in $PG_TLS_DIR"
+    tls_tmp="$(mktemp -d)"
+    (
+        cd "$tls_tmp" && umask 077
+        ec=(-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes)
+        openssl req -x509 "${ec[@]}" -days 3650 -subj "/CN=presignd dev PostgreSQL CA" \
+            -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+            -keyout ca.key -out ca.pem 2>/dev/null
+        openssl req "${ec[@]}" -subj "/CN=localhost" -keyout server.key -out server.csr 2>/dev/null
+        printf '%s\n' "subjectAltName=DNS:localhost" "basicConstraints=critical,CA:FALSE" \
+            "keyUsage=critical,digitalSignature" "extendedKeyUsage=serverAuth" >server.ext
+        openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 825 \
+            -extfile server.ext -out server.pem 2>/dev/null
+    )
+    install -d -o postgres -g postgres -m 0755 "$PG_TLS_DIR"
+    install -o postgres -g postgres -m 0600 "$tls_tmp/server.key" "$PG_TLS_DIR/server.key.new"
+    install -o postgres -g postgres -m 0644 "$tls_tmp/server.pem" "$PG_TLS_DIR/server.pem.new"
+    install -o postgres -g postgres -m 0644 "$tls_tmp/ca.pem" "$PG_TLS_DIR/ca.pem.new"
+    rm -rf "$tls_tmp"
+    # Renamed last, each at once: a reload or restart meanwhile reads a whole pair.
+    for f in server.key server.pem ca.pem; do mv -f "$PG_TLS_DIR/$f.new" "$PG_TLS_DIR/$f"; done
+fi
+psql_admin <<SQL >/dev/null
+ALTER SYSTEM SET ssl = on;
+ALTER SYSTEM SET ssl_cert_file = '$PG_TLS_DIR/server.pem';
+ALTER SYSTEM SET ssl_key_file = '$PG_TLS_DIR/server.key';
+SELECT pg_reload_conf();
+SQL
+# The reload is asynchronous, and a certificate PostgreSQL cannot load is only
+# logged (it keeps the previous one): check what it serves, as a client would.
+pg_tls_ok() {
+    openssl s_client -starttls postgres -connect localhost:5432 -verify_hostname localhost \
+        -CAfile "$PG_CA" -verify_return_error </dev/null >/dev/null 2>&1
+}
+for _ in $(seq 1 50); do pg_tls_ok && break; sleep 0.2; done
+pg_tls_ok || die "PostgreSQL does not serve the dev certificate of $PG_TLS_DIR: see its log (pg_lsclusters)"
+log "PostgreSQL serves TLS for localhost (CA $PG_CA)"
+# ---------------------------------------------------------------- end of PostgreSQL TLS
 
 # ---------------------------------------------------------------- Garage
 if ! garage --version 2>/dev/null | grep -q "$GARAGE_VERSION"; then
@@ -309,6 +400,7 @@ export GARAGE_ADMIN_TOKEN='$GARAGE_ADMIN_TOKEN'
 export GARAGE_S3_URL='http://127.0.0.1:$S3_PORT'
 export GARAGE_REGION='garage'
 export PRESIGND_DEV_MASTER_KEY_FILE='$STATE/master.key'
+export PRESIGND_DEV_PG_CA='$PG_CA'
 export PRESIGND_TEST_BUCKETS='presignd-test,presignd-test-b'
 export MOTO_URL='http://127.0.0.1:$MOTO_PORT'
 $(pg_lsclusters -h | grep -q "^$PG_VERSION replica .* online" && echo "export REPLICA_DATABASE_URL='postgres://$PG_USER:$PG_PASSWORD@127.0.0.1:${REPLICA_PORT:-5433}/$PG_DB'")

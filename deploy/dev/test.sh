@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite: brings up the services the tests need (PostgreSQL,
-# Garage), then runs every test with cargo-nextest. Extra arguments go to nextest.
+# Garage, moto, a streaming replica), then runs every test with cargo-nextest. Extra arguments go to nextest.
 # Usage: deploy/dev/test.sh [nextest filters...]
 set -euo pipefail
 
@@ -9,8 +9,10 @@ REPO="$(cd "$HERE/../.." && pwd)"
 export PATH="$HOME/.cargo/bin:$PATH"
 
 bash "$HERE/stack.sh"
+# The streaming replica the dashboards-from-a-replica test reads through.
+bash "$HERE/stack.sh" replica
 # shellcheck disable=SC1091
-source "$HERE/.state/env"
+source "${PRESIGND_DEV_STATE:-$HERE/.state}/env"
 
 if ! cargo nextest --version >/dev/null 2>&1; then
     echo "[test] installing cargo-nextest" >&2

@@ -2,14 +2,35 @@
 //! Internal causes are logged here with context and reach the caller as an
 //! opaque message; a registry constraint the caller ran into is
 //! FAILED_PRECONDITION, saying which.
+//!
+//! Each status also carries the google.rpc richer error model in its
+//! `grpc-status-details-bin` (clients read it with e.g. tonic-types'
+//! `StatusExt`), the message staying as it is: INVALID_ARGUMENT a `BadRequest`
+//! naming the field (the name the message starts with); PERMISSION_DENIED and
+//! FAILED_PRECONDITION an `ErrorInfo` (a stable UPPER_SNAKE reason, domain
+//! `presignd`, metadata such as the policy rule, signer, key or revocation);
+//! UNAVAILABLE and RESOURCE_EXHAUSTED a `RetryInfo` (how long to wait first).
 
 use crate::backend::BackendError;
 use crate::dashboard::DashboardError;
 use crate::domain::FieldError;
 use crate::issuance::IssueError;
+use crate::metrics;
 use crate::registry::{self, ErrorKind};
 use crate::revocation::RevocationError;
-use tonic::Status;
+use std::collections::HashMap;
+use std::time::Duration;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// `ErrorInfo.domain` of every error presignd explains.
+pub const ERROR_DOMAIN: &str = "presignd";
+
+/// After a registry or backend outage, or with no active key during an
+/// EMERGENCY rotation: about the time a pool connection or a key swap takes.
+const RETRY_OUTAGE: Duration = Duration::from_secs(1);
+/// After a read that ran past its statement timeout: the reads' pool is busy.
+const RETRY_TIMED_OUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -17,16 +38,46 @@ pub enum ApiError {
     InvalidArgument(#[from] FieldError),
     #[error("{0}")]
     NotFound(String),
-    #[error("{0}")]
-    PermissionDenied(String),
-    #[error("{0}")]
-    ResourceExhausted(String),
-    #[error("{0}")]
-    FailedPrecondition(String),
-    #[error("{0}")]
-    Unavailable(String),
+    #[error("{}", .0.message)]
+    PermissionDenied(Refusal),
+    #[error("{message}")]
+    ResourceExhausted {
+        message: String,
+        retry_after: Duration,
+    },
+    #[error("{}", .0.message)]
+    FailedPrecondition(Refusal),
+    #[error("{message}")]
+    Unavailable {
+        message: String,
+        retry_after: Duration,
+    },
     #[error("{0}")]
     Internal(String),
+}
+
+/// A refusal and why, for `ErrorInfo`.
+#[derive(Debug)]
+pub struct Refusal {
+    pub message: String,
+    /// Stable, UPPER_SNAKE: what a client may branch on.
+    pub reason: &'static str,
+    pub metadata: Vec<(&'static str, String)>,
+}
+
+impl Refusal {
+    pub fn new(reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            reason,
+            metadata: Vec::new(),
+        }
+    }
+
+    pub fn with(mut self, key: &'static str, value: impl ToString) -> Self {
+        self.metadata.push((key, value.to_string()));
+        self
+    }
 }
 
 impl ApiError {
@@ -38,16 +89,25 @@ impl ApiError {
         match e.kind {
             ErrorKind::Unavailable => {
                 tracing::warn!(error = %e, "registry unavailable");
-                Self::Unavailable(format!("registry unavailable{then}; retry shortly"))
+                Self::unavailable(format!("registry unavailable{then}; retry shortly"))
             }
             ErrorKind::Conflict(c) => {
                 tracing::info!(error = %e, constraint = c.name(), "refused by a registry constraint");
-                Self::FailedPrecondition(c.message().to_owned())
+                Self::FailedPrecondition(
+                    Refusal::new("REGISTRY_CONSTRAINT", c.message()).with("constraint", c.name()),
+                )
             }
             ErrorKind::Bug => {
                 tracing::error!(error = %e, "registry error");
                 Self::Internal(format!("registry error{then}"))
             }
+        }
+    }
+
+    fn unavailable(message: impl Into<String>) -> Self {
+        Self::Unavailable {
+            message: message.into(),
+            retry_after: RETRY_OUTAGE,
         }
     }
 }
@@ -58,12 +118,23 @@ impl From<registry::Error> for ApiError {
     }
 }
 
+impl From<crate::ratelimit::RateLimited> for ApiError {
+    fn from(r: crate::ratelimit::RateLimited) -> Self {
+        Self::ResourceExhausted {
+            message: r.to_string(),
+            retry_after: r.retry_after,
+        }
+    }
+}
+
 impl From<IssueError> for ApiError {
     fn from(e: IssueError) -> Self {
         match e {
-            IssueError::NoActiveKey(_) => Self::Unavailable(e.to_string()),
-            IssueError::Denied(ref d) => Self::PermissionDenied(d.to_string()),
-            IssueError::RateLimited(ref r) => Self::ResourceExhausted(r.to_string()),
+            IssueError::NoActiveKey(_) => Self::unavailable(e.to_string()),
+            IssueError::Denied(d) => Self::PermissionDenied(
+                Refusal::new("POLICY_DENIED", d.to_string()).with("rule", d.rule),
+            ),
+            IssueError::RateLimited(r) => r.into(),
             IssueError::Registry(ref cause) => Self::registry(cause, Some("no link was issued")),
             IssueError::Sign(ref cause) => {
                 tracing::error!(error = %cause, "signing failed");
@@ -76,28 +147,47 @@ impl From<IssueError> for ApiError {
 impl From<RevocationError> for ApiError {
     fn from(e: RevocationError) -> Self {
         use RevocationError::*;
-        match e {
-            InvalidArgument(f) => Self::InvalidArgument(f),
-            UnknownSigner(_) | UnknownKey(_) | NotFound(_) => Self::NotFound(e.to_string()),
-            NoActiveKey(_)
-            | ExpectedKeyMismatch { .. }
-            | AlreadyRunning { .. }
-            | KeyNotLive { .. }
-            | NotRunning { .. } => Self::FailedPrecondition(e.to_string()),
-            Backend(BackendError::Unavailable(ref m)) => {
-                tracing::warn!(error = %m, "key backend unavailable");
-                Self::Unavailable("key backend unavailable; retry shortly".into())
+        let refused = |reason| Refusal::new(reason, e.to_string());
+        let precondition = match &e {
+            NoActiveKey(signer) => refused("NO_ACTIVE_KEY").with("signer", signer),
+            ExpectedKeyMismatch {
+                signer,
+                expected,
+                actual,
+            } => refused("EXPECTED_KEY_MISMATCH")
+                .with("signer", signer)
+                .with("expected_key_id", expected)
+                .with("active_key_id", actual),
+            AlreadyRunning { id, signer } => refused("REVOCATION_RUNNING")
+                .with("revocation_id", id)
+                .with("signer", signer),
+            KeyNotLive { key_id, state } => refused("KEY_NOT_LIVE")
+                .with("key_id", key_id)
+                .with("state", state.as_str()),
+            NotRunning { id, state } => refused("REVOCATION_NOT_RUNNING")
+                .with("revocation_id", id)
+                .with("state", state.as_str()),
+            Failed { id, .. } => refused("REVOCATION_FAILED").with("revocation_id", id),
+            Backend(BackendError::Refused(m) | BackendError::LimitExceeded(m)) => {
+                Refusal::new("BACKEND_REFUSED", format!("key backend refused: {m}"))
             }
-            Backend(BackendError::Refused(ref m) | BackendError::LimitExceeded(ref m)) => {
-                Self::FailedPrecondition(format!("key backend refused: {m}"))
+            _ => {
+                return match e {
+                    InvalidArgument(f) => Self::InvalidArgument(f),
+                    UnknownSigner(_) | UnknownKey(_) | NotFound(_) => Self::NotFound(e.to_string()),
+                    Backend(ref m) => {
+                        tracing::warn!(error = %m, "key backend unavailable");
+                        Self::unavailable("key backend unavailable; retry shortly")
+                    }
+                    Registry(cause) => cause.into(),
+                    ref other => {
+                        tracing::error!(error = format!("{other:#}"), "revocation error");
+                        Self::Internal("internal error; see the server log".into())
+                    }
+                };
             }
-            Failed { .. } => Self::FailedPrecondition(e.to_string()),
-            Registry(cause) => cause.into(),
-            Other(ref cause) => {
-                tracing::error!(error = format!("{cause:#}"), "revocation error");
-                Self::Internal("internal error; see the server log".into())
-            }
-        }
+        };
+        Self::FailedPrecondition(precondition)
     }
 }
 
@@ -106,25 +196,73 @@ impl From<DashboardError> for ApiError {
         match e {
             DashboardError::InvalidArgument(f) => Self::InvalidArgument(f),
             DashboardError::NotFound(m) => Self::NotFound(m),
-            DashboardError::PermissionDenied(m) => Self::PermissionDenied(m),
+            DashboardError::PermissionDenied(m) => {
+                Self::PermissionDenied(Refusal::new("ADMIN_ONLY", m).with("field", "filter.caller"))
+            }
             DashboardError::Registry(cause) => cause.into(),
-            DashboardError::RateLimited(ref r) => Self::ResourceExhausted(r.to_string()),
-            DashboardError::TimedOut => Self::ResourceExhausted(e.to_string()),
+            DashboardError::RateLimited(r) => r.into(),
+            DashboardError::TimedOut => Self::ResourceExhausted {
+                message: e.to_string(),
+                retry_after: RETRY_TIMED_OUT,
+            },
+            DashboardError::Probe(m) => {
+                tracing::error!(error = %m, "VerifyLink could not sign its probe");
+                Self::Internal("could not sign the probe".into())
+            }
         }
     }
 }
 
+fn error_info(refusal: Refusal) -> (String, ErrorDetails) {
+    let metadata: HashMap<String, String> = refusal
+        .metadata
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+    (
+        refusal.message,
+        ErrorDetails::with_error_info(refusal.reason, ERROR_DOMAIN, metadata),
+    )
+}
+
 impl From<ApiError> for Status {
     fn from(e: ApiError) -> Self {
-        match e {
-            ApiError::InvalidArgument(f) => Status::invalid_argument(f.to_string()),
-            ApiError::NotFound(m) => Status::not_found(m),
-            ApiError::PermissionDenied(m) => Status::permission_denied(m),
-            ApiError::ResourceExhausted(m) => Status::resource_exhausted(m),
-            ApiError::FailedPrecondition(m) => Status::failed_precondition(m),
-            ApiError::Unavailable(m) => Status::unavailable(m),
-            ApiError::Internal(m) => Status::internal(m),
-        }
+        let (code, message, details) = match e {
+            ApiError::InvalidArgument(f) => {
+                let message = f.to_string();
+                let details = ErrorDetails::with_bad_request_violation(f.field, &f.reason);
+                (Code::InvalidArgument, message, details)
+            }
+            ApiError::NotFound(m) => return Status::not_found(m),
+            ApiError::Internal(m) => return Status::internal(m),
+            ApiError::PermissionDenied(r) => {
+                // Every PERMISSION_DENIED a service returns is its policy's refusal.
+                metrics::record_denial(metrics::Denial::Policy);
+                let (message, details) = error_info(r);
+                (Code::PermissionDenied, message, details)
+            }
+            ApiError::FailedPrecondition(r) => {
+                let (message, details) = error_info(r);
+                (Code::FailedPrecondition, message, details)
+            }
+            ApiError::ResourceExhausted {
+                message,
+                retry_after,
+            } => (
+                Code::ResourceExhausted,
+                message,
+                ErrorDetails::with_retry_info(Some(retry_after)),
+            ),
+            ApiError::Unavailable {
+                message,
+                retry_after,
+            } => (
+                Code::Unavailable,
+                message,
+                ErrorDetails::with_retry_info(Some(retry_after)),
+            ),
+        };
+        Status::with_error_details(code, message, details)
     }
 }
 

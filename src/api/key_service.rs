@@ -1,6 +1,7 @@
 //! KeyService: for admins only (the security team). Plans and runs revocations.
 //! Every call is audited, whatever its outcome (see `audited`).
 
+use super::error::{ApiError, Refusal};
 use super::{audit_events, request, response};
 use crate::audit::{AuditEvent, Auditor};
 use crate::auth::{Caller, caller_of};
@@ -25,10 +26,17 @@ pub struct KeyApi {
 fn admin_only<T>(req: &Request<T>) -> Result<crate::auth::Caller, Status> {
     let caller = caller_of(req)?;
     if !caller.admin {
-        return Err(Status::permission_denied(format!(
-            "KeyService is for admins; caller {} is not one (role admin in the policy, or PRESIGND_ADMINS)",
-            caller.name
-        )));
+        return Err(ApiError::PermissionDenied(
+            Refusal::new(
+                "ADMIN_ONLY",
+                format!(
+                    "KeyService is for admins; caller {} is not one (role admin in the policy, or PRESIGND_ADMINS)",
+                    caller.name
+                ),
+            )
+            .with("service", "presignd.v1.KeyService"),
+        )
+        .into());
     }
     Ok(caller)
 }

@@ -2,9 +2,10 @@
 
 use super::{request, response};
 use crate::auth::caller_of;
-use crate::dashboard::Dashboard;
+use crate::dashboard::{Dashboard, Subject};
 use crate::domain::PresignedUrl;
 use crate::issuance::Issuer;
+use crate::keys::KeyManager;
 use crate::proto::{self, link_service_server::LinkService};
 use crate::telemetry::rpc;
 use tonic::{Request, Response, Status};
@@ -12,6 +13,8 @@ use tonic::{Request, Response, Status};
 pub struct LinkApi {
     pub issuer: Issuer,
     pub dashboard: Dashboard,
+    /// VerifyLink's keys and HTTP client.
+    pub keys: KeyManager,
 }
 
 #[tonic::async_trait]
@@ -93,5 +96,26 @@ impl LinkService for LinkApi {
             link: Some(response::link(found.link)),
             blast_radius: found.blast_radius.as_ref().map(response::blast_radius),
         }))
+    }
+
+    async fn verify_link(
+        &self,
+        request: Request<proto::VerifyLinkRequest>,
+    ) -> Result<Response<proto::VerifyLinkResponse>, Status> {
+        use proto::verify_link_request::Link;
+        let caller = caller_of(&request)?;
+        self.dashboard.admit(&caller)?;
+        // The URL is a bearer credential: parsed here, never logged.
+        let subject = match &request.get_ref().link {
+            Some(Link::LinkId(id)) => Subject::Id(request::link_id_named(id, "link_id")?),
+            Some(Link::Url(url)) => Subject::Url(url, PresignedUrl::parse(url)?),
+            None => {
+                return Err(Status::invalid_argument(
+                    "link: set link_id or url, the link to verify",
+                ));
+            }
+        };
+        let verified = self.dashboard.verify(&caller, &self.keys, subject).await?;
+        Ok(Response::new(response::verification(verified)))
     }
 }

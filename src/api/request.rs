@@ -55,10 +55,15 @@ pub fn rotation_mode(value: i32) -> Result<RotationMode, FieldError> {
 }
 
 pub fn link_id(id: &str) -> Result<Uuid, FieldError> {
+    link_id_named(id, "id")
+}
+
+/// A link id in the request field `field`.
+pub fn link_id_named(id: &str, field: &'static str) -> Result<Uuid, FieldError> {
     match id {
-        "" => Err(FieldError::new("id", "is required")),
+        "" => Err(FieldError::new(field, "is required")),
         id => {
-            Uuid::parse_str(id).map_err(|_| FieldError::new("id", format!("{id:?} is not a UUID")))
+            Uuid::parse_str(id).map_err(|_| FieldError::new(field, format!("{id:?} is not a UUID")))
         }
     }
 }

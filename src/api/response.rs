@@ -1,5 +1,6 @@
 //! Building responses: registry rows and domain values into proto messages.
 
+use crate::dashboard::{Verdict, Verification};
 use crate::domain::{KeyState, LinkState, Method, RevocationState, RotationMode};
 use crate::proto;
 use crate::registry::keys::KeySummaryRow;
@@ -23,6 +24,27 @@ pub fn link_state(state: LinkState) -> proto::LinkState {
         LinkState::Active => proto::LinkState::Active,
         LinkState::Expired => proto::LinkState::Expired,
         LinkState::Revoked => proto::LinkState::Revoked,
+    }
+}
+
+pub fn verification(v: Verification) -> proto::VerifyLinkResponse {
+    let verdict = match v.verdict {
+        Verdict::Ok => proto::Verdict::Ok,
+        Verdict::Expired => proto::Verdict::Expired,
+        Verdict::KeyInactive => proto::Verdict::KeyInactive,
+        Verdict::AccessDenied => proto::Verdict::AccessDenied,
+        Verdict::RegionMismatch => proto::Verdict::RegionMismatch,
+        Verdict::SignatureMismatch => proto::Verdict::SignatureMismatch,
+        Verdict::ObjectMissing => proto::Verdict::ObjectMissing,
+        Verdict::StoreUnreachable => proto::Verdict::StoreUnreachable,
+    };
+    proto::VerifyLinkResponse {
+        link: Some(link(v.link)),
+        verdict: verdict.into(),
+        expected_region: v.expected_region.unwrap_or_default(),
+        store_status: v.answer.status.into(),
+        store_code: v.answer.code,
+        store_message: v.answer.message,
     }
 }
 

@@ -1,4 +1,5 @@
-//! Background upkeep, every `--maintenance-interval-secs`: retries revocations
+//! Background upkeep, every `--maintenance-interval-secs`: reconciles key
+//! intents left unresolved (keys created and never recorded), retries revocations
 //! left running by a retryable error (each with its own backoff) and reports
 //! those still stuck (health detail, a metric), deactivates retired keys whose
 //! last link expired (GRACEFUL rotations; one failure does not stop the
@@ -28,6 +29,9 @@ pub(super) struct Upkeep {
 pub(super) async fn run(u: Upkeep) {
     loop {
         tokio::time::sleep(u.interval).await;
+        if let Err(e) = u.keys.reconcile_intents().await {
+            tracing::warn!(error = %e, "reconciling key intents");
+        }
         match u.revocations.resume_all().await {
             Ok(stuck) => report_stuck(&u.readiness, &u.signers, &stuck),
             Err(e) => tracing::warn!(error = %e, "resuming revocations"),

@@ -1,4 +1,5 @@
-//! Health follows readiness: NOT_SERVING until migrations ran, interrupted
+//! Health follows readiness: NOT_SERVING until migrations ran, keys a crash
+//! left unrecorded were deleted (if the backend answers), interrupted
 //! revocations finished and every signer has an active key loaded (retrying
 //! with backoff while Postgres or the backend is down); then SERVING, and
 //! NOT_SERVING again whenever the registry stops answering. Once ready, the
@@ -100,6 +101,9 @@ impl ReadinessTask {
         if let Err(e) = crate::lifecycle::prepare(&self.pool, chrono::Utc::now()).await {
             tracing::warn!(error = %e, "creating the partitions ahead of need");
         }
+        // Keys a crash (or an error) left created and unrecorded are deleted
+        // first; a backend down leaves their intents to the maintenance loop.
+        self.keys.reconcile_intents().await?;
         // A revocation interrupted by a crash is finished before anything is
         // signed; one that cannot finish (its backend is down) harms only its
         // signer: the others become ready, and the maintenance loop retries it.

@@ -8,6 +8,7 @@ use crate::secret::SecretString;
 use aws_sdk_iam::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_iam::types::StatusType;
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
+use chrono::{DateTime, Utc};
 
 pub struct AwsBackend {
     iam: aws_sdk_iam::Client,
@@ -78,7 +79,7 @@ impl KeyBackend for AwsBackend {
         "aws"
     }
 
-    async fn create_key(&self, signer: &str) -> Result<NewKey, BackendError> {
+    async fn create_key(&self, signer: &str, _name: &str) -> Result<NewKey, BackendError> {
         let out = self
             .iam
             .create_access_key()
@@ -120,6 +121,29 @@ impl KeyBackend for AwsBackend {
             Err(e) if e.code() == Some("NoSuchEntity") => Ok(()),
             Err(e) => Err(classify("DeleteAccessKey", e)),
         }
+    }
+
+    async fn find_created(
+        &self,
+        signer: &str,
+        _names: &[String],
+        since: DateTime<Utc>,
+    ) -> Result<Vec<String>, BackendError> {
+        // A minute of leeway for the clocks of Postgres (the intent's time) and IAM.
+        let since = (since - chrono::Duration::minutes(1)).timestamp();
+        let out = self
+            .iam
+            .list_access_keys()
+            .user_name(self.user(signer))
+            .send()
+            .await
+            .map_err(|e| classify("ListAccessKeys", e))?;
+        Ok(out
+            .access_key_metadata
+            .into_iter()
+            .filter(|k| k.create_date.is_none_or(|d| d.secs() >= since))
+            .filter_map(|k| k.access_key_id)
+            .collect())
     }
 
     async fn list_keys(&self, signer: &str) -> Result<Vec<BackendKey>, BackendError> {

@@ -4,7 +4,7 @@
 
 use super::{BackendError, KeyBackend, NewKey};
 use crate::secret::SecretString;
-use chrono::{Duration, Utc};
+use chrono::{DateTime, Duration, Utc};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -20,6 +20,13 @@ pub struct GarageBackend {
 struct KeyInfo {
     access_key_id: String,
     secret_access_key: Option<String>,
+}
+
+/// One entry of ListKeys.
+#[derive(Deserialize)]
+struct ListedKey {
+    id: String,
+    name: String,
 }
 
 #[derive(Deserialize)]
@@ -92,8 +99,7 @@ impl KeyBackend for GarageBackend {
         "garage"
     }
 
-    async fn create_key(&self, signer: &str) -> Result<NewKey, BackendError> {
-        let name = format!("presignd-{signer}-{}", Utc::now().format("%Y%m%dT%H%M%S"));
+    async fn create_key(&self, _signer: &str, name: &str) -> Result<NewKey, BackendError> {
         let info: KeyInfo = self
             .call(
                 reqwest::Method::POST,
@@ -122,6 +128,25 @@ impl KeyBackend for GarageBackend {
             access_key_id: info.access_key_id,
             secret_access_key: SecretString::new(secret),
         })
+    }
+
+    async fn find_created(
+        &self,
+        _signer: &str,
+        names: &[String],
+        _since: DateTime<Utc>,
+    ) -> Result<Vec<String>, BackendError> {
+        let keys: Vec<ListedKey> = self
+            .call(reqwest::Method::GET, "ListKeys", &[], None)
+            .await?
+            .json()
+            .await
+            .map_err(|e| BackendError::Unavailable(format!("garage ListKeys: {e}")))?;
+        Ok(keys
+            .into_iter()
+            .filter(|k| names.contains(&k.name))
+            .map(|k| k.id)
+            .collect())
     }
 
     async fn deactivate_key(&self, _signer: &str, access_key_id: &str) -> Result<(), BackendError> {

@@ -87,18 +87,8 @@ async fn commit(pool: &PgPool, batch: &[Pending]) -> Result<HashSet<String>, reg
     let mut keys: Vec<&str> = batch.iter().map(|p| p.link.key_id.as_str()).collect();
     keys.sort_unstable();
     keys.dedup();
-    let active: HashSet<String> = registry::links::lock_active_keys(&mut tx, &keys)
-        .await?
-        .into_iter()
-        .collect();
-    let rows: Vec<&NewLink> = batch
-        .iter()
-        .map(|p| &p.link)
-        .filter(|l| active.contains(&l.key_id))
-        .collect();
-    if !rows.is_empty() {
-        registry::links::insert_batch(&mut tx, &rows).await?;
-    }
+    let rows: Vec<&NewLink> = batch.iter().map(|p| &p.link).collect();
+    let active = registry::links::insert_batch_if_active(&mut tx, &keys, &rows).await?;
     registry::commit(tx).await?;
-    Ok(active)
+    Ok(active.into_iter().collect())
 }

@@ -5,22 +5,33 @@ use super::KeyManager;
 use crate::backend::{BackendError, NewKey};
 use crate::domain::KeyState;
 use crate::registry;
+use crate::signing::{SESSION_KEY_REFUSED, is_session_key_id};
 
 impl KeyManager {
-    /// Creates a key at the backend for `signer`, freeing a slot first if the
-    /// backend's limit is reached (see `free_key_slot`).
-    pub(super) async fn create_backend_key(
+    /// Creates a key named `name` at the backend for `signer`, freeing a slot
+    /// first if the backend's limit is reached (see `free_key_slot`).
+    pub(super) async fn create_within_limit(
         &self,
         conn: &mut sqlx::PgConnection,
         signer: &str,
+        name: &str,
     ) -> Result<NewKey, BackendError> {
-        match self.backend.create_key(signer).await {
+        let new = match self.backend.create_key(signer, name).await {
             Err(BackendError::LimitExceeded(limit)) => {
                 self.free_key_slot(conn, signer, &limit).await?;
-                self.backend.create_key(signer).await
+                self.backend.create_key(signer, name).await
             }
             other => other,
+        }?;
+        if is_session_key_id(&new.access_key_id) {
+            // Never recorded, so never left live: deleted at once.
+            let _ = self.backend.delete_key(signer, &new.access_key_id).await;
+            return Err(BackendError::Refused(format!(
+                "the new key {} {SESSION_KEY_REFUSED}",
+                new.access_key_id
+            )));
         }
+        Ok(new)
     }
 
     /// Deletes one of the signer's backend keys whose links are all dead or

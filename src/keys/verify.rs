@@ -36,9 +36,14 @@ pub enum ProbeAnswer {
 /// XML error body.
 pub fn classify(status: u16, body: &str) -> ProbeAnswer {
     let code = xml_field(body, "Code").unwrap_or_default();
-    let message = xml_field(body, "Message").unwrap_or_default();
+    let full_message = xml_field(body, "Message").unwrap_or_default();
+    // Garage prefixes its messages with the status' reason ("Forbidden: No
+    // such key: GK…"); the cases below are told apart by what follows.
+    let message = full_message
+        .strip_prefix("Forbidden: ")
+        .unwrap_or(full_message);
     let what = || {
-        format!("HTTP {status} {code}: {message}")
+        format!("HTTP {status} {code}: {full_message}")
             .trim_end_matches(": ")
             .to_owned()
     };
@@ -72,7 +77,7 @@ pub fn classify(status: u16, body: &str) -> ProbeAnswer {
 }
 
 /// The text of the first `<name>` element (S3 error bodies are flat and small).
-fn xml_field<'a>(body: &'a str, name: &str) -> Option<&'a str> {
+pub fn xml_field<'a>(body: &'a str, name: &str) -> Option<&'a str> {
     let start = body.find(&format!("<{name}>"))? + name.len() + 2;
     let len = body[start..].find(&format!("</{name}>"))?;
     Some(body[start..start + len].trim())
@@ -92,7 +97,7 @@ pub async fn verify_usable(
         last,
     };
     for attempt in 1..=attempts {
-        match key.presign_probe(bucket).await {
+        match key.presign_probe(bucket) {
             Ok(url) => match http.get(&url).send().await {
                 Ok(r) => {
                     let status = r.status().as_u16();
@@ -170,10 +175,13 @@ mod tests {
                 "{code}"
             );
         }
-        // Garage's words for the same cases.
+        // Garage's words for the same cases, bare and as Garage 2.5 really
+        // sends them (prefixed with the status' reason).
         for message in [
             "No such key: GK0123456789abcdef01234567",
             "Invalid signature",
+            "Forbidden: No such key: GK0123456789abcdef01234567",
+            "Forbidden: Invalid signature",
         ] {
             assert!(
                 matches!(
@@ -183,6 +191,21 @@ mod tests {
                 "{message}"
             );
         }
+    }
+
+    #[test]
+    fn a_deactivated_key_is_refused_in_garage_s_real_words() {
+        let answer = classify(
+            403,
+            &body(
+                "AccessDenied",
+                "Forbidden: Access key GK0123456789abcdef01234567 has expired",
+            ),
+        );
+        assert!(
+            matches!(&answer, ProbeAnswer::Refused(m) if m.contains("deactivated")),
+            "{answer:?}"
+        );
     }
 
     #[test]

@@ -47,14 +47,22 @@ pub struct Rules {
     pub cert_names: Vec<String>,
 }
 
-/// A request the policy refuses; the message names the rule.
+/// A request the policy refuses: `rule` names the setting that refused it
+/// (`buckets`, `prefixes`, `methods`, `max_ttl_secs`, or `entry` when the caller
+/// has none), and the message says how.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("policy: {0}")]
-pub struct Denied(pub String);
+#[error("policy: {message}")]
+pub struct Denied {
+    pub rule: &'static str,
+    pub message: String,
+}
 
 impl Denied {
-    pub fn new(reason: impl Into<String>) -> Self {
-        Self(reason.into())
+    pub fn new(rule: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            rule,
+            message: message.into(),
+        }
     }
 }
 
@@ -100,42 +108,57 @@ impl Rules {
         if let Some(buckets) = &self.buckets
             && !buckets.contains(&spec.bucket)
         {
-            return Err(Denied::new(format!(
-                "caller {caller} may not use bucket {} (allowed: {})",
-                spec.bucket,
-                list(buckets)
-            )));
+            return Err(Denied::new(
+                "buckets",
+                format!(
+                    "caller {caller} may not use bucket {} (allowed: {})",
+                    spec.bucket,
+                    list(buckets)
+                ),
+            ));
         }
         let key = spec.object_key.as_str();
         if let Some(prefixes) = &self.prefixes {
             if !prefixes.iter().any(|p| key.starts_with(p.as_str())) {
-                return Err(Denied::new(format!(
-                    "caller {caller} may not use object key {} (allowed prefixes: {})",
-                    shown(key),
-                    list(prefixes)
-                )));
+                return Err(Denied::new(
+                    "prefixes",
+                    format!(
+                        "caller {caller} may not use object key {} (allowed prefixes: {})",
+                        shown(key),
+                        list(prefixes)
+                    ),
+                ));
             }
             if key_has_dot_segment(key) {
-                return Err(Denied::new(format!(
-                    "caller {caller} may not use object key {}: '.' and '..' path segments are refused under a prefix rule",
-                    shown(key)
-                )));
+                return Err(Denied::new(
+                    "prefixes",
+                    format!(
+                        "caller {caller} may not use object key {}: '.' and '..' path segments are refused under a prefix rule",
+                        shown(key)
+                    ),
+                ));
             }
         }
         if !self.methods.contains(&spec.method) {
             let allowed: Vec<&str> = self.methods.iter().map(|m| m.as_str()).collect();
-            return Err(Denied::new(format!(
-                "caller {caller} may not issue {} links (allowed: {})",
-                spec.method.as_str(),
-                allowed.join(", ")
-            )));
+            return Err(Denied::new(
+                "methods",
+                format!(
+                    "caller {caller} may not issue {} links (allowed: {})",
+                    spec.method.as_str(),
+                    allowed.join(", ")
+                ),
+            ));
         }
         if spec.ttl > self.max_ttl {
-            return Err(Denied::new(format!(
-                "caller {caller} may not issue links valid for {}s (max_ttl: {}s)",
-                spec.ttl.as_secs(),
-                self.max_ttl.as_secs()
-            )));
+            return Err(Denied::new(
+                "max_ttl_secs",
+                format!(
+                    "caller {caller} may not issue links valid for {}s (max_ttl: {}s)",
+                    spec.ttl.as_secs(),
+                    self.max_ttl.as_secs()
+                ),
+            ));
         }
         Ok(Grant {
             signer: self.signer.clone(),
@@ -209,7 +232,7 @@ mod tests {
             "team-a/..\\team-b\\x",
         ] {
             let e = check(spec("uploads", key, Method::Get, 60)).unwrap_err();
-            assert!(e.0.contains("'..' path segments"), "{key}: {e}");
+            assert!(e.message.contains("'..' path segments"), "{key}: {e}");
         }
         // Dots inside a name are not segments.
         assert!(check(spec("uploads", "team-a/..x/a..b/.hidden", Method::Get, 60)).is_ok());
@@ -219,11 +242,12 @@ mod tests {
     fn a_method_or_ttl_outside_the_rules_is_denied_naming_the_rule() {
         let e = check(spec("uploads", "team-a/x", Method::Put, 60)).unwrap_err();
         assert!(
-            e.0.contains("may not issue PUT links (allowed: GET, HEAD)"),
+            e.message
+                .contains("may not issue PUT links (allowed: GET, HEAD)"),
             "{e}"
         );
         let e = check(spec("uploads", "team-a/x", Method::Get, 3601)).unwrap_err();
-        assert!(e.0.contains("max_ttl: 3600s"), "{e}");
+        assert!(e.message.contains("max_ttl: 3600s"), "{e}");
         assert!(check(spec("uploads", "team-a/x", Method::Get, 3600)).is_ok());
     }
 

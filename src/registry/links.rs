@@ -89,16 +89,19 @@ pub(super) fn select_sql(filter: &str) -> String {
     )
 }
 
-/// Takes the keys' issuance locks in shared mode until the end of the
-/// transaction, then returns those still active. A key's state changes only
+/// Group commit of a batch: takes its keys' issuance locks in shared mode until
+/// the end of the transaction, then inserts, in one statement, the links whose
+/// key is still active, and returns those keys. A key's state changes only
 /// under the same lock in exclusive mode (`keys::lock_for_state_change`), which
 /// waits for every transaction holding it shared: a revocation then sees every
 /// link inserted under it, and no link of that key is inserted after it (its
 /// count is exact). Advisory locks live in the lock manager: unlike FOR SHARE row
 /// locks, thousands of concurrent holders cost no MultiXact churn on the key row.
-pub async fn lock_active_keys(
+/// `key_ids`: the batch's keys, sorted and without duplicates (lock order).
+pub async fn insert_batch_if_active(
     conn: &mut PgConnection,
     key_ids: &[&str],
+    links: &[&NewLink],
 ) -> Result<Vec<String>, Error> {
     sqlx::query(AssertSqlSafe(format!(
         "SELECT pg_advisory_xact_lock_shared({ISSUANCE_LOCK_CLASS}, hashtext(k))
@@ -107,30 +110,23 @@ pub async fn lock_active_keys(
     .bind(key_ids)
     .execute(&mut *conn)
     .await
-    .during("links::lock_active_keys")?;
-    // A new statement, so a new snapshot: it sees any state change committed
-    // before the locks were granted.
-    sqlx::query_scalar("SELECT key_id FROM signing_keys WHERE key_id = ANY($1) AND state = $2")
-        .bind(key_ids)
-        .bind(KeyState::Active)
-        .fetch_all(&mut *conn)
-        .await
-        .during("links::lock_active_keys")
-}
-
-/// The advisory lock class of a key's issuance lock ("ps").
-pub const ISSUANCE_LOCK_CLASS: i32 = 0x7073;
-
-/// Inserts many links in one statement (group commit: one WAL flush for the
-/// whole batch instead of one per link).
-pub async fn insert_batch(conn: &mut PgConnection, links: &[&NewLink]) -> Result<(), Error> {
+    .during("links::insert_batch_if_active")?;
+    // A new statement, so a new snapshot: the key states it reads include any
+    // change committed before the locks were granted.
     let col = |f: fn(&NewLink) -> String| links.iter().map(|l| f(l)).collect::<Vec<_>>();
-    sqlx::query(
-        "INSERT INTO links (id, key_id, signer, caller, method, bucket, object_key, labels,
-                            issued_at, expires_at, signature_sha256)
-         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
-                              $6::text[], $7::text[], $8::jsonb[], $9::timestamptz[],
-                              $10::timestamptz[], $11::bytea[])",
+    sqlx::query_scalar(
+        "WITH inserted AS (
+             INSERT INTO links (id, key_id, signer, caller, method, bucket, object_key, labels,
+                                issued_at, expires_at, signature_sha256)
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
+                                  $6::text[], $7::text[], $8::jsonb[], $9::timestamptz[],
+                                  $10::timestamptz[], $11::bytea[])
+                 AS u (id, key_id, signer, caller, method, bucket, object_key, labels,
+                       issued_at, expires_at, signature_sha256)
+             WHERE u.key_id IN (SELECT key_id FROM signing_keys
+                                WHERE key_id = ANY ($12) AND state = $13)
+             RETURNING key_id)
+         SELECT DISTINCT key_id FROM inserted",
     )
     .bind(links.iter().map(|l| l.id).collect::<Vec<_>>())
     .bind(col(|l| l.key_id.clone()))
@@ -148,11 +144,15 @@ pub async fn insert_batch(conn: &mut PgConnection, links: &[&NewLink]) -> Result
             .map(|l| l.signature_sha256.clone())
             .collect::<Vec<_>>(),
     )
-    .execute(conn)
+    .bind(key_ids)
+    .bind(KeyState::Active)
+    .fetch_all(conn)
     .await
-    .during("links::insert_batch")
-    .map(|_| ())
+    .during("links::insert_batch_if_active")
 }
+
+/// The advisory lock class of a key's issuance lock ("ps").
+pub const ISSUANCE_LOCK_CLASS: i32 = 0x7073;
 
 pub async fn get(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<LinkRow>, Error> {
     sqlx::query_as(AssertSqlSafe(select_sql("WHERE l.id = $1")))
@@ -182,6 +182,28 @@ pub async fn find_by_signature(
     .fetch_optional(db)
     .await
     .during("links::find_by_signature")
+}
+
+/// The links `key_id` signed at `issued_at` (a second): VerifyLink's way back
+/// to the link of a URL whose signature was altered, checked by the caller
+/// against the URL's bucket and key.
+pub async fn find_by_key_and_time(
+    db: impl PgExecutor<'_>,
+    key_id: &str,
+    issued_at: DateTime<Utc>,
+) -> Result<Vec<LinkRow>, Error> {
+    sqlx::query_as(AssertSqlSafe(select_sql(
+        // A link lives at most 7 days: the expiry range keeps the scan to the
+        // partitions that can hold it.
+        "WHERE l.key_id = $1 AND l.issued_at = $2
+           AND l.expires_at > $2 AND l.expires_at <= $2 + interval '7 days'
+         ORDER BY l.id LIMIT 100",
+    )))
+    .bind(key_id)
+    .bind(issued_at)
+    .fetch_all(db)
+    .await
+    .during("links::find_by_key_and_time")
 }
 
 /// How many links a deactivation revoked: those of the key still unexpired when

@@ -218,3 +218,24 @@ pub async fn list(
     .await
     .during("revocations::list")
 }
+
+/// How many revocations are running, and how long the oldest has been (for the
+/// state gauges).
+#[derive(Debug, Clone, Copy, PartialEq, sqlx::FromRow)]
+pub struct RunningSummary {
+    pub count: i64,
+    /// 0 when none is running.
+    pub oldest_age_secs: f64,
+}
+
+pub async fn running_summary(db: impl PgExecutor<'_>) -> Result<RunningSummary, Error> {
+    sqlx::query_as(
+        "SELECT count(*) AS count,
+                COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8 AS oldest_age_secs
+         FROM revocations WHERE state = $1",
+    )
+    .bind(RevocationState::Running)
+    .fetch_one(db)
+    .await
+    .during("revocations::running_summary")
+}

@@ -60,3 +60,15 @@ pub async fn exists(db: impl PgExecutor<'_>, name: &str) -> Result<bool, Error> 
         .await
         .during("signers::exists")
 }
+
+/// Signers with no active key: their IssueLink answers UNAVAILABLE.
+pub async fn count_without_active_key(db: impl PgExecutor<'_>) -> Result<i64, Error> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM signers s
+         WHERE NOT EXISTS (SELECT 1 FROM signing_keys k WHERE k.signer = s.name AND k.state = $1)",
+    )
+    .bind(crate::domain::KeyState::Active)
+    .fetch_one(db)
+    .await
+    .during("signers::count_without_active_key")
+}

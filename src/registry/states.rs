@@ -58,6 +58,29 @@ text_enum!(LinkState, "link state", |s| LinkState::parse(s).ok());
 mod tests {
     use super::*;
 
+    /// The quoted names a SQL fragment yields (`'active'`), in order.
+    fn literals(sql: &str) -> Vec<&str> {
+        sql.split('\'').skip(1).step_by(2).collect()
+    }
+
+    /// The link's state is derived in SQL (`STATE_SQL`) and read back as
+    /// `LinkState`: the fragment yields exactly the enum's names.
+    #[test]
+    fn the_derived_link_state_yields_exactly_the_link_state_names() {
+        use crate::registry::links::STATE_SQL;
+        let names: Vec<&str> = [LinkState::Revoked, LinkState::Expired, LinkState::Active]
+            .iter()
+            .map(|s| s.as_str())
+            .collect();
+        let yielded: Vec<&str> = literals(STATE_SQL)
+            .into_iter()
+            .filter(|l| {
+                LinkState::parse(l).is_ok() || !KeyState::ALL.iter().any(|k| k.as_str() == *l)
+            })
+            .collect();
+        assert_eq!(yielded, names, "{STATE_SQL}");
+    }
+
     #[test]
     fn the_dead_key_fragment_names_exactly_the_dead_states() {
         let named: Vec<KeyState> = KeyState::ALL

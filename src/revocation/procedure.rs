@@ -11,6 +11,7 @@ use super::{RevocationError, Revocations, Step, next_after};
 use crate::backend::BackendError;
 use crate::domain::{RevocationState, RotationMode};
 use crate::keys::{self, KeyError};
+use crate::metrics;
 use crate::registry::revocations::{RevocationRow, StepRecord};
 use crate::registry::{self, links, revocations, signers};
 use chrono::Utc;
@@ -129,8 +130,14 @@ impl Revocations {
                 };
                 let finished = next == Step::Done;
                 revocations::advance(&mut *tx, id, &record, next.as_str(), finished).await?;
+                self.keys.failpoints().check(keys::Failpoint::BeforeCommit);
                 registry::commit(tx).await?;
                 tracing::info!(revocation_id = %id, step = step.as_str(), next = next.as_str(), "revocation step done");
+                if finished {
+                    // Counted here, where it finishes, whoever drives it (the
+                    // RotateKey call, startup, the maintenance loop): once.
+                    metrics::record_revocation(mode.as_str(), "succeeded", &row.signer);
+                }
                 self.keys.reload_signer(&row.signer).await?;
                 Ok(if finished {
                     Advance::Finished(RevocationState::Succeeded)
@@ -150,6 +157,7 @@ impl Revocations {
                 tracing::error!(revocation_id = %id, step = step.as_str(), error = %message, "revocation failed");
                 record.error = Some(message);
                 self.fail(&row, &record).await?;
+                metrics::record_revocation(mode.as_str(), "failed", &row.signer);
                 Ok(Advance::Finished(RevocationState::Failed))
             }
         }

@@ -124,23 +124,19 @@ impl Revocations {
         let task = tokio::spawn(async move {
             let started = start.await;
             let ran = match &started {
-                Ok(Rotation::Ran(row)) => Some((row.id, row.mode, row.signer.clone())),
+                Ok(Rotation::Ran(row)) => Some(row.id),
                 _ => None,
             };
             let _ = started_tx.send(started);
-            let Some((id, mode, signer)) = ran else {
+            let Some(id) = ran else {
                 return;
             };
+            // Counted in the metrics where it finishes (procedure.rs), whoever
+            // drives it: here, or the maintenance loop after a retry.
             if let Err(e) = this.drive(id).await {
                 // Left running: the maintenance loop retries it.
                 tracing::warn!(revocation_id = %id, error = %e, "revocation paused on a retryable error");
             }
-            let outcome = match this.get(id).await.map(|r| r.state) {
-                Ok(RevocationState::Running) => "pending_retry",
-                Ok(done) => done.as_str(),
-                Err(_) => "unknown",
-            };
-            crate::metrics::record_revocation(mode.as_str(), outcome, &signer);
         });
         let started = started_rx
             .await

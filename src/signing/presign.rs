@@ -1,11 +1,10 @@
-//! One access key, ready to presign. The secret lives only inside the SDK's
-//! credentials (whose Debug output is redacted).
+//! One access key, ready to presign. The secret lives only inside the
+//! `QuerySigner` (whose key is never printed).
 
+use super::sigv4::{self, Endpoint, QuerySigner, Request};
 use crate::domain::{LinkSpec, Method};
 use crate::secret::SecretString;
-use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region, RequestChecksumCalculation};
-use aws_sdk_s3::error::DisplayErrorContext;
-use aws_sdk_s3::presigning::PresigningConfig;
+use std::ops::Range;
 use std::time::SystemTime;
 
 /// Where links point: an S3 endpoint, the region they are signed for, and the
@@ -22,6 +21,7 @@ pub struct S3Target {
 pub struct Presigned {
     pub url: String,
     pub headers: Vec<(String, String)>,
+    signature: Range<usize>,
 }
 
 impl std::fmt::Debug for Presigned {
@@ -31,8 +31,21 @@ impl std::fmt::Debug for Presigned {
 }
 
 impl Presigned {
-    pub fn signature(&self) -> Option<&str> {
-        signature_of(&self.url)
+    pub(super) fn new(
+        url: String,
+        headers: Vec<(String, String)>,
+        signature: Range<usize>,
+    ) -> Self {
+        Self {
+            url,
+            headers,
+            signature,
+        }
+    }
+
+    /// The hex `X-Amz-Signature` of the URL.
+    pub fn signature(&self) -> &str {
+        &self.url[self.signature.clone()]
     }
 }
 
@@ -52,10 +65,24 @@ pub fn signature_of(url: &str) -> Option<&str> {
         .filter(|s| !s.is_empty())
 }
 
+/// Whether `key_id` is a temporary (STS session) access key: AWS gives those
+/// the ASIA prefix (long-term keys: AKIA). presignd never signs with one: the
+/// session could end before the links it signed, cutting them short of their
+/// recorded expiry.
+pub fn is_session_key_id(key_id: &str) -> bool {
+    key_id.starts_with("ASIA")
+}
+
+/// Why a session key is refused, for the error that stops startup.
+pub const SESSION_KEY_REFUSED: &str = "is a temporary STS session key: presignd signs only with \
+     long-term access keys it created itself (a session could end before the links it signed); \
+     delete that key from the registry and let presignd create one";
+
 pub struct SigningKey {
     pub key_id: String,
     pub signer: String,
-    client: aws_sdk_s3::Client,
+    endpoint: Result<Endpoint, String>,
+    sigv4: QuerySigner,
 }
 
 impl std::fmt::Debug for SigningKey {
@@ -69,106 +96,75 @@ impl std::fmt::Debug for SigningKey {
 
 impl SigningKey {
     pub fn new(target: &S3Target, key_id: &str, secret: &SecretString, signer: &str) -> Self {
-        let credentials = Credentials::new(key_id, secret.expose(), None, None, "presignd");
-        let config = aws_sdk_s3::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .region(Region::new(target.region.clone()))
-            .endpoint_url(&target.endpoint)
-            .force_path_style(target.path_style)
-            .credentials_provider(credentials)
-            // A presigned PUT must not pin a checksum of a body the SDK never saw.
-            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
-            .build();
         Self {
             key_id: key_id.to_owned(),
             signer: signer.to_owned(),
-            client: aws_sdk_s3::Client::from_conf(config),
+            endpoint: Endpoint::parse(&target.endpoint, target.path_style),
+            sigv4: QuerySigner::new(key_id, secret, &target.region),
         }
+    }
+
+    fn endpoint(&self) -> Result<&Endpoint, SignError> {
+        self.endpoint
+            .as_ref()
+            .map_err(|e| SignError::Presign(e.clone()))
     }
 
     /// Signs `spec` as of `issued_at` (so the recorded issued_at is exactly the
     /// signature's X-Amz-Date).
-    pub async fn presign(
-        &self,
-        spec: &LinkSpec,
-        issued_at: SystemTime,
-    ) -> Result<Presigned, SignError> {
-        let config = PresigningConfig::builder()
-            .start_time(issued_at)
-            .expires_in(spec.ttl.as_duration())
-            .build()
-            .map_err(|e| SignError::Presign(e.to_string()))?;
-        let (bucket, key) = (spec.bucket.as_str(), spec.object_key.as_str());
-        let c = &self.client;
-        let e = |e: &dyn std::fmt::Display| SignError::Presign(e.to_string());
-        let request = match spec.method {
-            Method::Get => c
-                .get_object()
-                .bucket(bucket)
-                .key(key)
-                .set_response_content_disposition(
-                    spec.content_disposition
-                        .as_ref()
-                        .map(|d| d.as_str().to_owned()),
-                )
-                .presigned(config)
-                .await
-                .map_err(|x| e(&DisplayErrorContext(x)))?,
-            Method::Put => c
-                .put_object()
-                .bucket(bucket)
-                .key(key)
-                .set_content_type(spec.content_type.as_ref().map(|t| t.as_str().to_owned()))
-                .presigned(config)
-                .await
-                .map_err(|x| e(&DisplayErrorContext(x)))?,
-            Method::Head => c
-                .head_object()
-                .bucket(bucket)
-                .key(key)
-                .presigned(config)
-                .await
-                .map_err(|x| e(&DisplayErrorContext(x)))?,
-            Method::Delete => c
-                .delete_object()
-                .bucket(bucket)
-                .key(key)
-                .presigned(config)
-                .await
-                .map_err(|x| e(&DisplayErrorContext(x)))?,
-        };
-        Ok(Presigned {
-            url: request.uri().to_owned(),
-            headers: request
-                .headers()
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .collect(),
-        })
+    pub fn presign(&self, spec: &LinkSpec, issued_at: SystemTime) -> Result<Presigned, SignError> {
+        self.sigv4.presign(
+            self.endpoint()?,
+            &Request {
+                method: spec.method,
+                bucket: spec.bucket.as_str(),
+                key: spec.object_key.as_str(),
+                content_type: spec.content_type.as_ref().map(|t| t.as_str()),
+                content_disposition: spec.content_disposition.as_ref().map(|d| d.as_str()),
+                x_id: true,
+                time: sigv4::epoch_secs(issued_at),
+                expires_secs: spec.ttl.as_secs(),
+            },
+        )
     }
 
-    /// A presigned HEAD of a probe object in `bucket`: the backend answers 200 or
-    /// 404 if it accepts this key, 403 if it does not.
     /// A presigned GET of an object that does not exist: the answer's body
     /// says why a key is refused (a HEAD answer has no body), and no object is
     /// read.
-    pub async fn presign_probe(&self, bucket: &str) -> Result<String, SignError> {
-        let config = PresigningConfig::expires_in(std::time::Duration::from_secs(60))
-            .map_err(|e| SignError::Presign(e.to_string()))?;
-        let request = self
-            .client
-            .get_object()
-            .bucket(bucket)
-            .key(".presignd-probe-missing-object")
-            .presigned(config)
-            .await
-            .map_err(|e| SignError::Presign(DisplayErrorContext(e).to_string()))?;
-        Ok(request.uri().to_owned())
+    pub fn presign_probe(&self, bucket: &str) -> Result<String, SignError> {
+        self.presign_get(bucket, ".presignd-probe-missing-object")
+    }
+
+    /// A presigned GET of `key` in `bucket`, valid one minute: VerifyLink's probe
+    /// of a GET or HEAD link's object.
+    pub fn presign_get(&self, bucket: &str, key: &str) -> Result<String, SignError> {
+        let presigned = self.sigv4.presign(
+            self.endpoint()?,
+            &Request {
+                method: Method::Get,
+                bucket,
+                key,
+                content_type: None,
+                content_disposition: None,
+                x_id: true,
+                time: sigv4::epoch_secs(SystemTime::now()),
+                expires_secs: 60,
+            },
+        )?;
+        Ok(presigned.url)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn session_keys_are_told_from_long_term_ones_by_their_prefix() {
+        assert!(is_session_key_id("ASIAIOSFODNN7EXAMPLE"));
+        assert!(!is_session_key_id("AKIAIOSFODNN7EXAMPLE"));
+        assert!(!is_session_key_id("GK31c2f218a2e44f485b94239e"));
+    }
 
     #[test]
     fn the_signature_is_read_from_the_query() {

@@ -309,7 +309,6 @@ async fn repeated_refusals_are_two_rows_whose_counts_add_up(pool: PgPool) {
         2 * N,
     )
     .await;
-    assert_eq!(total, 2 * N, "every refusal is counted");
     let rows: Vec<(Option<String>, String, i64)> = sqlx::query_as(
         "SELECT caller, code, count FROM audit_events
          WHERE code IN ('UNAUTHENTICATED', 'PERMISSION_DENIED') ORDER BY code, at",
@@ -317,6 +316,7 @@ async fn repeated_refusals_are_two_rows_whose_counts_add_up(pool: PgPool) {
     .fetch_all(&pool)
     .await
     .unwrap();
+    assert_eq!(total, 2 * N, "every refusal is counted: {rows:?}");
     assert_eq!(
         rows,
         [

@@ -169,3 +169,42 @@ async fn keys_live_on_the_signers_iam_user_within_the_two_key_limit(pool: PgPool
         .unwrap();
     assert_eq!(after.link.unwrap().key_id, r.new_key_id);
 }
+
+/// IAM access keys carry no name: an intent left behind is reconciled by the
+/// user's keys created since the intent that the registry does not know. The
+/// key whose creation never committed is deleted; the recorded one stays.
+#[sqlx::test]
+async fn an_iam_key_whose_creation_never_committed_is_deleted_and_the_recorded_one_kept(
+    pool: PgPool,
+) {
+    let iam = iam().await;
+    let signer = format!("aws-{}", &uuid::Uuid::now_v7().simple().to_string()[24..]);
+    let user = format!("presignd-{signer}");
+    iam.create_user().user_name(&user).send().await.unwrap();
+    let config = test_config(&[
+        "--backend=aws",
+        &format!("--aws-iam-endpoint={}", env("MOTO_URL")),
+        &format!("--signers={signer}"),
+        "--buckets",
+        "--maintenance-interval-secs=3600",
+    ]);
+    let app = spawn_app_with(config, (*pool.connect_options()).clone()).await;
+    app.wait_for(tonic_health::pb::health_check_response::ServingStatus::Serving)
+        .await;
+    let recorded = app.km.active_key(&signer).unwrap().key_id.clone();
+
+    let mut tx = pool.begin().await.unwrap();
+    let lost = app.km.create_replacement(&mut tx, &signer).await.unwrap();
+    tx.rollback().await.unwrap();
+    assert_eq!(iam_keys(&iam, &user).await.len(), 2, "the lost key is live");
+
+    let reconciled = app.km.reconcile_intents().await.unwrap();
+    assert_eq!(reconciled.deleted, [lost], "{reconciled:?}");
+    let left: Vec<String> = iam_keys(&iam, &user).await.into_keys().collect();
+    assert_eq!(left, [recorded]);
+    let intents: i64 = sqlx::query_scalar("SELECT count(*) FROM key_intents")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(intents, 0);
+}

@@ -57,3 +57,51 @@ fn hash_token_refuses_an_empty_token() {
         presignd::auth::hash_token("a-real-token")
     );
 }
+
+/// presignd signs only with long-term keys it created: a registry whose active
+/// key is a temporary STS session key (ASIA…) keeps the server NOT_SERVING,
+/// the readiness reason saying why; nothing is ever signed with it.
+#[sqlx::test]
+async fn an_active_session_key_in_the_registry_is_refused_at_startup(pool: sqlx::PgPool) {
+    use presignd::domain::KeyState;
+    use presignd::health::NOT_READY_METADATA;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    presignd::registry::migrate(&pool).await.unwrap();
+    presignd::registry::signers::upsert(&pool, "default", "garage")
+        .await
+        .unwrap();
+    let key_id = "ASIAIOSFODNN7EXAMPLE";
+    let master = presignd::seal::MasterKey::parse(master_key_hex()).unwrap();
+    let sealed = master.seal(key_id, b"not-a-real-secret");
+    presignd::registry::keys::insert(&pool, key_id, "default", KeyState::Active, &sealed)
+        .await
+        .unwrap();
+    let app = spawn_app_with(test_config(&[]), (*pool.connect_options()).clone()).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let response = HealthClient::new(app.channel.clone())
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .expect("health answers");
+        let reason = response
+            .metadata()
+            .get(NOT_READY_METADATA)
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        assert_eq!(
+            response.into_inner().status,
+            tonic_health::ServingStatus::NotServing as i32,
+            "presignd must not serve with a session key"
+        );
+        if reason.contains(key_id) && reason.contains("temporary STS session key") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reason does not name the session key: {reason}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

@@ -196,6 +196,16 @@ pub async fn tls_channel(
 
 async fn spawn_app_on(config: Config, db: PgConnectOptions, ca_pem: Option<&str>) -> TestApp {
     let app = App::build_with_db(config, db).await.expect("app builds");
+    serve_built(app, ca_pem).await
+}
+
+/// Runs an app the test built (and prepared, e.g. armed a failpoint of its
+/// key manager), without waiting for readiness.
+pub async fn spawn_built(app: App) -> TestApp {
+    serve_built(app, None).await
+}
+
+async fn serve_built(app: App, ca_pem: Option<&str>) -> TestApp {
     let port = app.port();
     let km = app.key_manager();
     let revocations = app.revocations();

@@ -1,4 +1,4 @@
-//! The registry's lifecycle (migrations 0011, 0012; src/lifecycle.rs): link
+//! The registry's lifecycle (migrations 0010, 0011; src/lifecycle.rs): link
 //! partitions exist before an insert needs them, even with the clock far
 //! ahead; a link no partition takes lands in the default partition and moves
 //! to its day's once created; retention drops whole partitions, exactly those

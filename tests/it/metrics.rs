@@ -1,10 +1,14 @@
 //! /metrics over HTTP: the issued-links counter, IssueLink's latency histogram,
-//! the outstanding-links gauge and the revocations counter. The recorder is one
-//! per process and tests run side by side, so each test runs a signer of its own
-//! (no other test touches its label values) and asserts exact values on it.
+//! the outstanding-links gauge, the revocations counter (wherever a revocation
+//! finishes), denials by cause, build and process metrics, and the state gauges
+//! (ready, revocations running, signers without an active key). The recorder is
+//! one per process: each test runs a signer of its own (no other test touches its
+//! label values) and asserts exact values on it; a label-free gauge is asserted
+//! by a test alone in its process (nextest runs one process per test).
 
 use crate::helpers::*;
-use presignd::proto::{Method, RevocationState, RotationMode};
+use presignd::proto::{self, Method, RevocationState, RotationMode};
+use presignd::revocation::{RotateRequest, Rotation};
 use sqlx::PgPool;
 use std::collections::BTreeSet;
 
@@ -24,7 +28,7 @@ async fn spawn_app_signing_as(pool: &PgPool, signer: &str) -> TestApp {
     app
 }
 
-async fn scrape(app: &TestApp) -> String {
+pub(crate) async fn scrape(app: &TestApp) -> String {
     let r = app
         .http
         .get(format!("http://127.0.0.1:{}/metrics", app.metrics_port))
@@ -43,7 +47,7 @@ async fn scrape(app: &TestApp) -> String {
 }
 
 /// The value of the sample `name` carrying every label in `labels` (0 if absent).
-fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+pub(crate) fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     text.lines()
         .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
         .filter(|l| {
@@ -200,4 +204,216 @@ async fn a_rotation_counts_once_under_its_mode_outcome_and_signer(pool: PgPool) 
         0.0,
         "{text}"
     );
+}
+
+#[sqlx::test]
+async fn refusals_are_counted_by_cause(pool: PgPool) {
+    let mut app = spawn_app_with(
+        test_config(&["--issue-rate-per-sec=1", "--issue-burst=1"]),
+        (*pool.connect_options()).clone(),
+    )
+    .await;
+    app.wait_for(tonic_health::pb::health_check_response::ServingStatus::Serving)
+        .await;
+    let denials = |text: &str, cause| sample(text, "presignd_denials_total", &[("cause", cause)]);
+    let before = scrape(&app).await;
+
+    // Authentication: no token, then an unknown one.
+    let mut anonymous =
+        presignd::proto::link_service_client::LinkServiceClient::new(app.channel.clone());
+    let bucket = app.bucket.clone();
+    for token in [None, Some("Bearer not-a-token")] {
+        let mut req = tonic::Request::new(link_request(&bucket, "k", Method::Get, 60));
+        if let Some(t) = token {
+            req.metadata_mut()
+                .insert("authorization", t.parse().unwrap());
+        }
+        let s = anonymous.issue_link(req).await.unwrap_err();
+        assert_eq!(s.code(), tonic::Code::Unauthenticated);
+    }
+    // Policy: a plain caller on KeyService, and reading another caller's links.
+    let mut plain_keys = presignd::proto::key_service_client::KeyServiceClient::with_interceptor(
+        app.channel.clone(),
+        with_token_b as Auth,
+    );
+    let s = plain_keys
+        .list_signing_keys(proto::ListSigningKeysRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), tonic::Code::PermissionDenied);
+    let mut plain_links = presignd::proto::link_service_client::LinkServiceClient::with_interceptor(
+        app.channel.clone(),
+        with_token_b as Auth,
+    );
+    let s = plain_links
+        .list_links(proto::ListLinksRequest {
+            filter: Some(proto::LinkFilter {
+                caller: CALLER.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), tonic::Code::PermissionDenied, "{s:?}");
+    // Rate limit: burst 1, so the second call in the same instant is refused.
+    app.issue(link_request(
+        &bucket,
+        &unique_key("denials"),
+        Method::Get,
+        60,
+    ))
+    .await
+    .unwrap();
+    let s = app
+        .issue(link_request(
+            &bucket,
+            &unique_key("denials"),
+            Method::Get,
+            60,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), tonic::Code::ResourceExhausted);
+
+    let after = scrape(&app).await;
+    for (cause, n) in [
+        ("authentication", 2.0),
+        ("policy", 2.0),
+        ("rate_limit", 1.0),
+    ] {
+        assert_eq!(
+            denials(&after, cause) - denials(&before, cause),
+            n,
+            "{cause}: {after}"
+        );
+    }
+}
+
+#[sqlx::test]
+async fn the_build_and_the_process_are_described(pool: PgPool) {
+    let app = spawn_app(&pool).await;
+    let text = scrape(&app).await;
+    let revision = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8(o.stdout).unwrap().trim().to_owned());
+    let revision = std::env::var("BUILD_REVISION")
+        .ok()
+        .or(revision)
+        .unwrap_or_else(|| "unknown".into());
+    let build = format!(
+        "presignd_build_info{{version=\"{}\",revision=\"{revision}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert!(text.lines().any(|l| l == build), "{build} in {text}");
+    let value = |name| sample(&text, name, &[]);
+    assert!(value("process_resident_memory_bytes") > 1e6, "{text}");
+    assert!(value("process_open_fds") >= 3.0, "{text}");
+    assert!(
+        value("process_max_fds") >= value("process_open_fds"),
+        "{text}"
+    );
+    assert!(value("process_cpu_seconds_total") > 0.0, "{text}");
+    assert!(value("process_start_time_seconds") > 1.6e9, "{text}");
+}
+
+#[sqlx::test]
+async fn the_ready_gauge_follows_readiness(pool: PgPool) {
+    let options = (*pool.connect_options()).clone();
+    let target: std::net::SocketAddr = format!("{}:{}", options.get_host(), options.get_port())
+        .parse()
+        .unwrap();
+    let proxy = Proxy::start(target).await;
+    let app = spawn_app_with(test_config(&[]), options.port(proxy.addr.port())).await;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    app.wait_for(ServingStatus::Serving).await;
+    assert_eq!(sample(&scrape(&app).await, "presignd_ready", &[]), 1.0);
+    let _addr = proxy.stop().await;
+    app.wait_for(ServingStatus::NotServing).await;
+    assert_eq!(sample(&scrape(&app).await, "presignd_ready", &[]), 0.0);
+}
+
+/// A signer's rotation recorded but not run: the maintenance loop's work.
+fn recorded_only(signer: &str, mode: presignd::domain::RotationMode) -> RotateRequest {
+    RotateRequest {
+        signer: presignd::domain::SignerName::parse(signer).unwrap(),
+        mode,
+        reason: "integration test".into(),
+        expected_key_id: None,
+        dry_run: false,
+        requested_by: CALLER.into(),
+    }
+}
+
+#[sqlx::test]
+async fn state_gauges_show_a_stuck_revocation_and_a_signer_without_a_key(pool: PgPool) {
+    let app = spawn_app_signing_as(&pool, "metrics-state").await;
+    let gauges = |text: &str| {
+        [
+            "presignd_revocations_running",
+            "presignd_revocation_oldest_running_age_seconds",
+            "presignd_signers_without_active_key",
+        ]
+        .map(|name| sample(text, name, &[]))
+    };
+    presignd::metrics::refresh_state(&pool).await.unwrap();
+    assert_eq!(gauges(&scrape(&app).await), [0.0, 0.0, 0.0]);
+
+    // A revocation recorded an hour ago and never driven; a signer with no key.
+    let Rotation::Ran(row) = app
+        .revocations
+        .start(recorded_only(
+            "metrics-state",
+            presignd::domain::RotationMode::Graceful,
+        ))
+        .await
+        .unwrap()
+    else {
+        panic!("not a dry run")
+    };
+    sqlx::query("UPDATE revocations SET created_at = now() - interval '1 hour' WHERE id = $1")
+        .bind(row.id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO signers (name, backend) VALUES ('metrics-keyless', 'garage')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    presignd::metrics::refresh_state(&pool).await.unwrap();
+    let [running, age, keyless] = gauges(&scrape(&app).await);
+    assert_eq!((running, keyless), (1.0, 1.0));
+    assert!((3600.0..3700.0).contains(&age), "{age}");
+
+    // Finished: nothing running any more.
+    app.revocations.resume_all().await.unwrap();
+    presignd::metrics::refresh_state(&pool).await.unwrap();
+    assert_eq!(gauges(&scrape(&app).await)[..2], [0.0, 0.0]);
+}
+
+#[sqlx::test]
+async fn a_revocation_the_maintenance_loop_finishes_is_counted_once(pool: PgPool) {
+    let app = spawn_app_signing_as(&pool, "metrics-resumed").await;
+    let labels = [
+        ("mode", "revoke"),
+        ("outcome", "succeeded"),
+        ("signer", "metrics-resumed"),
+    ];
+    let before = sample(&scrape(&app).await, "presignd_revocations_total", &labels);
+    app.revocations
+        .start(recorded_only(
+            "metrics-resumed",
+            presignd::domain::RotationMode::Revoke,
+        ))
+        .await
+        .unwrap();
+    // What the maintenance loop (and startup) runs: it finishes the revocation.
+    assert!(app.revocations.resume_all().await.unwrap().is_empty());
+    // Resuming again finds nothing to finish and counts nothing more.
+    assert!(app.revocations.resume_all().await.unwrap().is_empty());
+    let after = sample(&scrape(&app).await, "presignd_revocations_total", &labels);
+    assert_eq!(after - before, 1.0);
 }

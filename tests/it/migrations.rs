@@ -192,7 +192,7 @@ async fn a_registry_with_data_from_the_first_migration_upgrades_to_the_last_inta
     .await
     .expect("0004's data");
 
-    // 0008, the last before the partitioned layout (0011, 0012): an
+    // 0008 (0009 adds an empty table), before the partitioned layout (0010, 0011): an
     // aggregated denial (0007), a link expiring in six days, a folded roll-up.
     migrate_to(&pool, 8).await;
     sqlx::raw_sql(

@@ -1,5 +1,5 @@
 //! The CLI against a running server: `presignctl links`, `summarize` and
-//! `lookup`, as text and JSON; a failure exits non-zero.
+//! `lookup` and `verify`, as text and JSON; a failure exits non-zero.
 
 use crate::helpers::*;
 use presignd::proto::Method;
@@ -123,4 +123,46 @@ async fn a_failed_lookup_or_listing_exits_non_zero_saying_why(pool: PgPool) {
 
     let out = presignctl(&app, TOKEN, &["summarize", "--by", "colour"], None).await;
     assert_ne!(out.code, 0, "clap refuses an unknown group");
+}
+
+#[sqlx::test]
+async fn verify_reads_a_url_from_stdin_or_takes_a_link_id_and_exits_one_unless_ok(pool: PgPool) {
+    let mut app = spawn_app(&pool).await;
+    let missing = app
+        .issue(link_request(
+            &app.bucket.clone(),
+            &unique_key("cli"),
+            Method::Get,
+            600,
+        ))
+        .await
+        .unwrap();
+    let out = presignctl(&app, TOKEN, &["verify"], Some(&missing.url)).await;
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stdout.contains("verdict    OBJECT_MISSING"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("store      HTTP 404 NoSuchKey"),
+        "{}",
+        out.stdout
+    );
+
+    let put = app
+        .issue(link_request(
+            &app.bucket.clone(),
+            &unique_key("cli"),
+            Method::Put,
+            600,
+        ))
+        .await
+        .unwrap();
+    let id = put.link.unwrap().id;
+    let out = presignctl(&app, TOKEN, &["verify", "--json", "--link", &id], None).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["verdict"], "OK", "{v}");
+    assert_eq!(v["link"]["id"], id.as_str(), "{v}");
 }

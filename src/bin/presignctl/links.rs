@@ -1,4 +1,4 @@
-//! `presignctl links`, `summarize` and `lookup`: the dashboards from a terminal,
+//! `presignctl links`, `summarize`, `lookup` and `verify`: the dashboards from a terminal,
 //! as aligned text or, with --json, one JSON document for scripts.
 
 use crate::Conn;
@@ -134,6 +134,14 @@ pub struct LookupArgs {
     /// the process list, so prefer stdin.
     #[arg(default_value = "-")]
     url: String,
+}
+
+#[derive(Args)]
+pub struct VerifyArgs {
+    /// The link's id. Without it, the presigned URL is read from stdin (never
+    /// from the command line: a URL is a bearer credential).
+    #[arg(long = "link")]
+    link_id: Option<String>,
 }
 
 fn time(t: &Option<prost_types::Timestamp>) -> String {
@@ -371,4 +379,61 @@ fn revoke_command(link: &proto::Link) -> Option<String> {
             link.key_id, link.id
         )
     })
+}
+
+/// `presignctl verify`: prints the verdict and the store's answer; exits 0 for
+/// OK, 1 for any other verdict (and for an error).
+pub async fn verify(conn: &Conn, as_json: bool, args: VerifyArgs) -> anyhow::Result<bool> {
+    use proto::verify_link_request::Link;
+    let link = match args.link_id {
+        Some(id) => Link::LinkId(id),
+        None => {
+            let mut s = String::new();
+            std::io::stdin()
+                .read_to_string(&mut s)
+                .context("reading the URL from stdin")?;
+            if s.trim().is_empty() {
+                bail!("no URL on stdin (or give --link ID)");
+            }
+            Link::Url(s.trim().to_owned())
+        }
+    };
+    let mut client = client(conn).await?;
+    let v = client
+        .verify_link(proto::VerifyLinkRequest { link: Some(link) })
+        .await
+        .map_err(crate::status_error)?
+        .into_inner();
+    let verdict = proto::Verdict::try_from(v.verdict)
+        .map(|v| v.as_str_name().trim_start_matches("VERDICT_").to_owned())
+        .unwrap_or_else(|_| v.verdict.to_string());
+    let ok = v.verdict == proto::Verdict::Ok as i32;
+    let link = v.link.unwrap_or_default();
+    if as_json {
+        println!(
+            "{}",
+            json!({
+                "verdict": verdict, "expected_region": v.expected_region,
+                "store": { "status": v.store_status, "code": v.store_code, "message": v.store_message },
+                "link": link_json(&link),
+            })
+        );
+        return Ok(ok);
+    }
+    println!("verdict    {verdict}");
+    if !v.expected_region.is_empty() {
+        println!("region     the store expects {}", v.expected_region);
+    }
+    if v.store_status != 0 {
+        println!(
+            "store      HTTP {} {} {}",
+            v.store_status, v.store_code, v.store_message
+        );
+    }
+    println!("link       {}", link.id);
+    println!("state      {}", state(link.state));
+    println!("object     s3://{}/{}", link.bucket, link.object_key);
+    println!("signed by  key {} of signer {}", link.key_id, link.signer);
+    println!("expires    {}", time(&link.expires_at));
+    Ok(ok)
 }

@@ -79,6 +79,9 @@ enum Cmd {
     Summarize(links::SummarizeArgs),
     /// Which link is this URL? Prints it and the blast radius of its key.
     Lookup(links::LookupArgs),
+    /// Why does this link work or fail, now? Asks the store (URL on stdin, or
+    /// --link ID); exits 1 unless the verdict is OK.
+    Verify(links::VerifyArgs),
     /// Wait until presignd reports SERVING (exit 1 on timeout).
     WaitReady {
         #[arg(long, default_value_t = 60)]
@@ -233,6 +236,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Links(args) => links::list(conn, conn.json, args).await,
         Cmd::Summarize(args) => links::summarize(conn, conn.json, args).await,
         Cmd::Lookup(args) => links::lookup(conn, conn.json, args).await,
+        Cmd::Verify(args) => match links::verify(conn, conn.json, args).await? {
+            true => Ok(()),
+            false => std::process::exit(1),
+        },
         Cmd::WaitReady { timeout_secs } => wait_ready(conn, timeout_secs).await,
     }
 }
