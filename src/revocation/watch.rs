@@ -18,6 +18,8 @@ use tokio::sync::mpsc;
 const PAGE: i64 = 64;
 /// A notification may be lost (listener reconnecting): look anyway this often.
 const POLL: Duration = Duration::from_secs(5);
+/// How long a stream's last word (UNAVAILABLE) may wait for a full channel.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 /// After a registry error, before reading again.
 const RETRY: Duration = Duration::from_secs(1);
 
@@ -64,7 +66,10 @@ impl Revocations {
         let mut closing = self.closing.subscribe();
         loop {
             if *closing.borrow_and_update() {
-                let _ = tx.send(Err(RevocationError::ShuttingDown(cursor))).await;
+                // A consumer that reads nothing must not hold the shutdown:
+                // past the grace, the stream just ends.
+                let last = tx.send(Err(RevocationError::ShuttingDown(cursor)));
+                let _ = tokio::time::timeout(SHUTDOWN_GRACE, last).await;
                 return;
             }
             // Marked seen before reading: a change committed during the read wakes the wait below.
