@@ -56,10 +56,6 @@ pub fn garage_backend() -> presignd::backend::garage::GarageBackend {
     presignd::backend::garage::GarageBackend::new(
         &env("GARAGE_ADMIN_URL"),
         presignd::secret::SecretString::new(env("GARAGE_ADMIN_TOKEN")),
-        env("PRESIGND_TEST_BUCKETS")
-            .split(',')
-            .map(str::to_owned)
-            .collect(),
     )
 }
 
