@@ -59,6 +59,28 @@ pub fn garage_backend() -> presignd::backend::garage::GarageBackend {
     )
 }
 
+/// Garage's admin API, v2.
+pub async fn garage_admin(
+    endpoint: &str,
+    query: &[(&str, &str)],
+    body: Option<serde_json::Value>,
+) -> serde_json::Value {
+    let url = format!("{}/v2/{endpoint}", env("GARAGE_ADMIN_URL"));
+    let http = reqwest::Client::new();
+    let req = match body {
+        Some(b) => http.post(url).json(&b),
+        None => http.get(url),
+    };
+    let r = req
+        .query(query)
+        .bearer_auth(env("GARAGE_ADMIN_TOKEN"))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "garage {endpoint}: {}", r.status());
+    r.json().await.unwrap_or_default()
+}
+
 pub fn test_bucket() -> String {
     env("PRESIGND_TEST_BUCKETS")
         .split(',')
