@@ -152,7 +152,11 @@ async fn a_bucket_mapped_to_garage_s_region_serves_and_one_mapped_elsewhere_is_r
         .await
         .unwrap();
     let r = send(&app.http, reqwest::Method::GET, &get, None).await;
-    assert_eq!(r.status(), 200, "Garage serves the bucket mapped to its region");
+    assert_eq!(
+        r.status(),
+        200,
+        "Garage serves the bucket mapped to its region"
+    );
 
     // Signed for us-west-2, Garage would refuse it: no link.
     let s = app

@@ -90,7 +90,13 @@ async fn a_policy_reload_adding_a_bucket_makes_its_links_work_without_a_restart(
         .issue(link_request(&added, &key, Method::Put, 600))
         .await
         .expect("a link for the added bucket");
-    let r = send(&app.http, reqwest::Method::PUT, &put, Some(b"added".to_vec())).await;
+    let r = send(
+        &app.http,
+        reqwest::Method::PUT,
+        &put,
+        Some(b"added".to_vec()),
+    )
+    .await;
     assert_eq!(r.status(), 200, "Garage serves the PUT");
     let get = app
         .issue(link_request(&added, &key, Method::Get, 600))
@@ -112,15 +118,20 @@ async fn a_policy_reload_adding_a_bucket_makes_its_links_work_without_a_restart(
         .unwrap();
     assert_eq!(get.link.as_ref().unwrap().key_id, rotated.new_key_id);
     let r = send(&app.http, reqwest::Method::GET, &get, None).await;
-    assert_eq!(r.status(), 200, "the new key was granted on the added bucket");
+    assert_eq!(
+        r.status(),
+        200,
+        "the new key was granted on the added bucket"
+    );
 }
 
 #[sqlx::test]
-async fn a_bucket_that_cannot_be_granted_is_refused_naming_it_and_shows_everywhere(
-    pool: PgPool,
-) {
+async fn a_bucket_that_cannot_be_granted_is_refused_naming_it_and_shows_everywhere(pool: PgPool) {
     let b0 = test_bucket();
-    let missing = format!("pf-missing-{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
+    let missing = format!(
+        "pf-missing-{}",
+        &uuid::Uuid::now_v7().simple().to_string()[20..]
+    );
     let (config, _) = policy_config(&policy(&[&b0, &missing]), &[]);
     let mut app = spawn_app_with(config, (*pool.connect_options()).clone()).await;
     // One bucket that cannot be used does not hold the others.
@@ -133,7 +144,8 @@ async fn a_bucket_that_cannot_be_granted_is_refused_naming_it_and_shows_everywhe
         .unwrap_err();
     assert_eq!(s.code(), Code::FailedPrecondition, "{s:?}");
     assert!(
-        s.message().contains(&format!("bucket {missing} cannot be used")),
+        s.message()
+            .contains(&format!("bucket {missing} cannot be used")),
         "{}",
         s.message()
     );
@@ -161,7 +173,10 @@ async fn a_bucket_that_cannot_be_granted_is_refused_naming_it_and_shows_everywhe
     assert!(ok.url.contains(&format!("/{b0}/")));
 
     let listed = bucket_status(&mut app, &missing).await.expect("listed");
-    assert!(!listed.ready && listed.cause.contains("granting"), "{listed:?}");
+    assert!(
+        !listed.ready && listed.cause.contains("granting"),
+        "{listed:?}"
+    );
     assert!(bucket_status(&mut app, &b0).await.unwrap().ready);
 
     let health = tonic_health::pb::health_client::HealthClient::new(app.channel.clone())
