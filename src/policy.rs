@@ -235,3 +235,41 @@ impl PolicyHandle {
         self.swapped.notified().await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> Settings {
+        Settings {
+            signers: vec![
+                SignerName::parse("default").unwrap(),
+                SignerName::parse("billing").unwrap(),
+            ],
+            admins: vec![],
+            default_rate: None,
+        }
+    }
+
+    fn set(items: &[&str]) -> BTreeSet<String> {
+        items.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn each_signer_signs_for_the_configured_buckets_and_those_its_entries_name() {
+        let p = Policy::parse(
+            "[callers.a]\nsigner = \"billing\"\nbuckets = [\"invoices\"]\nmethods = [\"GET\"]\n\
+             [callers.b]\nbuckets = [\"*\"]\nmethods = [\"GET\"]\n",
+            settings(),
+        )
+        .unwrap();
+        let by = p.buckets_by_signer(&["uploads".into()]);
+        assert_eq!(by["default"], set(&["uploads"]), "`*` adds nothing");
+        assert_eq!(by["billing"], set(&["invoices", "uploads"]));
+        let permissive = Policy::permissive(settings()).unwrap();
+        assert_eq!(
+            permissive.buckets_by_signer(&["uploads".into()])["default"],
+            set(&["uploads"])
+        );
+    }
+}

@@ -239,11 +239,14 @@ impl KeyManager {
     /// Grants, resolves the region, probes: one pair's outcome.
     async fn check_pair(&self, key: &SigningKey, bucket: &str) -> BucketStatus {
         let mut region = self.regions.region_of(bucket);
+        // The probe is the proof, the grant a means: a backend that cannot
+        // grant now (down) leaves a grant made earlier in force.
+        let granted = self
+            .backend
+            .allow_bucket(&key.signer, &key.key_id, bucket)
+            .await
+            .map_err(|e| format!("granting the bucket: {e}"));
         let outcome = async {
-            self.backend
-                .allow_bucket(&key.signer, &key.key_id, bucket)
-                .await
-                .map_err(|e| format!("granting the bucket: {e}"))?;
             region = self
                 .regions
                 .resolve(&self.probe.http, bucket, false)
@@ -294,6 +297,15 @@ impl KeyManager {
             Err(format!("the store did not accept the key: {last}"))
         }
         .await;
+        let outcome = match (outcome, granted) {
+            (Err(cause), Err(grant)) => Err(format!("{grant}; then {cause}")),
+            (Ok(()), Err(grant)) => {
+                tracing::warn!(signer = %key.signer, key_id = %key.key_id, bucket, grant,
+                    "the store accepts the key for the bucket although granting failed (granted before)");
+                Ok(())
+            }
+            (outcome, Ok(())) => outcome,
+        };
         BucketStatus {
             bucket: bucket.to_owned(),
             region,

@@ -81,6 +81,23 @@ pub async fn garage_admin(
     r.json().await.unwrap_or_default()
 }
 
+/// Makes sure a bucket named `name` exists on the dev Garage.
+pub async fn ensure_garage_bucket(name: &str) {
+    let r = reqwest::Client::new()
+        .post(format!("{}/v2/CreateBucket", env("GARAGE_ADMIN_URL")))
+        .bearer_auth(env("GARAGE_ADMIN_TOKEN"))
+        .json(&serde_json::json!({ "globalAlias": name }))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let text = r.text().await.unwrap_or_default();
+    assert!(
+        status.is_success() || text.contains("lready"),
+        "garage CreateBucket {name}: {status} {text}"
+    );
+}
+
 pub fn test_bucket() -> String {
     env("PRESIGND_TEST_BUCKETS")
         .split(',')
