@@ -64,6 +64,8 @@ pub enum SkipReason {
     ReplacementRevoked,
     /// Less than a second of its lifetime is left.
     Expiring,
+    /// The signer's key is not (yet) proven for the bucket (`keys::preflight`).
+    BucketNotReady,
 }
 
 /// A replacement's URL and headers, or why it is not handed out.
@@ -192,11 +194,22 @@ impl Issuer {
                 .map_err(|e| crate::policy::Denied::new("entry", e.reason))
                 .and_then(|owner| policy.authorize_issue(&owner, &spec));
             match grant {
-                Ok(grant) => wanted.push(Wanted {
-                    signer: grant.signer.as_str().to_owned(),
-                    original: row,
-                    spec,
-                }),
+                Ok(grant) => {
+                    let signer = grant.signer.as_str().to_owned();
+                    // As IssueLink: no link the store would refuse.
+                    if let Some(key) = self.keys.active_key(&signer)
+                        && let Err(refused) =
+                            self.keys.bucket_ready(&signer, &key.key_id, &row.bucket)
+                    {
+                        skip(row.id, SkipReason::BucketNotReady, refused.to_string());
+                        continue;
+                    }
+                    wanted.push(Wanted {
+                        signer,
+                        original: row,
+                        spec,
+                    });
+                }
                 Err(denied) => {
                     self.audit.record_denial(AuditEvent {
                         caller: Some(caller.name.to_string()),
@@ -276,7 +289,10 @@ impl Issuer {
             ttl: ttl_left(left).unwrap_or(w.spec.ttl),
             ..w.spec.clone()
         };
-        let presigned = key.presign(&spec, issued)?;
+        let region = self
+            .keys
+            .bucket_ready(&w.signer, &key.key_id, spec.bucket.as_str())?;
+        let presigned = key.presign_in(&spec, &region, issued)?;
         let o = &w.original;
         Ok(NewLink {
             id: Uuid::now_v7(),
@@ -321,7 +337,8 @@ impl Issuer {
             Ok(spec) => spec,
             Err(e) => return Ok(Err((SkipReason::Expiring, e.reason))),
         };
-        let presigned = key.presign(&spec, link.issued_at.into())?;
+        let region = self.keys.regions().region_of(&link.bucket);
+        let presigned = key.presign_in(&spec, &region, link.issued_at.into())?;
         Ok(Ok((presigned.url, presigned.headers)))
     }
 }
