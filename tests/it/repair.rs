@@ -461,3 +461,61 @@ async fn watchers_hear_of_their_links_only_and_resume_without_a_gap(pool: PgPool
         .expect("the stream ends within 15 s of the shutdown");
     assert_eq!(ended.unwrap_err().code(), Code::Unavailable);
 }
+
+#[sqlx::test]
+async fn presignctl_revokes_with_a_quarantine_and_reissues_the_rest(pool: PgPool) {
+    let mut app = spawn_app(&pool).await;
+    let bucket = buckets()[0].clone();
+    let (obj, put) = put_sample(&mut app, &bucket).await;
+    let get = app
+        .issue(link_request(&bucket, &obj, Method::Get, 600))
+        .await
+        .unwrap();
+    let key = put.link.as_ref().unwrap().key_id.clone();
+    let run = presignctl(
+        &app,
+        TOKEN,
+        &[
+            "revoke",
+            "--key",
+            &key,
+            "--reason",
+            "leak",
+            "--quarantine",
+            &id(&put),
+            "--yes",
+            "--json",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(
+        report["quarantined_link_ids"],
+        serde_json::json!([id(&put)])
+    );
+    let revocation = report["id"].as_str().unwrap().to_owned();
+
+    let run = presignctl(&app, TOKEN, &["reissue", &revocation], None).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let lines: Vec<serde_json::Value> = run
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "{}", run.stdout);
+    assert_eq!(lines[0]["replaces_link_id"], id(&get));
+    let served = app
+        .http
+        .get(lines[0]["url"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(served.status(), StatusCode::OK);
+    assert!(
+        run.stderr.contains(&id(&put)) && run.stderr.contains("QUARANTINED"),
+        "{}",
+        run.stderr
+    );
+}
