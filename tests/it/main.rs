@@ -6,6 +6,7 @@
 mod audit;
 mod authz;
 mod aws_backend;
+mod client_examples;
 mod crash_safety;
 mod credentials;
 mod dashboards;
