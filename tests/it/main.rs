@@ -3,6 +3,7 @@
 //! Needs `deploy/dev/stack.sh` to have run and its env sourced; a missing service
 //! fails the tests loudly.
 
+mod api_contract;
 mod audit;
 mod authz;
 mod aws_backend;
