@@ -23,6 +23,7 @@ import pathlib
 import shutil
 import sys
 import tempfile
+import urllib.error
 import urllib.request
 import uuid
 
