@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: brings up the services the tests need (PostgreSQL,
-# Garage, moto, a streaming replica), then runs every test with cargo-nextest. Extra arguments go to nextest.
+# Garage, moto, a streaming replica) and the Python client example's pinned
+# dependencies (examples/python/setup.sh: the suite runs the example), then runs
+# every test with cargo-nextest. Extra arguments go to nextest.
 # Usage: deploy/dev/test.sh [nextest filters...]
 set -euo pipefail
 
@@ -13,6 +15,7 @@ bash "$HERE/stack.sh"
 bash "$HERE/stack.sh" replica
 # shellcheck disable=SC1091
 source "${PRESIGND_DEV_STATE:-$HERE/.state}/env"
+bash "$REPO/examples/python/setup.sh"
 
 if ! cargo nextest --version >/dev/null 2>&1; then
     echo "[test] installing cargo-nextest" >&2

@@ -3,7 +3,7 @@
 use super::{request, response};
 use crate::auth::caller_of;
 use crate::dashboard::{Dashboard, Subject};
-use crate::domain::PresignedUrl;
+use crate::domain::{FieldError, PresignedUrl};
 use crate::issuance::{Issuer, ReissueRequest};
 use crate::keys::KeyManager;
 use crate::proto::{self, link_service_server::LinkService};
@@ -22,7 +22,8 @@ pub struct LinkApi {
     pub revocations: Revocations,
 }
 
-type EventStream = Pin<Box<dyn Stream<Item = Result<proto::RevocationEvent, Status>> + Send>>;
+type EventStream =
+    Pin<Box<dyn Stream<Item = Result<proto::WatchRevocationsResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl LinkService for LinkApi {
@@ -155,9 +156,8 @@ impl LinkService for LinkApi {
             Some(Link::LinkId(id)) => Subject::Id(request::link_id_named(id, "link_id")?),
             Some(Link::Url(url)) => Subject::Url(url, PresignedUrl::parse(url)?),
             None => {
-                return Err(Status::invalid_argument(
-                    "link: set link_id or url, the link to verify",
-                ));
+                let unset = FieldError::new("link", "set link_id or url, the link to verify");
+                return Err(unset.into());
             }
         };
         let verified = self.dashboard.verify(&caller, &self.keys, subject).await?;

@@ -139,8 +139,8 @@ fn skip_reason(r: SkipReason) -> proto::SkipReason {
     }
 }
 
-pub fn revocation_event(e: EventRow) -> proto::RevocationEvent {
-    proto::RevocationEvent {
+pub fn revocation_event(e: EventRow) -> proto::WatchRevocationsResponse {
+    let event = proto::RevocationEvent {
         sequence: e.seq.max(0) as u64,
         revocation_id: e.revocation_id.to_string(),
         caller: e.caller,
@@ -150,7 +150,8 @@ pub fn revocation_event(e: EventRow) -> proto::RevocationEvent {
         quarantined: e.quarantined.max(0) as u64,
         earliest_expiry: Some(timestamp(e.earliest_expiry)),
         at: Some(timestamp(e.at)),
-    }
+    };
+    proto::WatchRevocationsResponse { event: Some(event) }
 }
 
 pub fn blast_radius(row: &BlastRadius) -> proto::BlastRadius {

@@ -72,6 +72,16 @@ async fn a_bad_field_is_named_in_a_bad_request_violation(pool: PgPool) {
         .unwrap_err();
     assert_eq!(s.code(), Code::InvalidArgument);
     assert_eq!(violations(&s)[0].0, "filter.bucket", "{s:?}");
+
+    // An unset oneof is a field too.
+    let s = app
+        .links
+        .verify_link(proto::VerifyLinkRequest { link: None })
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::InvalidArgument);
+    assert_eq!(s.message(), "link: set link_id or url, the link to verify");
+    assert_eq!(violations(&s)[0].0, "link", "{s:?}");
 }
 
 #[sqlx::test]

@@ -3,10 +3,12 @@
 //! Needs `deploy/dev/stack.sh` to have run and its env sourced; a missing service
 //! fails the tests loudly.
 
+mod api_contract;
 mod audit;
 mod authz;
 mod aws_backend;
 mod bucket_regions;
+mod client_examples;
 mod crash_safety;
 mod credentials;
 mod dashboards;

@@ -8,8 +8,8 @@ use crate::helpers::*;
 use presignd::proto::{
     GetRevocationRequest, IssueLinkResponse, LookupLinkRequest, Method, PlanRevocationRequest,
     ReissueLinksRequest, ReissueLinksResponse, RevocationEvent, RevokeKeyRequest, RotationMode,
-    SkipReason, WatchRevocationsRequest, link_service_client::LinkServiceClient,
-    plan_revocation_request::Target,
+    SkipReason, WatchRevocationsRequest, WatchRevocationsResponse,
+    link_service_client::LinkServiceClient, plan_revocation_request::Target,
 };
 use presignd::revocation::{RotateRequest, Rotation};
 use reqwest::StatusCode;
@@ -320,15 +320,21 @@ async fn a_page_of_two_then_the_rest_covers_every_link_once(pool: PgPool) {
     assert!(e.message().starts_with("page_token"), "{e:?}");
 }
 
-async fn next_event(stream: &mut Streaming<RevocationEvent>) -> RevocationEvent {
+async fn next_event(stream: &mut Streaming<WatchRevocationsResponse>) -> RevocationEvent {
     tokio::time::timeout(Duration::from_secs(15), stream.message())
         .await
         .expect("an event within 15 s")
         .expect("the stream is healthy")
         .expect("the stream goes on")
+        .event
+        .expect("every message carries an event")
 }
 
-async fn watch(client: &mut Links, after: Option<u64>, caller: &str) -> Streaming<RevocationEvent> {
+async fn watch(
+    client: &mut Links,
+    after: Option<u64>,
+    caller: &str,
+) -> Streaming<WatchRevocationsResponse> {
     client
         .watch_revocations(WatchRevocationsRequest {
             after_sequence: after,

@@ -84,7 +84,8 @@ pub async fn watch(conn: &Conn, args: WatchArgs) -> anyhow::Result<()> {
                 .await
                 .map_err(crate::status_error)?
                 .into_inner();
-            while let Some(e) = events.message().await.map_err(crate::status_error)? {
+            while let Some(message) = events.message().await.map_err(crate::status_error)? {
+                let Some(e) = message.event else { continue };
                 after = Some(e.sequence);
                 if conn.json {
                     let line = json!({
