@@ -232,6 +232,7 @@ impl App {
             .context("building the reflection service")?;
         let issuer = Issuer {
             keys: self.keys.clone(),
+            pool: self.pool.clone(),
             recorder: Recorder::start(
                 self.pool.clone(),
                 self.config.record_workers,

@@ -1,23 +1,30 @@
 //! Issuing a link: check the caller's policy, sign with the caller's signer,
 //! record, commit, and only then hand the URL out (invariant 1). The row holds
 //! the SHA-256 of the signature, never the URL. A request the policy refuses is
-//! audited.
+//! audited. A request with a request id that names a live link gets that link
+//! back instead of a new one (`retry`).
 
 mod recorder;
+mod retry;
 
-pub use recorder::Recorder;
+pub use recorder::{Recorded, Recorder};
+pub use retry::request_digest;
 
 use crate::audit::{AuditEvent, Auditor};
 use crate::auth::Caller;
-use crate::domain::{Labels, LinkSpec};
+use crate::domain::{Labels, LinkSpec, RequestId};
 use crate::keys::KeyManager;
 use crate::metrics;
 use crate::policy::{Denied, PolicyHandle};
 use crate::ratelimit::{RateLimited, RateLimits};
-use crate::registry::{self, links::NewLink};
+use crate::registry::{
+    self,
+    links::{LinkRequest, NewLink},
+};
 use crate::signing::SignError;
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
+use sqlx::PgPool;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use uuid::Uuid;
 
@@ -35,6 +42,26 @@ pub enum IssueError {
     Denied(#[from] Denied),
     #[error(transparent)]
     RateLimited(#[from] RateLimited),
+    /// The caller's mistake (INVALID_ARGUMENT naming `request_id`): the text
+    /// is the field's reason.
+    #[error(
+        "already names link {link_id}, issued for a different request (method, bucket, object key, \
+         ttl, signed headers or labels differ); use a new request_id for a new request"
+    )]
+    RequestIdReused { link_id: Uuid },
+    #[error(
+        "request_id names link {link_id}, which is revoked (its key {key_id} was deactivated or the \
+         link marked by a revocation): no URL is returned; ask for a new link with a new request_id"
+    )]
+    RetriedLinkRevoked { link_id: Uuid, key_id: String },
+    #[error(
+        "request_id names link {link_id}, which cannot be signed again identically (the S3 \
+         endpoint, region or URL style changed since it was issued); ask for a new link with a \
+         new request_id"
+    )]
+    NotReproducible { link_id: Uuid },
+    #[error("request_id is being claimed by a concurrent request whose link just expired; retry")]
+    RequestIdContended,
 }
 
 /// A recorded link and the URL the caller may now use.
@@ -42,11 +69,15 @@ pub struct IssuedLink {
     pub link: registry::links::LinkRow,
     pub url: String,
     pub headers: Vec<(String, String)>,
+    /// A retry's answer: the link an earlier request with its id issued.
+    pub replayed: bool,
 }
 
 #[derive(Clone)]
 pub struct Issuer {
     pub keys: KeyManager,
+    /// IssueLink's pool: a retry's look-up of the link its id names.
+    pub pool: PgPool,
     /// Group commit of link rows (see `recorder`).
     pub recorder: Recorder,
     pub policy: PolicyHandle,
@@ -74,18 +105,23 @@ impl Issuer {
         Ok(self.limits.check(&caller.name, rate)?)
     }
 
-    /// Issues one link, recording its latency and outcome in the metrics.
+    /// Issues one link, recording its latency and outcome in the metrics. With
+    /// a `request_id` that names a live link of the caller, returns that link
+    /// instead (counted in the latency, not as issued).
     pub async fn issue(
         &self,
         caller: &Caller,
         spec: LinkSpec,
         labels: Labels,
+        request_id: Option<RequestId>,
     ) -> Result<IssuedLink, IssueError> {
         let started = std::time::Instant::now();
-        let result = self.issue_unmetered(caller, spec, labels).await;
+        let result = self.issue_unmetered(caller, spec, labels, request_id).await;
         let outcome = match &result {
             Ok(issued) => {
-                metrics::record_issued(&issued.link.method, &issued.link.signer);
+                if !issued.replayed {
+                    metrics::record_issued(&issued.link.method, &issued.link.signer);
+                }
                 "ok"
             }
             Err(IssueError::Registry(_)) => {
@@ -103,6 +139,7 @@ impl Issuer {
         caller: &Caller,
         spec: LinkSpec,
         labels: Labels,
+        request_id: Option<RequestId>,
     ) -> Result<IssuedLink, IssueError> {
         let grant = match self.policy.current().authorize_issue(&caller.name, &spec) {
             Ok(grant) => grant,
@@ -124,6 +161,10 @@ impl Issuer {
             }
         };
         let signer = grant.signer.as_str();
+        let request = request_id.map(|id| LinkRequest {
+            id: id.to_string(),
+            sha256: request_digest(&spec, &labels),
+        });
         // A rotation may deactivate the key between our read and our insert; the
         // insert then refuses, and one retry picks up the new key.
         for _ in 0..2 {
@@ -147,24 +188,46 @@ impl Issuer {
                 issued_at,
                 expires_at: issued_at + spec.ttl.as_duration(),
                 signature_sha256: Sha256::digest(signature.as_bytes()).to_vec(),
+                request: request.clone(),
             };
-            if let Some(row) = self.recorder.record(row).await? {
-                // Debug: at thousands of links a second, a line each is a
-                // measurable share of the server's CPU (docs/BENCHMARKS.md).
-                tracing::debug!(
-                    link_id = %row.id, caller = %caller.name, signer, key_id = %key.key_id,
-                    method = spec.method.as_str(), bucket = %spec.bucket, ttl_s = spec.ttl.as_secs(),
-                    "issued link"
-                );
-                return Ok(IssuedLink {
-                    link: registry::links::LinkRow::just_issued(row),
-                    url: presigned.url,
-                    headers: presigned.headers,
-                });
-            }
-            tracing::info!(signer, key_id = %key.key_id, "key rotated while issuing; retrying with the current key");
-            self.keys.reload_signer(signer).await?;
+            let row = match self.recorder.record(row).await? {
+                Recorded::Committed(row) => row,
+                Recorded::KeyNotActive => {
+                    tracing::info!(signer, key_id = %key.key_id, "key rotated while issuing; retrying with the current key");
+                    self.keys.reload_signer(signer).await?;
+                    continue;
+                }
+                Recorded::RequestIdTaken => {
+                    let request = request
+                        .as_ref()
+                        .expect("only a row with a request id is answered RequestIdTaken");
+                    let replayed =
+                        retry::replay(&self.pool, &self.keys, caller.name.as_str(), request, &spec)
+                            .await?;
+                    match replayed {
+                        Some(issued) => return Ok(issued),
+                        // Its link expired since our claim: the id is free, claim it again.
+                        None => continue,
+                    }
+                }
+            };
+            // Debug: at thousands of links a second, a line each is a
+            // measurable share of the server's CPU (docs/BENCHMARKS.md).
+            tracing::debug!(
+                link_id = %row.id, caller = %caller.name, signer, key_id = %key.key_id,
+                method = spec.method.as_str(), bucket = %spec.bucket, ttl_s = spec.ttl.as_secs(),
+                "issued link"
+            );
+            return Ok(IssuedLink {
+                link: registry::links::LinkRow::just_issued(row),
+                url: presigned.url,
+                headers: presigned.headers,
+                replayed: false,
+            });
         }
-        Err(IssueError::NoActiveKey(signer.to_owned()))
+        Err(match request {
+            Some(_) => IssueError::RequestIdContended,
+            None => IssueError::NoActiveKey(signer.to_owned()),
+        })
     }
 }

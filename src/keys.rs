@@ -109,6 +109,37 @@ impl KeyManager {
         self.keyring.active(signer)
     }
 
+    /// The key that signed a live link, to sign it again (a retried IssueLink):
+    /// the signer's active key, or a retired one (its links still work until
+    /// they expire), opened from the registry. `None` once it is inactive or
+    /// deleted: the store refuses everything it signs.
+    pub async fn key_for_link(
+        &self,
+        signer: &str,
+        key_id: &str,
+    ) -> Result<Option<Arc<SigningKey>>, KeyError> {
+        if let Some(key) = self.keyring.active(signer)
+            && key.key_id == key_id
+        {
+            return Ok(Some(key));
+        }
+        let Some(row) = registry::keys::get(&self.pool, key_id).await? else {
+            return Ok(None);
+        };
+        if !matches!(row.state, KeyState::Active | KeyState::Retired) {
+            return Ok(None);
+        }
+        let secret = self
+            .open_secret(&row)
+            .map_err(|e| KeyError::Unusable(format!("{e:#}")))?;
+        Ok(Some(Arc::new(SigningKey::new(
+            &self.target,
+            &row.key_id,
+            &secret,
+            &row.signer,
+        ))))
+    }
+
     /// Makes sure `signer` exists and has an active key, creating one through the
     /// backend if needed, and loads it into the keyring. Serialized per signer by
     /// the signer's row lock, so replicas starting together create one key.

@@ -41,6 +41,7 @@ mod registry_down;
 mod registry_errors;
 mod replica;
 mod reseal;
+mod retries;
 mod revocation;
 mod secrets;
 mod signers;

@@ -214,6 +214,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     labels: labels.into_iter().collect(),
                     content_type: content_type.unwrap_or_default(),
                     response_content_disposition: String::new(),
+                    request_id: String::new(),
                 })
                 .await
                 .map_err(status_error)?
