@@ -352,3 +352,31 @@ async fn once_its_link_expired_an_id_issues_a_new_link_and_is_then_forgotten(poo
         .unwrap();
     assert_eq!(named, 1, "the live link's id is kept");
 }
+
+#[sqlx::test]
+async fn presignctl_issue_with_a_request_id_is_safe_to_repeat(pool: PgPool) {
+    let app = spawn_app(&pool).await;
+    let key = unique_key("retry-cli");
+    let id = new_id();
+    let args = [
+        "issue",
+        "--bucket",
+        &app.bucket,
+        "--key",
+        &key,
+        "--ttl",
+        "60",
+        "--request-id",
+        &id,
+        "--json",
+    ];
+    let mut replies = Vec::new();
+    for _ in 0..2 {
+        let out = presignctl(&app, TOKEN, &args, None).await;
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        replies.push((v["link_id"].clone(), v["url"].clone()));
+    }
+    assert_eq!(replies[0], replies[1]);
+    assert_eq!(rows_for_key(&pool, &key).await, 1);
+}
