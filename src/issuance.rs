@@ -167,6 +167,8 @@ impl Issuer {
         });
         // A rotation may deactivate the key between our read and our insert; the
         // insert then refuses, and one retry picks up the new key.
+        // Why the last attempt did not issue: its key, or its request id.
+        let mut contended = false;
         for _ in 0..2 {
             let key = self
                 .keys
@@ -193,6 +195,7 @@ impl Issuer {
             let row = match self.recorder.record(row).await? {
                 Recorded::Committed(row) => row,
                 Recorded::KeyNotActive => {
+                    contended = false;
                     tracing::info!(signer, key_id = %key.key_id, "key rotated while issuing; retrying with the current key");
                     self.keys.reload_signer(signer).await?;
                     continue;
@@ -207,7 +210,10 @@ impl Issuer {
                     match replayed {
                         Some(issued) => return Ok(issued),
                         // Its link expired since our claim: the id is free, claim it again.
-                        None => continue,
+                        None => {
+                            contended = true;
+                            continue;
+                        }
                     }
                 }
             };
@@ -225,9 +231,9 @@ impl Issuer {
                 replayed: false,
             });
         }
-        Err(match request {
-            Some(_) => IssueError::RequestIdContended,
-            None => IssueError::NoActiveKey(signer.to_owned()),
+        Err(match contended {
+            true => IssueError::RequestIdContended,
+            false => IssueError::NoActiveKey(signer.to_owned()),
         })
     }
 }
