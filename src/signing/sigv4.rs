@@ -180,10 +180,14 @@ impl QuerySigner {
         let k = hmac(&k, SERVICE.as_bytes());
         let k = hmac(&k, b"aws4_request");
         let mac = HmacSha256::new_from_slice(&k).expect("HMAC takes any key length");
-        self.today.store(Some(Arc::new(DayKey {
-            day,
-            mac: mac.clone(),
-        })));
+        // A past day (a retried IssueLink signs its link again as of its
+        // issued_at) does not evict today's key, which new links need.
+        if self.today.load().as_ref().is_none_or(|k| k.day < day) {
+            self.today.store(Some(Arc::new(DayKey {
+                day,
+                mac: mac.clone(),
+            })));
+        }
         mac
     }
 
@@ -547,6 +551,9 @@ mod tests {
         assert_eq!(first, Arc::as_ptr(&signer.today.load_full().unwrap()));
         let (next, _) = amz_date(1_369_353_600 + 86_400);
         let _ = signer.day_mac(15_850, &next);
+        assert_eq!(signer.today.load_full().unwrap().day, 15_850);
+        // Signing for yesterday again keeps today's key.
+        let _ = signer.day_mac(15_849, &date);
         assert_eq!(signer.today.load_full().unwrap().day, 15_850);
     }
 

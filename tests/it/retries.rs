@@ -380,3 +380,32 @@ async fn presignctl_issue_with_a_request_id_is_safe_to_repeat(pool: PgPool) {
     assert_eq!(replies[0], replies[1]);
     assert_eq!(rows_for_key(&pool, &key).await, 1);
 }
+
+#[sqlx::test]
+async fn a_retry_that_cannot_be_signed_identically_is_refused_not_answered_with_another_url(
+    pool: PgPool,
+) {
+    let mut app = spawn_app(&pool).await;
+    let key = unique_key("retry-moved");
+    let req = request(&app.bucket.clone(), &key, Method::Get, 600, &new_id());
+    let first = app.issue(req.clone()).await.unwrap().link.unwrap();
+
+    // Another replica, configured with another name for the same S3 endpoint:
+    // its URL would work, but would not be the one recorded.
+    let endpoint = env("GARAGE_S3_URL").replace("127.0.0.1", "localhost");
+    let mut moved = spawn_app_with(
+        test_config(&[&format!("--s3-endpoint={endpoint}")]),
+        (*pool.connect_options()).clone(),
+    )
+    .await;
+    moved
+        .wait_for(tonic_health::pb::health_check_response::ServingStatus::Serving)
+        .await;
+    let s = moved.issue(req).await.unwrap_err();
+    assert_eq!(s.code(), Code::FailedPrecondition, "{s:?}");
+    let details = s.get_error_details();
+    let info = details.error_info().expect("an ErrorInfo detail");
+    assert_eq!(info.reason, "LINK_NOT_REPRODUCIBLE");
+    assert_eq!(info.metadata["link_id"], first.id);
+    assert_eq!(rows_for_key(&pool, &key).await, 1);
+}
