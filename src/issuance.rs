@@ -1,8 +1,9 @@
 //! Issuing a link: check the caller's policy, sign with the caller's signer,
 //! record, commit, and only then hand the URL out (invariant 1). The row holds
 //! the SHA-256 of the signature, never the URL. A request the policy refuses is
-//! audited. A request with a request id that names a live link gets that link
-//! back instead of a new one (`retry`).
+//! audited. A bucket the signer's key was not proven for (`keys::preflight`)
+//! gets no link: the store would refuse it. A request with a request id that
+//! names a live link gets that link back instead of a new one (`retry`).
 
 mod recorder;
 mod retry;
@@ -13,7 +14,7 @@ pub use retry::request_digest;
 use crate::audit::{AuditEvent, Auditor};
 use crate::auth::Caller;
 use crate::domain::{Labels, LinkSpec, RequestId};
-use crate::keys::KeyManager;
+use crate::keys::{BucketRefused, KeyManager};
 use crate::metrics;
 use crate::policy::{Denied, PolicyHandle};
 use crate::ratelimit::{RateLimited, RateLimits};
@@ -42,6 +43,9 @@ pub enum IssueError {
     Denied(#[from] Denied),
     #[error(transparent)]
     RateLimited(#[from] RateLimited),
+    /// The preflight did not prove the signer's key for the bucket.
+    #[error(transparent)]
+    Bucket(#[from] BucketRefused),
     /// The caller's mistake (INVALID_ARGUMENT naming `request_id`): the text
     /// is the field's reason.
     #[error(
@@ -165,17 +169,22 @@ impl Issuer {
             id: id.to_string(),
             sha256: request_digest(&spec, &labels),
         });
-        // A rotation may deactivate the key between our read and our insert; the
-        // insert then refuses, and one retry picks up the new key.
         // Why the last attempt did not issue: its key, or its request id.
         let mut contended = false;
+        // A rotation may deactivate the key between our read and our insert; the
+        // insert then refuses, and one retry picks up the new key.
         for _ in 0..2 {
             let key = self
                 .keys
                 .active_key(signer)
                 .ok_or_else(|| IssueError::NoActiveKey(signer.to_owned()))?;
+            // Lock-free: the preflight's outcome for this key and bucket, and
+            // the region the bucket's links are signed for.
+            let region = self
+                .keys
+                .bucket_ready(signer, &key.key_id, spec.bucket.as_str())?;
             let issued = now_in_seconds();
-            let presigned = key.presign(&spec, issued)?;
+            let presigned = key.presign_in(&spec, &region, issued)?;
             let signature = presigned.signature();
             let issued_at: DateTime<Utc> = issued.into();
             let row = NewLink {

@@ -7,6 +7,7 @@ use crate::audit::{AuditEvent, Auditor};
 use crate::auth::{Caller, caller_of};
 use crate::dashboard::Dashboard;
 use crate::domain::{FieldError, SignerName};
+use crate::keys::KeyManager;
 use crate::paging::{Cursor, Listing};
 use crate::proto::{self, key_service_server::KeyService};
 use crate::revocation::{PlanTarget, Revocations, RevokeKeyRequest, RotateRequest};
@@ -15,6 +16,8 @@ use std::future::Future;
 use tonic::{Request, Response, Status};
 
 pub struct KeyApi {
+    /// The preflight's per-bucket outcomes (ListSigningKeys).
+    pub keys: KeyManager,
     pub pool: PgPool,
     pub revocations: Revocations,
     pub audit: Auditor,
@@ -118,7 +121,9 @@ impl KeyService for KeyApi {
                     .dashboard
                     .signing_keys(signer.as_ref().map(|s| s.as_str()))
                     .await?;
-                Ok(Response::new(response::signers(signers, keys)))
+                Ok(Response::new(response::signers(signers, keys, |id| {
+                    self.keys.bucket_statuses(id)
+                })))
             },
         )
         .await

@@ -2,6 +2,7 @@
 
 use crate::dashboard::{Verdict, Verification};
 use crate::domain::{KeyState, LinkState, Method, RevocationState, RotationMode};
+use crate::keys::BucketStatus;
 use crate::proto;
 use crate::registry::keys::KeySummaryRow;
 use crate::registry::link_summary::SummaryRow;
@@ -200,11 +201,15 @@ fn key_state(s: KeyState) -> proto::KeyState {
 pub fn cancelled(c: Cancelled) -> proto::CancelRevocationResponse {
     proto::CancelRevocationResponse {
         revocation: Some(revocation(c.revocation)),
-        live_keys: c.live_keys.iter().map(signing_key).collect(),
+        live_keys: c
+            .live_keys
+            .iter()
+            .map(|k| signing_key(k, Vec::new()))
+            .collect(),
     }
 }
 
-fn signing_key(k: &KeySummaryRow) -> proto::SigningKey {
+fn signing_key(k: &KeySummaryRow, buckets: Vec<BucketStatus>) -> proto::SigningKey {
     proto::SigningKey {
         key_id: k.key_id.clone(),
         signer: k.signer.clone(),
@@ -212,12 +217,24 @@ fn signing_key(k: &KeySummaryRow) -> proto::SigningKey {
         created_at: Some(timestamp(k.created_at)),
         outstanding_links: k.outstanding_links as u64,
         latest_expiry: k.latest_expiry.map(timestamp),
+        buckets: buckets
+            .into_iter()
+            .map(|b| proto::BucketStatus {
+                ready: b.outcome.is_ok(),
+                cause: b.outcome.err().unwrap_or_default(),
+                region: b.region.to_string(),
+                checked_at: Some(timestamp(b.checked_at)),
+                bucket: b.bucket,
+            })
+            .collect(),
     }
 }
 
+/// ListSigningKeys: each signer's keys, each with its buckets' preflight.
 pub fn signers(
     signers: Vec<SignerRow>,
     keys: Vec<KeySummaryRow>,
+    buckets: impl Fn(&str) -> Vec<BucketStatus>,
 ) -> proto::ListSigningKeysResponse {
     proto::ListSigningKeysResponse {
         signers: signers
@@ -226,7 +243,7 @@ pub fn signers(
                 keys: keys
                     .iter()
                     .filter(|k| k.signer == s.name)
-                    .map(signing_key)
+                    .map(|k| signing_key(k, buckets(&k.key_id)))
                     .collect(),
                 name: s.name,
                 backend: s.backend,

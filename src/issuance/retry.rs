@@ -93,7 +93,10 @@ pub(super) async fn replay(
             link_id: link.id,
             key_id: link.key_id.clone(),
         })?;
-    let presigned = key.presign(spec, link.issued_at.into())?;
+    // The bucket's region now: if it changed, the signature check below
+    // refuses rather than hand out another URL.
+    let region = keys.regions().region_of(&link.bucket);
+    let presigned = key.presign_in(spec, &region, link.issued_at.into())?;
     if Sha256::digest(presigned.signature().as_bytes()).as_slice() != signature_sha256 {
         // The S3 endpoint, region or URL style changed since: the URL would
         // not be the one recorded (LookupLink would not know it).
