@@ -6,9 +6,11 @@
 //! names a live link gets that link back instead of a new one (`retry`).
 
 mod recorder;
+mod reissue;
 mod retry;
 
 pub use recorder::{Recorded, Recorder};
+pub use reissue::{ReissueRequest, Reissued, Replacement, SkipReason, Skipped};
 pub use retry::request_digest;
 
 use crate::audit::{AuditEvent, Auditor};
@@ -43,6 +45,17 @@ pub enum IssueError {
     Denied(#[from] Denied),
     #[error(transparent)]
     RateLimited(#[from] RateLimited),
+    #[error(transparent)]
+    InvalidArgument(#[from] crate::domain::FieldError),
+    #[error("{0}")]
+    NotYours(String),
+    #[error("revocation {0} not found")]
+    RevocationNotFound(Uuid),
+    #[error("{0}")]
+    KilledNoLink(String),
+    /// A recorded key could not sign (its secret does not open).
+    #[error("{0}")]
+    Key(String),
     /// The preflight did not prove the signer's key for the bucket.
     #[error(transparent)]
     Bucket(#[from] BucketRefused),
@@ -79,9 +92,10 @@ pub struct IssuedLink {
 
 #[derive(Clone)]
 pub struct Issuer {
-    pub keys: KeyManager,
-    /// IssueLink's pool: a retry's look-up of the link its id names.
+    /// The registry (primary): ReissueLinks reads and records here, and a
+    /// retried IssueLink looks up the link its request id names.
     pub pool: PgPool,
+    pub keys: KeyManager,
     /// Group commit of link rows (see `recorder`).
     pub recorder: Recorder,
     pub policy: PolicyHandle,
@@ -91,7 +105,7 @@ pub struct Issuer {
 
 /// Now, truncated to the second: SigV4's X-Amz-Date has second precision, so the
 /// recorded issued_at and expires_at match the signature exactly.
-fn now_in_seconds() -> SystemTime {
+pub(crate) fn now_in_seconds() -> SystemTime {
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .expect("clock after 1970")
@@ -100,6 +114,7 @@ fn now_in_seconds() -> SystemTime {
 }
 
 const RPC: &str = "presignd.v1.LinkService/IssueLink";
+const RPC_REISSUE: &str = "presignd.v1.LinkService/ReissueLinks";
 
 impl Issuer {
     /// Takes one of the caller's IssueLink tokens: called before anything else
@@ -199,6 +214,12 @@ impl Issuer {
                 issued_at,
                 expires_at: issued_at + spec.ttl.as_duration(),
                 signature_sha256: Sha256::digest(signature.as_bytes()).to_vec(),
+                content_type: spec.content_type.as_ref().map(|t| t.as_str().to_owned()),
+                content_disposition: spec
+                    .content_disposition
+                    .as_ref()
+                    .map(|d| d.as_str().to_owned()),
+                replaces_link_id: None,
                 request: request.clone(),
             };
             let row = match self.recorder.record(row).await? {

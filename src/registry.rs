@@ -12,6 +12,8 @@ pub mod link_requests;
 pub mod link_summary;
 pub mod links;
 pub mod partitions;
+pub mod reissue;
+pub mod revocation_events;
 pub mod revocations;
 pub mod sealed;
 pub mod signers;

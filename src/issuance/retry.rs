@@ -9,7 +9,6 @@ use super::{IssueError, IssuedLink};
 use crate::domain::{Labels, LinkSpec, LinkState};
 use crate::keys::{KeyError, KeyManager};
 use crate::registry::{self, link_requests::RequestedLink, links::LinkRequest};
-use crate::signing::SignError;
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 
@@ -82,11 +81,11 @@ pub(super) async fn replay(
         LinkState::Expired => return Ok(None),
     }
     let key = keys
-        .key_for_link(&link.signer, &link.key_id)
+        .live_key(&link.key_id)
         .await
         .map_err(|e| match e {
             KeyError::Registry(e) => IssueError::Registry(e),
-            other => IssueError::Sign(SignError::Presign(other.to_string())),
+            other => IssueError::Key(other.to_string()),
         })?
         .ok_or_else(|| IssueError::RetriedLinkRevoked {
             // Its key was deactivated since the look-up.

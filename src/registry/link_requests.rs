@@ -1,4 +1,4 @@
-//! IssueLink's request ids (safe retries, migration 0012): which link a
+//! IssueLink's request ids (safe retries, migration 0013): which link a
 //! caller's `request_id` issued, while that link lives. No URL and no
 //! signature: the link's id and expiry, and the SHA-256 of the request.
 
