@@ -10,6 +10,7 @@ mod method;
 mod name;
 mod object_key;
 mod presigned_url;
+mod request_id;
 mod states;
 mod ttl;
 
@@ -22,6 +23,7 @@ pub use method::Method;
 pub use name::{CallerName, SignerName};
 pub use object_key::ObjectKey;
 pub use presigned_url::PresignedUrl;
+pub use request_id::{MAX_REQUEST_ID_CHARS, RequestId};
 pub use states::{KeyState, RevocationState, RotationMode};
 pub use ttl::{MAX_TTL, Ttl};
 

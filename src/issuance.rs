@@ -2,25 +2,32 @@
 //! record, commit, and only then hand the URL out (invariant 1). The row holds
 //! the SHA-256 of the signature, never the URL. A request the policy refuses is
 //! audited. A bucket the signer's key was not proven for (`keys::preflight`)
-//! gets no link: the store would refuse it.
+//! gets no link: the store would refuse it. A request with a request id that
+//! names a live link gets that link back instead of a new one (`retry`).
 
 mod recorder;
 mod reissue;
+mod retry;
 
-pub use recorder::Recorder;
+pub use recorder::{Recorded, Recorder};
 pub use reissue::{ReissueRequest, Reissued, Replacement, SkipReason, Skipped};
+pub use retry::request_digest;
 
 use crate::audit::{AuditEvent, Auditor};
 use crate::auth::Caller;
-use crate::domain::{Labels, LinkSpec};
+use crate::domain::{Labels, LinkSpec, RequestId};
 use crate::keys::{BucketRefused, KeyManager};
 use crate::metrics;
 use crate::policy::{Denied, PolicyHandle};
 use crate::ratelimit::{RateLimited, RateLimits};
-use crate::registry::{self, links::NewLink};
+use crate::registry::{
+    self,
+    links::{LinkRequest, NewLink},
+};
 use crate::signing::SignError;
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
+use sqlx::PgPool;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use uuid::Uuid;
 
@@ -52,6 +59,26 @@ pub enum IssueError {
     /// The preflight did not prove the signer's key for the bucket.
     #[error(transparent)]
     Bucket(#[from] BucketRefused),
+    /// The caller's mistake (INVALID_ARGUMENT naming `request_id`): the text
+    /// is the field's reason.
+    #[error(
+        "already names link {link_id}, issued for a different request (method, bucket, object key, \
+         ttl, signed headers or labels differ); use a new request_id for a new request"
+    )]
+    RequestIdReused { link_id: Uuid },
+    #[error(
+        "request_id names link {link_id}, which is revoked (its key {key_id} was deactivated or the \
+         link marked by a revocation): no URL is returned; ask for a new link with a new request_id"
+    )]
+    RetriedLinkRevoked { link_id: Uuid, key_id: String },
+    #[error(
+        "request_id names link {link_id}, which cannot be signed again identically (the S3 \
+         endpoint, region or URL style changed since it was issued); ask for a new link with a \
+         new request_id"
+    )]
+    NotReproducible { link_id: Uuid },
+    #[error("request_id is being claimed by a concurrent request whose link just expired; retry")]
+    RequestIdContended,
 }
 
 /// A recorded link and the URL the caller may now use.
@@ -59,12 +86,15 @@ pub struct IssuedLink {
     pub link: registry::links::LinkRow,
     pub url: String,
     pub headers: Vec<(String, String)>,
+    /// A retry's answer: the link an earlier request with its id issued.
+    pub replayed: bool,
 }
 
 #[derive(Clone)]
 pub struct Issuer {
-    /// The registry (primary): ReissueLinks reads and records here.
-    pub pool: sqlx::PgPool,
+    /// The registry (primary): ReissueLinks reads and records here, and a
+    /// retried IssueLink looks up the link its request id names.
+    pub pool: PgPool,
     pub keys: KeyManager,
     /// Group commit of link rows (see `recorder`).
     pub recorder: Recorder,
@@ -94,18 +124,23 @@ impl Issuer {
         Ok(self.limits.check(&caller.name, rate)?)
     }
 
-    /// Issues one link, recording its latency and outcome in the metrics.
+    /// Issues one link, recording its latency and outcome in the metrics. With
+    /// a `request_id` that names a live link of the caller, returns that link
+    /// instead (counted in the latency, not as issued).
     pub async fn issue(
         &self,
         caller: &Caller,
         spec: LinkSpec,
         labels: Labels,
+        request_id: Option<RequestId>,
     ) -> Result<IssuedLink, IssueError> {
         let started = std::time::Instant::now();
-        let result = self.issue_unmetered(caller, spec, labels).await;
+        let result = self.issue_unmetered(caller, spec, labels, request_id).await;
         let outcome = match &result {
             Ok(issued) => {
-                metrics::record_issued(&issued.link.method, &issued.link.signer);
+                if !issued.replayed {
+                    metrics::record_issued(&issued.link.method, &issued.link.signer);
+                }
                 "ok"
             }
             Err(IssueError::Registry(_)) => {
@@ -123,6 +158,7 @@ impl Issuer {
         caller: &Caller,
         spec: LinkSpec,
         labels: Labels,
+        request_id: Option<RequestId>,
     ) -> Result<IssuedLink, IssueError> {
         let grant = match self.policy.current().authorize_issue(&caller.name, &spec) {
             Ok(grant) => grant,
@@ -144,6 +180,12 @@ impl Issuer {
             }
         };
         let signer = grant.signer.as_str();
+        let request = request_id.map(|id| LinkRequest {
+            id: id.to_string(),
+            sha256: request_digest(&spec, &labels),
+        });
+        // Why the last attempt did not issue: its key, or its request id.
+        let mut contended = false;
         // A rotation may deactivate the key between our read and our insert; the
         // insert then refuses, and one retry picks up the new key.
         for _ in 0..2 {
@@ -178,24 +220,50 @@ impl Issuer {
                     .as_ref()
                     .map(|d| d.as_str().to_owned()),
                 replaces_link_id: None,
+                request: request.clone(),
             };
-            if let Some(row) = self.recorder.record(row).await? {
-                // Debug: at thousands of links a second, a line each is a
-                // measurable share of the server's CPU (docs/BENCHMARKS.md).
-                tracing::debug!(
-                    link_id = %row.id, caller = %caller.name, signer, key_id = %key.key_id,
-                    method = spec.method.as_str(), bucket = %spec.bucket, ttl_s = spec.ttl.as_secs(),
-                    "issued link"
-                );
-                return Ok(IssuedLink {
-                    link: registry::links::LinkRow::just_issued(row),
-                    url: presigned.url,
-                    headers: presigned.headers,
-                });
-            }
-            tracing::info!(signer, key_id = %key.key_id, "key rotated while issuing; retrying with the current key");
-            self.keys.reload_signer(signer).await?;
+            let row = match self.recorder.record(row).await? {
+                Recorded::Committed(row) => row,
+                Recorded::KeyNotActive => {
+                    contended = false;
+                    tracing::info!(signer, key_id = %key.key_id, "key rotated while issuing; retrying with the current key");
+                    self.keys.reload_signer(signer).await?;
+                    continue;
+                }
+                Recorded::RequestIdTaken => {
+                    let request = request
+                        .as_ref()
+                        .expect("only a row with a request id is answered RequestIdTaken");
+                    let replayed =
+                        retry::replay(&self.pool, &self.keys, caller.name.as_str(), request, &spec)
+                            .await?;
+                    match replayed {
+                        Some(issued) => return Ok(issued),
+                        // Its link expired since our claim: the id is free, claim it again.
+                        None => {
+                            contended = true;
+                            continue;
+                        }
+                    }
+                }
+            };
+            // Debug: at thousands of links a second, a line each is a
+            // measurable share of the server's CPU (docs/BENCHMARKS.md).
+            tracing::debug!(
+                link_id = %row.id, caller = %caller.name, signer, key_id = %key.key_id,
+                method = spec.method.as_str(), bucket = %spec.bucket, ttl_s = spec.ttl.as_secs(),
+                "issued link"
+            );
+            return Ok(IssuedLink {
+                link: registry::links::LinkRow::just_issued(row),
+                url: presigned.url,
+                headers: presigned.headers,
+                replayed: false,
+            });
         }
-        Err(IssueError::NoActiveKey(signer.to_owned()))
+        Err(match contended {
+            true => IssueError::RequestIdContended,
+            false => IssueError::NoActiveKey(signer.to_owned()),
+        })
     }
 }

@@ -1,6 +1,6 @@
 //! The registry's lifecycle: time partitions created ahead of need, and
 //! retention that drops whole partitions, never rows (docs/ARCHITECTURE.md,
-//! "Lifecycle"). `step` is what the maintenance loop runs every tick, and
+//! "Lifecycle"); and IssueLink's request ids forgotten once their link expired. `step` is what the maintenance loop runs every tick, and
 //! `prepare` what `presignd migrate` and startup run; tests call both with a
 //! clock of their choosing.
 
@@ -55,6 +55,8 @@ pub struct Report {
     pub dropped: Vec<Dropped>,
     /// DDL that did not get its lock in time (retried next run).
     pub deferred: usize,
+    /// Request ids forgotten because their link expired (`step` only).
+    pub request_ids_forgotten: u64,
 }
 
 /// Creates the partitions `now` needs: link days from today through
@@ -67,7 +69,9 @@ pub async fn prepare(pool: &PgPool, now: DateTime<Utc>) -> Result<Report, Error>
 
 /// `prepare`, then drops what `retention` no longer keeps: the link
 /// partitions whose every link expired more than `link_days` ago, the audit
-/// months that ended more than `audit_days` ago.
+/// months that ended more than `audit_days` ago; and forgets the request ids
+/// whose link expired (by the registry's clock, not `now`: they bind nothing
+/// any more, whatever the retention).
 pub async fn step(
     pool: &PgPool,
     now: DateTime<Utc>,
@@ -101,6 +105,8 @@ async fn run(
             }
             let cutoff = days_before(now, r.audit_days);
             drop_before(&mut conn, Table::Audit, cutoff, now, &mut report).await?;
+            report.request_ids_forgotten =
+                registry::link_requests::delete_expired(&mut *conn).await?;
         }
         Ok::<(), Error>(())
     }

@@ -8,6 +8,7 @@ mod error;
 pub mod key_intents;
 pub mod keys;
 pub mod link_queries;
+pub mod link_requests;
 pub mod link_summary;
 pub mod links;
 pub mod partitions;

@@ -142,6 +142,21 @@ impl From<IssueError> for ApiError {
                 tracing::error!(error = %cause, "signing failed");
                 Self::Internal("signing failed: no link was issued".into())
             }
+            IssueError::RequestIdReused { .. } => {
+                Self::InvalidArgument(FieldError::new("request_id", e.to_string()))
+            }
+            IssueError::RetriedLinkRevoked {
+                link_id,
+                ref key_id,
+            } => Self::FailedPrecondition(
+                Refusal::new("LINK_REVOKED", e.to_string())
+                    .with("link_id", link_id)
+                    .with("key_id", key_id),
+            ),
+            IssueError::NotReproducible { link_id } => Self::FailedPrecondition(
+                Refusal::new("LINK_NOT_REPRODUCIBLE", e.to_string()).with("link_id", link_id),
+            ),
+            IssueError::RequestIdContended => Self::unavailable(e.to_string()),
             IssueError::InvalidArgument(f) => Self::InvalidArgument(f),
             IssueError::NotYours(m) => {
                 Self::PermissionDenied(Refusal::new("ADMIN_ONLY", m).with("field", "caller"))

@@ -33,8 +33,8 @@ impl LinkService for LinkApi {
     ) -> Result<Response<proto::IssueLinkResponse>, Status> {
         let caller = caller_of(&request)?;
         self.issuer.admit(&caller)?;
-        let (spec, labels) = request::link_request(request.get_ref())?;
-        let issued = self.issuer.issue(&caller, spec, labels).await?;
+        let (spec, labels, request_id) = request::link_request(request.get_ref())?;
+        let issued = self.issuer.issue(&caller, spec, labels, request_id).await?;
         rpc::note(&request, |n| n.link(issued.link.id));
         Ok(Response::new(proto::IssueLinkResponse {
             link: Some(response::link(issued.link)),

@@ -8,7 +8,7 @@ use crate::domain::CallerName;
 use crate::policy::{Policy, Settings, key_has_dot_segment};
 use proptest::prelude::*;
 
-const FIELDS: [&str; 7] = [
+const FIELDS: [&str; 8] = [
     "bucket:",
     "object_key:",
     "method:",
@@ -16,6 +16,7 @@ const FIELDS: [&str; 7] = [
     "labels:",
     "content_type:",
     "response_content_disposition:",
+    "request_id:",
 ];
 
 fn policy() -> &'static Policy {
@@ -66,7 +67,7 @@ proptest! {
                 let msg = e.to_string();
                 prop_assert!(FIELDS.iter().any(|f| msg.starts_with(f)), "{msg}");
             }
-            Ok((spec, _)) => match policy.authorize_issue(&caller, &spec) {
+            Ok((spec, _, _)) => match policy.authorize_issue(&caller, &spec) {
                 Err(denied) => {
                     let msg = denied.to_string();
                     prop_assert!(msg.starts_with("policy: caller svc may not"), "{msg}");
@@ -86,7 +87,7 @@ proptest! {
 
     #[test]
     fn a_caller_without_a_policy_entry_is_always_denied(req in request()) {
-        if let Ok((spec, _)) = request::link_request(&req) {
+        if let Ok((spec, _, _)) = request::link_request(&req) {
             let e = policy().authorize_issue(&CallerName::parse("stranger").unwrap(), &spec).unwrap_err();
             prop_assert!(e.to_string().starts_with("policy: caller stranger has no entry"));
         }
@@ -110,7 +111,7 @@ fn the_generator_reaches_every_outcome() {
                 invalid += 1;
                 *fields.entry(e.field).or_insert(0) += 1;
             }
-            Ok((spec, _)) => match policy().authorize_issue(&caller, &spec) {
+            Ok((spec, _, _)) => match policy().authorize_issue(&caller, &spec) {
                 Err(_) => denied += 1,
                 Ok(_) => granted += 1,
             },

@@ -3,7 +3,7 @@
 
 use crate::domain::{
     Bucket, CallerName, ContentDisposition, ContentType, FieldError, Labels, LinkSpec, LinkState,
-    Method, ObjectKey, RotationMode, SignerName, Ttl,
+    Method, ObjectKey, RequestId, RotationMode, SignerName, Ttl,
 };
 use crate::proto;
 use crate::registry::link_queries::LinkFilter;
@@ -171,7 +171,9 @@ pub fn link_filter(f: Option<&proto::LinkFilter>) -> Result<LinkFilter, FieldErr
 }
 
 /// Validates an IssueLinkRequest field by field; the first bad field is named.
-pub fn link_request(req: &proto::IssueLinkRequest) -> Result<(LinkSpec, Labels), FieldError> {
+pub fn link_request(
+    req: &proto::IssueLinkRequest,
+) -> Result<(LinkSpec, Labels, Option<RequestId>), FieldError> {
     let bucket = Bucket::parse(&req.bucket)?;
     let object_key = ObjectKey::parse(&req.object_key)?;
     let method = method(req.method)?;
@@ -210,6 +212,7 @@ pub fn link_request(req: &proto::IssueLinkRequest) -> Result<(LinkSpec, Labels),
             content_disposition,
         },
         labels,
+        RequestId::parse(&req.request_id)?,
     ))
 }
 

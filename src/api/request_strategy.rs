@@ -64,6 +64,7 @@ prop_compose! {
         labels in labels(),
         content_type in optional_text(),
         disposition in prop_oneof![20 => Just(String::new()), 1 => Just("attachment; filename=\"a.pdf\"".to_owned()), 1 => ".{0,40}"],
+        request_id in prop_oneof![20 => Just(String::new()), 4 => "[A-Za-z0-9._:-]{1,128}", 1 => ".{0,140}"],
     ) -> proto::IssueLinkRequest {
         proto::IssueLinkRequest {
             bucket, object_key, method,
@@ -71,6 +72,7 @@ prop_compose! {
             labels,
             content_type,
             response_content_disposition: disposition,
+            request_id,
         }
     }
 }

@@ -4,7 +4,8 @@
 //! those still stuck (health detail, a metric), deactivates retired keys whose
 //! last link expired (GRACEFUL rotations; one failure does not stop the
 //! others), folds the link roll-up, and runs the registry's lifecycle
-//! (partitions ahead, retention: `lifecycle::step`).
+//! (partitions ahead, retention, request ids whose link expired:
+//! `lifecycle::step`).
 
 use crate::domain::SignerName;
 use crate::health::Readiness;

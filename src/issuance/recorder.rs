@@ -4,21 +4,38 @@
 //! keys, commit once, and only then answer each request. The URL still leaves
 //! only after its own row is committed (invariant 1), but N links cost one WAL
 //! flush instead of N.
+//!
+//! A row carrying a request id claims it in the same transaction
+//! (`link_requests::claim`, one more statement, run only when the batch has
+//! such rows); a row whose id already names a live link is not inserted and is
+//! answered `RequestIdTaken`, the rest of the batch commits as usual.
 
 use crate::registry::{self, links::NewLink};
 use sqlx::PgPool;
 use std::collections::HashSet;
 use std::sync::Arc;
 use tokio::sync::{Mutex, mpsc, oneshot};
+use uuid::Uuid;
 
-/// The link back once committed, or None if its key is no longer active
-/// (nothing was written; sign again with the current key). A batch's error is
-/// cloned to every request in it.
-pub type Recorded = Result<Option<NewLink>, registry::Error>;
+/// What became of one row. A batch's error is cloned to every request in it.
+// Moved once through a oneshot per link: a Box would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum Recorded {
+    /// Committed: the link back.
+    Committed(NewLink),
+    /// Its key is no longer active: nothing was written; sign again with the
+    /// current key.
+    KeyNotActive,
+    /// Its caller's request id names a link that has not expired (an earlier
+    /// or concurrent request's, committed): nothing was written; that link is
+    /// the answer (`link_requests::find`).
+    RequestIdTaken,
+}
 
 struct Pending {
     link: NewLink,
-    done: oneshot::Sender<Recorded>,
+    done: oneshot::Sender<Result<Recorded, registry::Error>>,
 }
 
 #[derive(Clone)]
@@ -39,7 +56,7 @@ impl Recorder {
     }
 
     /// Records `link` and waits for its commit.
-    pub async fn record(&self, link: NewLink) -> Recorded {
+    pub async fn record(&self, link: NewLink) -> Result<Recorded, registry::Error> {
         // Unavailable: whether the row was committed is unknown, no URL leaves.
         let stopped = || registry::Error::new("recorder", sqlx::Error::WorkerCrashed);
         let (done, answer) = oneshot::channel();
@@ -71,8 +88,11 @@ async fn work(pool: PgPool, rx: Arc<Mutex<mpsc::Receiver<Pending>>>, max_batch: 
         }
         for p in batch {
             let recorded = match &outcome {
-                Ok(active) if active.contains(&p.link.key_id) => Ok(Some(p.link)),
-                Ok(_) => Ok(None),
+                Ok(c) if !c.active_keys.contains(&p.link.key_id) => Ok(Recorded::KeyNotActive),
+                Ok(c) if p.link.request.is_some() && !c.claimed.contains(&p.link.id) => {
+                    Ok(Recorded::RequestIdTaken)
+                }
+                Ok(_) => Ok(Recorded::Committed(p.link)),
                 Err(e) => Err(e.clone()),
             };
             let _ = p.done.send(recorded);
@@ -80,15 +100,50 @@ async fn work(pool: PgPool, rx: Arc<Mutex<mpsc::Receiver<Pending>>>, max_batch: 
     }
 }
 
-/// One transaction: lock the batch's keys, insert the rows whose key is still
-/// active, commit. Returns the keys that were active.
-async fn commit(pool: &PgPool, batch: &[Pending]) -> Result<HashSet<String>, registry::Error> {
+struct Committed {
+    active_keys: HashSet<String>,
+    /// Links whose request id the batch claimed (and so inserted).
+    claimed: HashSet<Uuid>,
+}
+
+/// One transaction: lock the batch's keys, claim its request ids, insert the
+/// rows whose key is still active (and whose id, if any, was claimed), commit.
+async fn commit(pool: &PgPool, batch: &[Pending]) -> Result<Committed, registry::Error> {
     let mut tx = registry::begin(pool).await?;
     let mut keys: Vec<&str> = batch.iter().map(|p| p.link.key_id.as_str()).collect();
     keys.sort_unstable();
     keys.dedup();
-    let rows: Vec<&NewLink> = batch.iter().map(|p| &p.link).collect();
-    let active = registry::links::insert_batch_if_active(&mut tx, &keys, &rows).await?;
+    registry::links::lock_keys_for_issuance(&mut tx, &keys).await?;
+    let mut done = Committed {
+        active_keys: HashSet::new(),
+        claimed: HashSet::new(),
+    };
+    // The first row of a (caller, request id) in the batch claims it; its
+    // duplicates (concurrent retries) are answered with its link.
+    let mut seen = HashSet::new();
+    let requested: Vec<&NewLink> = batch
+        .iter()
+        .map(|p| &p.link)
+        .filter(|l| {
+            l.request
+                .as_ref()
+                .is_some_and(|r| seen.insert((l.caller.as_str(), r.id.as_str())))
+        })
+        .collect();
+    if !requested.is_empty() {
+        let claimed = registry::link_requests::claim(&mut tx, &keys, &requested).await?;
+        done.active_keys.extend(claimed.active_keys);
+        done.claimed.extend(claimed.link_ids);
+    }
+    let rows: Vec<&NewLink> = batch
+        .iter()
+        .map(|p| &p.link)
+        .filter(|l| l.request.is_none() || done.claimed.contains(&l.id))
+        .collect();
+    if !rows.is_empty() {
+        let active = registry::links::insert_batch_if_active(&mut tx, &keys, &rows).await?;
+        done.active_keys.extend(active);
+    }
     registry::commit(tx).await?;
-    Ok(active.into_iter().collect())
+    Ok(done)
 }

@@ -309,6 +309,7 @@ impl Issuer {
             content_type: o.content_type.clone(),
             content_disposition: o.content_disposition.clone(),
             replaces_link_id: Some(o.id),
+            request: None,
         })
     }
 

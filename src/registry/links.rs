@@ -31,6 +31,17 @@ pub struct NewLink {
     pub content_disposition: Option<String>,
     /// ReissueLinks: the link this one replaces.
     pub replaces_link_id: Option<Uuid>,
+    /// The caller's request id and the digest of its request, if it sent one
+    /// (`link_requests::claim` records them with the link).
+    pub request: Option<LinkRequest>,
+}
+
+/// What `link_requests` keeps of a request that named an id.
+#[derive(Debug, Clone)]
+pub struct LinkRequest {
+    pub id: String,
+    /// SHA-256 of the canonical request (`issuance::request_digest`).
+    pub sha256: [u8; 32],
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -56,7 +67,7 @@ pub struct LinkRow {
 }
 
 impl LinkRow {
-    /// The row as `insert_batch_if_keys_active` just wrote it (its key is active).
+    /// The row as `insert_batch_if_active` just wrote it (its key is active).
     pub fn just_issued(link: NewLink) -> Self {
         Self {
             id: link.id,
@@ -95,40 +106,56 @@ pub const STATE_SQL: &str = concat!(
 pub const REVOCATION_SQL: &str =
     "coalesce(l.revocation_id, CASE WHEN l.expires_at > k.deactivated_at THEN k.revocation_id END)";
 
-pub(super) fn select_sql(filter: &str) -> String {
+/// The columns of a `LinkRow`, from `links l JOIN signing_keys k`.
+pub(super) fn columns() -> String {
     format!(
-        "SELECT l.id, l.key_id, l.signer, l.caller, l.method, l.bucket, l.object_key, l.labels,
-                l.issued_at, l.expires_at, {REVOCATION_SQL} AS revocation_id, {STATE_SQL} AS state,
-                l.content_type, l.content_disposition, l.headers_recorded, l.replaces_link_id
-         FROM links l JOIN signing_keys k ON k.key_id = l.key_id
-         {filter}"
+        "l.id, l.key_id, l.signer, l.caller, l.method, l.bucket, l.object_key, l.labels,
+         l.issued_at, l.expires_at, {REVOCATION_SQL} AS revocation_id, {STATE_SQL} AS state,
+         l.content_type, l.content_disposition, l.headers_recorded, l.replaces_link_id"
     )
 }
 
-/// Group commit of a batch: takes its keys' issuance locks in shared mode until
-/// the end of the transaction, then inserts, in one statement, the links whose
-/// key is still active, and returns those keys. A key's state changes only
-/// under the same lock in exclusive mode (`keys::lock_for_state_change`), which
-/// waits for every transaction holding it shared: a revocation then sees every
-/// link inserted under it, and no link of that key is inserted after it (its
-/// count is exact). Advisory locks live in the lock manager: unlike FOR SHARE row
-/// locks, thousands of concurrent holders cost no MultiXact churn on the key row.
-/// `key_ids`: the batch's keys, sorted and without duplicates (lock order).
-pub async fn insert_batch_if_active(
+pub(super) fn select_sql(filter: &str) -> String {
+    format!(
+        "SELECT {} FROM links l JOIN signing_keys k ON k.key_id = l.key_id {filter}",
+        columns()
+    )
+}
+
+/// Takes a batch's keys' issuance locks in shared mode until the end of the
+/// transaction: the first statement of a group commit. A key's state changes
+/// only under the same lock in exclusive mode (`keys::lock_for_state_change`),
+/// which waits for every transaction holding it shared: a revocation then sees
+/// every link inserted under it, and no link of that key is inserted after it
+/// (its count is exact). Advisory locks live in the lock manager: unlike FOR
+/// SHARE row locks, thousands of concurrent holders cost no MultiXact churn on
+/// the key row. `key_ids`: the batch's keys, sorted and without duplicates
+/// (lock order).
+pub async fn lock_keys_for_issuance(
     conn: &mut PgConnection,
     key_ids: &[&str],
-    links: &[&NewLink],
-) -> Result<Vec<String>, Error> {
+) -> Result<(), Error> {
     sqlx::query(AssertSqlSafe(format!(
         "SELECT pg_advisory_xact_lock_shared({ISSUANCE_LOCK_CLASS}, hashtext(k))
          FROM unnest($1::text[]) k"
     )))
     .bind(key_ids)
-    .execute(&mut *conn)
+    .execute(conn)
     .await
-    .during("links::insert_batch_if_active")?;
-    // A new statement, so a new snapshot: the key states it reads include any
-    // change committed before the locks were granted.
+    .during("links::lock_keys_for_issuance")
+    .map(|_| ())
+}
+
+/// Inserts, in one statement, the links whose key is still active, and
+/// returns those keys. Run after `lock_keys_for_issuance` in the same
+/// transaction (so no key changes state until it commits); a new statement,
+/// so a new snapshot: the key states it reads include any change committed
+/// before the locks were granted.
+pub async fn insert_batch_if_active(
+    conn: &mut PgConnection,
+    key_ids: &[&str],
+    links: &[&NewLink],
+) -> Result<Vec<String>, Error> {
     let col = |f: fn(&NewLink) -> String| links.iter().map(|l| f(l)).collect::<Vec<_>>();
     sqlx::query_scalar(
         "WITH inserted AS (

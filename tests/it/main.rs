@@ -46,6 +46,7 @@ mod registry_errors;
 mod repair;
 mod replica;
 mod reseal;
+mod retries;
 mod revocation;
 mod secrets;
 mod signers;

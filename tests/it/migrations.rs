@@ -357,4 +357,55 @@ async fn a_registry_with_data_from_the_first_migration_upgrades_to_the_last_inta
         });
         assert_eq!(totals, (6, 2, 3), "{group_by:?}");
     }
+
+    // 0013: request ids start empty, and a retry's look-up works on the
+    // upgraded registry.
+    let named: i64 = sqlx::query_scalar("SELECT count(*) FROM link_requests")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(named, 0);
+    let none = presignd::registry::link_requests::find(&pool, "svc-a", "r-1")
+        .await
+        .unwrap();
+    assert!(none.is_none());
+    let issued_at = Utc::now().trunc_subsecs(0);
+    let link = presignd::registry::links::NewLink {
+        id: uuid::Uuid::now_v7(),
+        key_id: "GKALPHA1".into(),
+        signer: "alpha".into(),
+        caller: "svc-a".into(),
+        method: "GET",
+        bucket: "photos".into(),
+        object_key: "users/1/retried.jpg".into(),
+        labels: BTreeMap::new(),
+        issued_at,
+        expires_at: issued_at + Duration::hours(1),
+        signature_sha256: vec![7; 32],
+        content_type: None,
+        content_disposition: None,
+        replaces_link_id: None,
+        request: Some(presignd::registry::links::LinkRequest {
+            id: "r-1".into(),
+            sha256: [9; 32],
+        }),
+    };
+    let mut tx = pool.begin().await.unwrap();
+    presignd::registry::links::lock_keys_for_issuance(&mut tx, &["GKALPHA1"])
+        .await
+        .unwrap();
+    let claimed = presignd::registry::link_requests::claim(&mut tx, &["GKALPHA1"], &[&link])
+        .await
+        .unwrap();
+    assert_eq!(claimed.link_ids, [link.id]);
+    presignd::registry::links::insert_batch_if_active(&mut tx, &["GKALPHA1"], &[&link])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let found = presignd::registry::link_requests::find(&pool, "svc-a", "r-1")
+        .await
+        .unwrap()
+        .expect("the id names its link");
+    assert_eq!(found.link.id, link.id);
+    assert_eq!(found.request_sha256, [9; 32]);
 }

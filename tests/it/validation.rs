@@ -139,6 +139,16 @@ async fn each_bad_request_is_invalid_argument_naming_the_field(pool: PgPool) {
                 r.response_content_disposition = "attachment".into();
             }),
         ),
+        (
+            "request id over 128 characters",
+            "request_id",
+            Box::new(|r| r.request_id = "r".repeat(129)),
+        ),
+        (
+            "request id with a space",
+            "request_id",
+            Box::new(|r| r.request_id = "order 1".into()),
+        ),
     ];
     let rows_before: i64 = sqlx::query_scalar("SELECT count(*) FROM links")
         .fetch_one(&pool)

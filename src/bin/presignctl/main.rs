@@ -73,6 +73,10 @@ enum Cmd {
         /// Labels as KEY=VALUE (repeatable).
         #[arg(long = "label", value_parser = parse_label)]
         labels: Vec<(String, String)>,
+        /// Makes the call safe to repeat: the same id with the same request
+        /// returns the same link (and URL) while it lives, never a second one.
+        #[arg(long)]
+        request_id: Option<String>,
     },
     /// List links, newest first, narrowed by the filters.
     Links(links::ListArgs),
@@ -196,6 +200,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             ttl,
             content_type,
             labels,
+            request_id,
         } => {
             let auth = bearer(conn)?;
             let mut client = LinkServiceClient::with_interceptor(
@@ -222,6 +227,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     labels: labels.into_iter().collect(),
                     content_type: content_type.unwrap_or_default(),
                     response_content_disposition: String::new(),
+                    request_id: request_id.unwrap_or_default(),
                 })
                 .await
                 .map_err(status_error)?
