@@ -10,7 +10,7 @@ pub use recorder::Recorder;
 use crate::audit::{AuditEvent, Auditor};
 use crate::auth::Caller;
 use crate::domain::{Labels, LinkSpec};
-use crate::keys::KeyManager;
+use crate::keys::{KeyBudgets, KeyManager};
 use crate::metrics;
 use crate::policy::{Denied, PolicyHandle};
 use crate::ratelimit::{RateLimited, RateLimits};
@@ -52,6 +52,8 @@ pub struct Issuer {
     pub policy: PolicyHandle,
     pub limits: RateLimits,
     pub audit: Auditor,
+    /// Counts the links of budgeted signers (wakes their budget check).
+    pub budgets: KeyBudgets,
 }
 
 /// Now, truncated to the second: SigV4's X-Amz-Date has second precision, so the
@@ -149,6 +151,7 @@ impl Issuer {
                 signature_sha256: Sha256::digest(signature.as_bytes()).to_vec(),
             };
             if let Some(row) = self.recorder.record(row).await? {
+                self.budgets.issued(signer);
                 // Debug: at thousands of links a second, a line each is a
                 // measurable share of the server's CPU (docs/BENCHMARKS.md).
                 tracing::debug!(

@@ -3,10 +3,12 @@
 //! idempotent step at a time (see `procedure`). The key changes each step makes
 //! are the key lifecycle's (`crate::keys`).
 
+mod budget;
 mod cancel;
 mod procedure;
 mod rotate;
 
+pub use budget::{BUDGET_REQUESTER, BudgetCheck};
 pub use cancel::Cancelled;
 pub use procedure::{Advance, Stuck};
 pub use rotate::{MAX_REASON_CHARS, PlanTarget, RevokeKeyRequest, RotateRequest, Rotation};
