@@ -17,7 +17,7 @@ use crate::dashboard::Dashboard;
 use crate::domain::SignerName;
 use crate::health::Readiness;
 use crate::issuance::{Issuer, Recorder};
-use crate::keys::{KeyBudgets, KeyManager, Probe};
+use crate::keys::{KeyBudgets, KeyManager, Probe, Regions};
 use crate::paging::PageTokens;
 use crate::policy::PolicyHandle;
 use crate::policy::RateSpec;
@@ -123,21 +123,30 @@ impl App {
             .timeout(Duration::from_secs(10))
             .build()
             .context("building the HTTP client")?;
+        let target = S3Target {
+            endpoint: config.s3_endpoint.clone(),
+            region: config.s3_region.clone(),
+            path_style: config.s3_path_style,
+        };
+        // An AWS bucket lives in one region; Garage has one for all.
+        let regions = Regions::new(
+            &target,
+            config.bucket_region_map()?,
+            config.backend == "aws",
+        );
         let keys = KeyManager::new(
             pool.clone(),
             backend,
             master_key.clone(),
-            S3Target {
-                endpoint: config.s3_endpoint.clone(),
-                region: config.s3_region.clone(),
-                path_style: config.s3_path_style,
-            },
+            target,
+            regions,
             Probe {
                 http,
                 bucket: config.buckets.first().cloned(),
                 attempts: config.key_verify_attempts,
             },
         );
+        keys.set_buckets(policy.current().buckets_by_signer(&config.buckets));
         let revocations = Revocations::new(pool.clone(), keys.clone());
         let listener = TcpListener::bind(config.listen)
             .await
@@ -206,7 +215,7 @@ impl App {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let readiness = Readiness::default();
+        let readiness = Readiness::default().watching(self.keys.clone());
         readiness.not_ready("starting: migrating the registry and loading signing keys");
         let (health, health_service) = crate::health::service(readiness.clone());
         set_status(&health, ServingStatus::NotServing).await;
@@ -223,6 +232,8 @@ impl App {
                 budgets: self.budgets.clone(),
                 health: health.clone(),
                 readiness: readiness.clone(),
+                policy: self.policy.clone(),
+                buckets: self.config.buckets.clone(),
             }
             .run(),
         );
@@ -272,6 +283,7 @@ impl App {
         let auth = self.auth.clone();
         let keys = InterceptedService::new(
             KeyServiceServer::new(KeyApi {
+                keys: self.keys.clone(),
                 pool: self.pool.clone(),
                 revocations: self.revocations.clone(),
                 audit: self.audit.clone(),
@@ -292,9 +304,15 @@ impl App {
         );
 
         let probe = readiness.clone();
-        let metrics_server = tokio::spawn(metrics::serve(self.metrics_listener, move || {
-            probe.reason()
-        }));
+        let scraped = self.keys.clone();
+        let metrics_server = tokio::spawn(metrics::serve(
+            self.metrics_listener,
+            move || match probe.reason() {
+                Some(reason) => Err(reason),
+                None => Ok(probe.degraded()),
+            },
+            move || metrics::set_bucket_readiness(&scraped.bucket_readiness()),
+        ));
         let outstanding = tokio::spawn(metrics::keep_registry_gauges_fresh(
             self.pool.clone(),
             self.config.metrics_refresh(),
@@ -369,7 +387,6 @@ async fn backend(config: &Config) -> anyhow::Result<Arc<dyn KeyBackend>> {
             Ok(Arc::new(GarageBackend::new(
                 &config.garage_admin_url,
                 token,
-                config.buckets.clone(),
             )))
         }
         "aws" => Ok(Arc::new(

@@ -1,7 +1,8 @@
 //! Issuing a link: check the caller's policy, sign with the caller's signer,
 //! record, commit, and only then hand the URL out (invariant 1). The row holds
 //! the SHA-256 of the signature, never the URL. A request the policy refuses is
-//! audited.
+//! audited. A bucket the signer's key was not proven for (`keys::preflight`)
+//! gets no link: the store would refuse it.
 
 mod recorder;
 
@@ -10,7 +11,7 @@ pub use recorder::Recorder;
 use crate::audit::{AuditEvent, Auditor};
 use crate::auth::Caller;
 use crate::domain::{Labels, LinkSpec};
-use crate::keys::{KeyBudgets, KeyManager};
+use crate::keys::{BucketRefused, KeyBudgets, KeyManager};
 use crate::metrics;
 use crate::policy::{Denied, PolicyHandle};
 use crate::ratelimit::{RateLimited, RateLimits};
@@ -35,6 +36,9 @@ pub enum IssueError {
     Denied(#[from] Denied),
     #[error(transparent)]
     RateLimited(#[from] RateLimited),
+    /// The preflight did not prove the signer's key for the bucket.
+    #[error(transparent)]
+    Bucket(#[from] BucketRefused),
 }
 
 /// A recorded link and the URL the caller may now use.
@@ -133,8 +137,13 @@ impl Issuer {
                 .keys
                 .active_key(signer)
                 .ok_or_else(|| IssueError::NoActiveKey(signer.to_owned()))?;
+            // Lock-free: the preflight's outcome for this key and bucket, and
+            // the region the bucket's links are signed for.
+            let region = self
+                .keys
+                .bucket_ready(signer, &key.key_id, spec.bucket.as_str())?;
             let issued = now_in_seconds();
-            let presigned = key.presign(&spec, issued)?;
+            let presigned = key.presign_in(&spec, &region, issued)?;
             let signature = presigned.signature();
             let issued_at: DateTime<Utc> = issued.into();
             let row = NewLink {

@@ -15,6 +15,7 @@ use crate::backend::BackendError;
 use crate::dashboard::DashboardError;
 use crate::domain::FieldError;
 use crate::issuance::IssueError;
+use crate::keys::BucketRefused;
 use crate::metrics;
 use crate::registry::{self, ErrorKind};
 use crate::revocation::RevocationError;
@@ -135,12 +136,39 @@ impl From<IssueError> for ApiError {
                 Refusal::new("POLICY_DENIED", d.to_string()).with("rule", d.rule),
             ),
             IssueError::RateLimited(r) => r.into(),
+            IssueError::Bucket(b) => bucket_refused(b),
             IssueError::Registry(ref cause) => Self::registry(cause, Some("no link was issued")),
             IssueError::Sign(ref cause) => {
                 tracing::error!(error = %cause, "signing failed");
                 Self::Internal("signing failed: no link was issued".into())
             }
         }
+    }
+}
+
+/// A bucket the preflight did not prove: FAILED_PRECONDITION naming the
+/// bucket and why (UNAVAILABLE while it is still being checked).
+fn bucket_refused(b: BucketRefused) -> ApiError {
+    let message = format!("{b}; no link was issued");
+    match b {
+        BucketRefused::Pending { .. } => ApiError::unavailable(message),
+        BucketRefused::NotPrepared { signer, bucket } => ApiError::FailedPrecondition(
+            Refusal::new("BUCKET_NOT_PREPARED", message)
+                .with("bucket", bucket)
+                .with("signer", signer),
+        ),
+        BucketRefused::Failed {
+            signer,
+            bucket,
+            key_id,
+            cause,
+        } => ApiError::FailedPrecondition(
+            Refusal::new("BUCKET_NOT_READY", message)
+                .with("bucket", bucket)
+                .with("signer", signer)
+                .with("key_id", key_id)
+                .with("cause", cause),
+        ),
     }
 }
 

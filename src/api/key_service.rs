@@ -8,6 +8,7 @@ use crate::auth::{Caller, caller_of};
 use crate::dashboard::Dashboard;
 use crate::domain::{FieldError, SignerName};
 use crate::keys::KeyBudgets;
+use crate::keys::KeyManager;
 use crate::paging::{Cursor, Listing};
 use crate::proto::{self, key_service_server::KeyService};
 use crate::revocation::{PlanTarget, Revocations, RevokeKeyRequest, RotateRequest};
@@ -16,6 +17,8 @@ use std::future::Future;
 use tonic::{Request, Response, Status};
 
 pub struct KeyApi {
+    /// The preflight's per-bucket outcomes (ListSigningKeys).
+    pub keys: KeyManager,
     pub pool: PgPool,
     pub revocations: Revocations,
     pub audit: Auditor,
@@ -124,6 +127,7 @@ impl KeyService for KeyApi {
                 Ok(Response::new(response::signers(
                     signers,
                     keys,
+                    |id| self.keys.bucket_statuses(id),
                     &self.budgets,
                 )))
             },

@@ -2,7 +2,7 @@
 
 use crate::dashboard::{Verdict, Verification};
 use crate::domain::{KeyBudget, KeyState, LinkState, Method, RevocationState, RotationMode};
-use crate::keys::KeyBudgets;
+use crate::keys::{BucketStatus, KeyBudgets};
 use crate::proto;
 use crate::registry::keys::KeySummaryRow;
 use crate::registry::link_summary::SummaryRow;
@@ -208,11 +208,15 @@ fn key_state(s: KeyState) -> proto::KeyState {
 pub fn cancelled(c: Cancelled) -> proto::CancelRevocationResponse {
     proto::CancelRevocationResponse {
         revocation: Some(revocation(c.revocation)),
-        live_keys: c.live_keys.iter().map(signing_key).collect(),
+        live_keys: c
+            .live_keys
+            .iter()
+            .map(|k| signing_key(k, Vec::new()))
+            .collect(),
     }
 }
 
-fn signing_key(k: &KeySummaryRow) -> proto::SigningKey {
+fn signing_key(k: &KeySummaryRow, buckets: Vec<BucketStatus>) -> proto::SigningKey {
     proto::SigningKey {
         key_id: k.key_id.clone(),
         signer: k.signer.clone(),
@@ -220,13 +224,25 @@ fn signing_key(k: &KeySummaryRow) -> proto::SigningKey {
         created_at: Some(timestamp(k.created_at)),
         outstanding_links: k.outstanding_links as u64,
         latest_expiry: k.latest_expiry.map(timestamp),
+        buckets: buckets
+            .into_iter()
+            .map(|b| proto::BucketStatus {
+                ready: b.outcome.is_ok(),
+                cause: b.outcome.err().unwrap_or_default(),
+                region: b.region.to_string(),
+                checked_at: Some(timestamp(b.checked_at)),
+                bucket: b.bucket,
+            })
+            .collect(),
         budget_share: None,
     }
 }
 
+/// ListSigningKeys: each signer's keys, each with its buckets' preflight.
 pub fn signers(
     signers: Vec<SignerRow>,
     keys: Vec<KeySummaryRow>,
+    buckets: impl Fn(&str) -> Vec<BucketStatus>,
     budgets: &KeyBudgets,
 ) -> proto::ListSigningKeysResponse {
     let now = chrono::Utc::now();
@@ -241,7 +257,7 @@ pub fn signers(
                         .filter(|k| k.signer == s.name)
                         .map(|k| proto::SigningKey {
                             budget_share: budget.and_then(|b| budget_share(&b, k, now)),
-                            ..signing_key(k)
+                            ..signing_key(k, buckets(&k.key_id))
                         })
                         .collect(),
                     budget: budget.map(|b| proto::KeyBudget {

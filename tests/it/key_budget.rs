@@ -222,7 +222,7 @@ async fn an_age_budget_rotates_a_key_once_it_has_signed_that_long(pool: PgPool) 
     assert!(checks[0].rotated.is_none(), "{checks:?}");
     let listed = live_keys(&mut app, signer).await;
     let active = listed.keys.iter().find(|k| k.key_id == old_key).unwrap();
-    let share = active.budget_share.clone().expect("the active key's share");
+    let share = active.budget_share.expect("the active key's share");
     assert!(
         share.age_share < 0.1 && share.outstanding_share == 0.0,
         "{share:?}"

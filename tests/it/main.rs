@@ -6,6 +6,7 @@
 mod audit;
 mod authz;
 mod aws_backend;
+mod bucket_regions;
 mod crash_safety;
 mod credentials;
 mod dashboards;
@@ -31,6 +32,7 @@ mod paging;
 mod pki;
 mod policy_reload;
 mod postgres_tls;
+mod preflight;
 mod presign_equivalence;
 mod presignctl;
 mod presignctl_links;

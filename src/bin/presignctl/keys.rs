@@ -231,6 +231,10 @@ pub async fn keys(cli: &Conn, signer: Option<String>) -> anyhow::Result<()> {
                 "signer": s.name, "backend": s.backend, "key_id": k.key_id,
                 "state": key_state(k.state),
                 "outstanding_links": k.outstanding_links, "latest_expiry": ts(&k.latest_expiry), "created_at": ts(&k.created_at),
+                "buckets": k.buckets.iter().map(|b| json!({
+                    "bucket": b.bucket, "ready": b.ready, "cause": b.cause, "region": b.region,
+                    "checked_at": ts(&b.checked_at),
+                })).collect::<Vec<_>>(),
             })))
             .collect();
         println!("{}", Value::Array(out));
@@ -252,6 +256,13 @@ pub async fn keys(cli: &Conn, signer: Option<String>) -> anyhow::Result<()> {
                 ts(&k.latest_expiry),
                 ts(&k.created_at)
             );
+            // The preflight: what IssueLink signs for with this key, or why not.
+            for b in &k.buckets {
+                match b.ready {
+                    true => println!("    bucket {} ready ({})", b.bucket, b.region),
+                    false => println!("    bucket {} NOT READY: {}", b.bucket, b.cause),
+                }
+            }
         }
     }
     Ok(())
