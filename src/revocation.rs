@@ -139,7 +139,7 @@ pub enum RevocationError {
 fn not_live_hint(state: KeyState) -> &'static str {
     match state {
         KeyState::Pending => {
-            "it is a running rotation's replacement and signs nothing; CancelRevocation deletes it"
+            "it is a running rotation's replacement (CancelRevocation deletes it) or a blast-radius budget's standby key (the next GRACEFUL rotation adopts it), and signs nothing"
         }
         _ => "it is already deactivated at the backend: every link it signed is dead",
     }
