@@ -251,6 +251,7 @@ impl App {
             .build_v1()
             .context("building the reflection service")?;
         let issuer = Issuer {
+            pool: self.pool.clone(),
             keys: self.keys.clone(),
             recorder: Recorder::start(
                 self.pool.clone(),
@@ -277,6 +278,7 @@ impl App {
                 issuer,
                 dashboard: dashboard.clone(),
                 keys: self.keys.clone(),
+                revocations: self.revocations.clone(),
             }),
             move |req| auth.intercept(req),
         );
@@ -324,7 +326,7 @@ impl App {
             tls = self.tls.is_some(),
             "presignd serving"
         );
-        let stopping = (health.clone(), readiness.clone());
+        let stopping = (health.clone(), readiness.clone(), self.revocations.clone());
         let mut server = tonic::transport::Server::builder();
         if let Some(age) = self.config.max_connection_age() {
             server = server.max_connection_age(age);
@@ -342,6 +344,8 @@ impl App {
         let shutdown = async move {
             shutdown.await;
             tracing::info!("shutting down: draining in-flight requests");
+            // Endless streams would hold the drain: they end with UNAVAILABLE.
+            stopping.2.close_watches();
             stopping.1.not_ready("shutting down");
             set_status(&stopping.0, ServingStatus::NotServing).await;
         };

@@ -5,8 +5,10 @@
 //! gets no link: the store would refuse it.
 
 mod recorder;
+mod reissue;
 
 pub use recorder::Recorder;
+pub use reissue::{ReissueRequest, Reissued, Replacement, SkipReason, Skipped};
 
 use crate::audit::{AuditEvent, Auditor};
 use crate::auth::Caller;
@@ -36,6 +38,17 @@ pub enum IssueError {
     Denied(#[from] Denied),
     #[error(transparent)]
     RateLimited(#[from] RateLimited),
+    #[error(transparent)]
+    InvalidArgument(#[from] crate::domain::FieldError),
+    #[error("{0}")]
+    NotYours(String),
+    #[error("revocation {0} not found")]
+    RevocationNotFound(Uuid),
+    #[error("{0}")]
+    KilledNoLink(String),
+    /// A recorded key could not sign (its secret does not open).
+    #[error("{0}")]
+    Key(String),
     /// The preflight did not prove the signer's key for the bucket.
     #[error(transparent)]
     Bucket(#[from] BucketRefused),
@@ -50,6 +63,8 @@ pub struct IssuedLink {
 
 #[derive(Clone)]
 pub struct Issuer {
+    /// The registry (primary): ReissueLinks reads and records here.
+    pub pool: sqlx::PgPool,
     pub keys: KeyManager,
     /// Group commit of link rows (see `recorder`).
     pub recorder: Recorder,
@@ -62,7 +77,7 @@ pub struct Issuer {
 
 /// Now, truncated to the second: SigV4's X-Amz-Date has second precision, so the
 /// recorded issued_at and expires_at match the signature exactly.
-fn now_in_seconds() -> SystemTime {
+pub(crate) fn now_in_seconds() -> SystemTime {
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .expect("clock after 1970")
@@ -71,6 +86,7 @@ fn now_in_seconds() -> SystemTime {
 }
 
 const RPC: &str = "presignd.v1.LinkService/IssueLink";
+const RPC_REISSUE: &str = "presignd.v1.LinkService/ReissueLinks";
 
 impl Issuer {
     /// Takes one of the caller's IssueLink tokens: called before anything else
@@ -158,6 +174,12 @@ impl Issuer {
                 issued_at,
                 expires_at: issued_at + spec.ttl.as_duration(),
                 signature_sha256: Sha256::digest(signature.as_bytes()).to_vec(),
+                content_type: spec.content_type.as_ref().map(|t| t.as_str().to_owned()),
+                content_disposition: spec
+                    .content_disposition
+                    .as_ref()
+                    .map(|d| d.as_str().to_owned()),
+                replaces_link_id: None,
             };
             if let Some(row) = self.recorder.record(row).await? {
                 self.budgets.issued(signer);

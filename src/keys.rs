@@ -76,6 +76,9 @@ pub struct KeyManager {
     probe: Probe,
     preflight: preflight::Preflight,
     failpoints: Failpoints,
+    /// Bumped on every key change heard (`follow`): a deactivation's
+    /// transaction notifies, so WatchRevocations wakes on it.
+    changes: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl KeyManager {
@@ -97,7 +100,43 @@ impl KeyManager {
             probe,
             preflight: preflight::Preflight::default(),
             failpoints: Failpoints::default(),
+            changes: Arc::new(tokio::sync::watch::Sender::new(0)),
         }
+    }
+
+    /// Changes whenever a key change is heard from any replica (LISTEN), and
+    /// after the listener reconnects (changes may have been missed).
+    pub fn key_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// A key that can still sign a working URL: the signer's active key, or a
+    /// retired one (its links work until it is deactivated), opened from the
+    /// registry. `None` for a pending, dead or unknown key.
+    pub async fn live_key(&self, key_id: &str) -> Result<Option<Arc<SigningKey>>, KeyError> {
+        let Some(row) = registry::keys::get(&self.pool, key_id).await? else {
+            return Ok(None);
+        };
+        match row.state {
+            KeyState::Active => {
+                if let Some(key) = self.keyring.active(&row.signer)
+                    && key.key_id == key_id
+                {
+                    return Ok(Some(key));
+                }
+            }
+            KeyState::Retired => {}
+            _ => return Ok(None),
+        }
+        let secret = self
+            .open_secret(&row)
+            .map_err(|e| KeyError::Unusable(format!("{e:#}")))?;
+        Ok(Some(Arc::new(SigningKey::new(
+            &self.target,
+            key_id,
+            &secret,
+            &row.signer,
+        ))))
     }
 
     /// Where links point (endpoint, region, URL style).

@@ -142,6 +142,18 @@ impl From<IssueError> for ApiError {
                 tracing::error!(error = %cause, "signing failed");
                 Self::Internal("signing failed: no link was issued".into())
             }
+            IssueError::InvalidArgument(f) => Self::InvalidArgument(f),
+            IssueError::NotYours(m) => {
+                Self::PermissionDenied(Refusal::new("ADMIN_ONLY", m).with("field", "caller"))
+            }
+            IssueError::RevocationNotFound(_) => Self::NotFound(e.to_string()),
+            IssueError::KilledNoLink(m) => {
+                Self::FailedPrecondition(Refusal::new("KILLED_NO_LINK", m))
+            }
+            IssueError::Key(m) => {
+                tracing::error!(error = %m, "a recorded key cannot sign");
+                Self::Internal("a recorded key cannot sign; see the server log".into())
+            }
         }
     }
 }
@@ -202,6 +214,13 @@ impl From<RevocationError> for ApiError {
             _ => {
                 return match e {
                     InvalidArgument(f) => Self::InvalidArgument(f),
+                    NotYours(m) => Self::PermissionDenied(
+                        Refusal::new("ADMIN_ONLY", m).with("field", "caller"),
+                    ),
+                    ShuttingDown(_) => Self::Unavailable {
+                        message: e.to_string(),
+                        retry_after: Duration::ZERO,
+                    },
                     UnknownSigner(_) | UnknownKey(_) | NotFound(_) => Self::NotFound(e.to_string()),
                     Backend(ref m) => {
                         tracing::warn!(error = %m, "key backend unavailable");

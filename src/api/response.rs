@@ -2,11 +2,13 @@
 
 use crate::dashboard::{Verdict, Verification};
 use crate::domain::{KeyBudget, KeyState, LinkState, Method, RevocationState, RotationMode};
+use crate::issuance::{Reissued, SkipReason};
 use crate::keys::{BucketStatus, KeyBudgets};
 use crate::proto;
 use crate::registry::keys::KeySummaryRow;
 use crate::registry::link_summary::SummaryRow;
 use crate::registry::links::{BlastRadius, LinkRow};
+use crate::registry::revocation_events::EventRow;
 use crate::registry::revocations::RevocationRow;
 use crate::registry::signers::SignerRow;
 use crate::revocation::{Cancelled, Rotation};
@@ -90,6 +92,71 @@ pub fn link(row: LinkRow) -> proto::Link {
         labels: row.labels.0.into_iter().collect(),
         state: link_state(row.state) as i32,
         revocation_id: row.revocation_id.map(|r| r.to_string()).unwrap_or_default(),
+        replaces_link_id: row
+            .replaces_link_id
+            .map(|r| r.to_string())
+            .unwrap_or_default(),
+    }
+}
+
+fn ids(ids: &[Uuid]) -> Vec<String> {
+    ids.iter().map(Uuid::to_string).collect()
+}
+
+fn headers(headers: Vec<(String, String)>) -> Vec<proto::Header> {
+    headers
+        .into_iter()
+        .map(|(name, value)| proto::Header { name, value })
+        .collect()
+}
+
+pub fn reissued(r: Reissued) -> proto::ReissueLinksResponse {
+    proto::ReissueLinksResponse {
+        links: r
+            .replacements
+            .into_iter()
+            .map(|l| proto::ReissuedLink {
+                replaces_link_id: l.replaces_link_id.to_string(),
+                link: Some(link(l.link)),
+                url: l.url,
+                headers: headers(l.headers),
+            })
+            .collect(),
+        skipped: r
+            .skipped
+            .into_iter()
+            .map(|s| proto::SkippedLink {
+                link_id: s.link_id.to_string(),
+                reason: skip_reason(s.reason) as i32,
+                message: s.message,
+            })
+            .collect(),
+        next_page_token: r.next_page_token.unwrap_or_default(),
+    }
+}
+
+fn skip_reason(r: SkipReason) -> proto::SkipReason {
+    match r {
+        SkipReason::Quarantined => proto::SkipReason::Quarantined,
+        SkipReason::PolicyDenied => proto::SkipReason::PolicyDenied,
+        SkipReason::HeadersUnknown => proto::SkipReason::HeadersUnknown,
+        SkipReason::ReplacementRevoked => proto::SkipReason::ReplacementRevoked,
+        SkipReason::Expiring => proto::SkipReason::Expiring,
+        SkipReason::BucketNotReady => proto::SkipReason::BucketNotReady,
+    }
+}
+
+pub fn revocation_event(e: EventRow) -> proto::RevocationEvent {
+    proto::RevocationEvent {
+        sequence: e.seq.max(0) as u64,
+        revocation_id: e.revocation_id.to_string(),
+        caller: e.caller,
+        signer: e.signer,
+        key_id: e.key_id,
+        links: e.links.max(0) as u64,
+        quarantined: e.quarantined.max(0) as u64,
+        earliest_expiry: Some(timestamp(e.earliest_expiry)),
+        at: Some(timestamp(e.at)),
     }
 }
 
@@ -164,6 +231,7 @@ pub fn revocation(r: RevocationRow) -> proto::Revocation {
         finished_at: r.finished_at.map(timestamp),
         dry_run: false,
         error: r.error.unwrap_or_default(),
+        quarantined_link_ids: ids(&r.quarantined_link_ids),
     }
 }
 
@@ -176,6 +244,7 @@ pub fn rotation(r: Rotation) -> proto::Revocation {
             old_key_id,
             blast_radius: radius,
             steps,
+            quarantined_link_ids,
         } => proto::Revocation {
             signer,
             mode: rotation_mode(mode) as i32,
@@ -190,6 +259,7 @@ pub fn rotation(r: Rotation) -> proto::Revocation {
                 .collect(),
             state: proto::RevocationState::Planned as i32,
             dry_run: true,
+            quarantined_link_ids: ids(&quarantined_link_ids),
             ..Default::default()
         },
     }

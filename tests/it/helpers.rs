@@ -537,6 +537,7 @@ pub fn rotate_req(
         expected_key_id: expected.into(),
         dry_run: false,
         detach: false,
+        quarantine_link_ids: Vec::new(),
     }
 }
 

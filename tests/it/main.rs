@@ -42,6 +42,7 @@ mod rate_limit;
 mod read_isolation;
 mod registry_down;
 mod registry_errors;
+mod repair;
 mod replica;
 mod reseal;
 mod revocation;

@@ -350,6 +350,7 @@ fn recorded_only(signer: &str, mode: presignd::domain::RotationMode) -> RotateRe
         expected_key_id: None,
         dry_run: false,
         requested_by: CALLER.into(),
+        quarantine_link_ids: Vec::new(),
     }
 }
 
