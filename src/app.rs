@@ -17,7 +17,7 @@ use crate::dashboard::Dashboard;
 use crate::domain::SignerName;
 use crate::health::Readiness;
 use crate::issuance::{Issuer, Recorder};
-use crate::keys::{KeyManager, Probe, Regions};
+use crate::keys::{KeyBudgets, KeyManager, Probe, Regions};
 use crate::paging::PageTokens;
 use crate::policy::PolicyHandle;
 use crate::policy::RateSpec;
@@ -66,6 +66,7 @@ pub struct App {
     replica_pool: sqlx::PgPool,
     retention: crate::lifecycle::Retention,
     tls: Option<LiveTls>,
+    budgets: KeyBudgets,
 }
 
 impl App {
@@ -88,6 +89,7 @@ impl App {
             );
         }
         let signers = config.signer_names()?;
+        let budgets = config.key_budgets()?;
         let backend = backend(&config).await?;
         let read_pool = registry::read_pool(
             db.clone(),
@@ -172,6 +174,7 @@ impl App {
             replica_pool,
             retention,
             tls,
+            budgets,
         })
     }
 
@@ -192,6 +195,11 @@ impl App {
     /// The revocation service (tests drive revocations step by step).
     pub fn revocations(&self) -> Revocations {
         self.revocations.clone()
+    }
+
+    /// The blast-radius budgets (tests run the budget check directly).
+    pub fn key_budgets(&self) -> KeyBudgets {
+        self.budgets.clone()
     }
 
     /// The bound port of the Prometheus listener (`/metrics`).
@@ -221,6 +229,7 @@ impl App {
                 health_interval: self.config.health_interval(),
                 maintenance_interval: self.config.maintenance_interval(),
                 retention: self.retention,
+                budgets: self.budgets.clone(),
                 health: health.clone(),
                 readiness: readiness.clone(),
                 policy: self.policy.clone(),
@@ -252,6 +261,7 @@ impl App {
             policy: self.policy.clone(),
             limits: RateLimits::default(),
             audit: self.audit.clone(),
+            budgets: self.budgets.clone(),
         };
         let dashboard = Dashboard {
             pool: self.read_pool.clone(),
@@ -280,6 +290,7 @@ impl App {
                 revocations: self.revocations.clone(),
                 audit: self.audit.clone(),
                 dashboard,
+                budgets: self.budgets.clone(),
             }),
             move |req| auth.intercept(req),
         );

@@ -203,6 +203,15 @@ pub struct Config {
     )]
     pub signers: Vec<String>,
 
+    /// Blast-radius budgets, comma separated, each SIGNER:links=N:age=D (either
+    /// limit or both; D in s, m, h or d, e.g. 24h): a signer's active key is
+    /// rotated GRACEFUL once it holds 3/4 of N outstanding links (the rest is
+    /// headroom for the links issued during the rotation) or has signed for D,
+    /// so revoking any one key kills at most about N links. With --backend=aws
+    /// only age budgets of at least 7d (IAM allows two keys per user).
+    #[arg(long, env = "PRESIGND_KEY_BUDGETS", value_delimiter = ',')]
+    pub key_budgets: Vec<String>,
+
     /// Where keys are managed: garage (admin API v2) or aws (IAM).
     #[arg(long, env = "PRESIGND_BACKEND", default_value = "garage")]
     pub backend: String,
@@ -489,6 +498,29 @@ impl Config {
             .collect()
     }
 
+    /// The blast-radius budgets (--key-budgets), each of a configured signer,
+    /// at most one per signer, and none the backend cannot honour.
+    pub fn key_budgets(&self) -> anyhow::Result<crate::keys::KeyBudgets> {
+        let signers = self.signer_names()?;
+        let mut budgets = Vec::new();
+        for spec in self.key_budgets.iter().filter(|s| !s.trim().is_empty()) {
+            let (signer, budget) = crate::domain::KeyBudget::parse(spec).map_err(|e| {
+                anyhow::anyhow!("--key-budgets (PRESIGND_KEY_BUDGETS): {}", e.reason)
+            })?;
+            if !signers.contains(&signer) {
+                bail!("--key-budgets: {signer:?} is not one of --signers");
+            }
+            if budgets.iter().any(|(s, _)| *s == signer) {
+                bail!("--key-budgets: signer {signer} has two budgets; give it one");
+            }
+            if self.backend == "aws" {
+                refuse_on_aws(&signer, &budget)?;
+            }
+            budgets.push((signer, budget));
+        }
+        Ok(crate::keys::KeyBudgets::new(budgets))
+    }
+
     /// What a policy is validated against.
     pub fn policy_settings(&self) -> anyhow::Result<crate::policy::Settings> {
         Ok(crate::policy::Settings {
@@ -542,6 +574,26 @@ fn secret_setting(
         }
         (None, None) => Ok(None),
     }
+}
+
+/// A budget rotates the signer's key while the old one stays live for its
+/// links (GRACEFUL), up to a link's longest life, 7 days: the signer then has
+/// two keys, and the next rotation a third, which IAM (two access keys per
+/// user) refuses. Only a rotation every 7 days or less often fits: by then the
+/// retired key's links have expired and its slot is freed. The alternative,
+/// a pool of IAM users per signer, is not built: several signers (one IAM
+/// user each) split the blast radius the same way.
+fn refuse_on_aws(signer: &SignerName, budget: &crate::domain::KeyBudget) -> anyhow::Result<()> {
+    let week = crate::domain::MAX_TTL;
+    if budget.max_links.is_some() || budget.max_age.is_some_and(|age| age < week) {
+        bail!(
+            "--key-budgets: signer {signer}'s budget cannot be kept with --backend=aws: AWS IAM allows two access keys per user, \
+             and a budget rotation keeps the old key live until its links expire (up to 7 days), so a second rotation within \
+             7 days would need a third key and fail. On AWS only an age budget of at least 7d (age=7d) is accepted; to keep \
+             blast radii small there, split the callers over more signers (one IAM user each) in the policy"
+        );
+    }
+    Ok(())
 }
 
 /// The caller specs of a callers file: one per line, blank lines and `#`
@@ -749,6 +801,56 @@ mod tests {
         let c = Config::from_matches(&matches(&["t"])).unwrap();
         let r = c.retention().unwrap();
         assert_eq!((r.link_days, r.audit_days), (30, 400), "the defaults");
+    }
+
+    #[test]
+    fn a_budget_on_aws_is_refused_saying_why_unless_it_rotates_weekly_at_most() {
+        let c = Config::from_matches(&matches(&[
+            "t",
+            "--backend=aws",
+            "--signers=default,ops",
+            "--key-budgets=default:links=100",
+        ]))
+        .unwrap();
+        let e = format!("{:#}", c.key_budgets().err().expect("refused"));
+        assert!(e.contains("two access keys per user"), "{e}");
+        assert!(e.contains("signer default"), "{e}");
+        let c = Config::from_matches(&matches(&[
+            "t",
+            "--backend=aws",
+            "--key-budgets=default:age=1d",
+        ]))
+        .unwrap();
+        assert!(
+            c.key_budgets().is_err(),
+            "a daily rotation needs a third key"
+        );
+        let c = Config::from_matches(&matches(&[
+            "t",
+            "--backend=aws",
+            "--key-budgets=default:age=7d",
+        ]))
+        .unwrap();
+        assert!(c.key_budgets().unwrap().get("default").is_some());
+    }
+
+    #[test]
+    fn a_budget_names_a_configured_signer_once() {
+        let c = Config::from_matches(&matches(&["t", "--key-budgets=other:links=5"])).unwrap();
+        let e = format!("{:#}", c.key_budgets().err().expect("refused"));
+        assert!(e.contains("not one of --signers"), "{e}");
+        let c = Config::from_matches(&matches(&[
+            "t",
+            "--key-budgets=default:links=5,default:age=1h",
+        ]))
+        .unwrap();
+        assert!(c.key_budgets().is_err());
+        let c = Config::from_matches(&matches(&["t", "--key-budgets=default:links=x"])).unwrap();
+        let e = format!("{:#}", c.key_budgets().err().expect("refused"));
+        assert!(
+            e.contains("PRESIGND_KEY_BUDGETS") && e.contains("links=x"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 mod bucket;
 mod headers;
+mod key_budget;
 mod labels;
 mod link_spec;
 mod link_state;
@@ -16,6 +17,7 @@ mod ttl;
 
 pub use bucket::Bucket;
 pub use headers::{ContentDisposition, ContentType};
+pub use key_budget::{KeyBudget, Spent};
 pub use labels::Labels;
 pub use link_spec::LinkSpec;
 pub use link_state::LinkState;

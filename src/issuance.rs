@@ -16,7 +16,7 @@ pub use retry::request_digest;
 use crate::audit::{AuditEvent, Auditor};
 use crate::auth::Caller;
 use crate::domain::{Labels, LinkSpec, RequestId};
-use crate::keys::{BucketRefused, KeyManager};
+use crate::keys::{BucketRefused, KeyBudgets, KeyManager};
 use crate::metrics;
 use crate::policy::{Denied, PolicyHandle};
 use crate::ratelimit::{RateLimited, RateLimits};
@@ -101,6 +101,8 @@ pub struct Issuer {
     pub policy: PolicyHandle,
     pub limits: RateLimits,
     pub audit: Auditor,
+    /// Counts the links of budgeted signers (wakes their budget check).
+    pub budgets: KeyBudgets,
 }
 
 /// Now, truncated to the second: SigV4's X-Amz-Date has second precision, so the
@@ -223,7 +225,10 @@ impl Issuer {
                 request: request.clone(),
             };
             let row = match self.recorder.record(row).await? {
-                Recorded::Committed(row) => row,
+                Recorded::Committed(row) => {
+                    self.budgets.issued(signer);
+                    row
+                }
                 Recorded::KeyNotActive => {
                     contended = false;
                     tracing::info!(signer, key_id = %key.key_id, "key rotated while issuing; retrying with the current key");

@@ -6,6 +6,7 @@
 //! freeing a backend key slot, and following other replicas' key changes.
 //! Revocation decides *when* these happen; this module is *how*.
 
+mod budget;
 mod failpoints;
 mod follow;
 mod intents;
@@ -17,6 +18,7 @@ mod state;
 mod sweep;
 mod verify;
 
+pub use budget::KeyBudgets;
 pub use failpoints::{Failpoint, Failpoints};
 pub use intents::Reconciled;
 pub use keyring::Keyring;

@@ -14,8 +14,9 @@ use metrics::{
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use sqlx::PgPool;
+use std::collections::BTreeMap;
 use std::collections::BTreeSet;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 use tokio::net::TcpListener;
 
@@ -32,6 +33,8 @@ pub const READY: &str = "presignd_ready";
 pub const REVOCATIONS_RUNNING: &str = "presignd_revocations_running";
 pub const OLDEST_REVOCATION_AGE: &str = "presignd_revocation_oldest_running_age_seconds";
 pub const SIGNERS_WITHOUT_ACTIVE_KEY: &str = "presignd_signers_without_active_key";
+pub const KEY_BUDGET_LINKS: &str = "presignd_key_budget_links_ratio";
+pub const KEY_BUDGET_AGE: &str = "presignd_key_budget_age_ratio";
 
 /// Why a request was refused, the `cause` label of `presignd_denials_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -237,6 +240,64 @@ pub fn set_bucket_readiness(pairs: &[(String, String, Result<(), String>)]) {
     }
 }
 
+/// Each budgeted signer's active key and its share of each limit (1.0: the
+/// limit), as the last budget check saw them.
+static KEY_BUDGETS: Mutex<BTreeMap<String, BudgetShare>> = Mutex::new(BTreeMap::new());
+
+struct BudgetShare {
+    key_id: String,
+    links: Option<f64>,
+    age: Option<f64>,
+}
+
+/// Records `signer`'s active key's share of its budget (`revocation::budget`).
+/// One entry per signer, replaced when its key changes: the exported series
+/// name the current keys only, so rotating every few minutes does not grow the
+/// label set (the recorder cannot forget a series; this is rendered at scrape).
+pub fn set_key_budget(signer: &str, key_id: &str, links: Option<f64>, age: Option<f64>) {
+    let share = BudgetShare {
+        key_id: key_id.to_owned(),
+        links,
+        age,
+    };
+    KEY_BUDGETS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(signer.to_owned(), share);
+}
+
+/// The budget gauges in Prometheus' text format. Signer names and key ids are
+/// of [a-z0-9_-] and [A-Za-z0-9] (validated, backend ids): nothing to escape.
+fn render_key_budgets() -> String {
+    use std::fmt::Write;
+    let budgets = KEY_BUDGETS.lock().unwrap_or_else(|e| e.into_inner());
+    let mut out = String::new();
+    for (name, help, value) in [
+        (
+            KEY_BUDGET_LINKS,
+            "Outstanding links of the signer's active key over its budget's max (1: the limit; rotated at 0.75), per the last budget check",
+            (|b: &BudgetShare| b.links) as fn(&BudgetShare) -> Option<f64>,
+        ),
+        (
+            KEY_BUDGET_AGE,
+            "Time the signer's active key has signed over its budget's max age (1: the limit), per the last budget check",
+            |b: &BudgetShare| b.age,
+        ),
+    ] {
+        let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n");
+        for (signer, b) in budgets.iter() {
+            if let Some(v) = value(b) {
+                let _ = writeln!(
+                    out,
+                    "{name}{{signer=\"{signer}\",key_id=\"{}\"}} {v}",
+                    b.key_id
+                );
+            }
+        }
+    }
+    out
+}
+
 /// Serves, until the task is dropped:
 /// * `GET /metrics`: Prometheus text;
 /// * `GET /livez`: 200 while the process and its runtime answer (liveness: a
@@ -263,7 +324,7 @@ pub async fn serve(
                         axum::http::header::CONTENT_TYPE,
                         "text/plain; version=0.0.4; charset=utf-8",
                     )],
-                    metrics.render(),
+                    metrics.render() + &render_key_budgets(),
                 )
             }),
         )

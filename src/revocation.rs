@@ -3,11 +3,13 @@
 //! idempotent step at a time (see `procedure`). The key changes each step makes
 //! are the key lifecycle's (`crate::keys`).
 
+mod budget;
 mod cancel;
 mod procedure;
 mod rotate;
 mod watch;
 
+pub use budget::{BUDGET_REQUESTER, BudgetCheck};
 pub use cancel::Cancelled;
 pub use procedure::{Advance, Stuck};
 pub use rotate::{
@@ -148,7 +150,7 @@ pub enum RevocationError {
 fn not_live_hint(state: KeyState) -> &'static str {
     match state {
         KeyState::Pending => {
-            "it is a running rotation's replacement and signs nothing; CancelRevocation deletes it"
+            "it is a running rotation's replacement (CancelRevocation deletes it) or a blast-radius budget's standby key (the next GRACEFUL rotation adopts it), and signs nothing"
         }
         _ => "it is already deactivated at the backend: every link it signed is dead",
     }

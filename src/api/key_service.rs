@@ -7,6 +7,7 @@ use crate::audit::{AuditEvent, Auditor};
 use crate::auth::{Caller, caller_of};
 use crate::dashboard::Dashboard;
 use crate::domain::{FieldError, SignerName};
+use crate::keys::KeyBudgets;
 use crate::keys::KeyManager;
 use crate::paging::{Cursor, Listing};
 use crate::proto::{self, key_service_server::KeyService};
@@ -23,6 +24,8 @@ pub struct KeyApi {
     pub audit: Auditor,
     /// The listings: read quota and read pool, like LinkService's reads.
     pub dashboard: Dashboard,
+    /// The signers' blast-radius budgets (ListSigningKeys shows each key's share).
+    pub budgets: KeyBudgets,
 }
 
 #[allow(clippy::result_large_err)]
@@ -136,9 +139,12 @@ impl KeyService for KeyApi {
                     .dashboard
                     .signing_keys(signer.as_ref().map(|s| s.as_str()))
                     .await?;
-                Ok(Response::new(response::signers(signers, keys, |id| {
-                    self.keys.bucket_statuses(id)
-                })))
+                Ok(Response::new(response::signers(
+                    signers,
+                    keys,
+                    |id| self.keys.bucket_statuses(id),
+                    &self.budgets,
+                )))
             },
         )
         .await

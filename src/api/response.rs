@@ -1,9 +1,9 @@
 //! Building responses: registry rows and domain values into proto messages.
 
 use crate::dashboard::{Verdict, Verification};
-use crate::domain::{KeyState, LinkState, Method, RevocationState, RotationMode};
+use crate::domain::{KeyBudget, KeyState, LinkState, Method, RevocationState, RotationMode};
 use crate::issuance::{Reissued, SkipReason};
-use crate::keys::BucketStatus;
+use crate::keys::{BucketStatus, KeyBudgets};
 use crate::proto;
 use crate::registry::keys::KeySummaryRow;
 use crate::registry::link_summary::SummaryRow;
@@ -19,6 +19,13 @@ pub fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: t.timestamp(),
         nanos: t.timestamp_subsec_nanos() as i32,
+    }
+}
+
+pub fn duration(d: std::time::Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        nanos: d.subsec_nanos() as i32,
     }
 }
 
@@ -298,6 +305,7 @@ fn signing_key(k: &KeySummaryRow, buckets: Vec<BucketStatus>) -> proto::SigningK
                 bucket: b.bucket,
             })
             .collect(),
+        budget_share: None,
     }
 }
 
@@ -306,19 +314,51 @@ pub fn signers(
     signers: Vec<SignerRow>,
     keys: Vec<KeySummaryRow>,
     buckets: impl Fn(&str) -> Vec<BucketStatus>,
+    budgets: &KeyBudgets,
 ) -> proto::ListSigningKeysResponse {
+    let now = chrono::Utc::now();
     proto::ListSigningKeysResponse {
         signers: signers
             .into_iter()
-            .map(|s| proto::Signer {
-                keys: keys
-                    .iter()
-                    .filter(|k| k.signer == s.name)
-                    .map(|k| signing_key(k, buckets(&k.key_id)))
-                    .collect(),
-                name: s.name,
-                backend: s.backend,
+            .map(|s| {
+                let budget = budgets.get(&s.name);
+                proto::Signer {
+                    keys: keys
+                        .iter()
+                        .filter(|k| k.signer == s.name)
+                        .map(|k| proto::SigningKey {
+                            budget_share: budget.and_then(|b| budget_share(&b, k, now)),
+                            ..signing_key(k, buckets(&k.key_id))
+                        })
+                        .collect(),
+                    budget: budget.map(|b| proto::KeyBudget {
+                        max_outstanding_links: b.max_links.unwrap_or(0),
+                        max_age: b.max_age.map(duration),
+                    }),
+                    name: s.name,
+                    backend: s.backend,
+                }
             })
             .collect(),
     }
+}
+
+/// A live key's share of its signer's budget: its outstanding links, and the
+/// time it signed (from activation to retirement, or now).
+fn budget_share(
+    budget: &KeyBudget,
+    k: &KeySummaryRow,
+    now: DateTime<Utc>,
+) -> Option<proto::KeyBudgetShare> {
+    if !matches!(k.state, KeyState::Active | KeyState::Retired) {
+        return None;
+    }
+    let signed = k.retired_at.unwrap_or(now) - k.activated_at.unwrap_or(k.created_at);
+    let age = signed.to_std().unwrap_or_default();
+    let (links, age_share) = budget.share(k.outstanding_links.max(0) as u64, age);
+    Some(proto::KeyBudgetShare {
+        outstanding_share: links.unwrap_or(0.0),
+        age: Some(duration(age)),
+        age_share: age_share.unwrap_or(0.0),
+    })
 }

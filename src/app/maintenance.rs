@@ -5,11 +5,12 @@
 //! last link expired (GRACEFUL rotations; one failure does not stop the
 //! others), folds the link roll-up, and runs the registry's lifecycle
 //! (partitions ahead, retention, request ids whose link expired:
-//! `lifecycle::step`).
+//! `lifecycle::step`). Beside it, the blast-radius budgets' check
+//! (`keep_budgets`), woken by issuance too.
 
 use crate::domain::SignerName;
 use crate::health::Readiness;
-use crate::keys::KeyManager;
+use crate::keys::{KeyBudgets, KeyManager};
 use crate::lifecycle::{self, Retention};
 use crate::registry;
 use crate::revocation::{Revocations, Stuck};
@@ -52,6 +53,32 @@ pub(super) async fn run(u: Upkeep) {
         }
         if let Err(e) = lifecycle::step(&u.pool, chrono::Utc::now(), u.retention).await {
             tracing::warn!(error = %e, "creating partitions ahead, dropping expired ones");
+        }
+    }
+}
+
+/// The blast-radius budgets' check (`Revocations::enforce_budgets`): every
+/// `interval` (age budgets, and links other replicas issued) and whenever the
+/// issuer has committed a twentieth of a signer's links budget since the last
+/// one (`KeyBudgets::issued`), so a key's overshoot is bounded by what is
+/// issued during one check and rotation, not during a whole interval. One
+/// task: checks never overlap within a process (replicas: the rotation
+/// expects the key it saw, so a key is rotated once).
+pub(super) async fn keep_budgets(
+    revocations: Revocations,
+    budgets: KeyBudgets,
+    interval: Duration,
+) {
+    if budgets.is_empty() {
+        return;
+    }
+    loop {
+        revocations
+            .enforce_budgets(&budgets, chrono::Utc::now())
+            .await;
+        tokio::select! {
+            _ = budgets.woken() => {}
+            _ = tokio::time::sleep(interval) => {}
         }
     }
 }

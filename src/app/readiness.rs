@@ -30,6 +30,7 @@ pub(super) struct ReadinessTask {
     pub health_interval: Duration,
     pub maintenance_interval: Duration,
     pub retention: crate::lifecycle::Retention,
+    pub budgets: crate::keys::KeyBudgets,
     pub health: HealthReporter,
     /// Why the server is not ready, for health answers (`crate::health`).
     pub readiness: Readiness,
@@ -93,6 +94,11 @@ impl ReadinessTask {
                 interval: self.maintenance_interval,
                 retention: self.retention,
             }),
+            maintenance::keep_budgets(
+                self.revocations.clone(),
+                self.budgets.clone(),
+                self.maintenance_interval
+            ),
         );
     }
 

@@ -176,6 +176,9 @@ pub struct KeySummaryRow {
     pub created_at: DateTime<Utc>,
     pub outstanding_links: i64,
     pub latest_expiry: Option<DateTime<Utc>>,
+    /// When it began to sign (None: pending), and stopped (None: not retired).
+    pub activated_at: Option<DateTime<Utc>>,
+    pub retired_at: Option<DateTime<Utc>>,
 }
 
 /// Every key (optionally of one signer) with its outstanding links, each count
@@ -185,7 +188,8 @@ pub async fn list_with_outstanding(
     signer: Option<&str>,
 ) -> Result<Vec<KeySummaryRow>, Error> {
     sqlx::query_as(
-        "SELECT k.key_id, k.signer, k.state, k.created_at, o.n AS outstanding_links, o.latest AS latest_expiry
+        "SELECT k.key_id, k.signer, k.state, k.created_at, o.n AS outstanding_links, o.latest AS latest_expiry,
+                k.activated_at, k.retired_at
          FROM signing_keys k
          CROSS JOIN LATERAL (
              SELECT count(*) AS n, max(l.expires_at) AS latest FROM links l
@@ -226,4 +230,54 @@ pub async fn outstanding_links(db: impl PgExecutor<'_>, key_id: &str) -> Result<
     .fetch_one(db)
     .await
     .during("keys::outstanding_links")
+}
+
+/// A signer's active key as its blast-radius budget sees it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct BudgetUse {
+    pub key_id: String,
+    pub activated_at: DateTime<Utc>,
+    /// Its outstanding links, counted up to the cap given.
+    pub outstanding: i64,
+}
+
+/// The signer's active key, when it began to sign, and its outstanding links
+/// counted up to `cap`: one range of `links_by_key_expiry` of at most `cap`
+/// entries, so the check costs about the budget, never the key's whole history.
+pub async fn budget_use(
+    db: impl PgExecutor<'_>,
+    signer: &str,
+    cap: i64,
+) -> Result<Option<BudgetUse>, Error> {
+    sqlx::query_as(
+        "SELECT k.key_id, coalesce(k.activated_at, k.created_at) AS activated_at,
+                (SELECT count(*) FROM (
+                     SELECT 1 FROM links l
+                     WHERE l.key_id = k.key_id AND l.expires_at > now() AND l.revocation_id IS NULL
+                     LIMIT $3) o) AS outstanding
+         FROM signing_keys k WHERE k.signer = $1 AND k.state = $2",
+    )
+    .bind(signer)
+    .bind(KeyState::Active)
+    .bind(cap)
+    .fetch_optional(db)
+    .await
+    .during("keys::budget_use")
+}
+
+/// The signer's standby key, if it has one: `pending` and no revocation's
+/// replacement (created ahead by the blast-radius budget; the next GRACEFUL
+/// rotation of the signer adopts it).
+pub async fn standby(db: impl PgExecutor<'_>, signer: &str) -> Result<Option<String>, Error> {
+    sqlx::query_scalar(
+        "SELECT k.key_id FROM signing_keys k
+         WHERE k.signer = $1 AND k.state = $2
+           AND NOT EXISTS (SELECT 1 FROM revocations r WHERE r.new_key_id = k.key_id)
+         ORDER BY k.created_at LIMIT 1",
+    )
+    .bind(signer)
+    .bind(KeyState::Pending)
+    .fetch_optional(db)
+    .await
+    .during("keys::standby")
 }

@@ -227,7 +227,17 @@ impl Revocations {
         if row.new_key_id.is_some() {
             return Ok(());
         }
-        let key_id = self.keys.create_replacement(&mut *tx, &row.signer).await?;
+        // A GRACEFUL rotation adopts the signer's standby key (the blast-radius
+        // budget keeps one ready): already proven usable, it only needs the
+        // quick re-probe of `verify_key`. Other modes make a fresh key.
+        let standby = match row.mode {
+            RotationMode::Graceful => registry::keys::standby(&mut *tx, &row.signer).await?,
+            _ => None,
+        };
+        let key_id = match standby {
+            Some(key_id) => key_id,
+            None => self.keys.create_replacement(&mut *tx, &row.signer).await?,
+        };
         tracing::info!(revocation_id = %row.id, key_id, "created replacement key");
         revocations::set_new_key(&mut *tx, row.id, &key_id).await?;
         Ok(())

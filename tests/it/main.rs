@@ -19,6 +19,7 @@ mod health;
 mod helpers;
 mod incident;
 mod issue_link;
+mod key_budget;
 mod layering;
 mod lifecycle;
 mod link_paging;
