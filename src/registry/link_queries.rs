@@ -222,7 +222,7 @@ pub async fn list_page(
         }
         let oldest = match floor {
             Some(f) => f,
-            None => *floor.insert(oldest_issued(&mut tx).await?),
+            None => *floor.insert(oldest_issued(&mut tx, filter).await?),
         };
         if oldest.is_none_or(|f| f >= lo) {
             // Nothing was issued before this slice.
@@ -264,13 +264,29 @@ struct KeySet {
     keys: Vec<String>,
 }
 
-/// The oldest issued_at of any link, None if there is none: one probe of
-/// each partition's links_by_issued (a cached plan: it has no parameter).
-async fn oldest_issued(conn: &mut PgConnection) -> Result<Option<DateTime<Utc>>, Error> {
-    sqlx::query_scalar("SELECT min(issued_at) FROM links")
-        .fetch_one(conn)
-        .await
-        .during("link_queries::oldest_issued")
+/// The oldest issued_at a link matching `filter` can have, None if there is
+/// no link: the oldest link's (one probe of each partition's links_by_issued,
+/// a cached plan: it has no parameter), or later if the filter says so (an
+/// ACTIVE link was issued in the last 7 days of the transaction's `now()`,
+/// which its state predicate uses too; a link expiring after t was issued
+/// after t − 7 days).
+async fn oldest_issued(
+    conn: &mut PgConnection,
+    filter: &LinkFilter,
+) -> Result<Option<DateTime<Utc>>, Error> {
+    let (oldest, now): (Option<DateTime<Utc>>, DateTime<Utc>) =
+        sqlx::query_as("SELECT min(issued_at), now() FROM links")
+            .fetch_one(conn)
+            .await
+            .during("link_queries::oldest_issued")?;
+    let lifetime = TimeDelta::seconds(MAX_LIFETIME_SECS);
+    let implied = [
+        (filter.state == Some(LinkState::Active)).then(|| now - lifetime),
+        filter
+            .expires_after
+            .and_then(|t| t.checked_sub_signed(lifetime)),
+    ];
+    Ok(oldest.map(|o| implied.into_iter().flatten().fold(o, DateTime::max)))
 }
 
 /// The links of `filter` in `slice` after `after`, newest first.
