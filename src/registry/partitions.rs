@@ -7,10 +7,11 @@
 //!
 //! DDL runs with a short `lock_timeout`: a partition is created with CREATE
 //! TABLE LIKE + ATTACH PARTITION (SHARE UPDATE EXCLUSIVE on the parent, which
-//! inserts and reads do not wait for), and a drop holds ACCESS EXCLUSIVE on the
-//! parent only for the drop itself; if either cannot get its lock at once
-//! (a long read holds the table), it gives up and the next maintenance tick
-//! tries again, rather than queueing IssueLink's inserts behind it.
+//! inserts and reads do not wait for), and a link partition is emptied first
+//! and its empty table dropped after (`drop`, `drop_retired`), so the parent
+//! is locked only for a catalog change; if a step cannot get its lock at once
+//! (a long read holds the table), it gives up and is tried again later,
+//! rather than queueing IssueLink's inserts behind it.
 
 use super::audit::{self, AuditRow};
 use super::error::{During, Error};
