@@ -282,9 +282,18 @@ async fn main() -> anyhow::Result<()> {
             .build()?
     };
     let db_options = admin.clone().database(&db);
-    let app = server_rt
+    let app = match server_rt
         .spawn(async move { App::build_with_db(config, db_options).await })
-        .await??;
+        .await?
+    {
+        Ok(app) => app,
+        Err(e) => {
+            // Say why before the runtime's drop panics inside this one.
+            eprintln!("the server did not start: {e:#}");
+            std::mem::forget(server_rt);
+            return Err(e);
+        }
+    };
     let port = app.port();
     server_rt.spawn(async move {
         if let Err(e) = app.run_until_stopped().await {
