@@ -7,7 +7,7 @@
 //! `presignd_bench_revocation` next to DATABASE_URL's, fills it in SQL, then times
 //! the same registry functions the service runs. Prints a Markdown table.
 
-use presignd::registry::{self, blast_radius, keys, links};
+use presignd::registry::{self, blast_radius, keys};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, Executor, PgConnection};
 use std::time::{Duration, Instant};
@@ -75,7 +75,13 @@ async fn main() -> anyhow::Result<()> {
         let mut tx = pool.begin().await?;
         let t = Instant::now();
         keys::deactivate(&mut tx, "bench-target", Some(rev)).await?;
-        let n = links::count_revoked_by_deactivation(&mut *tx, "bench-target").await?;
+        let n = presignd::registry::revocation_events::record_deactivation(
+            &mut tx,
+            rev,
+            "bench-target",
+            &[],
+        )
+        .await?;
         revoke_times.push(t.elapsed());
         assert_eq!(n, TARGET);
         tx.rollback().await?;

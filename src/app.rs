@@ -17,7 +17,7 @@ use crate::dashboard::Dashboard;
 use crate::domain::SignerName;
 use crate::health::Readiness;
 use crate::issuance::{Issuer, Recorder};
-use crate::keys::{KeyManager, Probe};
+use crate::keys::{KeyManager, Probe, Regions};
 use crate::paging::PageTokens;
 use crate::policy::PolicyHandle;
 use crate::policy::RateSpec;
@@ -121,21 +121,30 @@ impl App {
             .timeout(Duration::from_secs(10))
             .build()
             .context("building the HTTP client")?;
+        let target = S3Target {
+            endpoint: config.s3_endpoint.clone(),
+            region: config.s3_region.clone(),
+            path_style: config.s3_path_style,
+        };
+        // An AWS bucket lives in one region; Garage has one for all.
+        let regions = Regions::new(
+            &target,
+            config.bucket_region_map()?,
+            config.backend == "aws",
+        );
         let keys = KeyManager::new(
             pool.clone(),
             backend,
             master_key.clone(),
-            S3Target {
-                endpoint: config.s3_endpoint.clone(),
-                region: config.s3_region.clone(),
-                path_style: config.s3_path_style,
-            },
+            target,
+            regions,
             Probe {
                 http,
                 bucket: config.buckets.first().cloned(),
                 attempts: config.key_verify_attempts,
             },
         );
+        keys.set_buckets(policy.current().buckets_by_signer(&config.buckets));
         let revocations = Revocations::new(pool.clone(), keys.clone());
         let listener = TcpListener::bind(config.listen)
             .await
@@ -198,7 +207,7 @@ impl App {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let readiness = Readiness::default();
+        let readiness = Readiness::default().watching(self.keys.clone());
         readiness.not_ready("starting: migrating the registry and loading signing keys");
         let (health, health_service) = crate::health::service(readiness.clone());
         set_status(&health, ServingStatus::NotServing).await;
@@ -214,6 +223,8 @@ impl App {
                 retention: self.retention,
                 health: health.clone(),
                 readiness: readiness.clone(),
+                policy: self.policy.clone(),
+                buckets: self.config.buckets.clone(),
             }
             .run(),
         );
@@ -231,6 +242,7 @@ impl App {
             .build_v1()
             .context("building the reflection service")?;
         let issuer = Issuer {
+            pool: self.pool.clone(),
             keys: self.keys.clone(),
             recorder: Recorder::start(
                 self.pool.clone(),
@@ -256,12 +268,14 @@ impl App {
                 issuer,
                 dashboard: dashboard.clone(),
                 keys: self.keys.clone(),
+                revocations: self.revocations.clone(),
             }),
             move |req| auth.intercept(req),
         );
         let auth = self.auth.clone();
         let keys = InterceptedService::new(
             KeyServiceServer::new(KeyApi {
+                keys: self.keys.clone(),
                 pool: self.pool.clone(),
                 revocations: self.revocations.clone(),
                 audit: self.audit.clone(),
@@ -281,9 +295,15 @@ impl App {
         );
 
         let probe = readiness.clone();
-        let metrics_server = tokio::spawn(metrics::serve(self.metrics_listener, move || {
-            probe.reason()
-        }));
+        let scraped = self.keys.clone();
+        let metrics_server = tokio::spawn(metrics::serve(
+            self.metrics_listener,
+            move || match probe.reason() {
+                Some(reason) => Err(reason),
+                None => Ok(probe.degraded()),
+            },
+            move || metrics::set_bucket_readiness(&scraped.bucket_readiness()),
+        ));
         let outstanding = tokio::spawn(metrics::keep_registry_gauges_fresh(
             self.pool.clone(),
             self.config.metrics_refresh(),
@@ -295,7 +315,7 @@ impl App {
             tls = self.tls.is_some(),
             "presignd serving"
         );
-        let stopping = (health.clone(), readiness.clone());
+        let stopping = (health.clone(), readiness.clone(), self.revocations.clone());
         let mut server = tonic::transport::Server::builder();
         if let Some(age) = self.config.max_connection_age() {
             server = server.max_connection_age(age);
@@ -313,6 +333,8 @@ impl App {
         let shutdown = async move {
             shutdown.await;
             tracing::info!("shutting down: draining in-flight requests");
+            // Endless streams would hold the drain: they end with UNAVAILABLE.
+            stopping.2.close_watches();
             stopping.1.not_ready("shutting down");
             set_status(&stopping.0, ServingStatus::NotServing).await;
         };
@@ -358,7 +380,6 @@ async fn backend(config: &Config) -> anyhow::Result<Arc<dyn KeyBackend>> {
             Ok(Arc::new(GarageBackend::new(
                 &config.garage_admin_url,
                 token,
-                config.buckets.clone(),
             )))
         }
         "aws" => Ok(Arc::new(

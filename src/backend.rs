@@ -67,10 +67,23 @@ pub trait KeyBackend: Send + Sync + 'static {
     /// "garage" or "aws", as stored in the registry.
     fn kind(&self) -> &'static str;
 
-    /// Creates a new access key for `signer`, allowed on the configured
-    /// buckets, under `name` (unique, chosen and recorded by presignd before
-    /// this call: `find_created` finds the key by it).
+    /// Creates a new access key for `signer` under `name` (unique, chosen and
+    /// recorded by presignd before this call: `find_created` finds the key by
+    /// it). Buckets are granted one by one (`allow_bucket`) by the preflight.
     async fn create_key(&self, signer: &str, name: &str) -> Result<NewKey, BackendError>;
+
+    /// Lets the key read and write objects of `bucket`. Idempotent. Garage
+    /// grants it (AllowBucketKey); on AWS what a key may do is the IAM
+    /// user's policy, which presignd does not manage: nothing to do, the
+    /// preflight's probe tells.
+    async fn allow_bucket(
+        &self,
+        _signer: &str,
+        _access_key_id: &str,
+        _bucket: &str,
+    ) -> Result<(), BackendError> {
+        Ok(())
+    }
 
     /// The ids of `signer`'s keys that calls `create_key(signer, name)` with
     /// one of `names`, none earlier than `since`, may have created. Garage

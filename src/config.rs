@@ -207,9 +207,18 @@ pub struct Config {
     #[arg(long, env = "PRESIGND_BACKEND", default_value = "garage")]
     pub backend: String,
 
-    /// Buckets the signers' keys are granted on (garage backend), comma separated.
+    /// Buckets every signer signs for, comma separated (with the buckets the
+    /// policy's entries name for their signer). Each signer's key is granted
+    /// on each (garage backend) and proven with a probe before a link for it
+    /// is issued (the preflight); the first also proves a new key usable.
     #[arg(long, env = "PRESIGND_BUCKETS", value_delimiter = ',')]
     pub buckets: Vec<String>,
+
+    /// Regions of buckets, as BUCKET=REGION, comma separated: their links are
+    /// signed for that region, never detected. Other buckets: detected on the
+    /// aws backend (HeadBucket's x-amz-bucket-region), else --s3-region.
+    #[arg(long, env = "PRESIGND_BUCKET_REGIONS", value_delimiter = ',')]
+    pub bucket_regions: Vec<String>,
 
     /// S3 endpoint the links point at.
     #[arg(
@@ -219,7 +228,8 @@ pub struct Config {
     )]
     pub s3_endpoint: String,
 
-    /// S3 region the links are signed for.
+    /// S3 region the links are signed for (unless --bucket-regions or, on the
+    /// aws backend, the bucket's detected region says otherwise).
     #[arg(long, env = "PRESIGND_S3_REGION", default_value = "garage")]
     pub s3_region: String,
 
@@ -444,6 +454,29 @@ impl Config {
             "no master key: set PRESIGND_MASTER_KEY (64 hex characters, e.g. from `openssl rand -hex 32`) or PRESIGND_MASTER_KEY_FILE",
         )?;
         crate::seal::MasterKey::parse(text.expose()).context("PRESIGND_MASTER_KEY")
+    }
+
+    /// `--bucket-regions` as bucket → region.
+    pub fn bucket_region_map(&self) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+        let mut map = std::collections::BTreeMap::new();
+        for entry in self
+            .bucket_regions
+            .iter()
+            .map(|e| e.trim())
+            .filter(|e| !e.is_empty())
+        {
+            let Some((bucket, region)) = entry
+                .split_once('=')
+                .map(|(b, r)| (b.trim(), r.trim()))
+                .filter(|(b, r)| !b.is_empty() && !r.is_empty())
+            else {
+                bail!("--bucket-regions (PRESIGND_BUCKET_REGIONS): {entry:?} is not BUCKET=REGION");
+            };
+            if map.insert(bucket.to_owned(), region.to_owned()).is_some() {
+                bail!("--bucket-regions (PRESIGND_BUCKET_REGIONS): bucket {bucket} is given twice");
+            }
+        }
+        Ok(map)
     }
 
     pub fn signer_names(&self) -> anyhow::Result<Vec<SignerName>> {
@@ -716,6 +749,28 @@ mod tests {
         let c = Config::from_matches(&matches(&["t"])).unwrap();
         let r = c.retention().unwrap();
         assert_eq!((r.link_days, r.audit_days), (30, 400), "the defaults");
+    }
+
+    #[test]
+    fn bucket_regions_are_bucket_equals_region_once_each() {
+        let c = Config::from_matches(&matches(&[
+            "t",
+            "--bucket-regions=photos=eu-west-3, logs = us-east-2",
+        ]))
+        .unwrap();
+        assert_eq!(
+            c.bucket_region_map().unwrap(),
+            std::collections::BTreeMap::from([
+                ("logs".to_owned(), "us-east-2".to_owned()),
+                ("photos".to_owned(), "eu-west-3".to_owned()),
+            ])
+        );
+        for bad in ["photos", "photos=", "=eu-west-3", "a=x,a=y"] {
+            let c =
+                Config::from_matches(&matches(&["t", &format!("--bucket-regions={bad}")])).unwrap();
+            let e = format!("{:#}", c.bucket_region_map().unwrap_err());
+            assert!(e.contains("--bucket-regions"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! (`presignctl wait-ready` prints it). The text is an error message already
 //! logged: ids and causes, never a secret, a URL or a signature.
 
+use crate::keys::KeyManager;
 use std::sync::{Arc, Mutex};
 use tonic::{Request, Response, Status};
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -25,11 +26,13 @@ const MAX_REASON_LEN: usize = 1000;
 pub const DEGRADED_METADATA: &str = "presignd-degraded";
 
 /// Why the server is not ready, as last observed (None once ready), and what
-/// is degraded while it serves.
+/// is degraded while it serves: revocations that cannot finish, and the
+/// (signer, bucket) pairs IssueLink refuses (the preflight's, read when asked).
 #[derive(Clone, Default)]
 pub struct Readiness {
     reason: Arc<Mutex<Option<String>>>,
     degraded: Arc<Mutex<Option<String>>>,
+    keys: Option<KeyManager>,
 }
 
 impl Readiness {
@@ -37,6 +40,12 @@ impl Readiness {
     pub fn not_ready(&self, reason: impl Into<String>) {
         *self.reason.lock().expect("readiness lock") = Some(reason.into());
         crate::metrics::set_ready(false);
+    }
+
+    /// Also names the buckets the key manager's preflight refuses.
+    pub fn watching(mut self, keys: KeyManager) -> Self {
+        self.keys = Some(keys);
+        self
     }
 
     pub fn ready(&self) {
@@ -54,7 +63,12 @@ impl Readiness {
     }
 
     pub fn degraded(&self) -> Option<String> {
-        self.degraded.lock().expect("readiness lock").clone()
+        let stuck = self.degraded.lock().expect("readiness lock").clone();
+        let buckets = self.keys.as_ref().and_then(|k| k.failing_buckets());
+        match (stuck, buckets) {
+            (Some(s), Some(b)) => Some(format!("{s}; {b}")),
+            (s, b) => s.or(b),
+        }
     }
 }
 

@@ -1,16 +1,19 @@
 //! Issuing a link: check the caller's policy, sign with the caller's signer,
 //! record, commit, and only then hand the URL out (invariant 1). The row holds
 //! the SHA-256 of the signature, never the URL. A request the policy refuses is
-//! audited.
+//! audited. A bucket the signer's key was not proven for (`keys::preflight`)
+//! gets no link: the store would refuse it.
 
 mod recorder;
+mod reissue;
 
 pub use recorder::Recorder;
+pub use reissue::{ReissueRequest, Reissued, Replacement, SkipReason, Skipped};
 
 use crate::audit::{AuditEvent, Auditor};
 use crate::auth::Caller;
 use crate::domain::{Labels, LinkSpec};
-use crate::keys::KeyManager;
+use crate::keys::{BucketRefused, KeyManager};
 use crate::metrics;
 use crate::policy::{Denied, PolicyHandle};
 use crate::ratelimit::{RateLimited, RateLimits};
@@ -35,6 +38,20 @@ pub enum IssueError {
     Denied(#[from] Denied),
     #[error(transparent)]
     RateLimited(#[from] RateLimited),
+    #[error(transparent)]
+    InvalidArgument(#[from] crate::domain::FieldError),
+    #[error("{0}")]
+    NotYours(String),
+    #[error("revocation {0} not found")]
+    RevocationNotFound(Uuid),
+    #[error("{0}")]
+    KilledNoLink(String),
+    /// A recorded key could not sign (its secret does not open).
+    #[error("{0}")]
+    Key(String),
+    /// The preflight did not prove the signer's key for the bucket.
+    #[error(transparent)]
+    Bucket(#[from] BucketRefused),
 }
 
 /// A recorded link and the URL the caller may now use.
@@ -46,6 +63,8 @@ pub struct IssuedLink {
 
 #[derive(Clone)]
 pub struct Issuer {
+    /// The registry (primary): ReissueLinks reads and records here.
+    pub pool: sqlx::PgPool,
     pub keys: KeyManager,
     /// Group commit of link rows (see `recorder`).
     pub recorder: Recorder,
@@ -56,7 +75,7 @@ pub struct Issuer {
 
 /// Now, truncated to the second: SigV4's X-Amz-Date has second precision, so the
 /// recorded issued_at and expires_at match the signature exactly.
-fn now_in_seconds() -> SystemTime {
+pub(crate) fn now_in_seconds() -> SystemTime {
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .expect("clock after 1970")
@@ -65,6 +84,7 @@ fn now_in_seconds() -> SystemTime {
 }
 
 const RPC: &str = "presignd.v1.LinkService/IssueLink";
+const RPC_REISSUE: &str = "presignd.v1.LinkService/ReissueLinks";
 
 impl Issuer {
     /// Takes one of the caller's IssueLink tokens: called before anything else
@@ -131,8 +151,13 @@ impl Issuer {
                 .keys
                 .active_key(signer)
                 .ok_or_else(|| IssueError::NoActiveKey(signer.to_owned()))?;
+            // Lock-free: the preflight's outcome for this key and bucket, and
+            // the region the bucket's links are signed for.
+            let region = self
+                .keys
+                .bucket_ready(signer, &key.key_id, spec.bucket.as_str())?;
             let issued = now_in_seconds();
-            let presigned = key.presign(&spec, issued)?;
+            let presigned = key.presign_in(&spec, &region, issued)?;
             let signature = presigned.signature();
             let issued_at: DateTime<Utc> = issued.into();
             let row = NewLink {
@@ -147,6 +172,12 @@ impl Issuer {
                 issued_at,
                 expires_at: issued_at + spec.ttl.as_duration(),
                 signature_sha256: Sha256::digest(signature.as_bytes()).to_vec(),
+                content_type: spec.content_type.as_ref().map(|t| t.as_str().to_owned()),
+                content_disposition: spec
+                    .content_disposition
+                    .as_ref()
+                    .map(|d| d.as_str().to_owned()),
+                replaces_link_id: None,
             };
             if let Some(row) = self.recorder.record(row).await? {
                 // Debug: at thousands of links a second, a line each is a

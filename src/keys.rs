@@ -10,6 +10,8 @@ mod failpoints;
 mod follow;
 mod intents;
 mod keyring;
+mod preflight;
+mod regions;
 mod slots;
 mod state;
 mod sweep;
@@ -18,6 +20,8 @@ mod verify;
 pub use failpoints::{Failpoint, Failpoints};
 pub use intents::Reconciled;
 pub use keyring::Keyring;
+pub use preflight::{BucketRefused, BucketStatus};
+pub use regions::Regions;
 pub use state::{activate_replacement, lock_for_state_change};
 pub use sweep::Swept;
 pub use verify::{NotUsable, ProbeAnswer, classify as classify_probe, verify_usable, xml_field};
@@ -66,8 +70,13 @@ pub struct KeyManager {
     backend: Arc<dyn KeyBackend>,
     master_key: MasterKey,
     target: S3Target,
+    regions: Regions,
     probe: Probe,
+    preflight: preflight::Preflight,
     failpoints: Failpoints,
+    /// Bumped on every key change heard (`follow`): a deactivation's
+    /// transaction notifies, so WatchRevocations wakes on it.
+    changes: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl KeyManager {
@@ -76,6 +85,7 @@ impl KeyManager {
         backend: Arc<dyn KeyBackend>,
         master_key: MasterKey,
         target: S3Target,
+        regions: Regions,
         probe: Probe,
     ) -> Self {
         Self {
@@ -84,14 +94,57 @@ impl KeyManager {
             backend,
             master_key,
             target,
+            regions,
             probe,
+            preflight: preflight::Preflight::default(),
             failpoints: Failpoints::default(),
+            changes: Arc::new(tokio::sync::watch::Sender::new(0)),
         }
+    }
+
+    /// Changes whenever a key change is heard from any replica (LISTEN), and
+    /// after the listener reconnects (changes may have been missed).
+    pub fn key_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// A key that can still sign a working URL: the signer's active key, or a
+    /// retired one (its links work until it is deactivated), opened from the
+    /// registry. `None` for a pending, dead or unknown key.
+    pub async fn live_key(&self, key_id: &str) -> Result<Option<Arc<SigningKey>>, KeyError> {
+        let Some(row) = registry::keys::get(&self.pool, key_id).await? else {
+            return Ok(None);
+        };
+        match row.state {
+            KeyState::Active => {
+                if let Some(key) = self.keyring.active(&row.signer)
+                    && key.key_id == key_id
+                {
+                    return Ok(Some(key));
+                }
+            }
+            KeyState::Retired => {}
+            _ => return Ok(None),
+        }
+        let secret = self
+            .open_secret(&row)
+            .map_err(|e| KeyError::Unusable(format!("{e:#}")))?;
+        Ok(Some(Arc::new(SigningKey::new(
+            &self.target,
+            key_id,
+            &secret,
+            &row.signer,
+        ))))
     }
 
     /// Where links point (endpoint, region, URL style).
     pub fn target(&self) -> &S3Target {
         &self.target
+    }
+
+    /// Each bucket's region (VerifyLink signs its probes for it).
+    pub fn regions(&self) -> &Regions {
+        &self.regions
     }
 
     /// The HTTP client that probes the store.
@@ -164,6 +217,7 @@ impl KeyManager {
         // (reconciliation deletes the key only if the intent is still there).
         registry::commit(tx).await?;
         tracing::info!(signer, key_id = %key.key_id, "provisioned a signing key");
+        self.preflight_key(&key).await;
         self.keyring.install(key);
         Ok(())
     }
@@ -203,6 +257,9 @@ impl KeyManager {
             .await
             .map_err(|e| KeyError::Unusable(e.to_string()))?;
         self.failpoints.check(Failpoint::AfterProbe);
+        // Its buckets, before it signs: a bucket it may not use is refused by
+        // IssueLink once it is active, and does not hold the rotation.
+        self.preflight_key(&key).await;
         Ok(())
     }
 
@@ -210,7 +267,19 @@ impl KeyManager {
     /// propagates the key: a key signs nothing before it passes.
     async fn prove_usable(&self, key: &SigningKey) -> Result<(), NotUsable> {
         match &self.probe.bucket {
-            Some(bucket) => verify_usable(&self.probe.http, key, bucket, self.probe.attempts).await,
+            Some(bucket) => {
+                let region = match self.regions.resolve(&self.probe.http, bucket, false).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        return Err(NotUsable {
+                            key_id: key.key_id.clone(),
+                            attempts: 0,
+                            last: format!("the region of bucket {bucket}: {e}"),
+                        });
+                    }
+                };
+                verify_usable(&self.probe.http, key, bucket, &region, self.probe.attempts).await
+            }
             None => {
                 tracing::warn!(signer = %key.signer, key_id = %key.key_id,
                     "no bucket configured: the new key was not probed before use");
@@ -255,33 +324,51 @@ impl KeyManager {
     }
 
     fn install(&self, row: &KeyRow) -> anyhow::Result<()> {
+        if let Some(key) = self.open_new(row)? {
+            self.keyring.install(key);
+            tracing::info!(signer = %row.signer, key_id = %row.key_id, "signing with key");
+        }
+        Ok(())
+    }
+
+    /// The key of `row`, ready to sign, unless it is already the signer's
+    /// active key in the keyring.
+    fn open_new(&self, row: &KeyRow) -> anyhow::Result<Option<SigningKey>> {
         if self
             .keyring
             .active(&row.signer)
             .is_some_and(|k| k.key_id == row.key_id)
         {
-            return Ok(());
+            return Ok(None);
         }
         if is_session_key_id(&row.key_id) {
             anyhow::bail!("signing key {} {SESSION_KEY_REFUSED}", row.key_id);
         }
         let secret = self.open_secret(row)?;
-        self.keyring.install(SigningKey::new(
+        Ok(Some(SigningKey::new(
             &self.target,
             &row.key_id,
             &secret,
             &row.signer,
-        ));
-        tracing::info!(signer = %row.signer, key_id = %row.key_id, "signing with key");
-        Ok(())
+        )))
     }
 
     /// Makes the keyring agree with the registry for one signer: its active key,
     /// or none (issuance for it pauses).
     pub async fn reload_signer(&self, signer: &str) -> Result<(), registry::Error> {
         match registry::keys::active_for_signer(&self.pool, signer).await? {
-            Some(row) => {
-                if let Err(e) = self.install(&row) {
+            Some(row) => match self.open_new(&row) {
+                Ok(None) => {}
+                Ok(Some(key)) => {
+                    // Activated by a rotation here (already checked) or by
+                    // another replica: its buckets are checked from here too.
+                    if !self.preflight_covers(&key) {
+                        self.preflight_key(&key).await;
+                    }
+                    self.keyring.install(key);
+                    tracing::info!(signer, key_id = %row.key_id, "signing with key");
+                }
+                Err(e) => {
                     tracing::error!(
                         signer,
                         error = format!("{e:#}"),
@@ -289,7 +376,7 @@ impl KeyManager {
                     );
                     self.keyring.remove_signer(signer);
                 }
-            }
+            },
             None => self.keyring.remove_signer(signer),
         }
         Ok(())

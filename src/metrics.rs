@@ -54,6 +54,7 @@ impl Denial {
     }
 }
 pub const STUCK_REVOCATIONS: &str = "presignd_revocations_stuck";
+pub const BUCKET_READY: &str = "presignd_bucket_ready";
 
 /// IssueLink's latency buckets, in seconds, around the 3 ms p99 target.
 const ISSUE_LINK_BUCKETS: &[f64] = &[
@@ -136,6 +137,10 @@ fn install() -> PrometheusHandle {
         OLDEST_REVOCATION_AGE,
         Unit::Seconds,
         "Age of the oldest revocation still running (0 when none), refreshed periodically"
+    );
+    describe_gauge!(
+        BUCKET_READY,
+        "1 when the signer's active key may sign for the bucket (the preflight proved it), 0 when IssueLink refuses the bucket; set at each scrape"
     );
     describe_gauge!(
         SIGNERS_WITHOUT_ACTIVE_KEY,
@@ -222,15 +227,28 @@ pub fn set_stuck_revocations(signers: &[String], stuck: &BTreeSet<String>) {
     }
 }
 
+/// The preflight's (signer, bucket) pairs: 1 ready, 0 refused. Both labels
+/// come from the configuration (`--signers`, `--buckets`, the policy).
+pub fn set_bucket_readiness(pairs: &[(String, String, Result<(), String>)]) {
+    handle();
+    for (signer, bucket, outcome) in pairs {
+        let v = if outcome.is_ok() { 1.0 } else { 0.0 };
+        gauge!(BUCKET_READY, "signer" => signer.clone(), "bucket" => bucket.clone()).set(v);
+    }
+}
+
 /// Serves, until the task is dropped:
 /// * `GET /metrics`: Prometheus text;
 /// * `GET /livez`: 200 while the process and its runtime answer (liveness: a
 ///   registry outage never fails it, so it never restarts every replica at once);
 /// * `GET /readyz`: 200 when ready (migrated, keys loaded, registry reachable),
-///   else 503 with the reason `not_ready` gives.
+///   else 503 with the reason `readiness` gives (Err); when ready, what is
+///   degraded follows `ready` in the body. `before_scrape` sets the gauges
+///   read from memory.
 pub async fn serve(
     listener: TcpListener,
-    not_ready: impl Fn() -> Option<String> + Clone + Send + Sync + 'static,
+    readiness: impl Fn() -> Result<Option<String>, String> + Clone + Send + Sync + 'static,
+    before_scrape: impl Fn() + Clone + Send + Sync + 'static,
 ) -> std::io::Result<()> {
     use axum::http::StatusCode;
     let metrics = handle();
@@ -239,6 +257,7 @@ pub async fn serve(
             "/metrics",
             axum::routing::get(move || async move {
                 process::refresh();
+                before_scrape();
                 (
                     [(
                         axum::http::header::CONTENT_TYPE,
@@ -252,9 +271,12 @@ pub async fn serve(
         .route(
             "/readyz",
             axum::routing::get(move || async move {
-                match not_ready() {
-                    None => (StatusCode::OK, "ready\n".to_owned()),
-                    Some(reason) => (
+                match readiness() {
+                    Ok(None) => (StatusCode::OK, "ready\n".to_owned()),
+                    Ok(Some(degraded)) => {
+                        (StatusCode::OK, format!("ready\ndegraded: {degraded}\n"))
+                    }
+                    Err(reason) => (
                         StatusCode::SERVICE_UNAVAILABLE,
                         format!("not ready: {reason}\n"),
                     ),

@@ -1,5 +1,5 @@
 //! One paging scheme for every listing (ListLinks, ListRevocations,
-//! ListAuditEvents): keyset pages newest first on `(time, id)`, the page-size
+//! ListAuditEvents, ReissueLinks): keyset pages newest first on `(time, id)`, the page-size
 //! rule, and the page tokens that carry a position from one page to the next.
 //!
 //! A token is opaque to clients, tamper-evident, and opens only for the listing
@@ -50,6 +50,7 @@ pub enum Listing {
     Links = 1,
     Revocations = 2,
     AuditEvents = 3,
+    Reissue = 4,
 }
 
 impl Listing {
@@ -58,13 +59,19 @@ impl Listing {
             Self::Links => "ListLinks",
             Self::Revocations => "ListRevocations",
             Self::AuditEvents => "ListAuditEvents",
+            Self::Reissue => "ReissueLinks",
         }
     }
 
     fn from_byte(b: u8) -> Option<Self> {
-        [Self::Links, Self::Revocations, Self::AuditEvents]
-            .into_iter()
-            .find(|l| *l as u8 == b)
+        [
+            Self::Links,
+            Self::Revocations,
+            Self::AuditEvents,
+            Self::Reissue,
+        ]
+        .into_iter()
+        .find(|l| *l as u8 == b)
     }
 }
 

@@ -17,7 +17,7 @@ pub use rules::{Denied, Grant, RateSpec, Role, Rules, key_has_dot_segment};
 use crate::domain::{CallerName, SignerName};
 use anyhow::{Context, bail};
 use arc_swap::ArcSwap;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -143,6 +143,27 @@ impl Policy {
         }
     }
 
+    /// The buckets each signer signs for: `configured` (`--buckets`) for every
+    /// signer, plus the buckets each policy entry names for its signer (an
+    /// entry allowing any bucket, `*`, adds none: `--buckets` are its
+    /// buckets). What the preflight prepares, and all IssueLink signs for.
+    pub fn buckets_by_signer(&self, configured: &[String]) -> BTreeMap<String, BTreeSet<String>> {
+        let mut out: BTreeMap<String, BTreeSet<String>> = self
+            .settings
+            .signers
+            .iter()
+            .map(|s| (s.to_string(), configured.iter().cloned().collect()))
+            .collect();
+        for rules in self.callers.iter().flat_map(|c| c.values()) {
+            if let Some(buckets) = &rules.buckets {
+                out.entry(rules.signer.to_string())
+                    .or_default()
+                    .extend(buckets.iter().map(|b| b.to_string()));
+            }
+        }
+        out
+    }
+
     /// The IssueLink rate limit of `caller` (None: unlimited).
     pub fn rate_for(&self, caller: &CallerName) -> Option<RateSpec> {
         self.rules(caller)
@@ -157,6 +178,8 @@ pub struct PolicyHandle {
     current: Arc<ArcSwap<Policy>>,
     source: Option<PathBuf>,
     settings: Settings,
+    /// Told of every policy swapped in (the preflight follows it).
+    swapped: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for PolicyHandle {
@@ -178,6 +201,7 @@ impl PolicyHandle {
             current: Arc::new(ArcSwap::from_pointee(policy)),
             source,
             settings,
+            swapped: Arc::default(),
         })
     }
 
@@ -201,6 +225,51 @@ impl PolicyHandle {
         };
         let policy = Arc::new(Policy::from_file(path, self.settings.clone())?);
         self.current.store(policy.clone());
+        self.swapped.notify_one();
         Ok(policy)
+    }
+
+    /// Resolves once a policy was swapped in since the last call (one
+    /// follower: the preflight task).
+    pub async fn swapped(&self) {
+        self.swapped.notified().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> Settings {
+        Settings {
+            signers: vec![
+                SignerName::parse("default").unwrap(),
+                SignerName::parse("billing").unwrap(),
+            ],
+            admins: vec![],
+            default_rate: None,
+        }
+    }
+
+    fn set(items: &[&str]) -> BTreeSet<String> {
+        items.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn each_signer_signs_for_the_configured_buckets_and_those_its_entries_name() {
+        let p = Policy::parse(
+            "[callers.a]\nsigner = \"billing\"\nbuckets = [\"invoices\"]\nmethods = [\"GET\"]\n\
+             [callers.b]\nbuckets = [\"*\"]\nmethods = [\"GET\"]\n",
+            settings(),
+        )
+        .unwrap();
+        let by = p.buckets_by_signer(&["uploads".into()]);
+        assert_eq!(by["default"], set(&["uploads"]), "`*` adds nothing");
+        assert_eq!(by["billing"], set(&["invoices", "uploads"]));
+        let permissive = Policy::permissive(settings()).unwrap();
+        assert_eq!(
+            permissive.buckets_by_signer(&["uploads".into()])["default"],
+            set(&["uploads"])
+        );
     }
 }

@@ -11,6 +11,8 @@ pub mod link_queries;
 pub mod link_summary;
 pub mod links;
 pub mod partitions;
+pub mod reissue;
+pub mod revocation_events;
 pub mod revocations;
 pub mod sealed;
 pub mod signers;

@@ -6,10 +6,14 @@
 mod cancel;
 mod procedure;
 mod rotate;
+mod watch;
 
 pub use cancel::Cancelled;
 pub use procedure::{Advance, Stuck};
-pub use rotate::{MAX_REASON_CHARS, PlanTarget, RevokeKeyRequest, RotateRequest, Rotation};
+pub use rotate::{
+    MAX_QUARANTINE, MAX_REASON_CHARS, PlanTarget, RevokeKeyRequest, RotateRequest, Rotation,
+};
+pub use watch::Watched;
 
 use crate::backend::BackendError;
 use crate::domain::{FieldError, KeyState, RevocationState, RotationMode};
@@ -27,6 +31,8 @@ pub struct Revocations {
     keys: KeyManager,
     /// When each stuck revocation is tried again (backoff, this process only).
     retries: Arc<Mutex<HashMap<Uuid, procedure::Retry>>>,
+    /// True once the server shuts down: WatchRevocations' streams end.
+    closing: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Revocations {
@@ -35,6 +41,7 @@ impl Revocations {
             pool,
             keys,
             retries: Arc::default(),
+            closing: Arc::new(tokio::sync::watch::Sender::new(false)),
         }
     }
 }
@@ -126,6 +133,10 @@ pub enum RevocationError {
     NotFound(Uuid),
     #[error("revocation {id} failed: {message} (see GetRevocation {id} for the steps)")]
     Failed { id: Uuid, message: String },
+    #[error("{0}")]
+    NotYours(String),
+    #[error("the server is shutting down: reconnect (to another replica) with after_sequence={0}")]
+    ShuttingDown(i64),
     #[error(transparent)]
     Backend(#[from] BackendError),
     #[error(transparent)]

@@ -15,6 +15,7 @@ use crate::backend::BackendError;
 use crate::dashboard::DashboardError;
 use crate::domain::FieldError;
 use crate::issuance::IssueError;
+use crate::keys::BucketRefused;
 use crate::metrics;
 use crate::registry::{self, ErrorKind};
 use crate::revocation::RevocationError;
@@ -135,12 +136,51 @@ impl From<IssueError> for ApiError {
                 Refusal::new("POLICY_DENIED", d.to_string()).with("rule", d.rule),
             ),
             IssueError::RateLimited(r) => r.into(),
+            IssueError::Bucket(b) => bucket_refused(b),
             IssueError::Registry(ref cause) => Self::registry(cause, Some("no link was issued")),
             IssueError::Sign(ref cause) => {
                 tracing::error!(error = %cause, "signing failed");
                 Self::Internal("signing failed: no link was issued".into())
             }
+            IssueError::InvalidArgument(f) => Self::InvalidArgument(f),
+            IssueError::NotYours(m) => {
+                Self::PermissionDenied(Refusal::new("ADMIN_ONLY", m).with("field", "caller"))
+            }
+            IssueError::RevocationNotFound(_) => Self::NotFound(e.to_string()),
+            IssueError::KilledNoLink(m) => {
+                Self::FailedPrecondition(Refusal::new("KILLED_NO_LINK", m))
+            }
+            IssueError::Key(m) => {
+                tracing::error!(error = %m, "a recorded key cannot sign");
+                Self::Internal("a recorded key cannot sign; see the server log".into())
+            }
         }
+    }
+}
+
+/// A bucket the preflight did not prove: FAILED_PRECONDITION naming the
+/// bucket and why (UNAVAILABLE while it is still being checked).
+fn bucket_refused(b: BucketRefused) -> ApiError {
+    let message = format!("{b}; no link was issued");
+    match b {
+        BucketRefused::Pending { .. } => ApiError::unavailable(message),
+        BucketRefused::NotPrepared { signer, bucket } => ApiError::FailedPrecondition(
+            Refusal::new("BUCKET_NOT_PREPARED", message)
+                .with("bucket", bucket)
+                .with("signer", signer),
+        ),
+        BucketRefused::Failed {
+            signer,
+            bucket,
+            key_id,
+            cause,
+        } => ApiError::FailedPrecondition(
+            Refusal::new("BUCKET_NOT_READY", message)
+                .with("bucket", bucket)
+                .with("signer", signer)
+                .with("key_id", key_id)
+                .with("cause", cause),
+        ),
     }
 }
 
@@ -174,6 +214,13 @@ impl From<RevocationError> for ApiError {
             _ => {
                 return match e {
                     InvalidArgument(f) => Self::InvalidArgument(f),
+                    NotYours(m) => Self::PermissionDenied(
+                        Refusal::new("ADMIN_ONLY", m).with("field", "caller"),
+                    ),
+                    ShuttingDown(_) => Self::Unavailable {
+                        message: e.to_string(),
+                        retry_after: Duration::ZERO,
+                    },
                     UnknownSigner(_) | UnknownKey(_) | NotFound(_) => Self::NotFound(e.to_string()),
                     Backend(ref m) => {
                         tracing::warn!(error = %m, "key backend unavailable");

@@ -7,6 +7,7 @@ use crate::audit::{AuditEvent, Auditor};
 use crate::auth::{Caller, caller_of};
 use crate::dashboard::Dashboard;
 use crate::domain::{FieldError, SignerName};
+use crate::keys::KeyManager;
 use crate::paging::{Cursor, Listing};
 use crate::proto::{self, key_service_server::KeyService};
 use crate::revocation::{PlanTarget, Revocations, RevokeKeyRequest, RotateRequest};
@@ -15,6 +16,8 @@ use std::future::Future;
 use tonic::{Request, Response, Status};
 
 pub struct KeyApi {
+    /// The preflight's per-bucket outcomes (ListSigningKeys).
+    pub keys: KeyManager,
     pub pool: PgPool,
     pub revocations: Revocations,
     pub audit: Auditor,
@@ -92,6 +95,21 @@ fn signer_target(signer: &str) -> String {
     }
 }
 
+/// The quarantined links in the audit event's target (ids are no secret).
+fn quarantine_target(ids: &[String]) -> String {
+    if ids.is_empty() {
+        return String::new();
+    }
+    let shown: Vec<&str> = ids.iter().take(10).map(|s| s.as_str()).collect();
+    let more = ids.len().saturating_sub(shown.len());
+    let more = if more > 0 {
+        format!(",+{more}")
+    } else {
+        String::new()
+    };
+    format!(" quarantine={}{more}", shown.join(","))
+}
+
 fn optional_signer(s: &str) -> Result<Option<SignerName>, FieldError> {
     if s.is_empty() {
         Ok(None)
@@ -118,7 +136,9 @@ impl KeyService for KeyApi {
                     .dashboard
                     .signing_keys(signer.as_ref().map(|s| s.as_str()))
                     .await?;
-                Ok(Response::new(response::signers(signers, keys)))
+                Ok(Response::new(response::signers(signers, keys, |id| {
+                    self.keys.bucket_statuses(id)
+                })))
             },
         )
         .await
@@ -159,7 +179,12 @@ impl KeyService for KeyApi {
     ) -> Result<Response<proto::Revocation>, Status> {
         let r = request.get_ref();
         let mode = proto::RotationMode::try_from(r.mode).map_or("?", |m| m.as_str_name());
-        let target = format!("signer={} mode={mode} dry_run={}", r.signer, r.dry_run);
+        let target = format!(
+            "signer={} mode={mode} dry_run={}{}",
+            r.signer,
+            r.dry_run,
+            quarantine_target(&r.quarantine_link_ids)
+        );
         self.audited("RotateKey", target, request, |caller, request| async move {
             let r = request.into_inner();
             let req = RotateRequest {
@@ -169,6 +194,10 @@ impl KeyService for KeyApi {
                 expected_key_id: Some(r.expected_key_id).filter(|k| !k.is_empty()),
                 dry_run: r.dry_run,
                 requested_by: caller.name.to_string(),
+                quarantine_link_ids: request::link_ids(
+                    "quarantine_link_ids",
+                    &r.quarantine_link_ids,
+                )?,
             };
             let rotation = self.revocations.rotate(req, r.detach).await?;
             Ok(Response::new(response::rotation(rotation)))
@@ -181,7 +210,12 @@ impl KeyService for KeyApi {
         request: Request<proto::RevokeKeyRequest>,
     ) -> Result<Response<proto::Revocation>, Status> {
         let r = request.get_ref();
-        let target = format!("key={} dry_run={}", r.key_id, r.dry_run);
+        let target = format!(
+            "key={} dry_run={}{}",
+            r.key_id,
+            r.dry_run,
+            quarantine_target(&r.quarantine_link_ids)
+        );
         self.audited("RevokeKey", target, request, |caller, request| async move {
             let r = request.into_inner();
             if r.key_id.is_empty() {
@@ -192,6 +226,10 @@ impl KeyService for KeyApi {
                 reason: r.reason,
                 dry_run: r.dry_run,
                 requested_by: caller.name.to_string(),
+                quarantine_link_ids: request::link_ids(
+                    "quarantine_link_ids",
+                    &r.quarantine_link_ids,
+                )?,
             };
             let rotation = self.revocations.revoke_key(req, r.detach).await?;
             Ok(Response::new(response::rotation(rotation)))

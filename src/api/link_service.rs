@@ -4,10 +4,13 @@ use super::{request, response};
 use crate::auth::caller_of;
 use crate::dashboard::{Dashboard, Subject};
 use crate::domain::PresignedUrl;
-use crate::issuance::Issuer;
+use crate::issuance::{Issuer, ReissueRequest};
 use crate::keys::KeyManager;
 use crate::proto::{self, link_service_server::LinkService};
+use crate::revocation::Revocations;
 use crate::telemetry::rpc;
+use std::pin::Pin;
+use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
 
 pub struct LinkApi {
@@ -15,7 +18,11 @@ pub struct LinkApi {
     pub dashboard: Dashboard,
     /// VerifyLink's keys and HTTP client.
     pub keys: KeyManager,
+    /// WatchRevocations' events.
+    pub revocations: Revocations,
 }
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<proto::RevocationEvent, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl LinkService for LinkApi {
@@ -37,6 +44,44 @@ impl LinkService for LinkApi {
                 .map(|(name, value)| proto::Header { name, value })
                 .collect(),
         }))
+    }
+
+    async fn reissue_links(
+        &self,
+        request: Request<proto::ReissueLinksRequest>,
+    ) -> Result<Response<proto::ReissueLinksResponse>, Status> {
+        let caller = caller_of(&request)?;
+        // Each replacement is a link: IssueLink's quota, one token a page.
+        self.issuer.admit(&caller)?;
+        let r = request.into_inner();
+        let req = ReissueRequest {
+            revocation_id: request::uuid("revocation_id", &r.revocation_id)?,
+            owner: request::optional_caller("caller", &r.caller)?,
+            page_size: r.page_size,
+            page_token: r.page_token,
+        };
+        let tokens = &self.dashboard.tokens;
+        let reissued = self.issuer.reissue(&caller, req, tokens).await?;
+        Ok(Response::new(response::reissued(reissued)))
+    }
+
+    type WatchRevocationsStream = EventStream;
+
+    async fn watch_revocations(
+        &self,
+        request: Request<proto::WatchRevocationsRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        let caller = caller_of(&request)?;
+        self.dashboard.admit(&caller)?;
+        let r = request.get_ref();
+        let only = request::optional_caller("caller", &r.caller)?;
+        let events = self
+            .revocations
+            .watch(&caller, only, r.after_sequence)
+            .await?;
+        let stream = ReceiverStream::new(events)
+            .map(|e| e.map(response::revocation_event).map_err(Status::from));
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn get_link(

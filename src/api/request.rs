@@ -213,6 +213,21 @@ pub fn link_request(req: &proto::IssueLinkRequest) -> Result<(LinkSpec, Labels),
     ))
 }
 
+/// A caller named in `field`; empty: none.
+pub fn optional_caller(field: &'static str, s: &str) -> Result<Option<CallerName>, FieldError> {
+    filter_field(field, s, CallerName::parse)
+}
+
+/// Link ids in `field` (RotateKey's and RevokeKey's quarantine_link_ids);
+/// a malformed one is named.
+pub fn link_ids(field: &'static str, ids: &[String]) -> Result<Vec<Uuid>, FieldError> {
+    ids.iter()
+        .map(|id| {
+            Uuid::parse_str(id).map_err(|_| FieldError::new(field, format!("{id:?} is not a UUID")))
+        })
+        .collect()
+}
+
 pub fn uuid(field: &'static str, s: &str) -> Result<Uuid, FieldError> {
     if s.is_empty() {
         return Err(FieldError::new(field, "is required"));

@@ -2,10 +2,13 @@
 
 use crate::dashboard::{Verdict, Verification};
 use crate::domain::{KeyState, LinkState, Method, RevocationState, RotationMode};
+use crate::issuance::{Reissued, SkipReason};
+use crate::keys::BucketStatus;
 use crate::proto;
 use crate::registry::keys::KeySummaryRow;
 use crate::registry::link_summary::SummaryRow;
 use crate::registry::links::{BlastRadius, LinkRow};
+use crate::registry::revocation_events::EventRow;
 use crate::registry::revocations::RevocationRow;
 use crate::registry::signers::SignerRow;
 use crate::revocation::{Cancelled, Rotation};
@@ -82,6 +85,71 @@ pub fn link(row: LinkRow) -> proto::Link {
         labels: row.labels.0.into_iter().collect(),
         state: link_state(row.state) as i32,
         revocation_id: row.revocation_id.map(|r| r.to_string()).unwrap_or_default(),
+        replaces_link_id: row
+            .replaces_link_id
+            .map(|r| r.to_string())
+            .unwrap_or_default(),
+    }
+}
+
+fn ids(ids: &[Uuid]) -> Vec<String> {
+    ids.iter().map(Uuid::to_string).collect()
+}
+
+fn headers(headers: Vec<(String, String)>) -> Vec<proto::Header> {
+    headers
+        .into_iter()
+        .map(|(name, value)| proto::Header { name, value })
+        .collect()
+}
+
+pub fn reissued(r: Reissued) -> proto::ReissueLinksResponse {
+    proto::ReissueLinksResponse {
+        links: r
+            .replacements
+            .into_iter()
+            .map(|l| proto::ReissuedLink {
+                replaces_link_id: l.replaces_link_id.to_string(),
+                link: Some(link(l.link)),
+                url: l.url,
+                headers: headers(l.headers),
+            })
+            .collect(),
+        skipped: r
+            .skipped
+            .into_iter()
+            .map(|s| proto::SkippedLink {
+                link_id: s.link_id.to_string(),
+                reason: skip_reason(s.reason) as i32,
+                message: s.message,
+            })
+            .collect(),
+        next_page_token: r.next_page_token.unwrap_or_default(),
+    }
+}
+
+fn skip_reason(r: SkipReason) -> proto::SkipReason {
+    match r {
+        SkipReason::Quarantined => proto::SkipReason::Quarantined,
+        SkipReason::PolicyDenied => proto::SkipReason::PolicyDenied,
+        SkipReason::HeadersUnknown => proto::SkipReason::HeadersUnknown,
+        SkipReason::ReplacementRevoked => proto::SkipReason::ReplacementRevoked,
+        SkipReason::Expiring => proto::SkipReason::Expiring,
+        SkipReason::BucketNotReady => proto::SkipReason::BucketNotReady,
+    }
+}
+
+pub fn revocation_event(e: EventRow) -> proto::RevocationEvent {
+    proto::RevocationEvent {
+        sequence: e.seq.max(0) as u64,
+        revocation_id: e.revocation_id.to_string(),
+        caller: e.caller,
+        signer: e.signer,
+        key_id: e.key_id,
+        links: e.links.max(0) as u64,
+        quarantined: e.quarantined.max(0) as u64,
+        earliest_expiry: Some(timestamp(e.earliest_expiry)),
+        at: Some(timestamp(e.at)),
     }
 }
 
@@ -156,6 +224,7 @@ pub fn revocation(r: RevocationRow) -> proto::Revocation {
         finished_at: r.finished_at.map(timestamp),
         dry_run: false,
         error: r.error.unwrap_or_default(),
+        quarantined_link_ids: ids(&r.quarantined_link_ids),
     }
 }
 
@@ -168,6 +237,7 @@ pub fn rotation(r: Rotation) -> proto::Revocation {
             old_key_id,
             blast_radius: radius,
             steps,
+            quarantined_link_ids,
         } => proto::Revocation {
             signer,
             mode: rotation_mode(mode) as i32,
@@ -182,6 +252,7 @@ pub fn rotation(r: Rotation) -> proto::Revocation {
                 .collect(),
             state: proto::RevocationState::Planned as i32,
             dry_run: true,
+            quarantined_link_ids: ids(&quarantined_link_ids),
             ..Default::default()
         },
     }
@@ -200,11 +271,15 @@ fn key_state(s: KeyState) -> proto::KeyState {
 pub fn cancelled(c: Cancelled) -> proto::CancelRevocationResponse {
     proto::CancelRevocationResponse {
         revocation: Some(revocation(c.revocation)),
-        live_keys: c.live_keys.iter().map(signing_key).collect(),
+        live_keys: c
+            .live_keys
+            .iter()
+            .map(|k| signing_key(k, Vec::new()))
+            .collect(),
     }
 }
 
-fn signing_key(k: &KeySummaryRow) -> proto::SigningKey {
+fn signing_key(k: &KeySummaryRow, buckets: Vec<BucketStatus>) -> proto::SigningKey {
     proto::SigningKey {
         key_id: k.key_id.clone(),
         signer: k.signer.clone(),
@@ -212,12 +287,24 @@ fn signing_key(k: &KeySummaryRow) -> proto::SigningKey {
         created_at: Some(timestamp(k.created_at)),
         outstanding_links: k.outstanding_links as u64,
         latest_expiry: k.latest_expiry.map(timestamp),
+        buckets: buckets
+            .into_iter()
+            .map(|b| proto::BucketStatus {
+                ready: b.outcome.is_ok(),
+                cause: b.outcome.err().unwrap_or_default(),
+                region: b.region.to_string(),
+                checked_at: Some(timestamp(b.checked_at)),
+                bucket: b.bucket,
+            })
+            .collect(),
     }
 }
 
+/// ListSigningKeys: each signer's keys, each with its buckets' preflight.
 pub fn signers(
     signers: Vec<SignerRow>,
     keys: Vec<KeySummaryRow>,
+    buckets: impl Fn(&str) -> Vec<BucketStatus>,
 ) -> proto::ListSigningKeysResponse {
     proto::ListSigningKeysResponse {
         signers: signers
@@ -226,7 +313,7 @@ pub fn signers(
                 keys: keys
                     .iter()
                     .filter(|k| k.signer == s.name)
-                    .map(signing_key)
+                    .map(|k| signing_key(k, buckets(&k.key_id)))
                     .collect(),
                 name: s.name,
                 backend: s.backend,

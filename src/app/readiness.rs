@@ -10,6 +10,7 @@ use crate::api::{KeyApi, LinkApi};
 use crate::domain::SignerName;
 use crate::health::Readiness;
 use crate::keys::KeyManager;
+use crate::policy::PolicyHandle;
 use crate::proto::key_service_server::KeyServiceServer;
 use crate::proto::link_service_server::LinkServiceServer;
 use crate::registry;
@@ -32,6 +33,10 @@ pub(super) struct ReadinessTask {
     pub health: HealthReporter,
     /// Why the server is not ready, for health answers (`crate::health`).
     pub readiness: Readiness,
+    /// The policy in force: the buckets the preflight prepares follow it.
+    pub policy: PolicyHandle,
+    /// `--buckets`.
+    pub buckets: Vec<String>,
 }
 
 /// Sets the overall status and each of our services'.
@@ -77,6 +82,7 @@ impl ReadinessTask {
         let names = self.signers.iter().map(|s| s.to_string()).collect();
         tokio::join!(
             self.follow_liveness(),
+            self.keep_buckets_ready(),
             self.keys.clone().follow_key_changes(names),
             maintenance::run(maintenance::Upkeep {
                 pool: self.pool.clone(),
@@ -113,7 +119,25 @@ impl ReadinessTask {
         for signer in &self.signers {
             self.keys.ensure_active_key(signer.as_str()).await?;
         }
+        // Every (signer, bucket) pair, before the first link. A pair that
+        // fails is refused by IssueLink and named in health answers; it does
+        // not hold readiness (the other buckets work).
+        self.keys.preflight_all().await;
         Ok(())
+    }
+
+    /// The preflight follows the policy: when a reload swaps one in (new
+    /// buckets), and every maintenance interval for the pairs not ready.
+    async fn keep_buckets_ready(&self) {
+        loop {
+            tokio::select! {
+                _ = self.policy.swapped() => {}
+                _ = tokio::time::sleep(self.maintenance_interval) => {}
+            }
+            self.keys
+                .set_buckets(self.policy.current().buckets_by_signer(&self.buckets));
+            self.keys.preflight_all().await;
+        }
     }
 
     async fn follow_liveness(&self) {

@@ -12,7 +12,6 @@ pub struct GarageBackend {
     http: reqwest::Client,
     admin_url: String,
     token: SecretString,
-    buckets: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -35,7 +34,7 @@ struct BucketInfo {
 }
 
 impl GarageBackend {
-    pub fn new(admin_url: &str, token: SecretString, buckets: Vec<String>) -> Self {
+    pub fn new(admin_url: &str, token: SecretString) -> Self {
         let http = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(10))
             .build()
@@ -44,7 +43,6 @@ impl GarageBackend {
             http,
             admin_url: admin_url.trim_end_matches('/').to_owned(),
             token,
-            buckets,
         }
     }
 
@@ -114,20 +112,27 @@ impl KeyBackend for GarageBackend {
         let secret = info
             .secret_access_key
             .ok_or_else(|| BackendError::Refused("garage CreateKey returned no secret".into()))?;
-        for bucket in &self.buckets {
-            let bucket_id = self.bucket_id(bucket).await?;
-            let body = json!({
-                "bucketId": bucket_id,
-                "accessKeyId": info.access_key_id,
-                "permissions": { "read": true, "write": true, "owner": false },
-            });
-            self.call(reqwest::Method::POST, "AllowBucketKey", &[], Some(body))
-                .await?;
-        }
         Ok(NewKey {
             access_key_id: info.access_key_id,
             secret_access_key: SecretString::new(secret),
         })
+    }
+
+    async fn allow_bucket(
+        &self,
+        _signer: &str,
+        access_key_id: &str,
+        bucket: &str,
+    ) -> Result<(), BackendError> {
+        let bucket_id = self.bucket_id(bucket).await?;
+        let body = json!({
+            "bucketId": bucket_id,
+            "accessKeyId": access_key_id,
+            "permissions": { "read": true, "write": true, "owner": false },
+        });
+        self.call(reqwest::Method::POST, "AllowBucketKey", &[], Some(body))
+            .await
+            .map(|_| ())
     }
 
     async fn find_created(

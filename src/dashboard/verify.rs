@@ -139,9 +139,10 @@ impl Dashboard {
                 answer: StoreAnswer::default(),
             });
         };
+        let region = keys.regions().region_of(&link.bucket);
         let probe = match read {
-            true => key.presign_get(&link.bucket, &link.object_key),
-            false => key.presign_probe(&link.bucket),
+            true => key.presign_get(&link.bucket, &link.object_key, &region),
+            false => key.presign_probe(&link.bucket, &region),
         }
         .map_err(|e| DashboardError::Probe(e.to_string()))?;
         let answer = send(keys.http(), reqwest::Method::GET, &probe).await;

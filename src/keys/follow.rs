@@ -30,9 +30,13 @@ impl KeyManager {
                         if let Err(e) = self.reload_signer(n.payload()).await {
                             tracing::warn!(error = %e, "reloading keys after a change");
                         }
+                        self.changes.send_modify(|n| *n += 1);
                     }
                     // The connection was lost and re-established: resync everything.
-                    Ok(None) => self.reload_all(&signers).await,
+                    Ok(None) => {
+                        self.reload_all(&signers).await;
+                        self.changes.send_modify(|n| *n += 1);
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "key-change listener failed; reconnecting");
                         tokio::time::sleep(Duration::from_secs(1)).await;

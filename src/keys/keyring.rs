@@ -19,6 +19,12 @@ impl Keyring {
             .cloned()
     }
 
+    /// The ids of every signer's active key.
+    pub fn active_key_ids(&self) -> Vec<String> {
+        let map = self.active.read().expect("keyring lock");
+        map.values().map(|k| k.key_id.clone()).collect()
+    }
+
     pub fn install(&self, key: SigningKey) {
         let mut map = self.active.write().expect("keyring lock");
         map.insert(key.signer.clone(), Arc::new(key));

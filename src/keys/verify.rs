@@ -25,6 +25,10 @@ pub enum ProbeAnswer {
     /// The key is valid but may not list the bucket (AccessDenied for a missing
     /// object): it can still sign what it is allowed to.
     AcceptedNarrow,
+    /// The key is valid but has no grant on the bucket (Garage's AccessDenied
+    /// "Operation is not allowed for this key"): the key is proven, the
+    /// (key, bucket) pair is not usable.
+    NotGranted(String),
     /// Not (yet) known to the store, or the store is busy: retry with backoff.
     NotYet(String),
     /// It will not work by retrying (wrong region, clock, missing bucket,
@@ -60,6 +64,9 @@ pub fn classify(status: u16, body: &str) -> ProbeAnswer {
         (403, "AccessDenied") if message.starts_with("Invalid signature") => {
             ProbeAnswer::NotYet(what())
         }
+        (403, "AccessDenied") if message.starts_with("Operation is not allowed") => {
+            ProbeAnswer::NotGranted(what())
+        }
         (403, "AccessDenied")
             if message.starts_with("Access key") && message.ends_with("has expired") =>
         {
@@ -83,10 +90,35 @@ pub fn xml_field<'a>(body: &'a str, name: &str) -> Option<&'a str> {
     Some(body[start..start + len].trim())
 }
 
+/// Sends one probe: its status, and its body when it is an error (small XML;
+/// a served object is not read). The error never names the URL.
+pub(super) async fn send_probe(http: &reqwest::Client, url: &str) -> Result<(u16, String), String> {
+    let r = http
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| format!("request failed: {}", e.without_url()))?;
+    let status = r.status().as_u16();
+    let body = if r.status().is_success() {
+        String::new()
+    } else {
+        r.text().await.unwrap_or_default()
+    };
+    Ok((status, body))
+}
+
+/// Waits after the `attempt`th probe: 200 ms doubling, at most 2 s.
+pub(super) fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(100 * 2u64.pow(attempt.min(5))).min(Duration::from_secs(2))
+}
+
+/// Proves a key usable: a probe of `bucket` (signed for `region`) until the
+/// store authenticates the key.
 pub async fn verify_usable(
     http: &reqwest::Client,
     key: &SigningKey,
     bucket: &str,
+    region: &str,
     attempts: u32,
 ) -> Result<(), NotUsable> {
     let attempts = attempts.max(1);
@@ -97,35 +129,25 @@ pub async fn verify_usable(
         last,
     };
     for attempt in 1..=attempts {
-        match key.presign_probe(bucket) {
-            Ok(url) => match http.get(&url).send().await {
-                Ok(r) => {
-                    let status = r.status().as_u16();
-                    // Error bodies are small; a served object is not read.
-                    let body = if r.status().is_success() {
-                        String::new()
-                    } else {
-                        r.text().await.unwrap_or_default()
-                    };
-                    match classify(status, &body) {
-                        ProbeAnswer::Accepted => return Ok(()),
-                        ProbeAnswer::AcceptedNarrow => {
-                            tracing::info!(signer = %key.signer, key_id = %key.key_id, bucket,
-                                "new key accepted; it may not list the bucket (AccessDenied for a missing object): permissions are narrow");
-                            return Ok(());
-                        }
-                        ProbeAnswer::Refused(why) => return Err(not_usable(attempt, why)),
-                        ProbeAnswer::NotYet(why) => last = why,
+        match key.presign_probe(bucket, region) {
+            Ok(url) => match send_probe(http, &url).await {
+                Ok((status, body)) => match classify(status, &body) {
+                    ProbeAnswer::Accepted => return Ok(()),
+                    // The bucket's own grant is the preflight's (`preflight`).
+                    ProbeAnswer::AcceptedNarrow | ProbeAnswer::NotGranted(_) => {
+                        tracing::info!(signer = %key.signer, key_id = %key.key_id, bucket,
+                            "new key accepted; it may not read this bucket yet (AccessDenied for a missing object)");
+                        return Ok(());
                     }
-                }
-                Err(e) => last = format!("request failed: {}", e.without_url()),
+                    ProbeAnswer::Refused(why) => return Err(not_usable(attempt, why)),
+                    ProbeAnswer::NotYet(why) => last = why,
+                },
+                Err(e) => last = e,
             },
             Err(e) => last = e.to_string(),
         }
         if attempt < attempts {
-            let backoff =
-                Duration::from_millis(100 * 2u64.pow(attempt.min(5))).min(Duration::from_secs(2));
-            tokio::time::sleep(backoff).await;
+            tokio::time::sleep(backoff(attempt)).await;
         }
     }
     Err(not_usable(attempts, last))
@@ -152,18 +174,27 @@ mod tests {
 
     #[test]
     fn access_denied_for_a_missing_object_means_a_valid_key_with_narrow_permissions() {
-        // AWS, a key without s3:ListBucket; Garage, a bucket not granted.
+        // AWS, a key without s3:ListBucket.
         assert_eq!(
             classify(403, &body("AccessDenied", "Access Denied")),
             ProbeAnswer::AcceptedNarrow
         );
-        assert_eq!(
-            classify(
-                403,
-                &body("AccessDenied", "Operation is not allowed for this key")
-            ),
-            ProbeAnswer::AcceptedNarrow
-        );
+    }
+
+    #[test]
+    fn garage_s_not_allowed_means_a_valid_key_without_a_grant_on_the_bucket() {
+        for message in [
+            "Operation is not allowed for this key",
+            "Forbidden: Operation is not allowed for this key.",
+        ] {
+            assert!(
+                matches!(
+                    classify(403, &body("AccessDenied", message)),
+                    ProbeAnswer::NotGranted(m) if m.contains("not allowed")
+                ),
+                "{message}"
+            );
+        }
     }
 
     #[test]

@@ -25,6 +25,12 @@ pub struct NewLink {
     pub issued_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
     pub signature_sha256: Vec<u8>,
+    /// PUT: the Content-Type the upload must carry (signed).
+    pub content_type: Option<String>,
+    /// GET: the response-content-disposition S3 returns (signed).
+    pub content_disposition: Option<String>,
+    /// ReissueLinks: the link this one replaces.
+    pub replaces_link_id: Option<Uuid>,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -42,6 +48,11 @@ pub struct LinkRow {
     pub revocation_id: Option<Uuid>,
     /// Derived (see `STATE_SQL`).
     pub state: LinkState,
+    pub content_type: Option<String>,
+    pub content_disposition: Option<String>,
+    /// False for links recorded before 0012, whose bound headers are unknown.
+    pub headers_recorded: bool,
+    pub replaces_link_id: Option<Uuid>,
 }
 
 impl LinkRow {
@@ -60,6 +71,10 @@ impl LinkRow {
             expires_at: link.expires_at,
             revocation_id: None,
             state: LinkState::Active,
+            content_type: link.content_type,
+            content_disposition: link.content_disposition,
+            headers_recorded: true,
+            replaces_link_id: link.replaces_link_id,
         }
     }
 }
@@ -83,7 +98,8 @@ pub const REVOCATION_SQL: &str =
 pub(super) fn select_sql(filter: &str) -> String {
     format!(
         "SELECT l.id, l.key_id, l.signer, l.caller, l.method, l.bucket, l.object_key, l.labels,
-                l.issued_at, l.expires_at, {REVOCATION_SQL} AS revocation_id, {STATE_SQL} AS state
+                l.issued_at, l.expires_at, {REVOCATION_SQL} AS revocation_id, {STATE_SQL} AS state,
+                l.content_type, l.content_disposition, l.headers_recorded, l.replaces_link_id
          FROM links l JOIN signing_keys k ON k.key_id = l.key_id
          {filter}"
     )
@@ -117,12 +133,14 @@ pub async fn insert_batch_if_active(
     sqlx::query_scalar(
         "WITH inserted AS (
              INSERT INTO links (id, key_id, signer, caller, method, bucket, object_key, labels,
-                                issued_at, expires_at, signature_sha256)
+                                issued_at, expires_at, signature_sha256, content_type,
+                                content_disposition)
              SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
                                   $6::text[], $7::text[], $8::jsonb[], $9::timestamptz[],
-                                  $10::timestamptz[], $11::bytea[])
+                                  $10::timestamptz[], $11::bytea[], $14::text[], $15::text[])
                  AS u (id, key_id, signer, caller, method, bucket, object_key, labels,
-                       issued_at, expires_at, signature_sha256)
+                       issued_at, expires_at, signature_sha256, content_type,
+                       content_disposition)
              WHERE u.key_id IN (SELECT key_id FROM signing_keys
                                 WHERE key_id = ANY ($12) AND state = $13)
              RETURNING key_id)
@@ -146,6 +164,18 @@ pub async fn insert_batch_if_active(
     )
     .bind(key_ids)
     .bind(KeyState::Active)
+    .bind(
+        links
+            .iter()
+            .map(|l| l.content_type.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        links
+            .iter()
+            .map(|l| l.content_disposition.clone())
+            .collect::<Vec<_>>(),
+    )
     .fetch_all(conn)
     .await
     .during("links::insert_batch_if_active")
@@ -206,21 +236,17 @@ pub async fn find_by_key_and_time(
     .during("links::find_by_key_and_time")
 }
 
-/// How many links a deactivation revoked: those of the key still unexpired when
-/// it was deactivated. Nothing is written per link (a key with a million links
-/// is revoked in one row update); reads derive each link's revocation from its
-/// key (see `STATE_SQL` and `REVOCATION_SQL`). Run in the transaction that
-/// deactivated the key: its row lock has made in-flight inserts finish first.
-pub async fn count_revoked_by_deactivation(
+/// Which of `ids` are links signed by `key_id` (RotateKey's and RevokeKey's
+/// `quarantine_link_ids` must be).
+pub async fn signed_by(
     db: impl PgExecutor<'_>,
+    ids: &[Uuid],
     key_id: &str,
-) -> Result<i64, Error> {
-    sqlx::query_scalar(
-        "SELECT count(*) FROM links l JOIN signing_keys k ON k.key_id = l.key_id
-         WHERE l.key_id = $1 AND l.expires_at > k.deactivated_at",
-    )
-    .bind(key_id)
-    .fetch_one(db)
-    .await
-    .during("links::count_revoked_by_deactivation")
+) -> Result<Vec<Uuid>, Error> {
+    sqlx::query_scalar("SELECT id FROM links WHERE id = ANY ($1) AND key_id = $2")
+        .bind(ids)
+        .bind(key_id)
+        .fetch_all(db)
+        .await
+        .during("links::signed_by")
 }

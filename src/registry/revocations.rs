@@ -35,11 +35,13 @@ pub struct RevocationRow {
     pub error: Option<String>,
     pub created_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// The links named as leaked: killed like the others, never reissued.
+    pub quarantined_link_ids: Vec<Uuid>,
 }
 
 const COLUMNS: &str =
     "id, signer, mode, requested_by, reason, old_key_id, new_key_id, state, next_step,
-    blast_radius, links_revoked, steps, error, created_at, finished_at";
+    blast_radius, links_revoked, steps, error, created_at, finished_at, quarantined_link_ids";
 
 pub struct NewRevocation<'a> {
     pub id: Uuid,
@@ -50,12 +52,14 @@ pub struct NewRevocation<'a> {
     pub old_key_id: Option<&'a str>,
     pub first_step: &'a str,
     pub blast_radius: &'a BlastRadius,
+    pub quarantined_link_ids: &'a [Uuid],
 }
 
 pub async fn insert(db: impl PgExecutor<'_>, r: &NewRevocation<'_>) -> Result<(), Error> {
     sqlx::query(
-        "INSERT INTO revocations (id, signer, mode, requested_by, reason, old_key_id, state, next_step, blast_radius)
-         VALUES ($1, $2, $3, $4, $5, $6, $9, $7, $8)",
+        "INSERT INTO revocations (id, signer, mode, requested_by, reason, old_key_id, state, next_step,
+                                  blast_radius, quarantined_link_ids)
+         VALUES ($1, $2, $3, $4, $5, $6, $9, $7, $8, $10)",
     )
     .bind(r.id)
     .bind(r.signer)
@@ -66,6 +70,7 @@ pub async fn insert(db: impl PgExecutor<'_>, r: &NewRevocation<'_>) -> Result<()
     .bind(r.first_step)
     .bind(Json(r.blast_radius))
     .bind(RevocationState::Running)
+    .bind(r.quarantined_link_ids)
     .execute(db)
     .await.during("revocations::insert")
     .map(|_| ())

@@ -13,7 +13,7 @@ use crate::domain::{RevocationState, RotationMode};
 use crate::keys::{self, KeyError};
 use crate::metrics;
 use crate::registry::revocations::{RevocationRow, StepRecord};
-use crate::registry::{self, links, revocations, signers};
+use crate::registry::{self, revocation_events, revocations, signers};
 use chrono::Utc;
 use sqlx::PgConnection;
 use std::time::{Duration, Instant};
@@ -270,7 +270,16 @@ impl Revocations {
         if mode == RotationMode::Emergency {
             signers::set_paused(&mut *tx, &row.signer, true).await?;
         }
-        let revoked = links::count_revoked_by_deactivation(&mut *tx, old).await?;
+        // The links that died, counted in one pass that also records, per
+        // caller, the event WatchRevocations delivers (committed with the
+        // deactivation, whoever drives this step).
+        let revoked = revocation_events::record_deactivation(
+            &mut *tx,
+            row.id,
+            old,
+            &row.quarantined_link_ids,
+        )
+        .await?;
         revocations::add_revoked(&mut *tx, row.id, revoked).await?;
         tracing::warn!(revocation_id = %row.id, key_id = old, links_revoked = revoked, "old key deactivated");
         Ok(())

@@ -5,11 +5,14 @@ use crate::domain::KeyState;
 use crate::domain::{FieldError, RevocationState, RotationMode, SignerName};
 use crate::registry::blast_radius::{self, BlastRadius};
 use crate::registry::revocations::{self, NewRevocation, RevocationRow};
-use crate::registry::{self, keys, signers};
+use crate::registry::{self, keys, links, signers};
 use chrono::Utc;
 use uuid::Uuid;
 
 pub const MAX_REASON_CHARS: usize = 1000;
+/// The most links one revocation may quarantine: the leaked ones, named one
+/// by one (LookupLink finds each); not a way to withhold a key's links wholesale.
+pub const MAX_QUARANTINE: usize = 100;
 
 pub enum PlanTarget {
     Key(String),
@@ -23,6 +26,8 @@ pub struct RotateRequest {
     pub expected_key_id: Option<String>,
     pub dry_run: bool,
     pub requested_by: String,
+    /// The leaked links (signed by the key being revoked): never reissued.
+    pub quarantine_link_ids: Vec<Uuid>,
 }
 
 /// RevokeKey: any live key, by id.
@@ -31,6 +36,8 @@ pub struct RevokeKeyRequest {
     pub reason: String,
     pub dry_run: bool,
     pub requested_by: String,
+    /// As `RotateRequest::quarantine_link_ids`.
+    pub quarantine_link_ids: Vec<Uuid>,
 }
 
 /// What a revocation starts from: a signer's active key (RotateKey), or one
@@ -52,6 +59,7 @@ pub enum Rotation {
         old_key_id: Option<String>,
         blast_radius: Box<BlastRadius>,
         steps: Vec<Step>,
+        quarantined_link_ids: Vec<Uuid>,
     },
     /// The revocation as recorded (succeeded, failed, or still running if a
     /// step must be retried).
@@ -99,13 +107,13 @@ impl Revocations {
     ) -> Result<Rotation, RevocationError> {
         let this = self.clone();
         let start = async move {
-            this.start_target(
-                Target::Key(req.key_id),
-                &req.reason,
-                &req.requested_by,
-                req.dry_run,
-            )
-            .await
+            let start = Start {
+                reason: &req.reason,
+                requested_by: &req.requested_by,
+                dry_run: req.dry_run,
+                quarantine: req.quarantine_link_ids,
+            };
+            this.start_target(Target::Key(req.key_id), start).await
         };
         self.run(detach, start).await
     }
@@ -168,8 +176,13 @@ impl Revocations {
             mode: req.mode,
             expected_key_id: req.expected_key_id,
         };
-        self.start_target(target, &req.reason, &req.requested_by, req.dry_run)
-            .await
+        let start = Start {
+            reason: &req.reason,
+            requested_by: &req.requested_by,
+            dry_run: req.dry_run,
+            quarantine: req.quarantine_link_ids,
+        };
+        self.start_target(target, start).await
     }
 
     /// Serialized per signer: the signer's row lock is held while the target
@@ -178,11 +191,27 @@ impl Revocations {
     async fn start_target(
         &self,
         target: Target,
-        reason: &str,
-        requested_by: &str,
-        dry_run: bool,
+        start: Start<'_>,
     ) -> Result<Rotation, RevocationError> {
+        let Start {
+            reason,
+            requested_by,
+            dry_run,
+            mut quarantine,
+        } = start;
         let reason = validate_reason(reason)?;
+        quarantine.sort_unstable();
+        quarantine.dedup();
+        if quarantine.len() > MAX_QUARANTINE {
+            return Err(FieldError::new(
+                QUARANTINE_FIELD,
+                format!(
+                    "names {} links; at most {MAX_QUARANTINE} (the leaked ones, by id)",
+                    quarantine.len()
+                ),
+            )
+            .into());
+        }
         let signer = match &target {
             Target::Signer { signer, .. } => signer.as_str().to_owned(),
             Target::Key(key_id) => {
@@ -240,6 +269,7 @@ impl Revocations {
                 (mode, Some(key_id), steps)
             }
         };
+        validate_quarantine(&mut tx, mode, old_key_id.as_deref(), &quarantine).await?;
         let radius = match &old_key_id {
             Some(key_id) => blast_radius::compute(&mut tx, key_id, signer).await?,
             None => BlastRadius {
@@ -255,6 +285,7 @@ impl Revocations {
                 old_key_id,
                 blast_radius: Box::new(radius),
                 steps,
+                quarantined_link_ids: quarantine,
             });
         }
         let id = Uuid::now_v7();
@@ -269,6 +300,7 @@ impl Revocations {
                 old_key_id: old_key_id.as_deref(),
                 first_step: steps.first().copied().unwrap_or(Step::Done).as_str(),
                 blast_radius: &radius,
+                quarantined_link_ids: &quarantine,
             },
         )
         .await?;
@@ -276,7 +308,7 @@ impl Revocations {
         tracing::warn!(
             revocation_id = %id, signer, mode = mode.as_str(), requested_by = %requested_by,
             old_key_id = old_key_id.as_deref().unwrap_or("-"), outstanding_links = radius.outstanding_links,
-            "revocation started"
+            quarantined = quarantine.len(), "revocation started"
         );
         Ok(Rotation::Ran(Box::new(self.get(id).await?)))
     }
@@ -286,6 +318,59 @@ impl Revocations {
             .await?
             .ok_or(RevocationError::NotFound(id))
     }
+}
+
+/// The request field naming the leaked links.
+const QUARANTINE_FIELD: &str = "quarantine_link_ids";
+
+/// What every start shares, whatever the target.
+struct Start<'a> {
+    reason: &'a str,
+    requested_by: &'a str,
+    dry_run: bool,
+    quarantine: Vec<Uuid>,
+}
+
+/// Each quarantined link must be one the revocation kills: a link signed by
+/// the key being deactivated. Checked under the signer's lock, with the key
+/// the revocation targets.
+async fn validate_quarantine(
+    tx: &mut registry::Tx,
+    mode: RotationMode,
+    old_key_id: Option<&str>,
+    quarantine: &[Uuid],
+) -> Result<(), RevocationError> {
+    if quarantine.is_empty() {
+        return Ok(());
+    }
+    let old = match (mode, old_key_id) {
+        (RotationMode::Graceful, _) => {
+            return Err(FieldError::new(
+                QUARANTINE_FIELD,
+                "GRACEFUL kills no link: quarantine goes with REVOKE or EMERGENCY (or RevokeKey)",
+            )
+            .into());
+        }
+        (_, None) => {
+            return Err(FieldError::new(
+                QUARANTINE_FIELD,
+                "the signer has no active key: this rotation kills no link",
+            )
+            .into());
+        }
+        (_, Some(old)) => old,
+    };
+    let signed = links::signed_by(&mut **tx, quarantine, old).await?;
+    if let Some(stray) = quarantine.iter().find(|id| !signed.contains(id)) {
+        return Err(FieldError::new(
+            QUARANTINE_FIELD,
+            format!(
+                "link {stray} is not a link signed by key {old}, the key this revocation kills"
+            ),
+        )
+        .into());
+    }
+    Ok(())
 }
 
 pub(super) fn validate_reason(reason: &str) -> Result<String, FieldError> {

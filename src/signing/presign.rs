@@ -7,8 +7,8 @@ use crate::secret::SecretString;
 use std::ops::Range;
 use std::time::SystemTime;
 
-/// Where links point: an S3 endpoint, the region they are signed for, and the
-/// URL style.
+/// Where links point: an S3 endpoint, the region links are signed for unless
+/// their bucket's region says otherwise, and the URL style.
 #[derive(Debug, Clone)]
 pub struct S3Target {
     pub endpoint: String,
@@ -82,6 +82,8 @@ pub struct SigningKey {
     pub key_id: String,
     pub signer: String,
     endpoint: Result<Endpoint, String>,
+    /// The target's region: what `presign` signs for.
+    region: String,
     sigv4: QuerySigner,
 }
 
@@ -100,7 +102,8 @@ impl SigningKey {
             key_id: key_id.to_owned(),
             signer: signer.to_owned(),
             endpoint: Endpoint::parse(&target.endpoint, target.path_style),
-            sigv4: QuerySigner::new(key_id, secret, &target.region),
+            region: target.region.clone(),
+            sigv4: QuerySigner::new(key_id, secret),
         }
     }
 
@@ -110,9 +113,19 @@ impl SigningKey {
             .map_err(|e| SignError::Presign(e.clone()))
     }
 
-    /// Signs `spec` as of `issued_at` (so the recorded issued_at is exactly the
-    /// signature's X-Amz-Date).
+    /// Signs `spec` as of `issued_at` for the target's region.
     pub fn presign(&self, spec: &LinkSpec, issued_at: SystemTime) -> Result<Presigned, SignError> {
+        self.presign_in(spec, &self.region, issued_at)
+    }
+
+    /// Signs `spec` as of `issued_at` (so the recorded issued_at is exactly the
+    /// signature's X-Amz-Date) for `region`, its bucket's.
+    pub fn presign_in(
+        &self,
+        spec: &LinkSpec,
+        region: &str,
+        issued_at: SystemTime,
+    ) -> Result<Presigned, SignError> {
         self.sigv4.presign(
             self.endpoint()?,
             &Request {
@@ -125,19 +138,20 @@ impl SigningKey {
                 time: sigv4::epoch_secs(issued_at),
                 expires_secs: spec.ttl.as_secs(),
             },
+            region,
         )
     }
 
     /// A presigned GET of an object that does not exist: the answer's body
     /// says why a key is refused (a HEAD answer has no body), and no object is
     /// read.
-    pub fn presign_probe(&self, bucket: &str) -> Result<String, SignError> {
-        self.presign_get(bucket, ".presignd-probe-missing-object")
+    pub fn presign_probe(&self, bucket: &str, region: &str) -> Result<String, SignError> {
+        self.presign_get(bucket, ".presignd-probe-missing-object", region)
     }
 
-    /// A presigned GET of `key` in `bucket`, valid one minute: VerifyLink's probe
-    /// of a GET or HEAD link's object.
-    pub fn presign_get(&self, bucket: &str, key: &str) -> Result<String, SignError> {
+    /// A presigned GET of `key` in `bucket` (signed for `region`), valid one
+    /// minute: VerifyLink's probe of a GET or HEAD link's object.
+    pub fn presign_get(&self, bucket: &str, key: &str, region: &str) -> Result<String, SignError> {
         let presigned = self.sigv4.presign(
             self.endpoint()?,
             &Request {
@@ -150,6 +164,7 @@ impl SigningKey {
                 time: sigv4::epoch_secs(SystemTime::now()),
                 expires_secs: 60,
             },
+            region,
         )?;
         Ok(presigned.url)
     }

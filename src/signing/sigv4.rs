@@ -2,7 +2,8 @@
 //! presigner would give, byte for byte (tests/it/presign_equivalence.rs proves
 //! it against the SDK), at the cost of one SHA-256 of the canonical request and
 //! one HMAC per URL. The signing key (the HMAC chain over date, region and
-//! service) is derived once per UTC day and kept, already keyed, in an ArcSwap.
+//! service) is derived once per UTC day and region (buckets live in different
+//! regions) and kept, already keyed, in an ArcSwap.
 //!
 //! The rules the SDK follows, and so do we:
 //! * the path is `/bucket/key` (path style) or `/key` on `bucket.host`
@@ -19,7 +20,7 @@
 use super::presign::{Presigned, SignError};
 use crate::domain::Method;
 use crate::secret::SecretString;
-use arc_swap::ArcSwapOption;
+use arc_swap::ArcSwap;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use std::ops::Range;
@@ -131,18 +132,21 @@ pub(super) struct Request<'a> {
 
 struct DayKey {
     day: u64,
+    region: Box<str>,
     /// HMAC already keyed with the day's signing key: a clone is one copy.
     mac: HmacSha256,
 }
 
+/// Day keys kept at most: one per region a key signs for, today and yesterday.
+const MAX_DAY_KEYS: usize = 64;
+
 /// One access key's presigner. The secret stays inside (it is never printed);
-/// the derived key of the current day is cached.
+/// the derived keys of the current day, one per region, are cached.
 pub(super) struct QuerySigner {
     access_key: String,
     /// "AWS4" + the secret access key: the first HMAC key of the chain.
     k_secret: SecretString,
-    region: String,
-    today: ArcSwapOption<DayKey>,
+    days: ArcSwap<Vec<Arc<DayKey>>>,
 }
 
 /// A canonical request and the URL that carries its signature.
@@ -155,18 +159,20 @@ pub(super) struct Signed {
 }
 
 impl QuerySigner {
-    pub(super) fn new(access_key: &str, secret: &SecretString, region: &str) -> Self {
+    pub(super) fn new(access_key: &str, secret: &SecretString) -> Self {
         Self {
             access_key: access_key.to_owned(),
             k_secret: SecretString::new(format!("AWS4{}", secret.expose())),
-            region: region.to_owned(),
-            today: ArcSwapOption::empty(),
+            days: ArcSwap::from_pointee(Vec::new()),
         }
     }
 
-    fn day_mac(&self, day: u64, date: &[u8; 8]) -> HmacSha256 {
-        if let Some(k) = &*self.today.load()
-            && k.day == day
+    fn day_mac(&self, day: u64, date: &[u8; 8], region: &str) -> HmacSha256 {
+        if let Some(k) = self
+            .days
+            .load()
+            .iter()
+            .find(|k| k.day == day && &*k.region == region)
         {
             return k.mac.clone();
         }
@@ -176,19 +182,39 @@ impl QuerySigner {
             m.finalize().into_bytes().into()
         };
         let k = hmac(self.k_secret.expose().as_bytes(), date);
-        let k = hmac(&k, self.region.as_bytes());
+        let k = hmac(&k, region.as_bytes());
         let k = hmac(&k, SERVICE.as_bytes());
         let k = hmac(&k, b"aws4_request");
         let mac = HmacSha256::new_from_slice(&k).expect("HMAC takes any key length");
-        self.today.store(Some(Arc::new(DayKey {
+        let new = Arc::new(DayKey {
             day,
+            region: region.into(),
             mac: mac.clone(),
-        })));
+        });
+        // Keys of days before yesterday go (the clock moved on); a signer
+        // asked for many regions starts over rather than grow without bound.
+        self.days.rcu(|days| {
+            let mut kept: Vec<Arc<DayKey>> = days
+                .iter()
+                .filter(|k| k.day + 1 >= day && !(k.day == day && *k.region == *region))
+                .cloned()
+                .collect();
+            if kept.len() >= MAX_DAY_KEYS {
+                kept.clear();
+            }
+            kept.push(new.clone());
+            kept
+        });
         mac
     }
 
-    pub(super) fn presign(&self, ep: &Endpoint, req: &Request<'_>) -> Result<Presigned, SignError> {
-        let s = self.sign(ep, req)?;
+    pub(super) fn presign(
+        &self,
+        ep: &Endpoint,
+        req: &Request<'_>,
+        region: &str,
+    ) -> Result<Presigned, SignError> {
+        let s = self.sign(ep, req, region)?;
         let headers = match (req.method, req.content_type) {
             (Method::Put, Some(t)) => vec![("content-type".to_owned(), t.to_owned())],
             _ => Vec::new(),
@@ -196,7 +222,12 @@ impl QuerySigner {
         Ok(Presigned::new(s.url, headers, s.signature))
     }
 
-    pub(super) fn sign(&self, ep: &Endpoint, req: &Request<'_>) -> Result<Signed, SignError> {
+    pub(super) fn sign(
+        &self,
+        ep: &Endpoint,
+        req: &Request<'_>,
+        region: &str,
+    ) -> Result<Signed, SignError> {
         if req.key.is_empty() {
             return Err(SignError::Presign("object key is empty".into()));
         }
@@ -270,7 +301,7 @@ impl QuerySigner {
         url.push_str("%2F");
         url.push_str(ascii(&date));
         url.push_str("%2F");
-        encode(&mut url, &self.region, false);
+        encode(&mut url, region, false);
         url.push_str("%2Fs3%2Faws4_request&X-Amz-Date=");
         url.push_str(ascii(&datetime));
         url.push_str("&X-Amz-Expires=");
@@ -318,14 +349,14 @@ impl QuerySigner {
         creq.push_str("\nUNSIGNED-PAYLOAD");
 
         // The string to sign, straight into the day's HMAC.
-        let mut mac = self.day_mac(day, &date);
+        let mut mac = self.day_mac(day, &date, region);
         mac.update(ALGORITHM.as_bytes());
         mac.update(b"\n");
         mac.update(&datetime);
         mac.update(b"\n");
         mac.update(&date);
         mac.update(b"/");
-        mac.update(self.region.as_bytes());
+        mac.update(region.as_bytes());
         mac.update(b"/s3/aws4_request\n");
         let mut hex = [0u8; 64];
         hex_into(&Sha256::digest(creq.as_bytes()), &mut hex);
@@ -473,7 +504,6 @@ mod tests {
         let signer = QuerySigner::new(
             "AKIAIOSFODNN7EXAMPLE",
             &SecretString::new("wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY".into()),
-            "us-east-1",
         );
         (
             signer,
@@ -504,6 +534,7 @@ mod tests {
                     time,
                     expires_secs: 86_400,
                 },
+                "us-east-1",
             )
             .unwrap();
         assert_eq!(
@@ -532,22 +563,72 @@ mod tests {
                     time,
                     expires_secs: 86_400,
                 },
+                "us-east-1",
             )
             .unwrap();
         assert_eq!(again.url, signed.url);
     }
 
+    fn cached(signer: &QuerySigner) -> Vec<(u64, String)> {
+        let mut v: Vec<_> = signer
+            .days
+            .load()
+            .iter()
+            .map(|k| (k.day, k.region.to_string()))
+            .collect();
+        v.sort();
+        v
+    }
+
     #[test]
-    fn the_day_key_is_derived_once_per_day() {
+    fn the_day_key_is_derived_once_per_day_and_region() {
         let (signer, _) = aws_example();
         let (date, _) = amz_date(1_369_353_600);
-        let _ = signer.day_mac(15_849, &date);
-        let first = Arc::as_ptr(&signer.today.load_full().unwrap());
-        let _ = signer.day_mac(15_849, &date);
-        assert_eq!(first, Arc::as_ptr(&signer.today.load_full().unwrap()));
-        let (next, _) = amz_date(1_369_353_600 + 86_400);
-        let _ = signer.day_mac(15_850, &next);
-        assert_eq!(signer.today.load_full().unwrap().day, 15_850);
+        let _ = signer.day_mac(15_849, &date, "us-east-1");
+        let first = Arc::as_ptr(&signer.days.load()[0]);
+        let _ = signer.day_mac(15_849, &date, "us-east-1");
+        assert_eq!(first, Arc::as_ptr(&signer.days.load()[0]), "reused");
+        let _ = signer.day_mac(15_849, &date, "eu-west-3");
+        assert_eq!(
+            cached(&signer),
+            [(15_849, "eu-west-3".into()), (15_849, "us-east-1".into())]
+        );
+        let (next, _) = amz_date(1_369_353_600 + 2 * 86_400);
+        let _ = signer.day_mac(15_851, &next, "us-east-1");
+        assert_eq!(
+            cached(&signer),
+            [(15_851, "us-east-1".into())],
+            "older days go"
+        );
+    }
+
+    #[test]
+    fn a_region_is_part_of_the_signature() {
+        let (signer, ep) = aws_example();
+        let req = Request {
+            method: Method::Get,
+            bucket: "examplebucket",
+            key: "test.txt",
+            content_type: None,
+            content_disposition: None,
+            x_id: false,
+            time: 1_369_353_600,
+            expires_secs: 86_400,
+        };
+        let east = signer.sign(&ep, &req, "us-east-1").unwrap();
+        let paris = signer.sign(&ep, &req, "eu-west-3").unwrap();
+        assert!(
+            paris
+                .url
+                .contains("%2F20130524%2Feu-west-3%2Fs3%2Faws4_request")
+        );
+        assert_ne!(
+            &east.url[east.signature.clone()],
+            &paris.url[paris.signature.clone()]
+        );
+        // The cached key of one region never signs for another.
+        let again = signer.sign(&ep, &req, "us-east-1").unwrap();
+        assert_eq!(again.url, east.url);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use sqlx::PgPool;
 use std::collections::BTreeMap;
 use tonic::Code;
 
-async fn iam() -> aws_sdk_iam::Client {
+pub async fn iam() -> aws_sdk_iam::Client {
     let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .region(aws_config::Region::new("us-east-1"))
         .endpoint_url(env("MOTO_URL"))
@@ -64,13 +64,10 @@ async fn keys_live_on_the_signers_iam_user_within_the_two_key_limit(pool: PgPool
         .await
         .expect("moto creates the user");
 
-    let config = test_config(&[
-        "--backend=aws",
-        &format!("--aws-iam-endpoint={}", env("MOTO_URL")),
-        &format!("--signers={signer}"),
-        // moto cannot serve S3 probes that mean anything: no bucket to probe.
-        "--buckets",
-    ]);
+    // Links point at moto's S3, which checks no signature: it answers the
+    // probes (and the preflight) for a bucket made there, nothing more.
+    let bucket = crate::bucket_regions::moto_bucket("us-east-1").await;
+    let config = crate::bucket_regions::aws_config(&signer, &[&bucket], &[]);
     let mut app = spawn_app_with(config, (*pool.connect_options()).clone()).await;
     app.wait_for(tonic_health::pb::health_check_response::ServingStatus::Serving)
         .await;
@@ -82,7 +79,7 @@ async fn keys_live_on_the_signers_iam_user_within_the_two_key_limit(pool: PgPool
     assert!(k1[&key1]);
     assert_eq!(key_states(&pool).await[&key1], "active");
     let link = app
-        .issue(link_request(&test_bucket(), "k", Method::Get, 600))
+        .issue(link_request(&bucket, "k", Method::Get, 600))
         .await
         .unwrap();
     assert_eq!(link.link.unwrap().key_id, key1);
@@ -116,7 +113,7 @@ async fn keys_live_on_the_signers_iam_user_within_the_two_key_limit(pool: PgPool
 
     // GRACEFUL with an outstanding link: key3 stays Active (retired); key2 (spent)
     // is deleted for key4.
-    app.issue(link_request(&test_bucket(), "k", Method::Get, 600))
+    app.issue(link_request(&bucket, "k", Method::Get, 600))
         .await
         .unwrap();
     let r = app
@@ -164,7 +161,7 @@ async fn keys_live_on_the_signers_iam_user_within_the_two_key_limit(pool: PgPool
     assert!(keys[&key3], "the retired key keeps serving its link");
     assert!(keys[&r.new_key_id]);
     let after = app
-        .issue(link_request(&test_bucket(), "k", Method::Get, 60))
+        .issue(link_request(&bucket, "k", Method::Get, 60))
         .await
         .unwrap();
     assert_eq!(after.link.unwrap().key_id, r.new_key_id);

@@ -195,6 +195,7 @@ async fn crash_every_step_of(pool: PgPool, mode: Mode) {
                 expected_key_id: None,
                 dry_run: false,
                 requested_by: CALLER.into(),
+                quarantine_link_ids: Vec::new(),
             };
             let Rotation::Ran(row) = app.revocations.start(req).await.unwrap() else {
                 panic!("not a dry run")

@@ -56,11 +56,46 @@ pub fn garage_backend() -> presignd::backend::garage::GarageBackend {
     presignd::backend::garage::GarageBackend::new(
         &env("GARAGE_ADMIN_URL"),
         presignd::secret::SecretString::new(env("GARAGE_ADMIN_TOKEN")),
-        env("PRESIGND_TEST_BUCKETS")
-            .split(',')
-            .map(str::to_owned)
-            .collect(),
     )
+}
+
+/// Garage's admin API, v2.
+pub async fn garage_admin(
+    endpoint: &str,
+    query: &[(&str, &str)],
+    body: Option<serde_json::Value>,
+) -> serde_json::Value {
+    let url = format!("{}/v2/{endpoint}", env("GARAGE_ADMIN_URL"));
+    let http = reqwest::Client::new();
+    let req = match body {
+        Some(b) => http.post(url).json(&b),
+        None => http.get(url),
+    };
+    let r = req
+        .query(query)
+        .bearer_auth(env("GARAGE_ADMIN_TOKEN"))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "garage {endpoint}: {}", r.status());
+    r.json().await.unwrap_or_default()
+}
+
+/// Makes sure a bucket named `name` exists on the dev Garage.
+pub async fn ensure_garage_bucket(name: &str) {
+    let r = reqwest::Client::new()
+        .post(format!("{}/v2/CreateBucket", env("GARAGE_ADMIN_URL")))
+        .bearer_auth(env("GARAGE_ADMIN_TOKEN"))
+        .json(&serde_json::json!({ "globalAlias": name }))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let text = r.text().await.unwrap_or_default();
+    assert!(
+        status.is_success() || text.contains("lready"),
+        "garage CreateBucket {name}: {status} {text}"
+    );
 }
 
 pub fn test_bucket() -> String {
@@ -502,6 +537,7 @@ pub fn rotate_req(
         expected_key_id: expected.into(),
         dry_run: false,
         detach: false,
+        quarantine_link_ids: Vec::new(),
     }
 }
 

@@ -28,6 +28,7 @@ fn revoke_req(key_id: &str) -> RevokeKeyRequest {
         reason: "incident: leaked link".into(),
         dry_run: false,
         detach: false,
+        quarantine_link_ids: Vec::new(),
     }
 }
 
@@ -39,6 +40,7 @@ fn rotate_req(mode: RotationMode) -> RotateKeyRequest {
         expected_key_id: String::new(),
         dry_run: false,
         detach: false,
+        quarantine_link_ids: Vec::new(),
     }
 }
 

@@ -91,8 +91,7 @@ async fn rows(pool: &PgPool, query: &'static str) -> Vec<String> {
 const SIGNERS: &str = "SELECT row_to_json(t)::text FROM (SELECT name, backend, paused, created_at FROM signers ORDER BY name) t";
 const KEYS: &str = "SELECT row_to_json(t)::text FROM (SELECT key_id, signer, state, sealed_secret, created_at, activated_at, retired_at, deactivated_at, deleted_at, revocation_id FROM signing_keys ORDER BY key_id) t";
 const LINKS: &str = "SELECT row_to_json(t)::text FROM (SELECT id, key_id, signer, caller, method, bucket, object_key, labels, issued_at, expires_at, signature_sha256, revocation_id FROM links ORDER BY id) t";
-const REVOCATIONS: &str =
-    "SELECT row_to_json(t)::text FROM (SELECT * FROM revocations ORDER BY id) t";
+const REVOCATIONS: &str = "SELECT row_to_json(t)::text FROM (SELECT id, signer, mode, requested_by, reason, old_key_id, new_key_id, state, next_step, blast_radius, links_revoked, steps, error, created_at, finished_at FROM revocations ORDER BY id) t";
 const AUDIT: &str = "SELECT row_to_json(t)::text FROM (SELECT id, at, caller, peer, rpc, target, code, message FROM audit_events ORDER BY id) t";
 
 const REVOCATION: &str = "0198c0de-0000-7000-8000-000000000001";
@@ -238,6 +237,16 @@ async fn a_registry_with_data_from_the_first_migration_upgrades_to_the_last_inta
         rows(&pool, AUDIT).await,
     ];
     assert_eq!(before, after, "every row is intact");
+    // 0012: links recorded before it kept no bound headers (ReissueLinks
+    // skips them); revocations before it quarantined nothing.
+    let (recorded, quarantined): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM links WHERE headers_recorded),
+                (SELECT count(*) FROM revocations WHERE quarantined_link_ids <> '{}')",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((recorded, quarantined), (0, 0));
     let counts: Vec<i64> = sqlx::query_scalar("SELECT count FROM audit_events ORDER BY id")
         .fetch_all(&pool)
         .await

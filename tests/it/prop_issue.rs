@@ -46,6 +46,11 @@ const FIELDS: [&str; 8] = [
 
 #[sqlx::test]
 async fn generated_requests_through_the_server_are_granted_or_refused_precisely(pool: PgPool) {
+    // The policy's buckets exist, so the preflight proves them and a request
+    // the policy grants gets its link.
+    for bucket in ["uploads", "reports"] {
+        ensure_garage_bucket(bucket).await;
+    }
     let (config, _) = policy_config(POLICY, &["--signers=default,team-a"]);
     let app = spawn_app_with(config, (*pool.connect_options()).clone()).await;
     app.wait_for(tonic_health::pb::health_check_response::ServingStatus::Serving)

@@ -65,6 +65,7 @@ fn revocation<'a>(id: uuid::Uuid, radius: &'a BlastRadius) -> NewRevocation<'a> 
         old_key_id: None,
         first_step: "create_key",
         blast_radius: radius,
+        quarantined_link_ids: &[],
     }
 }
 

@@ -343,6 +343,7 @@ fn domain_req(mode: Mode) -> RotateRequest {
         expected_key_id: None,
         dry_run: false,
         requested_by: CALLER.into(),
+        quarantine_link_ids: Vec::new(),
     }
 }
 

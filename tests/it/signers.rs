@@ -87,6 +87,7 @@ async fn revoking_one_signer_leaves_the_other_callers_links_working(pool: PgPool
             expected_key_id: plan.key_id.clone(),
             dry_run: false,
             detach: false,
+            quarantine_link_ids: Vec::new(),
         })
         .await;
     assert_eq!(

@@ -33,28 +33,6 @@ fn verdict(r: &proto::VerifyLinkResponse) -> Verdict {
     Verdict::try_from(r.verdict).unwrap()
 }
 
-/// Garage's admin API, v2.
-async fn garage_admin(
-    endpoint: &str,
-    query: &[(&str, &str)],
-    body: Option<serde_json::Value>,
-) -> serde_json::Value {
-    let url = format!("{}/v2/{endpoint}", env("GARAGE_ADMIN_URL"));
-    let http = reqwest::Client::new();
-    let req = match body {
-        Some(b) => http.post(url).json(&b),
-        None => http.get(url),
-    };
-    let r = req
-        .query(query)
-        .bearer_auth(env("GARAGE_ADMIN_TOKEN"))
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success(), "garage {endpoint}: {}", r.status());
-    r.json().await.unwrap_or_default()
-}
-
 #[sqlx::test]
 async fn a_served_object_is_ok_and_a_missing_one_is_object_missing(pool: PgPool) {
     let mut app = spawn_app(&pool).await;

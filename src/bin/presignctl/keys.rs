@@ -43,6 +43,9 @@ pub struct RotateArgs {
     /// plan shown to you was computed for).
     #[arg(long)]
     expected_key: Option<String>,
+    /// A link that leaked (repeatable): killed like the others, never reissued.
+    #[arg(long = "quarantine", value_name = "LINK_ID")]
+    quarantine: Vec<String>,
     #[command(flatten)]
     run: RunArgs,
 }
@@ -55,6 +58,9 @@ pub struct RevokeArgs {
     /// Why (recorded in the revocation).
     #[arg(long)]
     reason: String,
+    /// A link that leaked (repeatable): killed like the others, never reissued.
+    #[arg(long = "quarantine", value_name = "LINK_ID")]
+    quarantine: Vec<String>,
     #[command(flatten)]
     run: RunArgs,
 }
@@ -169,6 +175,7 @@ fn revocation_json(r: &proto::Revocation) -> Value {
         "blast_radius": r.blast_radius.as_ref().map(radius_json),
         "steps": r.steps.iter().map(|s| json!({"name": s.name, "started_at": ts(&s.started_at), "finished_at": ts(&s.finished_at), "error": s.error})).collect::<Vec<_>>(),
         "created_at": ts(&r.created_at), "finished_at": ts(&r.finished_at), "error": r.error,
+        "quarantined_link_ids": r.quarantined_link_ids,
     })
 }
 
@@ -191,6 +198,9 @@ fn print_revocation(r: &proto::Revocation) {
     );
     if !r.dry_run {
         println!("  links revoked      {}", r.links_revoked);
+    }
+    if !r.quarantined_link_ids.is_empty() {
+        println!("  quarantined        {}", r.quarantined_link_ids.join(", "));
     }
     println!("  steps:");
     for s in &r.steps {
@@ -231,6 +241,10 @@ pub async fn keys(cli: &Conn, signer: Option<String>) -> anyhow::Result<()> {
                 "signer": s.name, "backend": s.backend, "key_id": k.key_id,
                 "state": key_state(k.state),
                 "outstanding_links": k.outstanding_links, "latest_expiry": ts(&k.latest_expiry), "created_at": ts(&k.created_at),
+                "buckets": k.buckets.iter().map(|b| json!({
+                    "bucket": b.bucket, "ready": b.ready, "cause": b.cause, "region": b.region,
+                    "checked_at": ts(&b.checked_at),
+                })).collect::<Vec<_>>(),
             })))
             .collect();
         println!("{}", Value::Array(out));
@@ -252,6 +266,13 @@ pub async fn keys(cli: &Conn, signer: Option<String>) -> anyhow::Result<()> {
                 ts(&k.latest_expiry),
                 ts(&k.created_at)
             );
+            // The preflight: what IssueLink signs for with this key, or why not.
+            for b in &k.buckets {
+                match b.ready {
+                    true => println!("    bucket {} ready ({})", b.bucket, b.region),
+                    false => println!("    bucket {} NOT READY: {}", b.bucket, b.cause),
+                }
+            }
         }
     }
     Ok(())
@@ -293,6 +314,7 @@ pub async fn rotate(cli: &Conn, args: RotateArgs) -> anyhow::Result<()> {
         expected_key_id: args.expected_key.unwrap_or_default(),
         dry_run: true,
         detach: true,
+        quarantine_link_ids: args.quarantine,
     };
     let plan = client
         .rotate_key(req.clone())
@@ -321,6 +343,7 @@ pub async fn revoke(cli: &Conn, args: RevokeArgs) -> anyhow::Result<()> {
         reason: args.reason,
         dry_run: true,
         detach: true,
+        quarantine_link_ids: args.quarantine,
     };
     let plan = client
         .revoke_key(req.clone())

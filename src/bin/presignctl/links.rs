@@ -15,7 +15,7 @@ use tonic::transport::Channel;
 
 /// Adds the bearer token, if any (with mTLS the certificate names the caller).
 #[derive(Clone)]
-struct Bearer(Option<MetadataValue<Ascii>>);
+pub(crate) struct Bearer(Option<MetadataValue<Ascii>>);
 
 impl Interceptor for Bearer {
     fn call(&mut self, mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
@@ -26,9 +26,9 @@ impl Interceptor for Bearer {
     }
 }
 
-type Client = LinkServiceClient<InterceptedService<Channel, Bearer>>;
+pub(crate) type Client = LinkServiceClient<InterceptedService<Channel, Bearer>>;
 
-async fn client(conn: &Conn) -> anyhow::Result<Client> {
+pub(crate) async fn client(conn: &Conn) -> anyhow::Result<Client> {
     let bearer = Bearer(crate::bearer(conn)?);
     Ok(LinkServiceClient::with_interceptor(
         crate::channel(conn).await?,

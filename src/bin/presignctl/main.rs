@@ -7,6 +7,7 @@ mod keys;
 mod tls;
 
 mod links;
+mod repair;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
@@ -108,6 +109,13 @@ enum Cmd {
         #[arg(long)]
         reason: String,
     },
+    /// Fresh URLs for your links a revocation killed (not the quarantined
+    /// ones): one JSON line each on stdout (they are bearer credentials), the
+    /// links not reissued and why on stderr.
+    Reissue(repair::ReissueArgs),
+    /// Follow the revocations that kill your links (admins: anyone's), one
+    /// line each; reconnects from the last sequence if the server goes away.
+    Watch(repair::WatchArgs),
     /// The audit trail, newest first: admin calls and denied requests (admins).
     Audit(audit::AuditArgs),
     /// One revocation by id, or the latest ones (admins).
@@ -233,6 +241,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Cmd::Reissue(args) => repair::reissue(conn, args).await,
+        Cmd::Watch(args) => repair::watch(conn, args).await,
         Cmd::Links(args) => links::list(conn, conn.json, args).await,
         Cmd::Summarize(args) => links::summarize(conn, conn.json, args).await,
         Cmd::Lookup(args) => links::lookup(conn, conn.json, args).await,
