@@ -150,7 +150,8 @@ async fn paging_across_partitions_yields_exactly_what_one_scan_does(pool: PgPool
 
     let f = Filter::default;
     let window = (now - Duration::days(12), now - Duration::days(9));
-    let cases: Vec<(&str, Filter, Box<dyn Fn(&Row) -> bool>)> = vec![
+    type Wanted = Box<dyn Fn(&Row) -> bool>;
+    let cases: Vec<(&str, Filter, Wanted)> = vec![
         ("no filter", f(), Box::new(|_| true)),
         (
             "active",
