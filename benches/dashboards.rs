@@ -130,7 +130,7 @@ async fn generate(pool: &PgPool, rows: i64) -> anyhow::Result<()> {
     }
     drop(conn);
     let mut tx = pool.begin().await?;
-    tx.execute("TRUNCATE links, signing_keys, revocations, signers")
+    tx.execute("TRUNCATE links, signing_keys, revocations, key_intents, signers")
         .await?;
     tx.execute(
         "INSERT INTO signers (name, backend)

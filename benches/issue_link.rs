@@ -18,7 +18,8 @@
 //! `--bench dashboards` filled), untouched but for the links issued; with
 //! BENCH_DROP_PARTITION=1 a last closed loop runs while, 5 s in, the oldest
 //! day's partition of links is dropped as retention does
-//! (`registry::partitions::drop`), and the drop is timed.
+//! (`registry::partitions::drop`, then `drop_retired`), and both steps are
+//! timed. The server listens on ports the system picks (gRPC and metrics).
 
 use clap::Parser;
 use presignd::app::App;
@@ -239,6 +240,8 @@ async fn main() -> anyhow::Result<()> {
     let args = vec![
         "presignd".to_owned(),
         "--listen=127.0.0.1:0".into(),
+        // Port 0: the metrics default (9464) may be another server's.
+        "--metrics-listen=127.0.0.1:0".into(),
         format!("--callers=bench:{}", presignd::auth::hash_token(TOKEN)),
         format!(
             "--master-key={}",
@@ -279,9 +282,18 @@ async fn main() -> anyhow::Result<()> {
             .build()?
     };
     let db_options = admin.clone().database(&db);
-    let app = server_rt
+    let app = match server_rt
         .spawn(async move { App::build_with_db(config, db_options).await })
-        .await??;
+        .await?
+    {
+        Ok(app) => app,
+        Err(e) => {
+            // Say why before the runtime's drop panics inside this one.
+            eprintln!("the server did not start: {e:#}");
+            std::mem::forget(server_rt);
+            return Err(e);
+        }
+    };
     let port = app.port();
     server_rt.spawn(async move {
         if let Err(e) = app.run_until_stopped().await {
@@ -354,13 +366,17 @@ async fn main() -> anyhow::Result<()> {
         ),
         &half,
     );
-    if let Some((run, (partition, rows, took))) = &during_drop {
+    if let Some((run, (partition, rows, emptied, dropped))) = &during_drop {
         row(
             &format!("IssueLink, closed loop, {partition} ({rows} links) dropped 5 s in"),
             run,
         );
         println!();
-        println!("drop of {partition}: {:.1} ms", took.as_secs_f64() * 1e3);
+        println!(
+            "drop of {partition}: emptied in {:.1} ms, the empty table dropped in {:.1} ms",
+            emptied.as_secs_f64() * 1e3,
+            dropped.as_secs_f64() * 1e3
+        );
     }
     println!();
     println!(
@@ -379,27 +395,52 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// 5 s from now, drops the oldest day's partition of links as retention does;
-/// returns its name, how many links it held and how long the drop took.
-async fn drop_oldest_partition(db: PgConnectOptions) -> anyhow::Result<(String, i64, Duration)> {
+/// 5 s from now, drops the oldest day's partition holding links as retention does
+/// (emptied, then the empty table dropped); returns its name, how many links
+/// it held and how long each step took.
+async fn drop_oldest_partition(
+    db: PgConnectOptions,
+) -> anyhow::Result<(String, i64, Duration, Duration)> {
+    use presignd::lifecycle::LOCK_TIMEOUT_MS;
     use presignd::registry::partitions::{self, Table};
     let mut conn = PgConnection::connect_with(&db).await?;
-    let oldest = partitions::list(&mut conn, Table::Links)
+    let mut days: Vec<String> = partitions::list(&mut conn, Table::Links)
         .await?
         .into_iter()
         .filter(|p| Table::Links.range_of(p).is_some())
-        .min_by_key(|p| Table::Links.range_of(p).map(|r| r.1))
-        .ok_or_else(|| anyhow::anyhow!("no partition to drop"))?;
+        .collect();
+    days.sort_by_key(|p| Table::Links.range_of(p).map(|r| r.1));
+    // The oldest that holds links (the dashboards bench's first day is empty).
+    let mut oldest = None;
+    for day in days {
+        let rows: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT EXISTS (SELECT FROM {day})"
+        )))
+        .fetch_one(&mut conn)
+        .await?;
+        if rows {
+            oldest = Some(day);
+            break;
+        }
+    }
+    let oldest = oldest.ok_or_else(|| anyhow::anyhow!("no partition to drop"))?;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let t = Instant::now();
     let dropped = partitions::drop(
         &mut conn,
         Table::Links,
         &oldest,
-        presignd::lifecycle::LOCK_TIMEOUT_MS,
+        LOCK_TIMEOUT_MS,
         chrono::Utc::now(),
     )
     .await?
     .ok_or_else(|| anyhow::anyhow!("{oldest}: lock not granted within the timeout"))?;
-    Ok((oldest, dropped.rows, t.elapsed()))
+    let emptied = t.elapsed();
+    let t = Instant::now();
+    let left = partitions::drop_retired(&mut conn, Table::Links, LOCK_TIMEOUT_MS).await?;
+    anyhow::ensure!(
+        left == 0,
+        "{oldest}: the empty table's drop did not get its lock"
+    );
+    Ok((oldest, dropped.rows, emptied, t.elapsed()))
 }

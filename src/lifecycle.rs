@@ -157,7 +157,8 @@ async fn prepare_on(
 }
 
 /// Drops every partition of `table` whose rows all fall before `cutoff`
-/// (its range ends at or before it).
+/// (its range ends at or before it): for links, empties it, then drops the
+/// emptied tables (`partitions::drop`, `partitions::drop_retired`).
 async fn drop_before(
     conn: &mut PgConnection,
     table: Table,
@@ -183,6 +184,10 @@ async fn drop_before(
             }
             None => report.deferred += 1,
         }
+    }
+    if table == Table::Links {
+        // The emptied partitions' tables, and any a stopped run left.
+        report.deferred += partitions::drop_retired(conn, table, LOCK_TIMEOUT_MS).await?;
     }
     Ok(())
 }

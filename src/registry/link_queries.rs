@@ -18,9 +18,9 @@ use crate::domain::LinkState;
 use crate::paging::Cursor;
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::Serialize;
-use sqlx::{PgExecutor, Postgres, QueryBuilder};
+use sqlx::{AssertSqlSafe, PgConnection, PgPool, Postgres, QueryBuilder};
 
-use super::states::{KEY_DEAD, key_dead};
+use super::states::KEY_DEAD;
 
 /// `STATE_SQL = 'x'` spelled out per state, so the planner sees plain predicates
 /// (tests check that both always agree).
@@ -74,31 +74,6 @@ impl From<&LinkRow> for Cursor {
     }
 }
 
-/// The newest issued_at of any revoked link, NULL if none: the newest link of
-/// each dead key (one probe of `links_by_key_issued` per key) or of the marked
-/// links (one probe of `links_marked_by_revocation`).
-const NEWEST_REVOKED_SQL: &str = concat!(
-    "(SELECT greatest(
-    (SELECT max(newest.issued_at) FROM signing_keys k
-     CROSS JOIN LATERAL (SELECT x.issued_at FROM links x WHERE x.key_id = k.key_id
-                         ORDER BY x.issued_at DESC LIMIT 1) newest
-     WHERE ",
-    key_dead!(),
-    "),
-    (SELECT max(x.issued_at) FROM links x WHERE x.revocation_id IS NOT NULL)))"
-);
-
-/// The oldest issued_at of any link of a live key, NULL if none: one probe of
-/// `links_by_key_issued` per active or retired key.
-const OLDEST_OF_LIVE_KEYS_SQL: &str = concat!(
-    "(SELECT min(oldest.issued_at) FROM signing_keys k
-     CROSS JOIN LATERAL (SELECT x.issued_at FROM links x WHERE x.key_id = k.key_id
-                         ORDER BY x.issued_at LIMIT 1) oldest
-     WHERE NOT ",
-    key_dead!(),
-    ")"
-);
-
 /// A link lives at most this long (`links_live_at_most_7_days` in 0003).
 const MAX_LIFETIME_SECS: i64 = crate::domain::MAX_TTL.as_secs() as i64;
 
@@ -149,9 +124,6 @@ pub(super) fn push_filter(q: &mut QueryBuilder<Postgres>, f: &LinkFilter) {
     }
     // Bounds on issued_at implied by the filter and the 7-day lifetime: they
     // let a scan in issued_at order stop where no more link can match.
-    if f.state == Some(LinkState::Expired) {
-        q.push(" AND l.issued_at >= ").push(OLDEST_OF_LIVE_KEYS_SQL);
-    }
     if let Some(t) = f
         .expires_after
         .and_then(|t| t.checked_sub_signed(TimeDelta::seconds(MAX_LIFETIME_SECS)))
@@ -196,69 +168,177 @@ pub(super) fn push_filter(q: &mut QueryBuilder<Postgres>, f: &LinkFilter) {
     }
 }
 
-/// Where the scan starts: strictly after the cursor. For REVOKED, also past
-/// the newest revoked link, so the live links newer than it (every link signed
-/// since the last rotation) are skipped by the index instead of read. One row
-/// comparison carries both: the index starts from it.
-fn push_start(q: &mut QueryBuilder<Postgres>, f: &LinkFilter, after: Option<Cursor>) {
-    const NIL: &str = "'00000000-0000-0000-0000-000000000000'::uuid";
-    let revoked = f.state == Some(LinkState::Revoked);
-    let bound = format!("coalesce({NEWEST_REVOKED_SQL} + interval '1 microsecond', '-infinity')");
-    match (revoked, after) {
-        (false, None) => {}
-        (false, Some(c)) => {
-            q.push(" AND (l.issued_at, l.id) < (")
-                .push_bind(c.at)
-                .push(", ")
-                .push_bind(c.id)
-                .push(")");
-        }
-        (true, None) => {
-            q.push(format!(
-                " AND (l.issued_at, l.id) < ((SELECT {bound}), {NIL})"
-            ));
-        }
-        (true, Some(c)) => {
-            // The older of (bound, NIL) and the cursor, spelled per column.
-            q.push(format!(
-                " AND (l.issued_at, l.id) < (CASE WHEN (SELECT {bound}) < "
-            ))
-            .push_bind(c.at)
-            .push(format!(" THEN (SELECT {bound}) ELSE "))
-            .push_bind(c.at)
-            .push(format!(" END, CASE WHEN (SELECT {bound}) < "))
-            .push_bind(c.at)
-            .push(format!(" THEN {NIL} ELSE "))
-            .push_bind(c.id)
-            .push(" END)");
-        }
-    }
-}
+/// The first slice of a page reaches this far back from its start; each
+/// next one twice as far as the one before.
+const FIRST_SLICE: TimeDelta = TimeDelta::days(1);
 
 /// Up to `limit` links matching `filter`, newest first (`issued_at DESC, id
 /// DESC`), strictly after `after`. Rows inserted while a client pages never shift
 /// the rows it has not seen yet: the cursor is a position, not an offset.
+///
+/// `links` is partitioned by day of expires_at, the order is issued_at, and
+/// a link lives at most 7 days: the links issued in [lo, hi) all expire in
+/// (lo, hi + 7 days]. So a page is read in slices of issued_at, newest first,
+/// each bounded on expires_at too, and each planned for its values (never a
+/// cached generic plan): the planner prunes a slice to the ~9 partitions that
+/// can hold it, so planning and running it cost the same at 75 partitions as
+/// at 9, and a filter's bad guess (a key common in one partition but not
+/// among its newest rows) reads one slice of that partition, not all of it.
+/// A dense filter fills the page in the first slice; a sparse one goes on,
+/// each slice reaching twice as far back, down to the oldest link issued (the
+/// last slice has no lower end). The slices tile issued_at without gap or
+/// overlap, and all run in one snapshot with the key states they depend on,
+/// so the page is exactly what one query would return.
 pub async fn list_page(
-    db: impl PgExecutor<'_>,
+    pool: &PgPool,
     filter: &LinkFilter,
     after: Option<Cursor>,
     limit: i64,
 ) -> Result<Vec<LinkRow>, Error> {
+    const WHAT: &str = "link_queries::list_page";
+    let mut tx = super::begin_snapshot(pool).await?;
+    // A state is a set of keys (plus, for REVOKED, the marked links): as a
+    // condition on links' own key_id, the planner estimates it per partition
+    // and picks the key's index where the key is rare.
+    let keys = match filter.state {
+        Some(state) => Some(keys_of(&mut tx, state).await?),
+        None => None,
+    };
+    let mut rows: Vec<LinkRow> = Vec::new();
+    let mut hi: Option<DateTime<Utc>> = None;
+    let mut width = FIRST_SLICE;
+    let mut lo = after.map_or_else(Utc::now, |c| c.at) - width;
+    let mut floor: Option<Option<DateTime<Utc>>> = None;
+    loop {
+        let last = floor.is_some_and(|f| f.is_none_or(|f| lo <= f));
+        let slice = Slice {
+            lo: (!last).then_some(lo),
+            hi,
+        };
+        let need = limit - rows.len() as i64;
+        rows.extend(read_slice(&mut tx, filter, keys.as_ref(), after, slice, need).await?);
+        if rows.len() as i64 >= limit || last {
+            break;
+        }
+        let oldest = match floor {
+            Some(f) => f,
+            None => *floor.insert(oldest_issued(&mut tx, filter).await?),
+        };
+        if oldest.is_none_or(|f| f >= lo) {
+            // Nothing was issued before this slice.
+            break;
+        }
+        hi = Some(lo);
+        width = width * 2;
+        lo = lo
+            .checked_sub_signed(width)
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
+    }
+    tx.commit().await.during(WHAT)?;
+    Ok(rows)
+}
+
+/// A range of issued_at, [lo, hi); None: no end on that side.
+#[derive(Debug, Clone, Copy)]
+struct Slice {
+    lo: Option<DateTime<Utc>>,
+    hi: Option<DateTime<Utc>>,
+}
+
+/// The keys whose links can be in `state`: dead ones for REVOKED (with the
+/// links a revocation marked, whatever their key), live ones otherwise.
+async fn keys_of(conn: &mut PgConnection, state: LinkState) -> Result<KeySet, Error> {
+    let dead = state == LinkState::Revoked;
+    let keys = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT key_id FROM signing_keys k WHERE {}({KEY_DEAD})",
+        if dead { "" } else { "NOT " }
+    )))
+    .fetch_all(conn)
+    .await
+    .during("link_queries::keys_of")?;
+    Ok(KeySet { dead, keys })
+}
+
+struct KeySet {
+    dead: bool,
+    keys: Vec<String>,
+}
+
+/// The oldest issued_at a link matching `filter` can have, None if there is
+/// no link: the oldest link's (one probe of each partition's links_by_issued,
+/// a cached plan: it has no parameter), or later if the filter says so (an
+/// ACTIVE link was issued in the last 7 days of the transaction's `now()`,
+/// which its state predicate uses too; a link expiring after t was issued
+/// after t − 7 days).
+async fn oldest_issued(
+    conn: &mut PgConnection,
+    filter: &LinkFilter,
+) -> Result<Option<DateTime<Utc>>, Error> {
+    let (oldest, now): (Option<DateTime<Utc>>, DateTime<Utc>) =
+        sqlx::query_as("SELECT min(issued_at), now() FROM links")
+            .fetch_one(conn)
+            .await
+            .during("link_queries::oldest_issued")?;
+    let lifetime = TimeDelta::seconds(MAX_LIFETIME_SECS);
+    let implied = [
+        (filter.state == Some(LinkState::Active)).then(|| now - lifetime),
+        filter
+            .expires_after
+            .and_then(|t| t.checked_sub_signed(lifetime)),
+    ];
+    Ok(oldest.map(|o| implied.into_iter().flatten().fold(o, DateTime::max)))
+}
+
+/// The links of `filter` in `slice` after `after`, newest first.
+async fn read_slice(
+    conn: &mut PgConnection,
+    filter: &LinkFilter,
+    keys: Option<&KeySet>,
+    after: Option<Cursor>,
+    slice: Slice,
+    limit: i64,
+) -> Result<Vec<LinkRow>, Error> {
     let mut q = QueryBuilder::new(select_sql(""));
     push_filter(&mut q, filter);
-    push_start(&mut q, filter, after);
+    if let Some(set) = keys {
+        q.push(" AND (l.key_id = ANY(")
+            .push_bind(set.keys.clone())
+            .push(")");
+        if set.dead {
+            q.push(" OR l.revocation_id IS NOT NULL");
+        }
+        q.push(")");
+    }
+    if let Some(c) = after {
+        q.push(" AND (l.issued_at, l.id) < (")
+            .push_bind(c.at)
+            .push(", ")
+            .push_bind(c.id)
+            .push(")");
+    }
+    if let Some(hi) = slice.hi {
+        q.push(" AND l.issued_at < ").push_bind(hi);
+    }
+    // expires_at in (issued_at, issued_at + 7 days] (0003's checks; an hour
+    // more in case the session's time zone has a daylight saving change).
+    if let Some(top) = slice.hi.or(after.map(|c| c.at)) {
+        q.push(" AND l.expires_at <= ")
+            .push_bind(top + TimeDelta::seconds(MAX_LIFETIME_SECS) + TimeDelta::hours(1));
+    }
+    if let Some(lo) = slice.lo {
+        q.push(" AND l.issued_at >= ")
+            .push_bind(lo)
+            .push(" AND l.expires_at > ")
+            .push_bind(lo);
+    }
     q.push(" ORDER BY l.issued_at DESC, l.id DESC LIMIT ")
         .push_bind(limit);
-    // With a prefix or an expiry window, planned for its values every time
-    // (an unnamed statement, never cached): whether to walk issued_at or fetch
-    // the range's links and sort them depends on how many match. A prepared
-    // statement goes generic after five runs, with a guess of 0.5% for every
-    // range: 40-180 ms at 2M links where the planned query took 1-5 ms. Other
-    // filters always walk an issued_at index and keep the cached statement
-    // (parsing and planning again costs ~0.3 ms a page).
+    // Planned for its values every time (an unnamed statement): a generic
+    // plan would neither prune at plan time nor see which keys, buckets or
+    // prefixes are rare in which partition.
     q.build_query_as()
-        .persistent(!filter.has_ranges())
-        .fetch_all(db)
+        .persistent(false)
+        .fetch_all(conn)
         .await
         .during("link_queries::list_page")
 }

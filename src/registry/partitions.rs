@@ -7,10 +7,11 @@
 //!
 //! DDL runs with a short `lock_timeout`: a partition is created with CREATE
 //! TABLE LIKE + ATTACH PARTITION (SHARE UPDATE EXCLUSIVE on the parent, which
-//! inserts and reads do not wait for), and a drop holds ACCESS EXCLUSIVE on the
-//! parent only for the drop itself; if either cannot get its lock at once
-//! (a long read holds the table), it gives up and the next maintenance tick
-//! tries again, rather than queueing IssueLink's inserts behind it.
+//! inserts and reads do not wait for), and a link partition is emptied first
+//! and its empty table dropped after (`drop`, `drop_retired`), so the parent
+//! is locked only for a catalog change; if a step cannot get its lock at once
+//! (a long read holds the table), it gives up and is tried again later,
+//! rather than queueing IssueLink's inserts behind it.
 
 use super::audit::{self, AuditRow};
 use super::error::{During, Error};
@@ -193,12 +194,25 @@ pub struct Dropped {
     pub rows: i64,
 }
 
-/// Drops a whole partition and, in the same transaction, records it in the
-/// audit trail; for links, also its roll-up cells: a cell settles into the
+/// Drops a whole partition's rows and, in the same transaction, records it in
+/// the audit trail; for links, also its roll-up cells: a cell settles into the
 /// day its links expire (`link_summary::fold`), so the cells of the days the
-/// partition held are exactly its links (DROP fires no trigger). None if a
-/// lock was not granted within `lock_timeout` or the partition is gone. The
-/// audit row is dated `now` (the maintenance run's clock).
+/// partition held are exactly its links (neither TRUNCATE of a partition nor
+/// DROP fires the parent's triggers). None if a lock was not granted within
+/// `lock_timeout` or the partition is gone. The audit row is dated `now` (the
+/// maintenance run's clock).
+///
+/// A link partition goes in two steps, so `links` is locked only for an
+/// instant. This transaction TRUNCATEs it (ACCESS EXCLUSIVE on that partition
+/// alone, which inserts never touch: they route to the days still to come;
+/// the commit unlinks its files) and renames it `links_retired_…`; then
+/// `drop_retired` DROPs the empty table, which needs ACCESS EXCLUSIVE on
+/// `links` (and `links_default`) but only for a catalog change. DETACH would
+/// lock `links` as long and also make the partition's foreign keys its own,
+/// adding (then, at the drop, removing) triggers on `signing_keys`, `signers`
+/// and `revocations`, whose locks IssueLink's foreign-key checks wait for. If
+/// the process stops between the steps, the next run's `drop_retired`
+/// finishes. Audit months (append-only: no TRUNCATE) are dropped in one step.
 pub async fn drop(
     conn: &mut PgConnection,
     table: Table,
@@ -257,16 +271,20 @@ pub async fn drop(
         .during(WHAT)?;
     }
     set_lock_timeout(&mut tx, lock_timeout_ms).await?;
-    match sqlx::query(AssertSqlSafe(format!("DROP TABLE {partition}")))
-        .execute(&mut *tx)
-        .await
-    {
+    let ddl = match table {
+        Table::Links => format!(
+            "TRUNCATE {partition}; ALTER TABLE {partition} RENAME TO {}",
+            retired_name(table, partition)
+        ),
+        Table::Audit => format!("DROP TABLE {partition}"),
+    };
+    match sqlx::raw_sql(AssertSqlSafe(ddl)).execute(&mut *tx).await {
         Ok(_) => {}
         Err(e) if is_lock_timeout(&e) => return Ok(None),
         Err(e) => return Err(e).during(WHAT),
     }
     if table == Table::Links {
-        // After the drop: inserts that committed before it may have left deltas.
+        // After the lock: inserts that committed before it may have left deltas.
         sqlx::query(AssertSqlSafe(format!(
             "DELETE FROM link_rollup_delta WHERE {cells}"
         )))
@@ -303,6 +321,59 @@ pub async fn drop(
         partition: partition.to_owned(),
         rows,
     }))
+}
+
+/// The name a partition emptied by `drop` waits under for `drop_retired`.
+fn retired_name(table: Table, partition: &str) -> String {
+    let rest = partition
+        .strip_prefix(table.name())
+        .expect("a partition of the table");
+    format!("{}_retired{rest}", table.name())
+}
+
+/// DROPs every partition of `table` that `drop` emptied (`…_retired_…`), each
+/// in its own short transaction under `lock_timeout`, trying each up to three
+/// times; returns how many are left for the next run. The table is empty, so
+/// the drop is a catalog change: ACCESS EXCLUSIVE on the parent for a few
+/// milliseconds, nothing on the tables its foreign keys reference (their
+/// triggers belong to the parent's constraints). Also finishes what a run
+/// stopped between the two steps left.
+pub async fn drop_retired(
+    conn: &mut PgConnection,
+    table: Table,
+    lock_timeout_ms: u64,
+) -> Result<usize, Error> {
+    const WHAT: &str = "partitions::drop_retired";
+    let prefix = format!("{}_retired_", table.name());
+    let mut left = 0;
+    for name in list(conn, table).await? {
+        if !name.starts_with(&prefix) {
+            continue;
+        }
+        let mut dropped = false;
+        for attempt in 0..3 {
+            if attempt > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            let mut tx = conn.begin().await.during(WHAT)?;
+            set_lock_timeout(&mut tx, lock_timeout_ms).await?;
+            match sqlx::query(AssertSqlSafe(format!("DROP TABLE {name}")))
+                .execute(&mut *tx)
+                .await
+            {
+                Ok(_) => {}
+                Err(e) if is_lock_timeout(&e) => continue,
+                Err(e) => return Err(e).during(WHAT),
+            }
+            tx.commit().await.during(WHAT)?;
+            dropped = true;
+            break;
+        }
+        if !dropped {
+            left += 1;
+        }
+    }
+    Ok(left)
 }
 
 async fn set_lock_timeout(tx: &mut Transaction<'_, Postgres>, ms: u64) -> Result<(), Error> {

@@ -247,6 +247,86 @@ async fn retention_drops_whole_partitions_and_everything_retained_stays_exact(po
     );
 }
 
+/// A link partition goes in two steps: emptied (with its roll-up cells and
+/// its audit row) and renamed, then dropped (`partitions::drop`,
+/// `partitions::drop_retired`). A run stopped between them leaves an empty
+/// `links_retired_*` partition that nothing lists or counts, and the next run
+/// drops it without auditing it again.
+#[sqlx::test]
+async fn a_drop_stopped_between_its_two_steps_is_finished_by_the_next_run(pool: PgPool) {
+    seed_fixture(&pool).await;
+    let today = Utc::now().date_naive();
+    let day = |n: u64| today.checked_add_days(Days::new(n)).unwrap();
+    let (mut gone, mut kept) = (Vec::new(), Vec::new());
+    for n in [2, 3] {
+        for h in [1, 9, 23] {
+            let id = insert_link(&pool, midnight(day(n)) + Duration::hours(h)).await;
+            if n == 3 { &mut kept } else { &mut gone }.push(id);
+        }
+    }
+    link_summary::fold(&pool).await.unwrap();
+    let now = midnight(day(3)) + Duration::days(30);
+    let name = Table::Links.partition_name(day(2));
+    let retired = name.replace("links_p", "links_retired_p");
+
+    // Step one alone, as if the process stopped right after it.
+    let mut conn = pool.acquire().await.unwrap();
+    let dropped = partitions::drop(&mut conn, Table::Links, &name, 200, now)
+        .await
+        .unwrap()
+        .expect("the partition is emptied");
+    assert_eq!(dropped.rows, 3);
+    let names = partition_names(&pool, Table::Links).await;
+    assert!(
+        names.contains(&retired) && !names.contains(&name),
+        "{names:?}"
+    );
+    let in_retired: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FROM {retired}"
+    )))
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(in_retired, 0);
+    let listed = link_queries::list_page(&pool, &LinkFilter::default(), None, 1000)
+        .await
+        .unwrap();
+    assert!(gone.iter().all(|id| listed.iter().all(|l| l.id != *id)));
+    assert!(kept.iter().all(|id| listed.iter().any(|l| l.id == *id)));
+    for id in &gone {
+        assert!(links::get(&pool, *id).await.unwrap().is_none());
+    }
+    assert_rollup_equals_scan(&pool, "between the two steps").await;
+
+    // The next run drops the emptied table; the drop is audited once.
+    let report = lifecycle::step(&pool, now, Retention::new(30, 400).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(report.deferred, 0, "{report:?}");
+    let names = partition_names(&pool, Table::Links).await;
+    assert!(!names.iter().any(|n| n.contains("retired")), "{names:?}");
+    assert!(names.contains(&Table::Links.partition_name(day(3))));
+    let audited: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit_events
+         WHERE rpc = 'presignd.maintenance/DropPartition' AND target = $1",
+    )
+    .bind(&name)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(audited, 1);
+    // Only day 3's links are left, and the roll-up counts exactly them.
+    let (links, counted): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM links),
+                ((SELECT coalesce(sum(links), 0) FROM link_rollup)
+                 + (SELECT coalesce(sum(links), 0) FROM link_rollup_delta))::bigint",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((links, counted), (3, 3));
+}
+
 #[sqlx::test]
 async fn audit_months_past_retention_are_dropped_audited_and_append_only_until_then(pool: PgPool) {
     sqlx::query(
