@@ -193,3 +193,48 @@ async fn a_bucket_mapped_to_garage_s_region_serves_and_one_mapped_elsewhere_is_r
         "{r:?}"
     );
 }
+
+/// A bucket that moved (deleted, made again in another region) keeps its
+/// cached region until a refresh, which is what the preflight asks for when
+/// the store answers AuthorizationHeaderMalformed, reads it again.
+#[tokio::test]
+async fn a_detected_region_is_cached_and_read_again_on_refresh() {
+    let bucket = moto_bucket("eu-west-3").await;
+    let target = presignd::signing::S3Target {
+        endpoint: env("MOTO_URL"),
+        region: "us-east-1".into(),
+        path_style: true,
+    };
+    let regions = presignd::keys::Regions::new(&target, Default::default(), true);
+    let http = reqwest::Client::new();
+    let resolve = |refresh| regions.resolve(&http, &bucket, refresh);
+    assert_eq!(&*resolve(false).await.unwrap(), "eu-west-3");
+
+    moto_s3("eu-west-3")
+        .await
+        .delete_bucket()
+        .bucket(&bucket)
+        .send()
+        .await
+        .expect("moto deletes the bucket");
+    moto_s3("ap-southeast-2")
+        .await
+        .create_bucket()
+        .bucket(&bucket)
+        .create_bucket_configuration(
+            aws_sdk_s3::types::CreateBucketConfiguration::builder()
+                .location_constraint("ap-southeast-2".into())
+                .build(),
+        )
+        .send()
+        .await
+        .expect("moto makes the bucket again in another region");
+
+    assert_eq!(
+        &*resolve(false).await.unwrap(),
+        "eu-west-3",
+        "cached: no HeadBucket per link"
+    );
+    assert_eq!(&*resolve(true).await.unwrap(), "ap-southeast-2");
+    assert_eq!(&*regions.region_of(&bucket), "ap-southeast-2");
+}
