@@ -25,6 +25,16 @@ pub struct EventRow {
     pub at: DateTime<Utc>,
 }
 
+/// What a deactivation did to one caller, as `record_deactivation` gathers it.
+#[derive(Default)]
+struct Impact {
+    links: i64,
+    /// The earliest expiry, once known.
+    earliest: Option<DateTime<Utc>>,
+    /// The hour of the caller's first roll-up cell from `cut` on.
+    first_hour: Option<DateTime<Utc>>,
+}
+
 /// Records, in the transaction that deactivated `key_id` for revocation
 /// `revocation_id`, one event per caller whose links died with it (those
 /// unexpired at the deactivation, not marked by an older revocation), and
@@ -70,9 +80,7 @@ pub async fn record_deactivation(
     let Some((signer, dead_at, cut)) = key else {
         return Ok(0);
     };
-    // caller -> (links, earliest expiry, first hour of the roll-up)
-    let mut impact: BTreeMap<String, (i64, Option<DateTime<Utc>>, Option<DateTime<Utc>>)> =
-        BTreeMap::new();
+    let mut impact: BTreeMap<String, Impact> = BTreeMap::new();
     let near: Vec<(String, i64, DateTime<Utc>)> = sqlx::query_as(
         "SELECT caller, count(*), min(expires_at) FROM links
          WHERE key_id = $1 AND revocation_id IS NULL AND expires_at > $2 AND expires_at < $3
@@ -85,7 +93,14 @@ pub async fn record_deactivation(
     .await
     .during(DURING)?;
     for (caller, links, earliest) in near {
-        impact.insert(caller, (links, Some(earliest), None));
+        impact.insert(
+            caller,
+            Impact {
+                links,
+                earliest: Some(earliest),
+                first_hour: None,
+            },
+        );
     }
     let far: Vec<(String, i64, DateTime<Utc>)> = sqlx::query_as(
         "SELECT caller, sum(links)::bigint, min(expires_hour)
@@ -102,15 +117,15 @@ pub async fn record_deactivation(
     .await
     .during(DURING)?;
     for (caller, links, first_hour) in far {
-        let e = impact.entry(caller).or_insert((0, None, None));
-        e.0 += links;
-        e.2 = Some(first_hour);
+        let e = impact.entry(caller).or_default();
+        e.links += links;
+        e.first_hour = Some(first_hour);
     }
     // The earliest expiry of callers with no link before `cut`, per first hour.
     let mut by_hour: BTreeMap<DateTime<Utc>, Vec<String>> = BTreeMap::new();
-    for (caller, (_, earliest, first_hour)) in &impact {
-        if let (None, Some(hour)) = (earliest, first_hour) {
-            by_hour.entry(*hour).or_default().push(caller.clone());
+    for (caller, i) in &impact {
+        if let (None, Some(hour)) = (i.earliest, i.first_hour) {
+            by_hour.entry(hour).or_default().push(caller.clone());
         }
     }
     for (hour, callers) in by_hour {
@@ -129,14 +144,22 @@ pub async fn record_deactivation(
         .during(DURING)?;
         for (caller, earliest) in firsts {
             if let Some(e) = impact.get_mut(&caller) {
-                e.1 = Some(earliest);
+                e.earliest = Some(earliest);
             }
         }
     }
     let mut callers = Vec::with_capacity(impact.len());
     let mut links = Vec::with_capacity(impact.len());
     let mut earliest = Vec::with_capacity(impact.len());
-    for (caller, (n, first, _)) in impact {
+    for (
+        caller,
+        Impact {
+            links: n,
+            earliest: first,
+            ..
+        },
+    ) in impact
+    {
         // The roll-up and the links disagree only if one is wrong: refuse
         // (the step is retried) rather than record a wrong event.
         let first = first.ok_or_else(|| {
@@ -204,4 +227,35 @@ pub async fn latest(db: impl PgExecutor<'_>) -> Result<i64, Error> {
         .fetch_one(db)
         .await
         .during("revocation_events::latest")
+}
+
+/// Deletes the oldest events, those through the last one recorded before
+/// `before` (a prefix in `seq` order, so a cursor is either before every
+/// retained event or among them), and remembers how far (`pruned_through`).
+/// Returns how many went.
+pub async fn prune(db: impl PgExecutor<'_>, before: DateTime<Utc>) -> Result<u64, Error> {
+    // Writers hand out `seq` in commit order (EVENTS_LOCK): one committing
+    // later gets a larger seq than any this statement sees.
+    let gone: i64 = sqlx::query_scalar(
+        "WITH last AS (SELECT max(seq) AS seq FROM revocation_events WHERE at < $1),
+         gone AS (DELETE FROM revocation_events WHERE seq <= (SELECT seq FROM last) RETURNING 1),
+         mark AS (UPDATE revocation_events_pruned
+                  SET through_seq = greatest(through_seq, (SELECT seq FROM last))
+                  WHERE (SELECT seq FROM last) IS NOT NULL)
+         SELECT count(*) FROM gone",
+    )
+    .bind(before)
+    .fetch_one(db)
+    .await
+    .during("revocation_events::prune")?;
+    Ok(gone as u64)
+}
+
+/// The last sequence number retention deleted through (0: none): a cursor
+/// before it would miss events.
+pub async fn pruned_through(db: impl PgExecutor<'_>) -> Result<i64, Error> {
+    sqlx::query_scalar("SELECT through_seq FROM revocation_events_pruned")
+        .fetch_one(db)
+        .await
+        .during("revocation_events::pruned_through")
 }

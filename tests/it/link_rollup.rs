@@ -322,14 +322,20 @@ async fn revocation_events_from_the_rollup_equal_a_pass_over_the_links(pool: PgP
 
     assert_eq!(events, oracle);
     assert_eq!(revoked, oracle.iter().map(|o| o.1).sum::<i64>());
-    assert_eq!(oracle.len(), 4, "svc-a, svc-b, svc-c and svc-late: {oracle:?}");
+    assert_eq!(
+        oracle.len(),
+        4,
+        "svc-a, svc-b, svc-c and svc-late: {oracle:?}"
+    );
     assert_eq!(
         oracle.iter().map(|o| o.2).sum::<i64>(),
         7,
         "every quarantined link counted once"
     );
     assert!(
-        oracle.iter().any(|o| o.3 < chrono::Utc::now() + chrono::Duration::hours(1)),
+        oracle
+            .iter()
+            .any(|o| o.3 < chrono::Utc::now() + chrono::Duration::hours(1)),
         "some caller's earliest expiry falls before the next hour: {oracle:?}"
     );
 }
