@@ -5,10 +5,14 @@
 //! gets no link: the store would refuse it. A request with a request id that
 //! names a live link gets that link back instead of a new one (`retry`).
 
+mod multipart;
 mod recorder;
 mod reissue;
 mod retry;
 
+pub use multipart::{
+    PART_LABEL, PartUrl, StartUpload, Started, UPLOAD_LABEL, UploadError, abort_expired,
+};
 pub use recorder::{Recorded, Recorder};
 pub use reissue::{ReissueRequest, Reissued, Replacement, SkipReason, Skipped};
 pub use retry::request_digest;
