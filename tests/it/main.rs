@@ -27,6 +27,7 @@ mod link_rollup;
 mod link_summaries;
 mod lookup_link;
 mod metrics;
+mod multipart;
 mod migrations;
 mod mtls;
 mod observability;
