@@ -143,6 +143,7 @@ fn skip_reason(r: SkipReason) -> proto::SkipReason {
         SkipReason::ReplacementRevoked => proto::SkipReason::ReplacementRevoked,
         SkipReason::Expiring => proto::SkipReason::Expiring,
         SkipReason::BucketNotReady => proto::SkipReason::BucketNotReady,
+        SkipReason::UploadPart => proto::SkipReason::UploadPart,
     }
 }
 

@@ -24,7 +24,7 @@ use sqlx::PgPool;
 use std::sync::Arc;
 use uuid::Uuid;
 
-/// The labels presignd puts on each part link.
+/// The labels presignd puts on each part link (callers may not: `Labels`).
 pub const UPLOAD_LABEL: &str = "presignd.upload";
 pub const PART_LABEL: &str = "presignd.part";
 /// A caller's labels on a StartMultipartUpload: Labels' 16 less presignd's two.
@@ -185,18 +185,6 @@ impl Issuer {
             return Err(FieldError::new(
                 "labels",
                 format!("at most {MAX_LABELS_WITH_PARTS}: each part link also gets {UPLOAD_LABEL} and {PART_LABEL}"),
-            )
-            .into());
-        }
-        if let Some(k) = req
-            .labels
-            .as_map()
-            .keys()
-            .find(|k| k.starts_with("presignd."))
-        {
-            return Err(FieldError::new(
-                "labels",
-                format!("key {k:?}: keys beginning \"presignd.\" are presignd's"),
             )
             .into());
         }

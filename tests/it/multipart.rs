@@ -40,8 +40,17 @@ fn bytes(len: u64, seed: u8) -> Vec<u8> {
 }
 
 /// PUTs `body` through a part URL: the status, the ETag, the body.
-async fn put_part(http: &reqwest::Client, url: &str, body: Vec<u8>) -> (StatusCode, String, String) {
-    let r = http.put(url).body(body).send().await.expect("Garage answers");
+async fn put_part(
+    http: &reqwest::Client,
+    url: &str,
+    body: Vec<u8>,
+) -> (StatusCode, String, String) {
+    let r = http
+        .put(url)
+        .body(body)
+        .send()
+        .await
+        .expect("Garage answers");
     let status = r.status();
     let etag = r
         .headers()
@@ -130,7 +139,12 @@ async fn a_16_mib_file_in_4_parts_goes_up_through_part_urls_and_comes_back_ident
     let ranges: Vec<(u64, u64)> = started.parts.iter().map(|p| (p.offset, p.size)).collect();
     assert_eq!(
         ranges,
-        [(0, 5 * MIB), (5 * MIB, 5 * MIB), (10 * MIB, 5 * MIB), (15 * MIB, MIB)]
+        [
+            (0, 5 * MIB),
+            (5 * MIB, 5 * MIB),
+            (10 * MIB, 5 * MIB),
+            (15 * MIB, MIB)
+        ]
     );
     assert_eq!(started.part_size, 5 * MIB);
 
@@ -145,7 +159,12 @@ async fn a_16_mib_file_in_4_parts_goes_up_through_part_urls_and_comes_back_ident
     .unwrap();
     assert_eq!(
         row,
-        ("open".into(), started.key_id.clone(), 4, started.store_upload_id.clone())
+        (
+            "open".into(),
+            started.key_id.clone(),
+            4,
+            started.store_upload_id.clone()
+        )
     );
     for p in &started.parts {
         let link = app
@@ -182,16 +201,20 @@ async fn a_16_mib_file_in_4_parts_goes_up_through_part_urls_and_comes_back_ident
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(done.key_id, started.key_id, "sent with the key that started it");
+    assert_eq!(
+        done.key_id, started.key_id,
+        "sent with the key that started it"
+    );
     assert_eq!(
         get_object_sha256(&mut app, &key).await,
         hex::encode(Sha256::digest(&file))
     );
-    let state: String = sqlx::query_scalar("SELECT state FROM multipart_uploads WHERE id = $1::uuid")
-        .bind(&id)
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let state: String =
+        sqlx::query_scalar("SELECT state FROM multipart_uploads WHERE id = $1::uuid")
+            .bind(&id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
     assert_eq!(state, "completed");
     // Finished once: a second Complete is refused, naming the state.
     let again = app
@@ -220,14 +243,22 @@ async fn revoking_the_key_mid_upload_kills_the_remaining_part_urls_and_counts_th
     // Parts 1 and 2 go up before the incident.
     let part1 = bytes(5 * MIB, 1);
     let mut etags = Vec::new();
-    for (p, body) in started.parts[..2].iter().zip([part1.clone(), bytes(MIB, 2)]) {
+    for (p, body) in started.parts[..2]
+        .iter()
+        .zip([part1.clone(), bytes(MIB, 2)])
+    {
         let (status, etag, _) = put_part(&app.http, &p.url, body).await;
         assert_eq!(status, StatusCode::OK);
         etags.push(etag);
     }
     // One ordinary link of the same key beside them.
     let plain = app
-        .issue(link_request(&bucket, &unique_key("plain"), Method::Get, 600))
+        .issue(link_request(
+            &bucket,
+            &unique_key("plain"),
+            Method::Get,
+            600,
+        ))
         .await
         .unwrap();
     assert_eq!(plain.link.as_ref().unwrap().key_id, old_key);
@@ -235,7 +266,9 @@ async fn revoking_the_key_mid_upload_kills_the_remaining_part_urls_and_counts_th
     let plan = app
         .keys
         .plan_revocation(PlanRevocationRequest {
-            target: Some(proto::plan_revocation_request::Target::KeyId(old_key.clone())),
+            target: Some(proto::plan_revocation_request::Target::KeyId(
+                old_key.clone(),
+            )),
         })
         .await
         .unwrap()
@@ -254,15 +287,54 @@ async fn revoking_the_key_mid_upload_kills_the_remaining_part_urls_and_counts_th
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(report.state, RevocationState::Succeeded as i32, "{report:?}");
+    assert_eq!(
+        report.state,
+        RevocationState::Succeeded as i32,
+        "{report:?}"
+    );
     assert_eq!(report.links_revoked, 5);
     assert_eq!(revoked_by(&pool, &report.id).await, 5);
 
     // The rest of the part URLs are refused by Garage now.
     for p in &started.parts[2..] {
         let (status, _, body) = put_part(&app.http, &p.url, bytes(MIB, 3)).await;
-        assert_eq!(status, StatusCode::FORBIDDEN, "part {}: {body}", p.part_number);
+        assert_eq!(
+            status,
+            StatusCode::FORBIDDEN,
+            "part {}: {body}",
+            p.part_number
+        );
     }
+    // ReissueLinks replaces the GET link, not the part URLs (a plain PUT
+    // would not be a part upload): each skipped with its reason.
+    let reissued = app
+        .links
+        .reissue_links(proto::ReissueLinksRequest {
+            revocation_id: report.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reissued.links.len(), 1);
+    assert_eq!(
+        reissued.links[0].replaces_link_id,
+        plain.link.as_ref().unwrap().id
+    );
+    let mut skipped: Vec<(String, i32)> = reissued
+        .skipped
+        .iter()
+        .map(|s| (s.link_id.clone(), s.reason))
+        .collect();
+    skipped.sort();
+    let mut parts: Vec<(String, i32)> = started
+        .parts
+        .iter()
+        .map(|p| (p.link_id.clone(), proto::SkipReason::UploadPart as i32))
+        .collect();
+    parts.sort();
+    assert_eq!(skipped, parts);
+
     // Completing still works: with the signer's new key (the old one is dead).
     let done = app
         .links
@@ -312,7 +384,10 @@ async fn part_counts_and_sizes_outside_s3s_limits_are_refused_naming_the_field(p
     let e = app.links.start_multipart_upload(none).await.unwrap_err();
     assert_eq!(field_violations(&e), ["size"]);
 
-    assert_eq!(count(&pool, "SELECT count(*) FROM multipart_uploads").await, 0);
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM multipart_uploads").await,
+        0
+    );
     assert_eq!(count(&pool, "SELECT count(*) FROM links").await, 0);
     let key_id = app.km.active_key("default").unwrap().key_id.clone();
     let s3 = s3_as(&key_id).await;
@@ -348,10 +423,16 @@ async fn a_caller_without_the_put_right_is_refused_and_nothing_is_recorded(pool:
     assert_eq!(info.reason, "POLICY_DENIED");
     assert_eq!(info.metadata["rule"], "methods");
 
-    assert_eq!(count(&pool, "SELECT count(*) FROM multipart_uploads").await, 0);
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM multipart_uploads").await,
+        0
+    );
     assert_eq!(count(&pool, "SELECT count(*) FROM links").await, 0);
     let key_id = app.km.active_key("default").unwrap().key_id.clone();
-    assert_eq!(uploads_at_store(&s3_as(&key_id).await, &bs[0], &key).await, 0);
+    assert_eq!(
+        uploads_at_store(&s3_as(&key_id).await, &bs[0], &key).await,
+        0
+    );
 }
 
 #[sqlx::test]
@@ -389,11 +470,12 @@ async fn another_caller_can_neither_complete_nor_abort_an_upload(pool: PgPool) {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound, "{e:?}");
-    let state: String = sqlx::query_scalar("SELECT state FROM multipart_uploads WHERE id = $1::uuid")
-        .bind(&started.upload_id)
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let state: String =
+        sqlx::query_scalar("SELECT state FROM multipart_uploads WHERE id = $1::uuid")
+            .bind(&started.upload_id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
     assert_eq!(state, "open", "untouched");
 
     // Its owner completes it.
@@ -432,13 +514,17 @@ async fn the_maintenance_aborts_an_upload_left_open_past_its_ttl(pool: PgPool) {
     // Not yet expired: nothing to do.
     let now = chrono::Utc::now();
     assert_eq!(
-        presignd::issuance::abort_expired(&pool, &app.km, now).await.unwrap(),
+        presignd::issuance::abort_expired(&pool, &app.km, now)
+            .await
+            .unwrap(),
         0
     );
     // Past the TTL (600 s).
     let later = now + chrono::Duration::seconds(601);
     assert_eq!(
-        presignd::issuance::abort_expired(&pool, &app.km, later).await.unwrap(),
+        presignd::issuance::abort_expired(&pool, &app.km, later)
+            .await
+            .unwrap(),
         1
     );
     let (state, by): (String, String) =
@@ -453,13 +539,18 @@ async fn the_maintenance_aborts_an_upload_left_open_past_its_ttl(pool: PgPool) {
     // signature's validity) and ListParts both answer NoSuchUpload.
     let (status, _, body) = put_part(&app.http, &started.parts[1].url, bytes(1000, 5)).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
-    assert_eq!(presignd::signing::xml_field(&body, "Code"), Some("NoSuchUpload"));
+    assert_eq!(
+        presignd::signing::xml_field(&body, "Code"),
+        Some("NoSuchUpload")
+    );
     let e = list_parts().await.unwrap_err();
     let code = aws_sdk_s3::error::ProvideErrorMetadata::code(&e).map(str::to_owned);
     assert_eq!(code.as_deref(), Some("NoSuchUpload"), "{e:?}");
     // Once: the next run finds nothing.
     assert_eq!(
-        presignd::issuance::abort_expired(&pool, &app.km, later).await.unwrap(),
+        presignd::issuance::abort_expired(&pool, &app.km, later)
+            .await
+            .unwrap(),
         0
     );
 }
@@ -490,7 +581,11 @@ async fn presignctl_upload_sends_a_local_file_that_comes_back_identical(pool: Pg
     .await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     let want = hex::encode(Sha256::digest(&file));
-    assert!(out.stdout.contains(&format!("sha256 {want}")), "{}", out.stdout);
+    assert!(
+        out.stdout.contains(&format!("sha256 {want}")),
+        "{}",
+        out.stdout
+    );
     assert!(out.stdout.contains("in 3 parts"), "{}", out.stdout);
     assert!(!out.stdout.contains("X-Amz-Signature") && !out.stderr.contains("X-Amz-"));
     let upload_id = out
@@ -498,11 +593,12 @@ async fn presignctl_upload_sends_a_local_file_that_comes_back_identical(pool: Pg
         .lines()
         .find_map(|l| l.strip_prefix("upload_id "))
         .unwrap();
-    let state: String = sqlx::query_scalar("SELECT state FROM multipart_uploads WHERE id = $1::uuid")
-        .bind(upload_id)
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let state: String =
+        sqlx::query_scalar("SELECT state FROM multipart_uploads WHERE id = $1::uuid")
+            .bind(upload_id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
     assert_eq!(state, "completed");
     assert_eq!(get_object_sha256(&mut app, &key).await, want);
 }

@@ -42,7 +42,9 @@ pub async fn upload(conn: &Conn, args: UploadArgs) -> anyhow::Result<()> {
     let mut file = std::fs::File::open(&args.file)
         .with_context(|| format!("cannot open {}", args.file.display()))?;
     let size = file.metadata()?.len();
-    let mut client = client(conn).await?.max_decoding_message_size(MAX_ANSWER_BYTES);
+    let mut client = client(conn)
+        .await?
+        .max_decoding_message_size(MAX_ANSWER_BYTES);
     let started = client
         .start_multipart_upload(proto::StartMultipartUploadRequest {
             bucket: args.bucket,
@@ -68,12 +70,10 @@ pub async fn upload(conn: &Conn, args: UploadArgs) -> anyhow::Result<()> {
             file.seek(SeekFrom::Start(part.offset))?;
             file.read_exact(&mut bytes)?;
             sha.update(&bytes);
-            let r = http
-                .put(&part.url)
-                .body(bytes)
-                .send()
-                .await
-                .map_err(|e| anyhow::anyhow!("part {}: {}", part.part_number, e.without_url()))?;
+            let r =
+                http.put(&part.url).body(bytes).send().await.map_err(|e| {
+                    anyhow::anyhow!("part {}: {}", part.part_number, e.without_url())
+                })?;
             let status = r.status();
             let etag = r
                 .headers()
@@ -85,7 +85,10 @@ pub async fn upload(conn: &Conn, args: UploadArgs) -> anyhow::Result<()> {
                 _ => {
                     let body = r.text().await.unwrap_or_default();
                     let code = presignd::signing::xml_field(&body, "Code").unwrap_or("no code");
-                    anyhow::bail!("part {}: the store answered {status} ({code})", part.part_number)
+                    anyhow::bail!(
+                        "part {}: the store answered {status} ({code})",
+                        part.part_number
+                    )
                 }
             }
         }
