@@ -238,43 +238,6 @@ pub fn uuid(field: &'static str, s: &str) -> Result<Uuid, FieldError> {
     uuid::Uuid::parse_str(s).map_err(|_| FieldError::new(field, format!("{s:?} is not a UUID")))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::api::response;
-
-    #[test]
-    fn every_method_state_and_mode_round_trips_through_proto() {
-        for m in [Method::Get, Method::Put, Method::Head, Method::Delete] {
-            assert_eq!(method(response::method(m) as i32).unwrap(), m);
-        }
-        for s in [LinkState::Active, LinkState::Expired, LinkState::Revoked] {
-            assert_eq!(
-                link_state("state", response::link_state(s) as i32).unwrap(),
-                Some(s)
-            );
-        }
-        for m in RotationMode::ALL {
-            assert_eq!(
-                rotation_mode(response::rotation_mode(*m) as i32).unwrap(),
-                *m
-            );
-        }
-    }
-
-    #[test]
-    fn an_unspecified_or_unknown_enum_is_rejected_naming_its_field() {
-        assert!(method(0).unwrap_err().reason.contains("required"));
-        assert_eq!(method(42).unwrap_err().field, "method");
-        assert_eq!(rotation_mode(0).unwrap_err().field, "mode");
-        assert_eq!(link_state("filter.state", 0).unwrap(), None);
-        assert_eq!(
-            link_state("filter.state", 9).unwrap_err().field,
-            "filter.state"
-        );
-    }
-}
-
 /// StartMultipartUpload: the PUT the policy judges, and the parts (S3's
 /// limits checked here, before anything is called or recorded).
 pub fn start_upload(
@@ -325,4 +288,41 @@ pub fn completed_parts(parts: &[proto::CompletedPart]) -> Vec<crate::signing::Co
             etag: p.etag.clone(),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::response;
+
+    #[test]
+    fn every_method_state_and_mode_round_trips_through_proto() {
+        for m in [Method::Get, Method::Put, Method::Head, Method::Delete] {
+            assert_eq!(method(response::method(m) as i32).unwrap(), m);
+        }
+        for s in [LinkState::Active, LinkState::Expired, LinkState::Revoked] {
+            assert_eq!(
+                link_state("state", response::link_state(s) as i32).unwrap(),
+                Some(s)
+            );
+        }
+        for m in RotationMode::ALL {
+            assert_eq!(
+                rotation_mode(response::rotation_mode(*m) as i32).unwrap(),
+                *m
+            );
+        }
+    }
+
+    #[test]
+    fn an_unspecified_or_unknown_enum_is_rejected_naming_its_field() {
+        assert!(method(0).unwrap_err().reason.contains("required"));
+        assert_eq!(method(42).unwrap_err().field, "method");
+        assert_eq!(rotation_mode(0).unwrap_err().field, "mode");
+        assert_eq!(link_state("filter.state", 0).unwrap(), None);
+        assert_eq!(
+            link_state("filter.state", 9).unwrap_err().field,
+            "filter.state"
+        );
+    }
 }
