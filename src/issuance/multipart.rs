@@ -14,6 +14,7 @@ use crate::audit::AuditEvent;
 use crate::auth::Caller;
 use crate::domain::{FieldError, Labels, LinkSpec, PartPlan};
 use crate::keys::{KeyError, KeyManager};
+use crate::metrics;
 use crate::registry::links::NewLink;
 use crate::registry::uploads::{self, NewUpload, UploadRow};
 use crate::registry::{self};
@@ -243,6 +244,7 @@ impl Issuer {
             match uploads::record(&self.pool, &upload, &links).await {
                 Ok(true) => {
                     for _ in &links {
+                        metrics::record_issued("PUT", signer);
                         self.budgets.issued(signer);
                     }
                     tracing::info!(

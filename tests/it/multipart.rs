@@ -180,6 +180,14 @@ async fn a_16_mib_file_in_4_parts_goes_up_through_part_urls_and_comes_back_ident
         assert_eq!(link.labels["presignd.upload"], id);
         assert_eq!(link.labels["presignd.part"], p.part_number.to_string());
         assert!(p.url.contains(&format!("partNumber={}", p.part_number)));
+        // LookupLink knows a part URL by its signature, like any link's.
+        let found = app
+            .links
+            .lookup_link(proto::LookupLinkRequest { url: p.url.clone() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(found.link.unwrap().id, p.link_id);
     }
 
     let mut parts = Vec::new();
@@ -216,7 +224,7 @@ async fn a_16_mib_file_in_4_parts_goes_up_through_part_urls_and_comes_back_ident
             .await
             .unwrap();
     assert_eq!(state, "completed");
-    // Finished once: a second Complete is refused, naming the state.
+    // Finished once: an Abort after the Complete is refused, naming the state.
     let again = app
         .links
         .abort_multipart_upload(AbortMultipartUploadRequest { upload_id: id })
