@@ -4,12 +4,16 @@
 //! audited. A bucket the signer's key was not proven for (`keys::preflight`)
 //! gets no link: the store would refuse it. A request with a request id that
 //! names a live link gets that link back instead of a new one (`retry`).
+//! An upload form (`form`) takes the same path with a POST policy for a URL;
+//! a multipart upload (`multipart`) records one link per part URL.
 
+mod form;
 mod multipart;
 mod recorder;
 mod reissue;
 mod retry;
 
+pub use form::IssuedForm;
 pub use multipart::{
     PART_LABEL, PartUrl, StartUpload, Started, UPLOAD_LABEL, UploadError, abort_expired,
 };
@@ -216,6 +220,7 @@ impl Issuer {
                 method: spec.method.as_str(),
                 bucket: spec.bucket.to_string(),
                 object_key: spec.object_key.as_str().to_owned(),
+                object_key_is_prefix: false,
                 labels: labels.as_map().clone(),
                 issued_at,
                 expires_at: issued_at + spec.ttl.as_duration(),

@@ -12,9 +12,10 @@
 use super::{IssueError, Issuer, now_in_seconds};
 use crate::audit::AuditEvent;
 use crate::auth::Caller;
-use crate::domain::{FieldError, Labels, LinkSpec, PartPlan};
+use crate::domain::{CallerName, FieldError, Labels, LinkSpec, PartPlan};
 use crate::keys::{KeyError, KeyManager};
 use crate::metrics;
+use crate::policy::Denied;
 use crate::registry::links::NewLink;
 use crate::registry::uploads::{self, NewUpload, UploadRow};
 use crate::registry::{self};
@@ -87,6 +88,29 @@ pub struct Started {
     pub expires_at: DateTime<Utc>,
     pub part_size: Option<u64>,
     pub parts: Vec<PartUrl>,
+}
+
+/// The policy's `max_upload_bytes`, if the caller's entry has one: the
+/// upload's total_size must be within it, and given (with part_count alone
+/// the object's size is unknown). The part URLs bind no size: this bounds
+/// what the caller declares (see "Multipart uploads" in ARCHITECTURE.md).
+fn within_max_upload(caller: &CallerName, plan: &PartPlan, max: Option<u64>) -> Result<(), Denied> {
+    let Some(max) = max else {
+        return Ok(());
+    };
+    match plan.total() {
+        Some(total) if total <= max => Ok(()),
+        Some(total) => Err(Denied::new(
+            "max_upload_bytes",
+            format!("caller {caller} may not upload {total} bytes (max_upload_bytes: {max})"),
+        )),
+        None => Err(Denied::new(
+            "max_upload_bytes",
+            format!(
+                "caller {caller} has max_upload_bytes ({max}): give total_size, not part_count"
+            ),
+        )),
+    }
 }
 
 /// Whose upload this is, and whether it may still be finished.
@@ -189,7 +213,14 @@ impl Issuer {
             )
             .into());
         }
-        let grant = match self.policy.current().authorize_issue(&caller.name, spec) {
+        let policy = self.policy.current();
+        let judged = policy
+            .authorize_issue(&caller.name, spec)
+            .and_then(|grant| {
+                let max = policy.rules(&caller.name).and_then(|r| r.max_upload_bytes);
+                within_max_upload(&caller.name, &req.plan, max).map(|()| grant)
+            });
+        let grant = match judged {
             Ok(grant) => grant,
             Err(denied) => {
                 self.audit.record_denial(AuditEvent {
@@ -321,6 +352,7 @@ impl Issuer {
                 method: "PUT",
                 bucket: spec.bucket.to_string(),
                 object_key: spec.object_key.as_str().to_owned(),
+                object_key_is_prefix: false,
                 labels,
                 issued_at,
                 expires_at,

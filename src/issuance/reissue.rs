@@ -68,6 +68,8 @@ pub enum SkipReason {
     BucketNotReady,
     /// A multipart upload's part URL: a plain PUT would not replace it.
     UploadPart,
+    /// An upload form (POST): not a URL; the caller asks for a new form.
+    UploadForm,
 }
 
 /// A replacement's URL and headers, or why it is not handed out.
@@ -184,6 +186,14 @@ impl Issuer {
                         "a part URL of multipart upload {upload}: not reissued; abort the upload \
                          and start a new one"
                     ),
+                );
+                continue;
+            }
+            if row.method == Method::Post.as_str() {
+                skip(
+                    row.id,
+                    SkipReason::UploadForm,
+                    "an upload form is not a URL: ask IssueUploadForm for a new one".into(),
                 );
                 continue;
             }
@@ -315,6 +325,7 @@ impl Issuer {
             method: spec.method.as_str(),
             bucket: o.bucket.clone(),
             object_key: o.object_key.clone(),
+            object_key_is_prefix: false,
             labels: o.labels.0.clone(),
             issued_at,
             expires_at: o.expires_at,

@@ -610,3 +610,42 @@ async fn presignctl_upload_sends_a_local_file_that_comes_back_identical(pool: Pg
     assert_eq!(state, "completed");
     assert_eq!(get_object_sha256(&mut app, &key).await, want);
 }
+
+#[sqlx::test]
+async fn a_policy_max_upload_bytes_bounds_the_declared_size(pool: PgPool) {
+    let b0 = test_bucket();
+    let policy = format!(
+        "[callers.it-caller]\nrole = \"admin\"\nbuckets = [\"*\"]\nmethods = [\"*\"]\n\n\
+         [callers.it-caller-b]\nbuckets = [\"{b0}\"]\nmethods = [\"PUT\"]\nmax_upload_bytes = 10485760\n"
+    );
+    let (config, _) = policy_config(&policy, &[]);
+    let app = spawn_app_with(config, (*pool.connect_options()).clone()).await;
+    app.wait_for(tonic_health::pb::health_check_response::ServingStatus::Serving)
+        .await;
+    let mut b = LinkServiceClient::with_interceptor(app.channel.clone(), with_token_b as Auth);
+    let key = unique_key("multipart-max");
+    for size in [Size::TotalSize(16 * MIB), Size::PartCount(2)] {
+        let e = b
+            .start_multipart_upload(start_req(&b0, &key, size, 0))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{size:?}: {e:?}");
+        let info = e.get_error_details().error_info().cloned().unwrap();
+        assert_eq!(info.metadata["rule"], "max_upload_bytes", "{size:?}");
+    }
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM multipart_uploads").await,
+        0
+    );
+    let ok = b
+        .start_multipart_upload(start_req(&b0, &key, Size::TotalSize(10 * MIB), 5 * MIB))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ok.parts.len(), 2);
+    b.abort_multipart_upload(AbortMultipartUploadRequest {
+        upload_id: ok.upload_id,
+    })
+    .await
+    .unwrap();
+}
