@@ -4,14 +4,19 @@
 //! audited. A bucket the signer's key was not proven for (`keys::preflight`)
 //! gets no link: the store would refuse it. A request with a request id that
 //! names a live link gets that link back instead of a new one (`retry`).
-//! An upload form (`form`) takes the same path with a POST policy for a URL.
+//! An upload form (`form`) takes the same path with a POST policy for a URL;
+//! a multipart upload (`multipart`) records one link per part URL.
 
 mod form;
+mod multipart;
 mod recorder;
 mod reissue;
 mod retry;
 
 pub use form::IssuedForm;
+pub use multipart::{
+    PART_LABEL, PartUrl, StartUpload, Started, UPLOAD_LABEL, UploadError, abort_expired,
+};
 pub use recorder::{Recorded, Recorder};
 pub use reissue::{ReissueRequest, Reissued, Replacement, SkipReason, Skipped};
 pub use retry::request_digest;

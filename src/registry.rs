@@ -18,6 +18,7 @@ pub mod revocations;
 pub mod sealed;
 pub mod signers;
 pub mod states;
+pub mod uploads;
 
 use error::During;
 pub use error::{Constraint, Error, ErrorKind};

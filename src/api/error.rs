@@ -14,11 +14,12 @@
 use crate::backend::BackendError;
 use crate::dashboard::DashboardError;
 use crate::domain::FieldError;
-use crate::issuance::IssueError;
+use crate::issuance::{IssueError, UploadError};
 use crate::keys::BucketRefused;
 use crate::metrics;
 use crate::registry::{self, ErrorKind};
 use crate::revocation::RevocationError;
+use crate::signing::StoreError;
 use std::collections::HashMap;
 use std::time::Duration;
 use tonic::{Code, Status};
@@ -356,5 +357,51 @@ into_status!(
     IssueError,
     RevocationError,
     DashboardError,
-    registry::Error
+    registry::Error,
+    UploadError
 );
+
+/// Multipart uploads: the store's answers to presignd's own calls. A refusal
+/// of the caller's parts is INVALID_ARGUMENT naming `parts`; a store that
+/// cannot be reached is UNAVAILABLE; any other refusal FAILED_PRECONDITION
+/// with the store's code.
+impl From<UploadError> for ApiError {
+    fn from(e: UploadError) -> Self {
+        match e {
+            UploadError::Issue(e) => e.into(),
+            UploadError::NotFound(_) => Self::NotFound(e.to_string()),
+            UploadError::NotOpen { ref state, id } => Self::FailedPrecondition(
+                Refusal::new("UPLOAD_NOT_OPEN", e.to_string())
+                    .with("upload_id", id)
+                    .with("state", state),
+            ),
+            UploadError::Gone(id) => Self::FailedPrecondition(
+                Refusal::new("UPLOAD_GONE", e.to_string()).with("upload_id", id),
+            ),
+            UploadError::NoLiveKey(_) => Self::unavailable(e.to_string()),
+            UploadError::Store(StoreError::Refused { ref code, .. })
+                if matches!(
+                    code.as_str(),
+                    "InvalidPart" | "InvalidPartOrder" | "EntityTooSmall"
+                ) =>
+            {
+                Self::InvalidArgument(FieldError::new("parts", e.to_string()))
+            }
+            UploadError::Store(StoreError::Refused { ref code, .. }) => {
+                tracing::warn!(error = %e, "the store refused a multipart call");
+                let code = code.clone();
+                Self::FailedPrecondition(
+                    Refusal::new("STORE_REFUSED", e.to_string()).with("code", code),
+                )
+            }
+            UploadError::Store(StoreError::Unavailable { .. }) => {
+                tracing::warn!(error = %e, "the store is unreachable");
+                Self::unavailable(e.to_string())
+            }
+            UploadError::Store(StoreError::Sign(ref cause)) => {
+                tracing::error!(error = %cause, "signing a multipart call failed");
+                Self::Internal("signing failed".into())
+            }
+        }
+    }
+}

@@ -106,6 +106,46 @@ impl LinkService for LinkApi {
         Ok(Response::new(Box::pin(stream)))
     }
 
+    async fn start_multipart_upload(
+        &self,
+        request: Request<proto::StartMultipartUploadRequest>,
+    ) -> Result<Response<proto::StartMultipartUploadResponse>, Status> {
+        let caller = caller_of(&request)?;
+        self.issuer.admit(&caller)?;
+        let start = request::start_upload(request.get_ref())?;
+        let started = self.issuer.start_upload(&caller, start).await?;
+        Ok(Response::new(response::started_upload(started)))
+    }
+
+    async fn complete_multipart_upload(
+        &self,
+        request: Request<proto::CompleteMultipartUploadRequest>,
+    ) -> Result<Response<proto::CompleteMultipartUploadResponse>, Status> {
+        let caller = caller_of(&request)?;
+        self.issuer.admit(&caller)?;
+        let r = request.get_ref();
+        let id = request::uuid("upload_id", &r.upload_id)?;
+        let parts = request::completed_parts(&r.parts);
+        let (etag, key_id) = self.issuer.complete_upload(&caller, id, parts).await?;
+        Ok(Response::new(proto::CompleteMultipartUploadResponse {
+            etag,
+            key_id,
+        }))
+    }
+
+    async fn abort_multipart_upload(
+        &self,
+        request: Request<proto::AbortMultipartUploadRequest>,
+    ) -> Result<Response<proto::AbortMultipartUploadResponse>, Status> {
+        let caller = caller_of(&request)?;
+        self.issuer.admit(&caller)?;
+        let id = request::uuid("upload_id", &request.get_ref().upload_id)?;
+        let key_id = self.issuer.abort_upload(&caller, id).await?;
+        Ok(Response::new(proto::AbortMultipartUploadResponse {
+            key_id,
+        }))
+    }
+
     async fn get_link(
         &self,
         request: Request<proto::GetLinkRequest>,

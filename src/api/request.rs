@@ -301,6 +301,58 @@ pub fn uuid(field: &'static str, s: &str) -> Result<Uuid, FieldError> {
     uuid::Uuid::parse_str(s).map_err(|_| FieldError::new(field, format!("{s:?} is not a UUID")))
 }
 
+/// StartMultipartUpload: the PUT the policy judges, and the parts (S3's
+/// limits checked here, before anything is called or recorded).
+pub fn start_upload(
+    req: &proto::StartMultipartUploadRequest,
+) -> Result<crate::issuance::StartUpload, FieldError> {
+    use proto::start_multipart_upload_request::Size;
+    let bucket = Bucket::parse(&req.bucket)?;
+    let object_key = ObjectKey::parse(&req.object_key)?;
+    let ttl = match &req.ttl {
+        Some(d) => Ttl::parse(d.seconds, d.nanos)?,
+        None => return Err(FieldError::new("ttl", "is required (1s to 7 days)")),
+    };
+    let labels = Labels::parse(&req.labels)?;
+    let content_type = match req.content_type.as_str() {
+        "" => None,
+        ct => Some(ContentType::parse(ct)?),
+    };
+    let plan = match req.size {
+        Some(Size::PartCount(n)) => crate::domain::PartPlan::by_count(n, req.part_size)?,
+        Some(Size::TotalSize(total)) => crate::domain::PartPlan::by_size(total, req.part_size)?,
+        None => {
+            return Err(FieldError::new(
+                "size",
+                "is required: part_count (1 to 10,000) or total_size (bytes, at most 5 TiB)",
+            ));
+        }
+    };
+    Ok(crate::issuance::StartUpload {
+        spec: LinkSpec {
+            method: Method::Put,
+            bucket,
+            object_key,
+            ttl,
+            content_type,
+            content_disposition: None,
+        },
+        plan,
+        labels,
+    })
+}
+
+/// CompleteMultipartUpload's parts (their order is checked against the upload).
+pub fn completed_parts(parts: &[proto::CompletedPart]) -> Vec<crate::signing::CompletedPart> {
+    parts
+        .iter()
+        .map(|p| crate::signing::CompletedPart {
+            number: p.part_number,
+            etag: p.etag.clone(),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

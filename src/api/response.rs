@@ -145,6 +145,7 @@ fn skip_reason(r: SkipReason) -> proto::SkipReason {
         SkipReason::ReplacementRevoked => proto::SkipReason::ReplacementRevoked,
         SkipReason::Expiring => proto::SkipReason::Expiring,
         SkipReason::BucketNotReady => proto::SkipReason::BucketNotReady,
+        SkipReason::UploadPart => proto::SkipReason::UploadPart,
         SkipReason::UploadForm => proto::SkipReason::UploadForm,
     }
 }
@@ -364,4 +365,28 @@ fn budget_share(
         age: Some(duration(age)),
         age_share: age_share.unwrap_or(0.0),
     })
+}
+
+pub fn started_upload(s: crate::issuance::Started) -> proto::StartMultipartUploadResponse {
+    proto::StartMultipartUploadResponse {
+        upload_id: s.id.to_string(),
+        store_upload_id: s.store_upload_id,
+        key_id: s.key_id,
+        expires_at: Some(timestamp(s.expires_at)),
+        part_size: s.part_size.unwrap_or(0),
+        parts: s
+            .parts
+            .into_iter()
+            .map(|p| {
+                let (offset, size) = p.range.unwrap_or((0, 0));
+                proto::PartUrl {
+                    part_number: p.number,
+                    url: p.url,
+                    link_id: p.link_id.to_string(),
+                    offset,
+                    size,
+                }
+            })
+            .collect(),
+    }
 }

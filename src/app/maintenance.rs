@@ -5,11 +5,13 @@
 //! last link expired (GRACEFUL rotations; one failure does not stop the
 //! others), folds the link roll-up, and runs the registry's lifecycle
 //! (partitions ahead, retention, request ids whose link expired:
-//! `lifecycle::step`). Beside it, the blast-radius budgets' check
+//! `lifecycle::step`), and aborts the multipart uploads left open past their
+//! expiry (`issuance::abort_expired`). Beside it, the blast-radius budgets' check
 //! (`keep_budgets`), woken by issuance too.
 
 use crate::domain::SignerName;
 use crate::health::Readiness;
+use crate::issuance;
 use crate::keys::{KeyBudgets, KeyManager};
 use crate::lifecycle::{self, Retention};
 use crate::registry;
@@ -53,6 +55,9 @@ pub(super) async fn run(u: Upkeep) {
         }
         if let Err(e) = lifecycle::step(&u.pool, chrono::Utc::now(), u.retention).await {
             tracing::warn!(error = %e, "creating partitions ahead, dropping expired ones");
+        }
+        if let Err(e) = issuance::abort_expired(&u.pool, &u.keys, chrono::Utc::now()).await {
+            tracing::warn!(error = %e, "aborting expired multipart uploads");
         }
     }
 }

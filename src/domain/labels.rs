@@ -7,6 +7,10 @@ use std::collections::BTreeMap;
 pub const MAX_LABELS: usize = 16;
 pub const MAX_LABEL_KEY_CHARS: usize = 63;
 pub const MAX_LABEL_VALUE_BYTES: usize = 256;
+/// Label keys beginning with this are presignd's own (a multipart upload's
+/// part links carry `presignd.upload` and `presignd.part`): a caller may not
+/// set them, so they can be trusted.
+pub const RESERVED_PREFIX: &str = "presignd.";
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Labels(BTreeMap<String, String>);
@@ -29,6 +33,12 @@ impl Labels {
                 return Err(FieldError::new(
                     "labels",
                     format!("key {k:?} may contain only a-z, 0-9, '_', '.' and '-'"),
+                ));
+            }
+            if k.starts_with(RESERVED_PREFIX) {
+                return Err(FieldError::new(
+                    "labels",
+                    format!("key {k:?}: keys beginning {RESERVED_PREFIX:?} are presignd's"),
                 ));
             }
             if v.len() > MAX_LABEL_VALUE_BYTES {
@@ -74,6 +84,14 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         Labels::parse(&m)
+    }
+
+    #[test]
+    fn keys_beginning_presignd_dot_are_reserved() {
+        let e = parse(&[("presignd.upload", "x")]).unwrap_err();
+        assert_eq!(e.field, "labels");
+        assert!(e.reason.contains("presignd's"));
+        assert!(parse(&[("presignd-team", "x")]).is_ok());
     }
 
     #[test]

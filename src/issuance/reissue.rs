@@ -66,6 +66,8 @@ pub enum SkipReason {
     Expiring,
     /// The signer's key is not (yet) proven for the bucket (`keys::preflight`).
     BucketNotReady,
+    /// A multipart upload's part URL: a plain PUT would not replace it.
+    UploadPart,
     /// An upload form (POST): not a URL; the caller asks for a new form.
     UploadForm,
 }
@@ -173,6 +175,17 @@ impl Issuer {
                     row.id,
                     SkipReason::Quarantined,
                     "named as leaked by the revocation: not reissued".into(),
+                );
+                continue;
+            }
+            if let Some(upload) = row.labels.get(super::UPLOAD_LABEL) {
+                skip(
+                    row.id,
+                    SkipReason::UploadPart,
+                    format!(
+                        "a part URL of multipart upload {upload}: not reissued; abort the upload \
+                         and start a new one"
+                    ),
                 );
                 continue;
             }

@@ -83,12 +83,7 @@ pub fn classify(status: u16, body: &str) -> ProbeAnswer {
     }
 }
 
-/// The text of the first `<name>` element (S3 error bodies are flat and small).
-pub fn xml_field<'a>(body: &'a str, name: &str) -> Option<&'a str> {
-    let start = body.find(&format!("<{name}>"))? + name.len() + 2;
-    let len = body[start..].find(&format!("</{name}>"))?;
-    Some(body[start..start + len].trim())
-}
+pub use crate::signing::xml_field;
 
 /// Sends one probe: its status, and its body when it is an error (small XML;
 /// a served object is not read). The error never names the URL.

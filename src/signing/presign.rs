@@ -1,7 +1,7 @@
 //! One access key, ready to presign. The secret lives only inside the
 //! `QuerySigner` (whose key is never printed).
 
-use super::sigv4::{self, Endpoint, QuerySigner, Request};
+use super::sigv4::{self, Endpoint, Multipart, QuerySigner, Request};
 use crate::domain::{LinkSpec, Method};
 use crate::secret::SecretString;
 use std::ops::Range;
@@ -141,6 +141,38 @@ impl SigningKey {
                 x_id: true,
                 time: sigv4::epoch_secs(issued_at),
                 expires_secs: spec.ttl.as_secs(),
+                multipart: None,
+            },
+            region,
+        )
+    }
+
+    /// Signs one call of a multipart upload of `key` in `bucket` for
+    /// `region`, as of `issued_at`, valid `expires_secs`: an UploadPart URL
+    /// handed to a caller (a link), or a Create/Complete/Abort presignd sends
+    /// itself (`multipart::Store`).
+    pub fn presign_multipart(
+        &self,
+        op: Multipart<'_>,
+        bucket: &str,
+        key: &str,
+        region: &str,
+        issued_at: SystemTime,
+        expires_secs: u64,
+    ) -> Result<Presigned, SignError> {
+        self.sigv4.presign(
+            self.endpoint()?,
+            &Request {
+                // Replaced by the operation's own method.
+                method: Method::Put,
+                bucket,
+                key,
+                content_type: None,
+                content_disposition: None,
+                x_id: true,
+                time: sigv4::epoch_secs(issued_at),
+                expires_secs,
+                multipart: Some(op),
             },
             region,
         )
@@ -167,6 +199,7 @@ impl SigningKey {
                 x_id: true,
                 time: sigv4::epoch_secs(SystemTime::now()),
                 expires_secs: 60,
+                multipart: None,
             },
             region,
         )?;

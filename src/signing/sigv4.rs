@@ -15,7 +15,11 @@
 //!   the canonical query is the same pairs, encoded, sorted;
 //! * signed headers: `host` (without a default port), and `content-type` for a
 //!   PUT that names one (its value trimmed, runs of spaces folded to one);
-//!   the payload is `UNSIGNED-PAYLOAD`.
+//!   the payload is `UNSIGNED-PAYLOAD`;
+//! * a multipart call (`Multipart`) carries its own query instead, in the
+//!   SDK's order (UploadPart: `x-id`, `partNumber`, `uploadId`; Create:
+//!   `uploads` without a value, signed as `uploads=`), with its own HTTP
+//!   method (POST, PUT, DELETE) and no bound header but `host`.
 
 use super::presign::{Presigned, SignError};
 use crate::domain::Method;
@@ -128,6 +132,46 @@ pub(super) struct Request<'a> {
     /// Seconds since the epoch (X-Amz-Date).
     pub time: u64,
     pub expires_secs: u64,
+    /// A multipart upload's call: its method and query replace `method`'s.
+    pub multipart: Option<Multipart<'a>>,
+}
+
+/// The calls of a multipart upload (S3's CreateMultipartUpload, UploadPart,
+/// CompleteMultipartUpload, AbortMultipartUpload).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Multipart<'a> {
+    Create,
+    Part { number: u32, upload_id: &'a str },
+    Complete { upload_id: &'a str },
+    Abort { upload_id: &'a str },
+}
+
+impl Multipart<'_> {
+    pub fn http_method(&self) -> &'static str {
+        match self {
+            Self::Create | Self::Complete { .. } => "POST",
+            Self::Part { .. } => "PUT",
+            Self::Abort { .. } => "DELETE",
+        }
+    }
+
+    /// The operation's query, in the order the SDK writes it; `None`: a name
+    /// without a value.
+    fn query(&self) -> Vec<(&'static str, Option<String>)> {
+        match *self {
+            Self::Create => vec![("uploads", None)],
+            Self::Part { number, upload_id } => vec![
+                ("x-id", Some("UploadPart".into())),
+                ("partNumber", Some(number.to_string())),
+                ("uploadId", Some(upload_id.into())),
+            ],
+            Self::Complete { upload_id } => vec![("uploadId", Some(upload_id.into()))],
+            Self::Abort { upload_id } => vec![
+                ("x-id", Some("AbortMultipartUpload".into())),
+                ("uploadId", Some(upload_id.into())),
+            ],
+        }
+    }
 }
 
 struct DayKey {
@@ -262,19 +306,17 @@ impl QuerySigner {
 
         // The operation's own query, in the SDK's order.
         let x_id = match req.method {
-            _ if !req.x_id => None,
+            _ if !req.x_id || req.multipart.is_some() => None,
             Method::Get => Some("GetObject"),
             Method::Put => Some("PutObject"),
             Method::Delete => Some("DeleteObject"),
             Method::Head | Method::Post => None,
         };
-        let disposition = match req.method {
-            Method::Get => req.content_disposition,
-            _ => None,
-        };
-        let content_type = match req.method {
-            Method::Put => req.content_type,
-            _ => None,
+        let (disposition, content_type) = match (req.multipart, req.method) {
+            (Some(_), _) => (None, None),
+            (None, Method::Get) => (req.content_disposition, None),
+            (None, Method::Put) => (None, req.content_type),
+            (None, _) => (None, None),
         };
         let mut sep = '?';
         let mut next = |url: &mut String| {
@@ -296,6 +338,27 @@ impl QuerySigner {
             url.push_str("response-content-disposition=");
             encode(&mut url, d, false);
             disposition_range = start..url.len();
+        }
+        // A multipart call's query: in the URL in the SDK's order, in the
+        // canonical query sorted (after every X-Amz-*, which sort first).
+        let mut multipart_query = String::new();
+        if let Some(op) = req.multipart {
+            let mut query = op.query();
+            for (name, value) in &query {
+                next(&mut url);
+                url.push_str(name);
+                if let Some(v) = value {
+                    url.push('=');
+                    encode(&mut url, v, false);
+                }
+            }
+            query.sort_by_key(|(name, _)| *name);
+            for (name, value) in query {
+                multipart_query.push('&');
+                multipart_query.push_str(name);
+                multipart_query.push('=');
+                encode(&mut multipart_query, value.as_deref().unwrap_or(""), false);
+            }
         }
         next(&mut url);
         let amz_start = url.len();
@@ -322,11 +385,15 @@ impl QuerySigner {
         // The canonical request: the same pieces, the query sorted (every
         // X-Amz-* sorts before the lowercase names).
         let mut creq = String::with_capacity(url.len() + 128);
-        creq.push_str(req.method.as_str());
+        creq.push_str(
+            req.multipart
+                .map_or(req.method.as_str(), |m| m.http_method()),
+        );
         creq.push('\n');
         creq.push_str(&url[path.clone()]);
         creq.push('\n');
         creq.push_str(&url[amz]);
+        creq.push_str(&multipart_query);
         for r in [disposition_range, x_id_range] {
             if !r.is_empty() {
                 creq.push('&');
@@ -588,6 +655,7 @@ mod tests {
                     x_id: false,
                     time,
                     expires_secs: 86_400,
+                    multipart: None,
                 },
                 "us-east-1",
             )
@@ -617,6 +685,7 @@ mod tests {
                     x_id: false,
                     time,
                     expires_secs: 86_400,
+                    multipart: None,
                 },
                 "us-east-1",
             )
@@ -669,6 +738,7 @@ mod tests {
             x_id: false,
             time: 1_369_353_600,
             expires_secs: 86_400,
+            multipart: None,
         };
         let east = signer.sign(&ep, &req, "us-east-1").unwrap();
         let paris = signer.sign(&ep, &req, "eu-west-3").unwrap();

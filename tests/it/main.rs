@@ -29,6 +29,7 @@ mod lookup_link;
 mod metrics;
 mod migrations;
 mod mtls;
+mod multipart;
 mod observability;
 mod paging;
 mod pki;

@@ -9,6 +9,7 @@ mod tls;
 
 mod links;
 mod repair;
+mod upload;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
@@ -122,6 +123,9 @@ enum Cmd {
     /// ones): one JSON line each on stdout (they are bearer credentials), the
     /// links not reissued and why on stderr.
     Reissue(repair::ReissueArgs),
+    /// Upload a local file through a multipart upload (presigned part URLs,
+    /// completed by presignd); prints the upload id and the SHA-256 sent.
+    Upload(upload::UploadArgs),
     /// Follow the revocations that kill your links (admins: anyone's), one
     /// line each; reconnects from the last sequence if the server goes away.
     Watch(repair::WatchArgs),
@@ -255,6 +259,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Form(args) => form::form(conn, args).await,
         Cmd::Reissue(args) => repair::reissue(conn, args).await,
         Cmd::Watch(args) => repair::watch(conn, args).await,
+        Cmd::Upload(args) => upload::upload(conn, args).await,
         Cmd::Links(args) => links::list(conn, conn.json, args).await,
         Cmd::Summarize(args) => links::summarize(conn, conn.json, args).await,
         Cmd::Lookup(args) => links::lookup(conn, conn.json, args).await,
