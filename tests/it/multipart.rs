@@ -303,9 +303,11 @@ async fn revoking_the_key_mid_upload_kills_the_remaining_part_urls_and_counts_th
     assert_eq!(report.links_revoked, 5);
     assert_eq!(revoked_by(&pool, &report.id).await, 5);
 
-    // The rest of the part URLs are refused by Garage now.
+    // The rest of the part URLs are refused by Garage now. A small body: the
+    // store refuses on the signature before it reads a body, and closing on a
+    // large one in flight would show as a broken pipe, not as its 403.
     for p in &started.parts[2..] {
-        let (status, _, body) = put_part(&app.http, &p.url, bytes(MIB, 3)).await;
+        let (status, _, body) = put_part(&app.http, &p.url, bytes(1000, 3)).await;
         assert_eq!(
             status,
             StatusCode::FORBIDDEN,
