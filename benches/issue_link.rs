@@ -14,6 +14,12 @@
 //! pg_stat_activity and /proc; the WAL writer and checkpointer, shared with
 //! every database, are not counted).
 //!
+//! BENCH_SECONDS=<s> makes every loop last s seconds (10 by default); the
+//! bench ends with the process's resident memory. (Runs of 80 s and more
+//! ended in an error the runtime's drop hides: see docs/BENCHMARKS.md.)
+//! PRESIGND_RECORD_WORKERS and PRESIGND_RECORD_BATCH_MAX set the server's
+//! group commit as they do the service's.
+//!
 //! BENCH_DB=<name> runs against that existing database instead (e.g. the one
 //! `--bench dashboards` filled), untouched but for the links issued; with
 //! BENCH_DROP_PARTITION=1 a last closed loop runs while, 5 s in, the oldest
@@ -36,7 +42,6 @@ const DB: &str = "presignd_bench_issue";
 const TOKEN: &str = "bench-token";
 const DEFAULT_CLIENTS: usize = 64;
 const CHANNELS: usize = 4;
-const SECONDS: u64 = 10;
 
 #[derive(Parser)]
 struct Wrapper {
@@ -96,6 +101,28 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
 
 /// BENCH_CLIENTS overrides the number of closed-loop clients (1 shows the
 /// latency of a request alone).
+/// BENCH_SECONDS: how long each loop runs (10 s by default).
+fn seconds() -> u64 {
+    std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10)
+}
+
+/// Resident memory of this process (server and clients) now and at its peak,
+/// in MB, from /proc/self/status.
+fn rss_mb() -> (f64, f64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kb = |field: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (kb("VmRSS:") / 1024.0, kb("VmHWM:") / 1024.0)
+}
+
 fn clients() -> usize {
     std::env::var("BENCH_CLIENTS")
         .ok()
@@ -104,7 +131,7 @@ fn clients() -> usize {
 }
 
 async fn closed_loop(rpc: Rpc, channels: &[Channel], bucket: &str) -> Run {
-    let deadline = Instant::now() + Duration::from_secs(SECONDS);
+    let deadline = Instant::now() + Duration::from_secs(seconds());
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..clients() {
         let (ch, bucket) = (channels[i % channels.len()].clone(), bucket.to_owned());
@@ -135,13 +162,13 @@ async fn closed_loop(rpc: Rpc, channels: &[Channel], bucket: &str) -> Run {
     }
 }
 
-/// Requests started at a fixed rate for SECONDS, whatever the answers' pace.
+/// Requests started at a fixed rate for `seconds()`, whatever the answers' pace.
 async fn open_loop(rpc: Rpc, channels: &[Channel], bucket: &str, rate: f64) -> Run {
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let results = Arc::new(std::sync::Mutex::new((Vec::new(), 0usize)));
     let mut tasks = tokio::task::JoinSet::new();
-    let total = (rate * SECONDS as f64) as usize;
+    let total = (rate * seconds() as f64) as usize;
     let started = Instant::now();
     for i in 0..total {
         tick.tick().await;
@@ -353,8 +380,9 @@ async fn main() -> anyhow::Result<()> {
     let links: i64 = sqlx::query_scalar(count).fetch_one(&mut bench_db).await?;
 
     println!(
-        "| load ({} clients on {CHANNELS} HTTP/2 connections, {SECONDS} s) | throughput | p50 | p99 | p99.9 | errors |",
-        clients()
+        "| load ({} clients on {CHANNELS} HTTP/2 connections, {} s) | throughput | p50 | p99 | p99.9 | errors |",
+        clients(),
+        seconds()
     );
     println!("|---|---|---|---|---|---|");
     row("no-op RPC (Health/Check), closed loop", &noop);
@@ -390,6 +418,10 @@ async fn main() -> anyhow::Result<()> {
         backends.len(),
         (server1 - server0) as f64 * TICK_US / committed,
         (pg1 - pg0) as f64 * TICK_US / committed,
+    );
+    let (rss, peak) = rss_mb();
+    println!(
+        "resident memory of the bench process (server and clients): {rss:.1} MB, peak {peak:.1} MB"
     );
     std::mem::forget(server_rt); // a runtime may not be dropped inside another
     Ok(())

@@ -272,8 +272,11 @@ pub struct Config {
     #[arg(long, env = "PRESIGND_GARAGE_ADMIN_TOKEN_FILE")]
     pub garage_admin_token_file: Option<PathBuf>,
 
-    /// Writers committing link rows in batches (group commit).
-    #[arg(long, env = "PRESIGND_RECORD_WORKERS", default_value_t = 4)]
+    /// Writers committing link rows in batches (group commit). Fewer writers
+    /// make larger batches: Postgres's cost per batch is mostly fixed (about
+    /// 0.6 ms), so 2 cost it 40% less CPU per link than 4 (docs/BENCHMARKS.md);
+    /// two still overlap one batch's WAL flush with the next one's insert.
+    #[arg(long, env = "PRESIGND_RECORD_WORKERS", default_value_t = 2)]
     pub record_workers: usize,
 
     /// Most link rows one commit holds.

@@ -282,8 +282,13 @@ impl Issuer {
             let mut keys: Vec<&str> = rows.iter().map(|r| r.key_id.as_str()).collect();
             keys.sort_unstable();
             keys.dedup();
+            // As a group commit: the keys' issuance locks, then the insert of
+            // the replacements whose key is active (an original replaced
+            // already keeps its replacement).
             let mut tx = registry::begin(&self.pool).await?;
-            reissue::insert_replacements(&mut tx, &keys, &rows).await?;
+            registry::links::lock_keys_for_issuance(&mut tx, &keys).await?;
+            let rows: Vec<&NewLink> = rows.iter().collect();
+            registry::links::insert_batch_if_active(&mut tx, &keys, &rows).await?;
             registry::commit(tx).await?;
             found = reissue::replacements_of(&self.pool, &originals)
                 .await?

@@ -153,72 +153,88 @@ pub async fn lock_keys_for_issuance(
 }
 
 /// Inserts, in one statement, the links whose key is still active, and
-/// returns those keys. Run after `lock_keys_for_issuance` in the same
+/// returns those keys: IssueLink's group commit and ReissueLinks'
+/// replacements alike. Run after `lock_keys_for_issuance` in the same
 /// transaction (so no key changes state until it commits); a new statement,
 /// so a new snapshot: the key states it reads include any change committed
 /// before the locks were granted.
+///
+/// A replacement (`replaces_link_id`) whose original has one already is not
+/// inserted (`links_one_replacement`). Only a batch holding replacements gets
+/// the ON CONFLICT clause: a speculative insertion costs every row an extra
+/// WAL record and about a third more WAL bytes (docs/BENCHMARKS.md), which
+/// IssueLink's links, that replace nothing, need not pay.
 pub async fn insert_batch_if_active(
     conn: &mut PgConnection,
     key_ids: &[&str],
     links: &[&NewLink],
 ) -> Result<Vec<String>, Error> {
-    let col = |f: fn(&NewLink) -> String| links.iter().map(|l| f(l)).collect::<Vec<_>>();
-    sqlx::query_scalar(
-        "WITH inserted AS (
-             INSERT INTO links (id, key_id, signer, caller, method, bucket, object_key, labels,
-                                issued_at, expires_at, signature_sha256, content_type,
-                                content_disposition, object_key_is_prefix)
-             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
-                                  $6::text[], $7::text[], $8::jsonb[], $9::timestamptz[],
-                                  $10::timestamptz[], $11::bytea[], $14::text[], $15::text[],
-                                  $16::bool[])
-                 AS u (id, key_id, signer, caller, method, bucket, object_key, labels,
-                       issued_at, expires_at, signature_sha256, content_type,
-                       content_disposition, object_key_is_prefix)
-             WHERE u.key_id IN (SELECT key_id FROM signing_keys
-                                WHERE key_id = ANY ($12) AND state = $13)
-             RETURNING key_id)
-         SELECT DISTINCT key_id FROM inserted",
-    )
-    .bind(links.iter().map(|l| l.id).collect::<Vec<_>>())
-    .bind(col(|l| l.key_id.clone()))
-    .bind(col(|l| l.signer.clone()))
-    .bind(col(|l| l.caller.clone()))
-    .bind(col(|l| l.method.to_owned()))
-    .bind(col(|l| l.bucket.clone()))
-    .bind(col(|l| l.object_key.clone()))
-    .bind(links.iter().map(|l| Json(&l.labels)).collect::<Vec<_>>())
-    .bind(links.iter().map(|l| l.issued_at).collect::<Vec<_>>())
-    .bind(links.iter().map(|l| l.expires_at).collect::<Vec<_>>())
-    .bind(
-        links
-            .iter()
-            .map(|l| l.signature_sha256.clone())
-            .collect::<Vec<_>>(),
-    )
-    .bind(key_ids)
-    .bind(KeyState::Active)
-    .bind(
-        links
-            .iter()
-            .map(|l| l.content_type.clone())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        links
-            .iter()
-            .map(|l| l.content_disposition.clone())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        links
-            .iter()
-            .map(|l| l.object_key_is_prefix)
-            .collect::<Vec<_>>(),
-    )
-    .fetch_all(conn)
-    .await
-    .during("links::insert_batch_if_active")
+    // One statement, with or without the conflict clause.
+    macro_rules! insert {
+        ($on_conflict:literal) => {
+            concat!(
+                "WITH inserted AS (
+                 INSERT INTO links (id, key_id, signer, caller, method, bucket, object_key,
+                                    labels, issued_at, expires_at, signature_sha256,
+                                    content_type, content_disposition, replaces_link_id,
+                                    object_key_is_prefix)
+                 SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[],
+                                      $5::text[], $6::text[], $7::text[], $8::jsonb[],
+                                      $9::timestamptz[], $10::timestamptz[], $11::bytea[],
+                                      $14::text[], $15::text[], $16::uuid[], $17::bool[])
+                     AS u (id, key_id, signer, caller, method, bucket, object_key, labels,
+                           issued_at, expires_at, signature_sha256, content_type,
+                           content_disposition, replaces_link_id, object_key_is_prefix)
+                 WHERE u.key_id IN (SELECT key_id FROM signing_keys
+                                    WHERE key_id = ANY ($12) AND state = $13)
+                 ",
+                $on_conflict,
+                "
+                 RETURNING key_id)
+             SELECT DISTINCT key_id FROM inserted"
+            )
+        };
+    }
+    let sql = match links.iter().any(|l| l.replaces_link_id.is_some()) {
+        false => insert!(""),
+        true => insert!(
+            "ON CONFLICT (replaces_link_id, expires_at) WHERE replaces_link_id IS NOT NULL
+             DO NOTHING"
+        ),
+    };
+    let col = |f: fn(&NewLink) -> &str| links.iter().map(|l| f(l)).collect::<Vec<_>>();
+    let opt = |f: fn(&NewLink) -> Option<&str>| links.iter().map(|l| f(l)).collect::<Vec<_>>();
+    sqlx::query_scalar(sql)
+        .bind(links.iter().map(|l| l.id).collect::<Vec<_>>())
+        .bind(col(|l| &l.key_id))
+        .bind(col(|l| &l.signer))
+        .bind(col(|l| &l.caller))
+        .bind(col(|l| l.method))
+        .bind(col(|l| &l.bucket))
+        .bind(col(|l| &l.object_key))
+        .bind(links.iter().map(|l| Json(&l.labels)).collect::<Vec<_>>())
+        .bind(links.iter().map(|l| l.issued_at).collect::<Vec<_>>())
+        .bind(links.iter().map(|l| l.expires_at).collect::<Vec<_>>())
+        .bind(
+            links
+                .iter()
+                .map(|l| l.signature_sha256.as_slice())
+                .collect::<Vec<_>>(),
+        )
+        .bind(key_ids)
+        .bind(KeyState::Active)
+        .bind(opt(|l| l.content_type.as_deref()))
+        .bind(opt(|l| l.content_disposition.as_deref()))
+        .bind(links.iter().map(|l| l.replaces_link_id).collect::<Vec<_>>())
+        .bind(
+            links
+                .iter()
+                .map(|l| l.object_key_is_prefix)
+                .collect::<Vec<_>>(),
+        )
+        .fetch_all(conn)
+        .await
+        .during("links::insert_batch_if_active")
 }
 
 /// The advisory lock class of a key's issuance lock ("ps").

@@ -1,14 +1,12 @@
-//! ReissueLinks' statements: the links a revocation killed, their
-//! replacements (one per link, enforced by `links_one_replacement`), and the
-//! insert that makes one.
+//! ReissueLinks' statements: the links a revocation killed and their
+//! replacements (one per link, enforced by `links_one_replacement`). A
+//! replacement is inserted as every link is (`links::insert_batch_if_active`).
 
 use super::error::{During, Error};
-use super::links::{ISSUANCE_LOCK_CLASS, LinkRow, NewLink, select_sql};
-use crate::domain::KeyState;
+use super::links::{LinkRow, select_sql};
 use crate::paging::Cursor;
 use chrono::{DateTime, Utc};
-use sqlx::types::Json;
-use sqlx::{AssertSqlSafe, PgConnection, PgExecutor};
+use sqlx::{AssertSqlSafe, PgExecutor};
 use uuid::Uuid;
 
 /// Up to `limit` links of `caller` (every caller's if `None`) that revocation
@@ -39,68 +37,6 @@ pub async fn killed_by(
     .fetch_all(db)
     .await
     .during("reissue::killed_by")
-}
-
-/// Inserts the replacements whose key is still active, under the keys'
-/// issuance locks (shared), as `links::insert_batch_if_active` does; a link
-/// that has a replacement already keeps it (nothing is inserted for it).
-/// `key_ids`: the replacements' keys, sorted and without duplicates.
-pub async fn insert_replacements(
-    conn: &mut PgConnection,
-    key_ids: &[&str],
-    links: &[NewLink],
-) -> Result<(), Error> {
-    sqlx::query(AssertSqlSafe(format!(
-        "SELECT pg_advisory_xact_lock_shared({ISSUANCE_LOCK_CLASS}, hashtext(k))
-         FROM unnest($1::text[]) k"
-    )))
-    .bind(key_ids)
-    .execute(&mut *conn)
-    .await
-    .during("reissue::insert_replacements")?;
-    let col = |f: fn(&NewLink) -> String| links.iter().map(f).collect::<Vec<_>>();
-    let opt = |f: fn(&NewLink) -> Option<String>| links.iter().map(f).collect::<Vec<_>>();
-    sqlx::query(
-        "INSERT INTO links (id, key_id, signer, caller, method, bucket, object_key, labels,
-                            issued_at, expires_at, signature_sha256, content_type,
-                            content_disposition, replaces_link_id)
-         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
-                              $6::text[], $7::text[], $8::jsonb[], $9::timestamptz[],
-                              $10::timestamptz[], $11::bytea[], $12::text[], $13::text[],
-                              $14::uuid[])
-             AS u (id, key_id, signer, caller, method, bucket, object_key, labels,
-                   issued_at, expires_at, signature_sha256, content_type,
-                   content_disposition, replaces_link_id)
-         WHERE u.key_id IN (SELECT key_id FROM signing_keys
-                            WHERE key_id = ANY ($15) AND state = $16)
-         ON CONFLICT (replaces_link_id, expires_at) WHERE replaces_link_id IS NOT NULL
-         DO NOTHING",
-    )
-    .bind(links.iter().map(|l| l.id).collect::<Vec<_>>())
-    .bind(col(|l| l.key_id.clone()))
-    .bind(col(|l| l.signer.clone()))
-    .bind(col(|l| l.caller.clone()))
-    .bind(col(|l| l.method.to_owned()))
-    .bind(col(|l| l.bucket.clone()))
-    .bind(col(|l| l.object_key.clone()))
-    .bind(links.iter().map(|l| Json(&l.labels)).collect::<Vec<_>>())
-    .bind(links.iter().map(|l| l.issued_at).collect::<Vec<_>>())
-    .bind(links.iter().map(|l| l.expires_at).collect::<Vec<_>>())
-    .bind(
-        links
-            .iter()
-            .map(|l| l.signature_sha256.clone())
-            .collect::<Vec<_>>(),
-    )
-    .bind(opt(|l| l.content_type.clone()))
-    .bind(opt(|l| l.content_disposition.clone()))
-    .bind(links.iter().map(|l| l.replaces_link_id).collect::<Vec<_>>())
-    .bind(key_ids)
-    .bind(KeyState::Active)
-    .execute(conn)
-    .await
-    .during("reissue::insert_replacements")
-    .map(|_| ())
 }
 
 /// The replacements of the links `originals` (id, expires_at): the expiry
