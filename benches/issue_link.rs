@@ -254,14 +254,14 @@ async fn main() -> anyhow::Result<()> {
         format!("--buckets={bucket}"),
     ];
     if existing.is_some() {
-        // The dashboards bench's keys have fake secrets nobody can open: a
-        // server loads every active key, so they sign nothing new here.
+        // A server loads every active key, and this run's master key (new
+        // each run) opens none of them: the dashboards bench's fake secrets,
+        // or the key an earlier run of this bench provisioned (sealed under
+        // that run's master key; the server would stay NOT_SERVING). Retired,
+        // they sign nothing new; the server provisions its own.
         PgConnection::connect_with(&admin.clone().database(&db))
             .await?
-            .execute(
-                "UPDATE signing_keys SET state = 'retired'
-                 WHERE state = 'active' AND sealed_secret = '\\x00'::bytea",
-            )
+            .execute("UPDATE signing_keys SET state = 'retired' WHERE state = 'active'")
             .await?;
     }
     let config = Wrapper::try_parse_from(args)?.config;
