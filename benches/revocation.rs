@@ -4,8 +4,11 @@
 //!   source deploy/dev/.state/env && cargo bench --bench revocation
 //!
 //! Creates (or, with BENCH_REUSE=1, reuses) the scratch database
-//! `presignd_bench_revocation` next to DATABASE_URL's, fills it in SQL, then times
-//! the same registry functions the service runs. Prints a Markdown table.
+//! `presignd_bench_revocation` (or BENCH_DB) next to DATABASE_URL's, fills it
+//! in SQL, folds the roll-up (as the maintenance loop does every tick), then
+//! times the same registry functions the service runs. Prints a Markdown
+//! table. BENCH_TOTAL=1000000 makes the target key's links the only ones
+//! (a 1M-row database: seconds to fill instead of minutes).
 
 use presignd::registry::{self, blast_radius, keys};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -13,7 +16,7 @@ use sqlx::{Connection, Executor, PgConnection};
 use std::time::{Duration, Instant};
 
 const DB: &str = "presignd_bench_revocation";
-const TOTAL: i64 = 10_000_000;
+const DEFAULT_TOTAL: i64 = 10_000_000;
 const TARGET: i64 = 1_000_000;
 const CHUNK: i64 = 1_000_000;
 const RUNS: usize = 7;
@@ -27,21 +30,28 @@ async fn main() -> anyhow::Result<()> {
     let url = std::env::var("DATABASE_URL").expect("DATABASE_URL (source deploy/dev/.state/env)");
     let admin: PgConnectOptions = url.parse()?;
     let reuse = std::env::var("BENCH_REUSE").is_ok_and(|v| v == "1");
+    let db = std::env::var("BENCH_DB").unwrap_or_else(|_| DB.to_owned());
+    let total: i64 = match std::env::var("BENCH_TOTAL") {
+        Ok(v) => v.parse()?,
+        Err(_) => DEFAULT_TOTAL,
+    };
+    assert!(total >= TARGET, "BENCH_TOTAL must be at least {TARGET}");
     if !reuse {
         let mut c = PgConnection::connect_with(&admin).await?;
-        c.execute(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {DB}")))
+        c.execute(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {db}")))
             .await?;
-        c.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {DB}")))
+        c.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
             .await?;
     }
     let pool = PgPoolOptions::new()
         .max_connections(2)
-        .connect_with(admin.database(DB))
+        .connect_with(admin.database(&db))
         .await?;
     registry::migrate(&pool).await?;
     if !reuse {
-        seed(&pool).await?;
+        seed(&pool, total).await?;
     }
+    presignd::registry::link_summary::fold(&pool).await?;
 
     let mut radius_times = Vec::new();
     let mut radius = None;
@@ -88,7 +98,7 @@ async fn main() -> anyhow::Result<()> {
     }
 
     println!(
-        "| measure ({TARGET} outstanding links of one key, {TOTAL} rows) | median | min | max |"
+        "| measure ({TARGET} outstanding links of one key, {total} rows) | median | min | max |"
     );
     println!("|---|---|---|---|");
     for (name, times) in [
@@ -110,7 +120,7 @@ fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
-async fn seed(pool: &sqlx::PgPool) -> anyhow::Result<()> {
+async fn seed(pool: &sqlx::PgPool, total: i64) -> anyhow::Result<()> {
     let started = Instant::now();
     pool.execute(
         "INSERT INTO signers (name, backend) SELECT 's' || i, 'garage' FROM generate_series(0, 3) i;
@@ -141,8 +151,8 @@ async fn seed(pool: &sqlx::PgPool) -> anyhow::Result<()> {
     // expiring 2 to 5.5 days after issue; the other 9M are spread over 9 keys,
     // half of them expired (issued 3-4 days ago with a 1 h TTL).
     let mut from = 1;
-    while from <= TOTAL {
-        let to = (from + CHUNK - 1).min(TOTAL);
+    while from <= total {
+        let to = (from + CHUNK - 1).min(total);
         sqlx::query(
             "INSERT INTO links (id, key_id, signer, caller, method, bucket, object_key, labels,
                                 issued_at, expires_at, signature_sha256)

@@ -147,7 +147,8 @@ impl App {
             },
         );
         keys.set_buckets(policy.current().buckets_by_signer(&config.buckets));
-        let revocations = Revocations::new(pool.clone(), keys.clone());
+        let revocations = Revocations::new(pool.clone(), keys.clone())
+            .with_watch_limits(config.max_watchers, config.max_watchers_per_caller);
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;

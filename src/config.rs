@@ -194,6 +194,16 @@ pub struct Config {
     #[arg(long, env = "PRESIGND_AUDIT_DENIAL_WINDOW_SECS", default_value_t = 60)]
     pub audit_denial_window_secs: u64,
 
+    /// WatchRevocations streams open at once on this replica, at most (each holds
+    /// a task and up to a page of events); one more answers RESOURCE_EXHAUSTED.
+    #[arg(long, env = "PRESIGND_MAX_WATCHERS", default_value_t = 1000)]
+    pub max_watchers: usize,
+
+    /// WatchRevocations streams open at once per caller on this replica, at
+    /// most: a caller that leaks streams exhausts its own share, not everyone's.
+    #[arg(long, env = "PRESIGND_MAX_WATCHERS_PER_CALLER", default_value_t = 100)]
+    pub max_watchers_per_caller: usize,
+
     /// Signers (revocation domains), comma separated. The first signs links by default.
     #[arg(
         long,

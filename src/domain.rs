@@ -14,6 +14,7 @@ mod presigned_url;
 mod request_id;
 mod states;
 mod ttl;
+mod upload_form;
 
 pub use bucket::Bucket;
 pub use headers::{ContentDisposition, ContentType};
@@ -28,6 +29,9 @@ pub use presigned_url::PresignedUrl;
 pub use request_id::{MAX_REQUEST_ID_CHARS, RequestId};
 pub use states::{KeyState, RevocationState, RotationMode};
 pub use ttl::{MAX_TTL, Ttl};
+pub use upload_form::{
+    FormSpec, KeyCondition, MAX_FORM_BYTES, SizeRange, TypeCondition, parse_type_prefix,
+};
 
 /// Why one field of a request was refused. The message starts with the field's
 /// name so a human can fix the right thing.

@@ -4,11 +4,14 @@
 //! audited. A bucket the signer's key was not proven for (`keys::preflight`)
 //! gets no link: the store would refuse it. A request with a request id that
 //! names a live link gets that link back instead of a new one (`retry`).
+//! An upload form (`form`) takes the same path with a POST policy for a URL.
 
+mod form;
 mod recorder;
 mod reissue;
 mod retry;
 
+pub use form::IssuedForm;
 pub use recorder::{Recorded, Recorder};
 pub use reissue::{ReissueRequest, Reissued, Replacement, SkipReason, Skipped};
 pub use retry::request_digest;
@@ -212,6 +215,7 @@ impl Issuer {
                 method: spec.method.as_str(),
                 bucket: spec.bucket.to_string(),
                 object_key: spec.object_key.as_str().to_owned(),
+                object_key_is_prefix: false,
                 labels: labels.as_map().clone(),
                 issued_at,
                 expires_at: issued_at + spec.ttl.as_duration(),

@@ -13,6 +13,8 @@ use sqlx::{PgConnection, PgPool};
 /// days, so a week more of margin lets the maintenance fail for a week
 /// before an insert lands in `links_default`.
 pub const LINK_DAYS_AHEAD: u64 = 14;
+/// The longest a link lives (0010's `links_live_at_most_7_days`).
+const MAX_LINK_DAYS: u32 = 7;
 /// Months of audit partitions kept ready past this one.
 pub const AUDIT_MONTHS_AHEAD: u32 = 3;
 /// The shortest audit retention `--audit-retention-days` accepts.
@@ -57,6 +59,8 @@ pub struct Report {
     pub deferred: usize,
     /// Request ids forgotten because their link expired (`step` only).
     pub request_ids_forgotten: u64,
+    /// WatchRevocations events deleted by retention (`step` only).
+    pub revocation_events_pruned: u64,
 }
 
 /// Creates the partitions `now` needs: link days from today through
@@ -68,8 +72,10 @@ pub async fn prepare(pool: &PgPool, now: DateTime<Utc>) -> Result<Report, Error>
 }
 
 /// `prepare`, then drops what `retention` no longer keeps: the link
-/// partitions whose every link expired more than `link_days` ago, the audit
-/// months that ended more than `audit_days` ago; and forgets the request ids
+/// partitions whose every link expired more than `link_days` ago, the
+/// revocation events older than `link_days` + 7 (every link they counted
+/// expired more than `link_days` ago), the audit months that ended more than
+/// `audit_days` ago; and forgets the request ids
 /// whose link expired (by the registry's clock, not `now`: they bind nothing
 /// any more, whatever the retention).
 pub async fn step(
@@ -102,6 +108,11 @@ async fn run(
             if r.link_days > 0 {
                 let cutoff = days_before(now, r.link_days);
                 drop_before(&mut conn, Table::Links, cutoff, now, &mut report).await?;
+                // Every link an event counted expires within MAX_LINK_DAYS
+                // of it: the event goes with the last of them.
+                let cutoff = days_before(now, r.link_days.saturating_add(MAX_LINK_DAYS));
+                report.revocation_events_pruned =
+                    registry::revocation_events::prune(&mut *conn, cutoff).await?;
             }
             let cutoff = days_before(now, r.audit_days);
             drop_before(&mut conn, Table::Audit, cutoff, now, &mut report).await?;

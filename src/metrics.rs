@@ -35,6 +35,7 @@ pub const OLDEST_REVOCATION_AGE: &str = "presignd_revocation_oldest_running_age_
 pub const SIGNERS_WITHOUT_ACTIVE_KEY: &str = "presignd_signers_without_active_key";
 pub const KEY_BUDGET_LINKS: &str = "presignd_key_budget_links_ratio";
 pub const KEY_BUDGET_AGE: &str = "presignd_key_budget_age_ratio";
+pub const REVOCATION_WATCHERS: &str = "presignd_revocation_watchers";
 
 /// Why a request was refused, the `cause` label of `presignd_denials_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,6 +97,11 @@ fn install() -> PrometheusHandle {
         Unit::Seconds,
         "IssueLink latency from validated request to committed link, by outcome"
     );
+    describe_gauge!(
+        REVOCATION_WATCHERS,
+        "WatchRevocations streams open on this replica (refused over --max-watchers)"
+    );
+    gauge!(REVOCATION_WATCHERS).set(0.0);
     describe_gauge!(
         OUTSTANDING_LINKS,
         "Links not expired nor revoked, per signer and key (active and retired keys), refreshed periodically"
@@ -206,6 +212,11 @@ pub fn record_denial(cause: Denial) {
 }
 
 /// Follows readiness (`health::Readiness`).
+/// The WatchRevocations streams open now.
+pub fn set_revocation_watchers(open: usize) {
+    gauge!(REVOCATION_WATCHERS).set(open as f64);
+}
+
 pub fn set_ready(ready: bool) {
     handle();
     gauge!(READY).set(if ready { 1.0 } else { 0.0 });

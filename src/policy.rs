@@ -1,5 +1,6 @@
 //! Who may ask for what. A policy file (TOML) gives each caller its rules:
-//! buckets, object key prefixes, methods, maximum TTL, role, rate limit, and the
+//! buckets, object key prefixes, methods (POST: upload forms), maximum TTL,
+//! maximum upload size (forms), role, rate limit, and the
 //! signer that signs its links (its revocation domain). Anything outside the
 //! rules is refused with PERMISSION_DENIED naming the rule.
 //!
@@ -140,6 +141,28 @@ impl Policy {
                     )
                 })?
                 .authorize(caller, spec),
+        }
+    }
+
+    /// May `caller` have this upload form, and which signer signs it?
+    pub fn authorize_form(
+        &self,
+        caller: &CallerName,
+        spec: &crate::domain::FormSpec,
+    ) -> Result<Grant, Denied> {
+        match &self.callers {
+            None => Ok(Grant {
+                signer: self.default_signer().clone(),
+            }),
+            Some(callers) => callers
+                .get(caller)
+                .ok_or_else(|| {
+                    Denied::new(
+                        "entry",
+                        format!("caller {caller} has no entry in the policy"),
+                    )
+                })?
+                .authorize_form(caller, spec),
         }
     }
 

@@ -35,6 +35,7 @@ pub struct Revocations {
     retries: Arc<Mutex<HashMap<Uuid, procedure::Retry>>>,
     /// True once the server shuts down: WatchRevocations' streams end.
     closing: Arc<tokio::sync::watch::Sender<bool>>,
+    watchers: Arc<watch::Watchers>,
 }
 
 impl Revocations {
@@ -44,7 +45,17 @@ impl Revocations {
             keys,
             retries: Arc::default(),
             closing: Arc::new(tokio::sync::watch::Sender::new(false)),
+            watchers: Arc::new(watch::Watchers::new(
+                watch::DEFAULT_MAX_WATCHERS,
+                watch::DEFAULT_MAX_WATCHERS_PER_CALLER,
+            )),
         }
+    }
+
+    /// At most `max` WatchRevocations streams at once, `per_caller` per caller.
+    pub fn with_watch_limits(mut self, max: usize, per_caller: usize) -> Self {
+        self.watchers = Arc::new(watch::Watchers::new(max, per_caller));
+        self
     }
 }
 
@@ -137,6 +148,13 @@ pub enum RevocationError {
     Failed { id: Uuid, message: String },
     #[error("{0}")]
     NotYours(String),
+    #[error("{0}")]
+    TooManyWatchers(String),
+    #[error(
+        "after_sequence {after} is before the retained events: retention (--retention-days) deleted those through sequence {pruned}; \
+         reconcile with ListRevocations (ReissueLinks per revocation), then watch with after_sequence={pruned}"
+    )]
+    CursorPruned { after: i64, pruned: i64 },
     #[error("the server is shutting down: reconnect (to another replica) with after_sequence={0}")]
     ShuttingDown(i64),
     #[error(transparent)]

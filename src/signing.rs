@@ -1,12 +1,15 @@
 //! Presigning: a `SigningKey` turns a validated link request into a URL with
 //! our own SigV4 query signer (`sigv4`: local computation, the day's signing
 //! key cached; byte-identical to aws-sdk-s3's presigner, which the tests keep
-//! as the reference). A pure adapter: which key signs, and when, is the key
+//! as the reference), and browser upload forms (`form`: a SigV4 POST
+//! policy signed with the same cached day key). A pure adapter: which key signs, and when, is the key
 //! lifecycle's (`crate::keys`).
 
+mod form;
 mod presign;
 mod sigv4;
 
+pub use form::{SIGNATURE_FIELD, SignedForm};
 pub use presign::{
     Presigned, S3Target, SESSION_KEY_REFUSED, SignError, SigningKey, is_session_key_id,
     signature_of,

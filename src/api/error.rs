@@ -30,6 +30,9 @@ pub const ERROR_DOMAIN: &str = "presignd";
 /// After a registry or backend outage, or with no active key during an
 /// EMERGENCY rotation: about the time a pool connection or a key swap takes.
 const RETRY_OUTAGE: Duration = Duration::from_secs(1);
+/// After WatchRevocations refused a stream over its limit: streams end when
+/// their clients go, so a slot frees up about as fast as a client reconnects.
+const RETRY_WATCHERS: Duration = Duration::from_secs(5);
 /// After a read that ran past its statement timeout: the reads' pool is busy.
 const RETRY_TIMED_OUT: Duration = Duration::from_secs(5);
 
@@ -223,6 +226,10 @@ impl From<RevocationError> for ApiError {
                 .with("revocation_id", id)
                 .with("state", state.as_str()),
             Failed { id, .. } => refused("REVOCATION_FAILED").with("revocation_id", id),
+            CursorPruned { after, pruned } => refused("EVENTS_PRUNED")
+                .with("field", "after_sequence")
+                .with("after_sequence", after)
+                .with("pruned_through_sequence", pruned),
             Backend(BackendError::Refused(m) | BackendError::LimitExceeded(m)) => {
                 Refusal::new("BACKEND_REFUSED", format!("key backend refused: {m}"))
             }
@@ -232,6 +239,10 @@ impl From<RevocationError> for ApiError {
                     NotYours(m) => Self::PermissionDenied(
                         Refusal::new("ADMIN_ONLY", m).with("field", "caller"),
                     ),
+                    TooManyWatchers(m) => Self::ResourceExhausted {
+                        message: m,
+                        retry_after: RETRY_WATCHERS,
+                    },
                     ShuttingDown(_) => Self::Unavailable {
                         message: e.to_string(),
                         retry_after: Duration::ZERO,

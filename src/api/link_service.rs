@@ -1,4 +1,4 @@
-//! LinkService: IssueLink and the read side of the registry.
+//! LinkService: IssueLink, IssueUploadForm and the read side of the registry.
 
 use super::{request, response};
 use crate::auth::caller_of;
@@ -43,6 +43,27 @@ impl LinkService for LinkApi {
                 .headers
                 .into_iter()
                 .map(|(name, value)| proto::Header { name, value })
+                .collect(),
+        }))
+    }
+
+    async fn issue_upload_form(
+        &self,
+        request: Request<proto::IssueUploadFormRequest>,
+    ) -> Result<Response<proto::IssueUploadFormResponse>, Status> {
+        let caller = caller_of(&request)?;
+        self.issuer.admit(&caller)?;
+        let (spec, labels) = request::form_request(request.get_ref())?;
+        let issued = self.issuer.issue_form(&caller, spec, labels).await?;
+        rpc::note(&request, |n| n.link(issued.link.id));
+        Ok(Response::new(proto::IssueUploadFormResponse {
+            link: Some(response::link(issued.link)),
+            url: issued.form.url,
+            fields: issued
+                .form
+                .fields
+                .into_iter()
+                .map(|(name, value)| proto::FormField { name, value })
                 .collect(),
         }))
     }

@@ -2,8 +2,9 @@
 //! is a `FieldError` naming it (INVALID_ARGUMENT at the edge).
 
 use crate::domain::{
-    Bucket, CallerName, ContentDisposition, ContentType, FieldError, Labels, LinkSpec, LinkState,
-    Method, ObjectKey, RequestId, RotationMode, SignerName, Ttl,
+    Bucket, CallerName, ContentDisposition, ContentType, FieldError, FormSpec, KeyCondition,
+    Labels, LinkSpec, LinkState, Method, ObjectKey, RequestId, RotationMode, SignerName, SizeRange,
+    Ttl, TypeCondition, parse_type_prefix,
 };
 use crate::proto;
 use crate::registry::link_queries::LinkFilter;
@@ -17,6 +18,10 @@ pub fn method(value: i32) -> Result<Method, FieldError> {
         Ok(proto::Method::Put) => Ok(Method::Put),
         Ok(proto::Method::Head) => Ok(Method::Head),
         Ok(proto::Method::Delete) => Ok(Method::Delete),
+        Ok(proto::Method::Post) => Err(FieldError::new(
+            "method",
+            "POST is a browser upload form, not a URL: use IssueUploadForm",
+        )),
         Ok(proto::Method::Unspecified) => Err(FieldError::new(
             "method",
             "is required: one of GET, PUT, HEAD, DELETE",
@@ -216,6 +221,64 @@ pub fn link_request(
     ))
 }
 
+/// Validates an IssueUploadFormRequest field by field; the first bad field
+/// is named.
+pub fn form_request(req: &proto::IssueUploadFormRequest) -> Result<(FormSpec, Labels), FieldError> {
+    let bucket = Bucket::parse(&req.bucket)?;
+    let key = match (req.object_key.as_str(), req.object_key_prefix.as_str()) {
+        ("", "") => {
+            return Err(FieldError::new(
+                "object_key",
+                "is required: set object_key (one key) or object_key_prefix (keys starting with it)",
+            ));
+        }
+        (k, "") => KeyCondition::Exact(ObjectKey::parse(k)?),
+        ("", p) => KeyCondition::Prefix(ObjectKey::parse_field("object_key_prefix", p)?),
+        _ => {
+            return Err(FieldError::new(
+                "object_key_prefix",
+                "set either object_key or object_key_prefix, not both",
+            ));
+        }
+    };
+    let size = match &req.content_length_range {
+        Some(r) => SizeRange::parse(r.min, r.max)?,
+        None => {
+            return Err(FieldError::new(
+                "content_length_range",
+                "is required: the file's size bounds in bytes",
+            ));
+        }
+    };
+    let content_type = match (req.content_type.as_str(), req.content_type_prefix.as_str()) {
+        ("", "") => None,
+        (t, "") => Some(TypeCondition::Exact(ContentType::parse(t)?)),
+        ("", p) => Some(TypeCondition::Prefix(parse_type_prefix(
+            "content_type_prefix",
+            p,
+        )?)),
+        _ => {
+            return Err(FieldError::new(
+                "content_type_prefix",
+                "set either content_type or content_type_prefix, not both",
+            ));
+        }
+    };
+    let ttl = match &req.ttl {
+        Some(d) => Ttl::parse(d.seconds, d.nanos)?,
+        None => return Err(FieldError::new("ttl", "is required (1s to 7 days)")),
+    };
+    let labels = Labels::parse(&req.labels)?;
+    let spec = FormSpec {
+        bucket,
+        key,
+        size,
+        content_type,
+        ttl,
+    };
+    Ok((spec, labels))
+}
+
 /// A caller named in `field`; empty: none.
 pub fn optional_caller(field: &'static str, s: &str) -> Result<Option<CallerName>, FieldError> {
     filter_field(field, s, CallerName::parse)
@@ -248,6 +311,9 @@ mod tests {
         for m in [Method::Get, Method::Put, Method::Head, Method::Delete] {
             assert_eq!(method(response::method(m) as i32).unwrap(), m);
         }
+        // POST exists in the registry (forms) but is no IssueLink method.
+        let e = method(response::method(Method::Post) as i32).unwrap_err();
+        assert!(e.reason.contains("IssueUploadForm"), "{e}");
         for s in [LinkState::Active, LinkState::Expired, LinkState::Revoked] {
             assert_eq!(
                 link_state("state", response::link_state(s) as i32).unwrap(),

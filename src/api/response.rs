@@ -64,6 +64,7 @@ pub fn method(m: Method) -> proto::Method {
         Method::Put => proto::Method::Put,
         Method::Head => proto::Method::Head,
         Method::Delete => proto::Method::Delete,
+        Method::Post => proto::Method::Post,
     }
 }
 
@@ -96,6 +97,7 @@ pub fn link(row: LinkRow) -> proto::Link {
             .replaces_link_id
             .map(|r| r.to_string())
             .unwrap_or_default(),
+        object_key_is_prefix: row.object_key_is_prefix,
     }
 }
 
@@ -143,6 +145,7 @@ fn skip_reason(r: SkipReason) -> proto::SkipReason {
         SkipReason::ReplacementRevoked => proto::SkipReason::ReplacementRevoked,
         SkipReason::Expiring => proto::SkipReason::Expiring,
         SkipReason::BucketNotReady => proto::SkipReason::BucketNotReady,
+        SkipReason::UploadForm => proto::SkipReason::UploadForm,
     }
 }
 

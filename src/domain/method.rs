@@ -8,9 +8,20 @@ pub enum Method {
     Put,
     Head,
     Delete,
+    /// A browser form upload (a presigned POST policy, `IssueUploadForm`):
+    /// never a URL.
+    Post,
 }
 
 impl Method {
+    pub const ALL: [Method; 5] = [
+        Method::Get,
+        Method::Put,
+        Method::Head,
+        Method::Delete,
+        Method::Post,
+    ];
+
     /// The name stored in the registry and shown to humans.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -18,6 +29,7 @@ impl Method {
             Self::Put => "PUT",
             Self::Head => "HEAD",
             Self::Delete => "DELETE",
+            Self::Post => "POST",
         }
     }
 
@@ -27,9 +39,10 @@ impl Method {
             "PUT" => Ok(Self::Put),
             "HEAD" => Ok(Self::Head),
             "DELETE" => Ok(Self::Delete),
+            "POST" => Ok(Self::Post),
             _ => Err(FieldError::new(
                 "method",
-                format!("unknown method {s:?}: expected one of GET, PUT, HEAD, DELETE"),
+                format!("unknown method {s:?}: expected one of GET, PUT, HEAD, DELETE, POST"),
             )),
         }
     }
@@ -41,7 +54,7 @@ mod tests {
 
     #[test]
     fn every_method_round_trips_through_its_name() {
-        for m in [Method::Get, Method::Put, Method::Head, Method::Delete] {
+        for m in Method::ALL {
             assert_eq!(Method::parse(m.as_str()).unwrap(), m);
         }
     }

@@ -66,6 +66,8 @@ pub enum SkipReason {
     Expiring,
     /// The signer's key is not (yet) proven for the bucket (`keys::preflight`).
     BucketNotReady,
+    /// An upload form (POST): not a URL; the caller asks for a new form.
+    UploadForm,
 }
 
 /// A replacement's URL and headers, or why it is not handed out.
@@ -171,6 +173,14 @@ impl Issuer {
                     row.id,
                     SkipReason::Quarantined,
                     "named as leaked by the revocation: not reissued".into(),
+                );
+                continue;
+            }
+            if row.method == Method::Post.as_str() {
+                skip(
+                    row.id,
+                    SkipReason::UploadForm,
+                    "an upload form is not a URL: ask IssueUploadForm for a new one".into(),
                 );
                 continue;
             }
@@ -302,6 +312,7 @@ impl Issuer {
             method: spec.method.as_str(),
             bucket: o.bucket.clone(),
             object_key: o.object_key.clone(),
+            object_key_is_prefix: false,
             labels: o.labels.0.clone(),
             issued_at,
             expires_at: o.expires_at,

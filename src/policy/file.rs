@@ -4,7 +4,7 @@
 
 use super::Settings;
 use super::rules::{RateSpec, Role, Rules, key_has_dot_segment};
-use crate::domain::{Bucket, CallerName, Method, SignerName, Ttl};
+use crate::domain::{Bucket, CallerName, MAX_FORM_BYTES, Method, SignerName, Ttl};
 use anyhow::{Context, bail};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -26,6 +26,7 @@ struct CallerEntry {
     prefixes: Option<Vec<String>>,
     methods: Vec<String>,
     max_ttl_secs: Option<u64>,
+    max_upload_bytes: Option<u64>,
     issue_rate_per_sec: Option<u32>,
     issue_burst: Option<u32>,
     #[serde(default)]
@@ -107,9 +108,9 @@ fn rules(caller: &CallerName, e: CallerEntry, settings: &Settings) -> anyhow::Re
         }
     };
     let methods = if e.methods == ["*"] {
-        vec![Method::Get, Method::Put, Method::Head, Method::Delete]
+        Method::ALL.to_vec()
     } else if e.methods.is_empty() {
-        bail!("methods: must list at least one of GET, PUT, HEAD, DELETE (or \"*\")");
+        bail!("methods: must list at least one of GET, PUT, HEAD, DELETE, POST (or \"*\")");
     } else {
         e.methods
             .iter()
@@ -119,6 +120,13 @@ fn rules(caller: &CallerName, e: CallerEntry, settings: &Settings) -> anyhow::Re
     let max_ttl = match e.max_ttl_secs {
         None => Ttl::from_secs(7 * 24 * 3600)?,
         Some(s) => Ttl::from_secs(s).context("max_ttl_secs")?,
+    };
+    let max_upload_bytes = match e.max_upload_bytes {
+        Some(0) => bail!("max_upload_bytes: must be at least 1 (leave it out for S3's limit)"),
+        Some(n) if n > MAX_FORM_BYTES => {
+            bail!("max_upload_bytes: {n} is over S3's limit of one upload ({MAX_FORM_BYTES})")
+        }
+        n => n,
     };
     let rate = match (e.issue_rate_per_sec, e.issue_burst) {
         (None, Some(_)) => bail!("issue_burst: set issue_rate_per_sec too"),
@@ -135,6 +143,7 @@ fn rules(caller: &CallerName, e: CallerEntry, settings: &Settings) -> anyhow::Re
         prefixes,
         methods,
         max_ttl,
+        max_upload_bytes,
         rate,
         cert_names: e.cert_names,
     })
@@ -179,8 +188,9 @@ mod tests {
         signer = "billing"
         buckets = ["uploads"]
         prefixes = ["invoices/"]
-        methods = ["GET", "PUT"]
+        methods = ["GET", "PUT", "POST"]
         max_ttl_secs = 3600
+        max_upload_bytes = 10485760
         issue_rate_per_sec = 10
 
         [callers.ops]
@@ -195,10 +205,17 @@ mod tests {
         let b = &p[&CallerName::parse("billing-api").unwrap()];
         assert_eq!(b.signer.as_str(), "billing");
         assert_eq!(b.rate.unwrap().burst.get(), 10);
+        assert!(b.methods.contains(&Method::Post));
+        assert_eq!(b.max_upload_bytes, Some(10 << 20));
         let ops = &p[&CallerName::parse("ops").unwrap()];
         assert_eq!((ops.role, ops.signer.as_str()), (Role::Admin, "default"));
         assert!(ops.buckets.is_none() && ops.prefixes.is_none());
         assert_eq!(ops.max_ttl.as_secs(), 7 * 86400);
+        assert_eq!(
+            (ops.methods.len(), ops.max_upload_bytes),
+            (5, None),
+            "\"*\" includes POST"
+        );
     }
 
     fn error_of(text: &str) -> String {
@@ -241,6 +258,14 @@ mod tests {
             (
                 "buckets = [\"uploads\"]\nmethods = [\"GET\"]\nmax_ttl_secs = 0",
                 "max_ttl_secs",
+            ),
+            (
+                "buckets = [\"uploads\"]\nmethods = [\"POST\"]\nmax_upload_bytes = 0",
+                "max_upload_bytes",
+            ),
+            (
+                "buckets = [\"uploads\"]\nmethods = [\"POST\"]\nmax_upload_bytes = 5368709121",
+                "max_upload_bytes",
             ),
             (
                 "buckets = [\"uploads\"]\nmethods = [\"GET\"]\nrole = \"root\"",

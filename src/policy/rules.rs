@@ -4,8 +4,8 @@
 //! refused outright: something between the link and the store might normalize
 //! `team-a/../team-b/x` into `team-b/x`.
 
-use crate::domain::LinkSpec;
 use crate::domain::{Bucket, CallerName, Method, SignerName, Ttl};
+use crate::domain::{FormSpec, KeyCondition, LinkSpec};
 use std::num::NonZeroU32;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,14 +42,17 @@ pub struct Rules {
     pub prefixes: Option<Vec<String>>,
     pub methods: Vec<Method>,
     pub max_ttl: Ttl,
+    /// The largest file an upload form may accept (its content-length
+    /// range's max); None: S3's limit of one upload.
+    pub max_upload_bytes: Option<u64>,
     pub rate: Option<RateSpec>,
     /// Exact certificate names (URI/DNS SAN or CN) that identify this caller.
     pub cert_names: Vec<String>,
 }
 
 /// A request the policy refuses: `rule` names the setting that refused it
-/// (`buckets`, `prefixes`, `methods`, `max_ttl_secs`, or `entry` when the caller
-/// has none), and the message says how.
+/// (`buckets`, `prefixes`, `methods`, `max_ttl_secs`, `max_upload_bytes`, or
+/// `entry` when the caller has none), and the message says how.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("policy: {message}")]
 pub struct Denied {
@@ -105,64 +108,114 @@ impl AsRef<str> for Bucket {
 
 impl Rules {
     pub fn authorize(&self, caller: &CallerName, spec: &LinkSpec) -> Result<Grant, Denied> {
-        if let Some(buckets) = &self.buckets
-            && !buckets.contains(&spec.bucket)
+        self.check_bucket(caller, &spec.bucket)?;
+        self.check_key(caller, spec.object_key.as_str(), "object key")?;
+        self.check_method(caller, spec.method)?;
+        self.check_ttl(caller, spec.ttl)?;
+        Ok(Grant {
+            signer: self.signer.clone(),
+        })
+    }
+
+    /// An upload form: the rules of a link (its method is POST; a key prefix
+    /// must lie inside an allowed prefix, so every key it allows does), and
+    /// its largest file within `max_upload_bytes`.
+    pub fn authorize_form(&self, caller: &CallerName, spec: &FormSpec) -> Result<Grant, Denied> {
+        self.check_bucket(caller, &spec.bucket)?;
+        let what = match spec.key {
+            KeyCondition::Exact(_) => "object key",
+            KeyCondition::Prefix(_) => "key prefix",
+        };
+        self.check_key(caller, spec.key.as_str(), what)?;
+        self.check_method(caller, Method::Post)?;
+        self.check_ttl(caller, spec.ttl)?;
+        if let Some(max) = self.max_upload_bytes
+            && spec.size.max > max
         {
             return Err(Denied::new(
-                "buckets",
+                "max_upload_bytes",
                 format!(
-                    "caller {caller} may not use bucket {} (allowed: {})",
-                    spec.bucket,
-                    list(buckets)
-                ),
-            ));
-        }
-        let key = spec.object_key.as_str();
-        if let Some(prefixes) = &self.prefixes {
-            if !prefixes.iter().any(|p| key.starts_with(p.as_str())) {
-                return Err(Denied::new(
-                    "prefixes",
-                    format!(
-                        "caller {caller} may not use object key {} (allowed prefixes: {})",
-                        shown(key),
-                        list(prefixes)
-                    ),
-                ));
-            }
-            if key_has_dot_segment(key) {
-                return Err(Denied::new(
-                    "prefixes",
-                    format!(
-                        "caller {caller} may not use object key {}: '.' and '..' path segments are refused under a prefix rule",
-                        shown(key)
-                    ),
-                ));
-            }
-        }
-        if !self.methods.contains(&spec.method) {
-            let allowed: Vec<&str> = self.methods.iter().map(|m| m.as_str()).collect();
-            return Err(Denied::new(
-                "methods",
-                format!(
-                    "caller {caller} may not issue {} links (allowed: {})",
-                    spec.method.as_str(),
-                    allowed.join(", ")
-                ),
-            ));
-        }
-        if spec.ttl > self.max_ttl {
-            return Err(Denied::new(
-                "max_ttl_secs",
-                format!(
-                    "caller {caller} may not issue links valid for {}s (max_ttl: {}s)",
-                    spec.ttl.as_secs(),
-                    self.max_ttl.as_secs()
+                    "caller {caller} may not accept uploads of {} bytes (max_upload_bytes: {max})",
+                    spec.size.max
                 ),
             ));
         }
         Ok(Grant {
             signer: self.signer.clone(),
         })
+    }
+
+    fn check_bucket(&self, caller: &CallerName, bucket: &Bucket) -> Result<(), Denied> {
+        match &self.buckets {
+            Some(buckets) if !buckets.contains(bucket) => Err(Denied::new(
+                "buckets",
+                format!(
+                    "caller {caller} may not use bucket {bucket} (allowed: {})",
+                    list(buckets)
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// `key` (an object key, or a form's key prefix: `what` says which) must
+    /// start with an allowed prefix and have no dot segment.
+    fn check_key(&self, caller: &CallerName, key: &str, what: &str) -> Result<(), Denied> {
+        let Some(prefixes) = &self.prefixes else {
+            return Ok(());
+        };
+        if !prefixes.iter().any(|p| key.starts_with(p.as_str())) {
+            return Err(Denied::new(
+                "prefixes",
+                format!(
+                    "caller {caller} may not use {what} {} (allowed prefixes: {})",
+                    shown(key),
+                    list(prefixes)
+                ),
+            ));
+        }
+        if key_has_dot_segment(key) {
+            return Err(Denied::new(
+                "prefixes",
+                format!(
+                    "caller {caller} may not use {what} {}: '.' and '..' path segments are refused under a prefix rule",
+                    shown(key)
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_method(&self, caller: &CallerName, method: Method) -> Result<(), Denied> {
+        if self.methods.contains(&method) {
+            return Ok(());
+        }
+        let allowed: Vec<&str> = self.methods.iter().map(|m| m.as_str()).collect();
+        let what = match method {
+            Method::Post => "upload forms (POST)".to_owned(),
+            m => format!("{} links", m.as_str()),
+        };
+        Err(Denied::new(
+            "methods",
+            format!(
+                "caller {caller} may not issue {what} (allowed: {})",
+                allowed.join(", ")
+            ),
+        ))
+    }
+
+    fn check_ttl(&self, caller: &CallerName, ttl: Ttl) -> Result<(), Denied> {
+        if ttl > self.max_ttl {
+            return Err(Denied::new(
+                "max_ttl_secs",
+                format!(
+                    "caller {caller} may not issue links valid for {}s (max_ttl: {}s)",
+                    ttl.as_secs(),
+                    self.max_ttl.as_secs()
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -179,9 +232,55 @@ mod tests {
             prefixes: Some(vec!["team-a/".into()]),
             methods: vec![Method::Get, Method::Head],
             max_ttl: Ttl::from_secs(3600).unwrap(),
+            max_upload_bytes: Some(1024),
             rate: None,
             cert_names: vec![],
         }
+    }
+
+    fn form(key: KeyCondition, max: u64) -> FormSpec {
+        FormSpec {
+            bucket: Bucket::parse("uploads").unwrap(),
+            key,
+            size: crate::domain::SizeRange::parse(0, max).unwrap(),
+            content_type: None,
+            ttl: Ttl::from_secs(60).unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_form_needs_the_post_right_a_prefix_inside_the_rules_and_a_size_within_the_max() {
+        let caller = CallerName::parse("billing-api").unwrap();
+        let prefix = |p: &str| KeyCondition::Prefix(ObjectKey::parse(p).unwrap());
+        let e = rules()
+            .authorize_form(&caller, &form(prefix("team-a/in/"), 10))
+            .unwrap_err();
+        assert_eq!(e.rule, "methods", "{e}");
+        assert!(e.message.contains("upload forms (POST)"), "{e}");
+        let mut r = rules();
+        r.methods.push(Method::Post);
+        assert!(
+            r.authorize_form(&caller, &form(prefix("team-a/in/"), 1024))
+                .is_ok()
+        );
+        let e = r
+            .authorize_form(&caller, &form(prefix("team-a/in/"), 1025))
+            .unwrap_err();
+        assert_eq!(e.rule, "max_upload_bytes", "{e}");
+        // "team" is wider than "team-a/": it would let keys of team-b in.
+        let e = r
+            .authorize_form(&caller, &form(prefix("team"), 10))
+            .unwrap_err();
+        assert_eq!(e.rule, "prefixes", "{e}");
+        assert!(e.message.contains("key prefix \"team\""), "{e}");
+        r.max_upload_bytes = None;
+        assert!(
+            r.authorize_form(
+                &caller,
+                &form(prefix("team-a/"), crate::domain::MAX_FORM_BYTES)
+            )
+            .is_ok()
+        );
     }
 
     fn spec(bucket: &str, key: &str, method: Method, ttl: u64) -> LinkSpec {

@@ -21,6 +21,8 @@ pub struct NewLink {
     pub method: &'static str,
     pub bucket: String,
     pub object_key: String,
+    /// An upload form for every key starting with `object_key` (POST only).
+    pub object_key_is_prefix: bool,
     pub labels: BTreeMap<String, String>,
     pub issued_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
@@ -53,6 +55,8 @@ pub struct LinkRow {
     pub method: String,
     pub bucket: String,
     pub object_key: String,
+    /// An upload form for every key starting with `object_key`.
+    pub object_key_is_prefix: bool,
     pub labels: Json<BTreeMap<String, String>>,
     pub issued_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
@@ -77,6 +81,7 @@ impl LinkRow {
             method: link.method.to_owned(),
             bucket: link.bucket,
             object_key: link.object_key,
+            object_key_is_prefix: link.object_key_is_prefix,
             labels: Json(link.labels),
             issued_at: link.issued_at,
             expires_at: link.expires_at,
@@ -111,7 +116,8 @@ pub(super) fn columns() -> String {
     format!(
         "l.id, l.key_id, l.signer, l.caller, l.method, l.bucket, l.object_key, l.labels,
          l.issued_at, l.expires_at, {REVOCATION_SQL} AS revocation_id, {STATE_SQL} AS state,
-         l.content_type, l.content_disposition, l.headers_recorded, l.replaces_link_id"
+         l.content_type, l.content_disposition, l.headers_recorded, l.replaces_link_id,
+         l.object_key_is_prefix"
     )
 }
 
@@ -161,13 +167,14 @@ pub async fn insert_batch_if_active(
         "WITH inserted AS (
              INSERT INTO links (id, key_id, signer, caller, method, bucket, object_key, labels,
                                 issued_at, expires_at, signature_sha256, content_type,
-                                content_disposition)
+                                content_disposition, object_key_is_prefix)
              SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
                                   $6::text[], $7::text[], $8::jsonb[], $9::timestamptz[],
-                                  $10::timestamptz[], $11::bytea[], $14::text[], $15::text[])
+                                  $10::timestamptz[], $11::bytea[], $14::text[], $15::text[],
+                                  $16::bool[])
                  AS u (id, key_id, signer, caller, method, bucket, object_key, labels,
                        issued_at, expires_at, signature_sha256, content_type,
-                       content_disposition)
+                       content_disposition, object_key_is_prefix)
              WHERE u.key_id IN (SELECT key_id FROM signing_keys
                                 WHERE key_id = ANY ($12) AND state = $13)
              RETURNING key_id)
@@ -201,6 +208,12 @@ pub async fn insert_batch_if_active(
         links
             .iter()
             .map(|l| l.content_disposition.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        links
+            .iter()
+            .map(|l| l.object_key_is_prefix)
             .collect::<Vec<_>>(),
     )
     .fetch_all(conn)

@@ -107,7 +107,11 @@ impl SigningKey {
         }
     }
 
-    fn endpoint(&self) -> Result<&Endpoint, SignError> {
+    pub(super) fn sigv4(&self) -> &QuerySigner {
+        &self.sigv4
+    }
+
+    pub(super) fn endpoint(&self) -> Result<&Endpoint, SignError> {
         self.endpoint
             .as_ref()
             .map_err(|e| SignError::Presign(e.clone()))

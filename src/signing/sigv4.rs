@@ -231,6 +231,11 @@ impl QuerySigner {
         if req.key.is_empty() {
             return Err(SignError::Presign("object key is empty".into()));
         }
+        if req.method == Method::Post {
+            return Err(SignError::Presign(
+                "a POST is signed as a form (sign_policy), not as a URL".into(),
+            ));
+        }
         let day = req.time / 86_400;
         let (date, datetime) = amz_date(req.time);
         let virtual_hosted = ep.virtual_hosted(req.bucket);
@@ -261,7 +266,7 @@ impl QuerySigner {
             Method::Get => Some("GetObject"),
             Method::Put => Some("PutObject"),
             Method::Delete => Some("DeleteObject"),
-            Method::Head => None,
+            Method::Head | Method::Post => None,
         };
         let disposition = match req.method {
             Method::Get => req.content_disposition,
@@ -371,6 +376,56 @@ impl QuerySigner {
             url,
             canonical_request: creq,
         })
+    }
+}
+
+/// A browser form's signature (SigV4 POST policy): the string to sign is
+/// the base64 policy itself, signed with the same day key as URLs.
+impl QuerySigner {
+    /// `x-amz-credential` for a form signed at `time` (seconds since the
+    /// epoch) for `region`, and its `x-amz-date`.
+    pub(super) fn form_scope(&self, time: u64, region: &str) -> (String, String) {
+        let (date, datetime) = amz_date(time);
+        (
+            format!(
+                "{}/{}/{region}/{SERVICE}/aws4_request",
+                self.access_key,
+                ascii(&date)
+            ),
+            ascii(&datetime).to_owned(),
+        )
+    }
+
+    /// The hex signature of `policy_b64` as of `time` for `region`.
+    pub(super) fn sign_policy(&self, time: u64, region: &str, policy_b64: &str) -> String {
+        let (date, _) = amz_date(time);
+        let mut mac = self.day_mac(time / 86_400, &date, region);
+        mac.update(policy_b64.as_bytes());
+        let mut hex = [0u8; 64];
+        hex_into(&mac.finalize().into_bytes(), &mut hex);
+        ascii(&hex).to_owned()
+    }
+}
+
+impl Endpoint {
+    /// Where a browser form posts for `bucket`: the bucket's URL, in the
+    /// style its presigned URLs have (`scheme://bucket.host/` or
+    /// `scheme://host/bucket`).
+    pub(super) fn bucket_url(&self, bucket: &str) -> String {
+        let mut url = self.scheme_sep.clone();
+        if self.virtual_hosted(bucket) {
+            url.push_str(bucket);
+            url.push('.');
+            url.push_str(&self.authority);
+            url.push_str(&self.base_path);
+            url.push('/');
+        } else {
+            url.push_str(&self.authority);
+            url.push_str(&self.base_path);
+            url.push('/');
+            encode(&mut url, bucket, false);
+        }
+        url
     }
 }
 
@@ -629,6 +684,37 @@ mod tests {
         // The cached key of one region never signs for another.
         let again = signer.sign(&ep, &req, "us-east-1").unwrap();
         assert_eq!(again.url, east.url);
+    }
+
+    /// The POST policy of the AWS documentation ("Example: Browser-Based
+    /// Upload using HTTP POST (Using AWS Signature Version 4)"): its base64
+    /// policy, as the page gives it, signs to the page's signature.
+    #[test]
+    fn the_aws_post_policy_example_signs_to_its_signature() {
+        let (signer, _) = aws_example();
+        let policy = "eyAiZXhwaXJhdGlvbiI6ICIyMDE1LTEyLTMwVDEyOjAwOjAwLjAwMFoiLA0KICAiY29uZGl0aW9ucyI6IFsNCiAgICB7ImJ1Y2tldCI6ICJzaWd2NGV4YW1wbGVidWNrZXQifSwNCiAgICBbInN0YXJ0cy13aXRoIiwgIiRrZXkiLCAidXNlci91c2VyMS8iXSwNCiAgICB7ImFjbCI6ICJwdWJsaWMtcmVhZCJ9LA0KICAgIHsic3VjY2Vzc19hY3Rpb25fcmVkaXJlY3QiOiAiaHR0cDovL3NpZ3Y0ZXhhbXBsZWJ1Y2tldC5zMy5hbWF6b25hd3MuY29tL3N1Y2Nlc3NmdWxfdXBsb2FkLmh0bWwifSwNCiAgICBbInN0YXJ0cy13aXRoIiwgIiRDb250ZW50LVR5cGUiLCAiaW1hZ2UvIl0sDQogICAgeyJ4LWFtei1tZXRhLXV1aWQiOiAiMTQzNjUxMjM2NTEyNzQifSwNCiAgICB7IngtYW16LXNlcnZlci1zaWRlLWVuY3J5cHRpb24iOiAiQUVTMjU2In0sDQogICAgWyJzdGFydHMtd2l0aCIsICIkeC1hbXotbWV0YS10YWciLCAiIl0sDQoNCiAgICB7IngtYW16LWNyZWRlbnRpYWwiOiAiQUtJQUlPU0ZPRE5ON0VYQU1QTEUvMjAxNTEyMjkvdXMtZWFzdC0xL3MzL2F3czRfcmVxdWVzdCJ9LA0KICAgIHsieC1hbXotYWxnb3JpdGhtIjogIkFXUzQtSE1BQy1TSEEyNTYifSwNCiAgICB7IngtYW16LWRhdGUiOiAiMjAxNTEyMjlUMDAwMDAwWiIgfQ0KICBdDQp9";
+        let time = 1_451_347_200; // 2015-12-29T00:00:00Z
+        assert_eq!(
+            signer.sign_policy(time, "us-east-1", policy),
+            "8afdbf4008c03f22c2cd3cdb72e4afbb1f6a588f3255ac628749a66d7f09699e"
+        );
+        assert_eq!(
+            signer.form_scope(time, "us-east-1"),
+            (
+                "AKIAIOSFODNN7EXAMPLE/20151229/us-east-1/s3/aws4_request".to_owned(),
+                "20151229T000000Z".to_owned()
+            )
+        );
+        // The day key a URL of that day was signed with signed the form too.
+        assert_eq!(cached(&signer), [(16_798, "us-east-1".into())]);
+    }
+
+    #[test]
+    fn a_form_posts_to_the_bucket_url_in_the_configured_style() {
+        let virt = Endpoint::parse("https://s3.example.com", false).unwrap();
+        assert_eq!(virt.bucket_url("photos"), "https://photos.s3.example.com/");
+        let path = Endpoint::parse("http://127.0.0.1:3900", true).unwrap();
+        assert_eq!(path.bucket_url("photos"), "http://127.0.0.1:3900/photos");
     }
 
     #[test]

@@ -202,6 +202,36 @@ async fn a_links_budget_keeps_every_key_within_it_and_the_older_keys_links_worki
         series[0].contains(&format!("key_id=\"{}\"", current.key_id)),
         "{series:?}"
     );
+    // `presignctl keys` prints each live key's use of the budget under it.
+    let run = presignctl(&app, TOKEN, &["keys", "--signer", signer], None).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    for key in &listed.keys {
+        let row = run
+            .stdout
+            .lines()
+            .position(|l| l.contains(&key.key_id))
+            .unwrap_or_else(|| panic!("{} listed: {}", key.key_id, run.stdout));
+        let expected = format!("    budget links {}% of 100", key.outstanding_links);
+        assert_eq!(
+            run.stdout.lines().nth(row + 1),
+            Some(expected.as_str()),
+            "{}",
+            run.stdout
+        );
+    }
+    let run = presignctl(&app, TOKEN, &["--json", "keys", "--signer", signer], None).await;
+    let rows: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let row = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["key_id"] == current.key_id.as_str())
+        .expect("the active key listed");
+    assert_eq!(row["budget"]["max_outstanding_links"], 100);
+    assert_eq!(
+        row["budget_share"]["outstanding_share"],
+        current.outstanding_links as f64 / 100.0
+    );
 }
 
 #[sqlx::test]

@@ -244,3 +244,98 @@ async fn folds_during_inserts_lose_and_double_count_nothing(pool: PgPool) {
     );
     assert_rollup_equals_scan(&pool, "after the last fold").await;
 }
+
+/// A revocation's events (`revocation_events::record_deactivation`, which
+/// reads the roll-up for the hours from the next one on, `links` before) equal
+/// a pass over every link of the key: links, quarantined and earliest expiry
+/// per caller; with cells folded and unfolded, links expiring this hour and a
+/// caller whose first link expires two days ahead.
+#[sqlx::test]
+async fn revocation_events_from_the_rollup_equal_a_pass_over_the_links(pool: PgPool) {
+    seed_fixture(&pool).await;
+    add_links(&pool, 3000, 0.3).await;
+    fold(&pool).await;
+    // Unfolded deltas too, and a caller with nothing before two days ahead.
+    add_links(&pool, 1000, 0.4).await;
+    sqlx::query(
+        "INSERT INTO links (id, key_id, signer, caller, method, bucket, object_key,
+                            issued_at, expires_at, signature_sha256)
+         SELECT gen_random_uuid(), 'GKBETA2', 'beta', 'svc-late', 'GET', 'photos', 'late/' || i,
+                now(), now() + interval '2 days' + i * interval '7 minutes', sha256(i::text::bytea)
+         FROM generate_series(1, 30) i",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let key = "GKBETA2";
+    let quarantined: Vec<uuid::Uuid> = sqlx::query_scalar(
+        "SELECT id FROM links WHERE key_id = $1 AND expires_at > now() + interval '5 minutes'
+           AND revocation_id IS NULL ORDER BY id LIMIT 7",
+    )
+    .bind(key)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let revocation = uuid::Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO revocations (id, signer, mode, requested_by, reason, state, next_step, blast_radius)
+         VALUES ($1, 'beta', 'revoke', 'test', 'test', 'running', 'deactivate_old_key', '{}')",
+    )
+    .bind(revocation)
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    let mut tx = pool.begin().await.unwrap();
+    presignd::registry::keys::deactivate(&mut tx, key, Some(revocation))
+        .await
+        .unwrap();
+    let revoked = presignd::registry::revocation_events::record_deactivation(
+        &mut tx,
+        revocation,
+        key,
+        &quarantined,
+    )
+    .await
+    .unwrap();
+    type Impact = (String, i64, i64, chrono::DateTime<chrono::Utc>);
+    let oracle: Vec<Impact> = sqlx::query_as(
+        "SELECT l.caller, count(*), count(*) FILTER (WHERE l.id = ANY ($2)), min(l.expires_at)
+         FROM links l JOIN signing_keys k ON k.key_id = l.key_id
+         WHERE l.key_id = $1 AND l.expires_at > k.deactivated_at AND l.revocation_id IS NULL
+         GROUP BY l.caller ORDER BY l.caller",
+    )
+    .bind(key)
+    .bind(&quarantined)
+    .fetch_all(&mut *tx)
+    .await
+    .unwrap();
+    let events: Vec<Impact> = sqlx::query_as(
+        "SELECT caller, links, quarantined, earliest_expiry FROM revocation_events
+         WHERE revocation_id = $1 ORDER BY caller",
+    )
+    .bind(revocation)
+    .fetch_all(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+
+    assert_eq!(events, oracle);
+    assert_eq!(revoked, oracle.iter().map(|o| o.1).sum::<i64>());
+    assert_eq!(
+        oracle.len(),
+        4,
+        "svc-a, svc-b, svc-c and svc-late: {oracle:?}"
+    );
+    assert_eq!(
+        oracle.iter().map(|o| o.2).sum::<i64>(),
+        7,
+        "every quarantined link counted once"
+    );
+    assert!(
+        oracle
+            .iter()
+            .any(|o| o.3 < chrono::Utc::now() + chrono::Duration::hours(1)),
+        "some caller's earliest expiry falls before the next hour: {oracle:?}"
+    );
+}

@@ -148,9 +148,11 @@ async fn anything_but_a_presigned_url_is_invalid_argument_naming_url(pool: PgPoo
 #[sqlx::test]
 async fn identical_urls_signed_in_the_same_second_lead_to_the_earliest_link(pool: PgPool) {
     let mut app = spawn_app(&pool).await;
-    let req = link_request(&app.bucket.clone(), &unique_key("twin"), Method::Get, 60);
-    // Two issues within one second sign the same URL; retry across a second boundary.
+    // Two issues within one second sign the same URL; retry across a second
+    // boundary, with a new key each time: a straddling attempt's second link
+    // would otherwise be the earliest twin of the next attempt's.
     for _ in 0..5 {
+        let req = link_request(&app.bucket.clone(), &unique_key("twin"), Method::Get, 60);
         let first = app.issue(req.clone()).await.unwrap();
         let second = app.issue(req.clone()).await.unwrap();
         if first.url != second.url {

@@ -52,5 +52,6 @@ mod revocation;
 mod secrets;
 mod signers;
 mod tls_handshake;
+mod upload_form;
 mod validation;
 mod verify_link;

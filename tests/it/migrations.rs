@@ -378,6 +378,7 @@ async fn a_registry_with_data_from_the_first_migration_upgrades_to_the_last_inta
         method: "GET",
         bucket: "photos".into(),
         object_key: "users/1/retried.jpg".into(),
+        object_key_is_prefix: false,
         labels: BTreeMap::new(),
         issued_at,
         expires_at: issued_at + Duration::hours(1),

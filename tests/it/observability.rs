@@ -181,7 +181,11 @@ fn exported(text: &str) -> BTreeSet<String> {
 
 #[sqlx::test]
 async fn every_metric_the_dashboard_and_the_alerts_name_is_exported(pool: PgPool) {
-    let mut app = spawn_app(&pool).await;
+    // A budget far from reached, so that its gauges are exported too.
+    let config = test_config(&["--key-budgets=default:links=1000000:age=30d"]);
+    let mut app = spawn_app_with(config, (*pool.connect_options()).clone()).await;
+    app.wait_for(tonic_health::pb::health_check_response::ServingStatus::Serving)
+        .await;
     // One link, one refusal, one revocation: every labelled series exists.
     let bucket = app.bucket.clone();
     app.issue(link_request(&bucket, &unique_key("dash"), Method::Get, 60))

@@ -525,3 +525,146 @@ async fn presignctl_revokes_with_a_quarantine_and_reissues_the_rest(pool: PgPool
         run.stderr
     );
 }
+
+/// The value of the watchers gauge in a scrape.
+fn watchers_gauge(text: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix("presignd_revocation_watchers "))
+        .expect("the gauge is exported")
+        .parse()
+        .unwrap()
+}
+
+#[sqlx::test]
+async fn watch_streams_are_capped_per_caller_and_per_replica(pool: PgPool) {
+    use tonic_types::StatusExt;
+    let config = test_config(&["--max-watchers=3", "--max-watchers-per-caller=2"]);
+    let app = spawn_app_with(config, (*pool.connect_options()).clone()).await;
+    app.wait_for(tonic_health::pb::health_check_response::ServingStatus::Serving)
+        .await;
+    let mut a = app.links.clone();
+    let mut b = links_as_b(&app);
+    let first = watch(&mut a, None, "").await;
+    let _second = watch(&mut a, None, "").await;
+    // A third for the same caller: its own limit, named.
+    let refused = a
+        .watch_revocations(WatchRevocationsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused.message().contains("--max-watchers-per-caller=2"),
+        "{refused:?}"
+    );
+    assert!(refused.get_details_retry_info().is_some(), "{refused:?}");
+    // Another caller still gets one, up to the replica's limit.
+    let _b1 = watch(&mut b, None, "").await;
+    let refused = b
+        .watch_revocations(WatchRevocationsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused.message().contains("--max-watchers=3"),
+        "{refused:?}"
+    );
+    assert_eq!(watchers_gauge(&crate::metrics::scrape(&app).await), 3.0);
+    // A stream its client drops gives its place back.
+    drop(first);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let again = loop {
+        match a
+            .watch_revocations(WatchRevocationsRequest::default())
+            .await
+        {
+            Ok(s) => break s.into_inner(),
+            Err(e) if e.code() == Code::ResourceExhausted => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the dropped stream's place never came back"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    };
+    assert_eq!(watchers_gauge(&crate::metrics::scrape(&app).await), 3.0);
+    drop(again);
+}
+
+#[sqlx::test]
+async fn retention_prunes_old_events_and_a_cursor_before_them_is_refused(pool: PgPool) {
+    use presignd::lifecycle::{self, Retention};
+    use tonic_types::StatusExt;
+    let mut app = spawn_app(&pool).await;
+    let revocation = uuid::Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO revocations (id, signer, mode, requested_by, reason, state, next_step, blast_radius)
+         VALUES ($1, 'default', 'revoke', 'test', 'test', 'succeeded', 'done', '{}')",
+    )
+    .bind(revocation)
+    .execute(&pool)
+    .await
+    .unwrap();
+    // Two events from before the retention (30 days + the 7 a link may live), one recent.
+    let seqs: Vec<i64> = sqlx::query_scalar(
+        "INSERT INTO revocation_events (revocation_id, caller, signer, key_id, links, quarantined,
+                                        earliest_expiry, at)
+         SELECT $1, c, 'default', 'GKOLD', 3, 0, now() - d * interval '1 day' + interval '1 hour',
+                now() - d * interval '1 day'
+         FROM (VALUES ('svc-1', 40), ('svc-2', 38), ('svc-3', 1)) v (c, d)
+         ORDER BY d DESC
+         RETURNING seq",
+    )
+    .bind(revocation)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let (old, older_kept, recent) = (seqs[0], seqs[1], seqs[2]);
+
+    // Retention 0 keeps everything.
+    let report = lifecycle::step(&pool, chrono::Utc::now(), Retention::new(0, 400).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(report.revocation_events_pruned, 0);
+    let report = lifecycle::step(&pool, chrono::Utc::now(), Retention::new(30, 400).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(report.revocation_events_pruned, 2);
+    let left: Vec<i64> = sqlx::query_scalar("SELECT seq FROM revocation_events ORDER BY seq")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, vec![recent]);
+
+    // A cursor before the pruned ones: refused, naming the cursor and where to resume.
+    let e = app
+        .links
+        .watch_revocations(WatchRevocationsRequest {
+            after_sequence: Some(old as u64 - 1),
+            caller: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(
+        e.message().contains(&format!("after_sequence {}", old - 1))
+            && e.message()
+                .contains(&format!("after_sequence={older_kept}")),
+        "{e:?}"
+    );
+    let info = e.get_details_error_info().expect("ErrorInfo");
+    assert_eq!(info.reason, "EVENTS_PRUNED");
+    assert_eq!(
+        info.metadata["pruned_through_sequence"],
+        older_kept.to_string()
+    );
+    assert_eq!(info.metadata["field"], "after_sequence");
+    // From where retention stopped, the stream goes on with the first kept.
+    let mut stream = watch(&mut app.links, Some(older_kept as u64), "").await;
+    let first = next_event(&mut stream).await;
+    assert_eq!(
+        (first.sequence, first.caller.as_str()),
+        (recent as u64, "svc-3")
+    );
+}

@@ -245,6 +245,15 @@ pub async fn keys(cli: &Conn, signer: Option<String>) -> anyhow::Result<()> {
                     "bucket": b.bucket, "ready": b.ready, "cause": b.cause, "region": b.region,
                     "checked_at": ts(&b.checked_at),
                 })).collect::<Vec<_>>(),
+                "budget": s.budget.as_ref().map(|b| json!({
+                    "max_outstanding_links": b.max_outstanding_links,
+                    "max_age_secs": b.max_age.as_ref().map(|d| d.seconds),
+                })),
+                "budget_share": k.budget_share.as_ref().map(|u| json!({
+                    "outstanding_share": u.outstanding_share,
+                    "age_secs": u.age.as_ref().map(|d| d.seconds),
+                    "age_share": u.age_share,
+                })),
             })))
             .collect();
         println!("{}", Value::Array(out));
@@ -266,6 +275,9 @@ pub async fn keys(cli: &Conn, signer: Option<String>) -> anyhow::Result<()> {
                 ts(&k.latest_expiry),
                 ts(&k.created_at)
             );
+            if let (Some(budget), Some(share)) = (&s.budget, &k.budget_share) {
+                println!("    budget {}", budget_use(budget, share));
+            }
             // The preflight: what IssueLink signs for with this key, or why not.
             for b in &k.buckets {
                 match b.ready {
@@ -276,6 +288,42 @@ pub async fn keys(cli: &Conn, signer: Option<String>) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A key's share of its signer's blast-radius budget, e.g. "links 75% of
+/// 1000, age 2h of 24h (8%)": each limit the budget sets.
+fn budget_use(budget: &proto::KeyBudget, share: &proto::KeyBudgetShare) -> String {
+    let mut parts = Vec::new();
+    if budget.max_outstanding_links > 0 {
+        parts.push(format!(
+            "links {:.0}% of {}",
+            share.outstanding_share * 100.0,
+            budget.max_outstanding_links
+        ));
+    }
+    if let Some(max) = &budget.max_age {
+        let age = share.age.as_ref().map_or(0, |d| d.seconds);
+        parts.push(format!(
+            "age {} of {} ({:.0}%)",
+            duration(age),
+            duration(max.seconds),
+            share.age_share * 100.0
+        ));
+    }
+    parts.join(", ")
+}
+
+/// Seconds as the largest whole unit among d, h, m, s ("90m" stays "90m").
+fn duration(secs: i64) -> String {
+    for (unit, n) in [("d", 86_400), ("h", 3_600), ("m", 60)] {
+        if secs >= n && secs % n == 0 {
+            return format!("{}{unit}", secs / n);
+        }
+    }
+    if secs >= 3_600 {
+        return format!("{}h{}m", secs / 3_600, secs % 3_600 / 60);
+    }
+    format!("{secs}s")
 }
 
 pub async fn plan(cli: &Conn, args: PlanArgs) -> anyhow::Result<()> {

@@ -165,6 +165,7 @@ fn method(m: i32) -> &'static str {
         Ok(proto::Method::Put) => "PUT",
         Ok(proto::Method::Head) => "HEAD",
         Ok(proto::Method::Delete) => "DELETE",
+        Ok(proto::Method::Post) => "POST",
         _ => "?",
     }
 }
@@ -172,7 +173,8 @@ fn method(m: i32) -> &'static str {
 fn link_json(l: &proto::Link) -> Value {
     json!({
         "id": l.id, "state": state(l.state), "method": method(l.method),
-        "bucket": l.bucket, "object_key": l.object_key, "caller": l.caller,
+        "bucket": l.bucket, "object_key": l.object_key,
+        "object_key_is_prefix": l.object_key_is_prefix, "caller": l.caller,
         "signer": l.signer, "key_id": l.key_id,
         "issued_at": time(&l.issued_at), "expires_at": time(&l.expires_at),
         "labels": l.labels, "revocation_id": l.revocation_id,
@@ -218,7 +220,7 @@ pub async fn list(conn: &Conn, as_json: bool, args: ListArgs) -> anyhow::Result<
     );
     for l in &links {
         println!(
-            "{:<36}  {:<7}  {:<6}  {:<20}  {:<20}  {:<20}  s3://{}/{}",
+            "{:<36}  {:<7}  {:<6}  {:<20}  {:<20}  {:<20}  s3://{}/{}{}",
             l.id,
             state(l.state),
             method(l.method),
@@ -226,7 +228,9 @@ pub async fn list(conn: &Conn, as_json: bool, args: ListArgs) -> anyhow::Result<
             l.key_id,
             time(&l.expires_at),
             l.bucket,
-            l.object_key
+            l.object_key,
+            // A prefix form: every key starting with object_key.
+            if l.object_key_is_prefix { "*" } else { "" }
         );
     }
     if !page_token.is_empty() {

@@ -3,6 +3,7 @@
 //! certificate (mTLS, see tls.rs).
 
 mod audit;
+mod form;
 mod keys;
 mod tls;
 
@@ -78,6 +79,10 @@ enum Cmd {
         #[arg(long)]
         request_id: Option<String>,
     },
+    /// Issue a browser upload form (a presigned POST policy) and print its URL
+    /// and fields (the signature among them: a bearer credential, stdout
+    /// only), or post FILE with it (--upload) and print the store's status.
+    Form(form::FormArgs),
     /// List links, newest first, narrowed by the filters.
     Links(links::ListArgs),
     /// Count links per state, grouped by key, signer, bucket or caller.
@@ -247,6 +252,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Cmd::Form(args) => form::form(conn, args).await,
         Cmd::Reissue(args) => repair::reissue(conn, args).await,
         Cmd::Watch(args) => repair::watch(conn, args).await,
         Cmd::Links(args) => links::list(conn, conn.json, args).await,
