@@ -220,7 +220,9 @@ pub async fn list_page(
         && (filter.state == Some(LinkState::Active) || filter.expires_after.is_some())
     {
         let f = *floor.insert(oldest_issued(&mut tx, filter).await?);
-        if f.is_none_or(|f| c.at <= f) {
+        // Strictly below: a link issued at the cursor's instant with a smaller
+        // id is still after it.
+        if f.is_none_or(|f| c.at < f) {
             tx.commit().await.during(WHAT)?;
             return Ok(rows);
         }
