@@ -130,8 +130,10 @@ async fn generate(pool: &PgPool, rows: i64) -> anyhow::Result<()> {
     }
     drop(conn);
     let mut tx = pool.begin().await?;
-    tx.execute("TRUNCATE links, signing_keys, revocations, key_intents, signers")
-        .await?;
+    tx.execute(
+        "TRUNCATE links, signing_keys, revocations, revocation_events, key_intents, signers",
+    )
+    .await?;
     tx.execute(
         "INSERT INTO signers (name, backend)
          VALUES ('web', 'garage'), ('batch', 'garage'), ('partners', 'garage'), ('bulk', 'garage')",

@@ -281,14 +281,14 @@ async fn main() -> anyhow::Result<()> {
         format!("--buckets={bucket}"),
     ];
     if existing.is_some() {
-        // The dashboards bench's keys have fake secrets nobody can open: a
-        // server loads every active key, so they sign nothing new here.
+        // A server loads every active key, and this run's master key (new
+        // each run) opens none of them: the dashboards bench's fake secrets,
+        // or the key an earlier run of this bench provisioned (sealed under
+        // that run's master key; the server would stay NOT_SERVING). Retired,
+        // they sign nothing new; the server provisions its own.
         PgConnection::connect_with(&admin.clone().database(&db))
             .await?
-            .execute(
-                "UPDATE signing_keys SET state = 'retired'
-                 WHERE state = 'active' AND sealed_secret = '\\x00'::bytea",
-            )
+            .execute("UPDATE signing_keys SET state = 'retired' WHERE state = 'active'")
             .await?;
     }
     let config = Wrapper::try_parse_from(args)?.config;
@@ -335,17 +335,32 @@ async fn main() -> anyhow::Result<()> {
                 .await?,
         );
     }
-    // Wait for SERVING (migrations, key provisioning).
+    // Wait for SERVING (migrations, key provisioning), saying why not every
+    // 10 s (`presignd-not-ready`, what the readiness task last failed on).
     let mut health = HealthClient::new(channels[0].clone());
-    while health
-        .check(HealthCheckRequest {
-            service: String::new(),
-        })
-        .await?
-        .into_inner()
-        .status
-        != 1
-    {
+    let waiting = Instant::now();
+    let mut said = Duration::ZERO;
+    loop {
+        let answer = health
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await?;
+        if answer.get_ref().status == 1 {
+            break;
+        }
+        if waiting.elapsed() >= said + Duration::from_secs(10) {
+            said = waiting.elapsed();
+            eprintln!(
+                "not SERVING after {:.0?}: {}",
+                said,
+                answer
+                    .metadata()
+                    .get(presignd::health::NOT_READY_METADATA)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("(no reason given)")
+            );
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Warm up connection pools and caches.
@@ -370,10 +385,14 @@ async fn main() -> anyhow::Result<()> {
 
     let half = open_loop(Rpc::Issue, &channels, &bucket, issue.per_sec / 2.0).await;
     let dropping = std::env::var("BENCH_DROP_PARTITION").is_ok_and(|v| v == "1");
-    let during_drop = if dropping {
+    // Closed loops right before, during (the drop 5 s in) and right after.
+    let around_drop = if dropping {
+        let before = closed_loop(Rpc::Issue, &channels, &bucket).await;
         let drop = tokio::spawn(drop_oldest_partition(admin.clone().database(&db)));
-        let run = closed_loop(Rpc::Issue, &channels, &bucket).await;
-        Some((run, drop.await??))
+        let during = closed_loop(Rpc::Issue, &channels, &bucket).await;
+        let dropped = drop.await??;
+        let after = closed_loop(Rpc::Issue, &channels, &bucket).await;
+        Some((before, during, after, dropped))
     } else {
         None
     };
@@ -394,17 +413,29 @@ async fn main() -> anyhow::Result<()> {
         ),
         &half,
     );
-    if let Some((run, (partition, rows, emptied, dropped))) = &during_drop {
-        row(
-            &format!("IssueLink, closed loop, {partition} ({rows} links) dropped 5 s in"),
-            run,
-        );
-        println!();
-        println!(
-            "drop of {partition}: emptied in {:.1} ms, the empty table dropped in {:.1} ms",
-            emptied.as_secs_f64() * 1e3,
-            dropped.as_secs_f64() * 1e3
-        );
+    match &around_drop {
+        Some((before, during, after, Some((partition, rows, emptied, dropped)))) => {
+            row("IssueLink, closed loop, before the drop", before);
+            row(
+                &format!("IssueLink, closed loop, {partition} ({rows} links) dropped 5 s in"),
+                during,
+            );
+            row("IssueLink, closed loop, after the drop", after);
+            println!();
+            println!(
+                "drop of {partition}: emptied in {:.1} ms, the empty table dropped in {:.1} ms",
+                emptied.as_secs_f64() * 1e3,
+                dropped.as_secs_f64() * 1e3
+            );
+        }
+        Some((before, during, after, None)) => {
+            row("IssueLink, closed loop, before", before);
+            row("IssueLink, closed loop, no day to drop", during);
+            row("IssueLink, closed loop, after", after);
+            println!();
+            println!("no day's partition held links that expired before today: nothing dropped");
+        }
+        None => {}
     }
     println!();
     println!(
@@ -429,22 +460,26 @@ async fn main() -> anyhow::Result<()> {
 
 /// 5 s from now, drops the oldest day's partition holding links as retention does
 /// (emptied, then the empty table dropped); returns its name, how many links
-/// it held and how long each step took.
+/// it held and how long each step took. Only a day that ended before today
+/// (the partitions IssueLink writes to now are never dropped): None if no
+/// such day holds links (an empty registry).
 async fn drop_oldest_partition(
     db: PgConnectOptions,
-) -> anyhow::Result<(String, i64, Duration, Duration)> {
+) -> anyhow::Result<Option<(String, i64, Duration, Duration)>> {
     use presignd::lifecycle::LOCK_TIMEOUT_MS;
     use presignd::registry::partitions::{self, Table};
     let mut conn = PgConnection::connect_with(&db).await?;
-    let mut days: Vec<String> = partitions::list(&mut conn, Table::Links)
+    let today = chrono::Utc::now().date_naive();
+    let mut days: Vec<(String, chrono::NaiveDate)> = partitions::list(&mut conn, Table::Links)
         .await?
         .into_iter()
-        .filter(|p| Table::Links.range_of(p).is_some())
+        .filter_map(|p| Table::Links.range_of(&p).map(|r| (p, r.1)))
+        .filter(|(_, end)| *end <= today)
         .collect();
-    days.sort_by_key(|p| Table::Links.range_of(p).map(|r| r.1));
+    days.sort_by_key(|(_, end)| *end);
     // The oldest that holds links (the dashboards bench's first day is empty).
     let mut oldest = None;
-    for day in days {
+    for (day, _) in days {
         let rows: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "SELECT EXISTS (SELECT FROM {day})"
         )))
@@ -455,7 +490,9 @@ async fn drop_oldest_partition(
             break;
         }
     }
-    let oldest = oldest.ok_or_else(|| anyhow::anyhow!("no partition to drop"))?;
+    let Some(oldest) = oldest else {
+        return Ok(None);
+    };
     tokio::time::sleep(Duration::from_secs(5)).await;
     let t = Instant::now();
     let dropped = partitions::drop(
@@ -474,5 +511,5 @@ async fn drop_oldest_partition(
         left == 0,
         "{oldest}: the empty table's drop did not get its lock"
     );
-    Ok((oldest, dropped.rows, emptied, t.elapsed()))
+    Ok(Some((oldest, dropped.rows, emptied, t.elapsed())))
 }

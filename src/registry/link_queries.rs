@@ -186,9 +186,12 @@ const FIRST_SLICE: TimeDelta = TimeDelta::days(1);
 /// among its newest rows) reads one slice of that partition, not all of it.
 /// A dense filter fills the page in the first slice; a sparse one goes on,
 /// each slice reaching twice as far back, down to the oldest link issued (the
-/// last slice has no lower end). The slices tile issued_at without gap or
-/// overlap, and all run in one snapshot with the key states they depend on,
-/// so the page is exactly what one query would return.
+/// last slice has no lower end). Some pages need no walk (`Probe`): a key id
+/// the roll-up holds no cell of has no link, a prefix no object key has
+/// matches nothing, and a cursor below the floor an ACTIVE state or an expiry
+/// window implies has nothing after it. The slices tile issued_at without gap
+/// or overlap, and all run in one snapshot with the key states and the
+/// roll-up they depend on, so the page is exactly what one query would return.
 pub async fn list_page(
     pool: &PgPool,
     filter: &LinkFilter,
@@ -204,11 +207,30 @@ pub async fn list_page(
         Some(state) => Some(keys_of(&mut tx, state).await?),
         None => None,
     };
+    let probe = Probe::of(&mut tx, filter).await?;
     let mut rows: Vec<LinkRow> = Vec::new();
+    if probe.is_empty() {
+        tx.commit().await.during(WHAT)?;
+        return Ok(rows);
+    }
+    let mut floor: Option<Option<DateTime<Utc>>> = None;
+    // Below the floor a state or an expiry window implies, nothing matches:
+    // a cursor there gets an empty page without reading a slice.
+    if let Some(c) = after
+        && (filter.state == Some(LinkState::Active) || filter.expires_after.is_some())
+    {
+        let f = *floor.insert(oldest_issued(&mut tx, filter).await?);
+        // Strictly below: a link issued at the cursor's instant with a smaller
+        // id is still after it.
+        if f.is_none_or(|f| c.at < f) {
+            tx.commit().await.during(WHAT)?;
+            return Ok(rows);
+        }
+    }
     let mut hi: Option<DateTime<Utc>> = None;
     let mut width = FIRST_SLICE;
     let mut lo = after.map_or_else(Utc::now, |c| c.at) - width;
-    let mut floor: Option<Option<DateTime<Utc>>> = None;
+    let mut checked_prefix = false;
     loop {
         let last = floor.is_some_and(|f| f.is_none_or(|f| lo <= f));
         let slice = Slice {
@@ -228,6 +250,12 @@ pub async fn list_page(
             // Nothing was issued before this slice.
             break;
         }
+        if let Probe::Prefix { .. } = &probe
+            && !std::mem::replace(&mut checked_prefix, true)
+            && !probe.prefix_exists(&mut tx).await?
+        {
+            break;
+        }
         hi = Some(lo);
         width = width * 2;
         lo = lo
@@ -236,6 +264,92 @@ pub async fn list_page(
     }
     tx.commit().await.during(WHAT)?;
     Ok(rows)
+}
+
+/// What the registry knows, besides the slices, of where a filter's links
+/// are. Read in the page's snapshot.
+enum Probe {
+    /// Every matching link is a link of this key, and it has one if the
+    /// roll-up holds a cell of it.
+    Key { has_links: bool },
+    /// Every matching link's object key has this prefix.
+    Prefix { prefix: String },
+    /// Nothing known.
+    Nothing,
+}
+
+impl Probe {
+    async fn of(conn: &mut PgConnection, filter: &LinkFilter) -> Result<Self, Error> {
+        if let Some(key) = &filter.key_id {
+            // The roll-up (0005) is kept by triggers in the transactions that
+            // write the links: a key with a link in this snapshot has a cell
+            // (one probe of its primary key, the deltas not folded yet).
+            let has_links = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT FROM link_rollup c WHERE c.key_id = $1)
+                     OR EXISTS (SELECT FROM link_rollup_delta d WHERE d.key_id = $1)",
+            )
+            .bind(key)
+            .fetch_one(conn)
+            .await
+            .during("link_queries::probe")?;
+            return Ok(Self::Key { has_links });
+        }
+        Ok(match &filter.object_key_prefix {
+            Some(prefix) => Self::Prefix {
+                prefix: prefix.clone(),
+            },
+            None => Self::Nothing,
+        })
+    }
+
+    /// No link can match.
+    fn is_empty(&self) -> bool {
+        matches!(self, Self::Key { has_links: false })
+    }
+
+    /// Whether any link's object key has the prefix: one probe of each
+    /// partition's links_by_object_key, with a generic plan made once per
+    /// connection (the range is an index condition whatever its values, and
+    /// planning 75 partitions for each page costs more than probing them).
+    async fn prefix_exists(&self, conn: &mut PgConnection) -> Result<bool, Error> {
+        let Self::Prefix { prefix } = self else {
+            return Ok(true);
+        };
+        // The range as index conditions (a NULL upper end in an OR would
+        // leave the scan open to the end of the index).
+        let sql = match prefix_successor(prefix) {
+            Some(_) => {
+                "SELECT EXISTS (SELECT FROM links l
+                                WHERE l.object_key COLLATE \"C\" >= $1
+                                  AND l.object_key COLLATE \"C\" < $2)"
+            }
+            None => {
+                "SELECT EXISTS (SELECT FROM links l
+                                WHERE l.object_key COLLATE \"C\" >= $1 AND $2::text IS NULL)"
+            }
+        };
+        generic_plans(conn, true).await?;
+        let exists = sqlx::query_scalar(sql)
+            .bind(prefix)
+            .bind(prefix_successor(prefix))
+            .fetch_one(&mut *conn)
+            .await
+            .during("link_queries::prefix_exists");
+        generic_plans(conn, false).await?;
+        exists
+    }
+}
+
+/// Plans this transaction's next statements once, for any values (on), or
+/// as the server decides (off): a slice must be planned for its values.
+async fn generic_plans(conn: &mut PgConnection, on: bool) -> Result<(), Error> {
+    let mode = if on { "force_generic_plan" } else { "auto" };
+    sqlx::query("SELECT set_config('plan_cache_mode', $1, true)")
+        .bind(mode)
+        .execute(conn)
+        .await
+        .during("link_queries::generic_plans")
+        .map(|_| ())
 }
 
 /// A range of issued_at, [lo, hi); None: no end on that side.
