@@ -144,23 +144,11 @@ impl Issuer {
         labels: Labels,
         request_id: Option<RequestId>,
     ) -> Result<IssuedLink, IssueError> {
-        let started = std::time::Instant::now();
-        let result = self.issue_unmetered(caller, spec, labels, request_id).await;
-        let outcome = match &result {
-            Ok(issued) => {
-                if !issued.replayed {
-                    metrics::record_issued(&issued.link.method, &issued.link.signer);
-                }
-                "ok"
-            }
-            Err(IssueError::Registry(_)) => {
-                metrics::record_registry_error("issue_link");
-                "error"
-            }
-            Err(_) => "error",
-        };
-        metrics::record_issue_latency(started.elapsed(), outcome);
-        result
+        metered(
+            self.issue_unmetered(caller, spec, labels, request_id),
+            |issued| (!issued.replayed).then_some(&issued.link),
+        )
+        .await
     }
 
     async fn issue_unmetered(
@@ -173,19 +161,13 @@ impl Issuer {
         let grant = match self.policy.current().authorize_issue(&caller.name, &spec) {
             Ok(grant) => grant,
             Err(denied) => {
-                self.audit.record_denial(AuditEvent {
-                    caller: Some(caller.name.to_string()),
-                    peer: None,
-                    rpc: RPC.into(),
-                    target: format!(
-                        "{} {}/{}",
-                        spec.method.as_str(),
-                        spec.bucket,
-                        spec.object_key.as_str()
-                    ),
-                    code: tonic::Code::PermissionDenied,
-                    message: denied.to_string(),
-                });
+                let target = format!(
+                    "{} {}/{}",
+                    spec.method.as_str(),
+                    spec.bucket,
+                    spec.object_key.as_str()
+                );
+                self.audit_refusal(caller, RPC, target, &denied);
                 return Err(denied.into());
             }
         };
@@ -280,4 +262,44 @@ impl Issuer {
             false => IssueError::NoActiveKey(signer.to_owned()),
         })
     }
+}
+
+impl Issuer {
+    /// Audits the policy's refusal of `rpc` on `target` for `caller`.
+    fn audit_refusal(&self, caller: &Caller, rpc: &str, target: String, denied: &Denied) {
+        self.audit.record_denial(AuditEvent {
+            caller: Some(caller.name.to_string()),
+            peer: None,
+            rpc: rpc.into(),
+            target,
+            code: tonic::Code::PermissionDenied,
+            message: denied.to_string(),
+        });
+    }
+}
+
+/// Runs one issuance and meters it: its latency by outcome, a registry
+/// failure, and the link it issued (`issued` picks it; `None` for an answer
+/// that issued nothing new, such as a replayed request id).
+async fn metered<T>(
+    issuance: impl std::future::Future<Output = Result<T, IssueError>>,
+    issued: impl FnOnce(&T) -> Option<&registry::links::LinkRow>,
+) -> Result<T, IssueError> {
+    let started = std::time::Instant::now();
+    let result = issuance.await;
+    let outcome = match &result {
+        Ok(done) => {
+            if let Some(link) = issued(done) {
+                metrics::record_issued(&link.method, &link.signer);
+            }
+            "ok"
+        }
+        Err(IssueError::Registry(_)) => {
+            metrics::record_registry_error("issue_link");
+            "error"
+        }
+        Err(_) => "error",
+    };
+    metrics::record_issue_latency(started.elapsed(), outcome);
+    result
 }

@@ -5,11 +5,9 @@
 //! POST; object_key the exact key or the prefix, `object_key_is_prefix` says
 //! which; the SHA-256 of the policy's signature) before the fields leave.
 
-use super::{IssueError, Issuer, Recorded, now_in_seconds};
-use crate::audit::AuditEvent;
+use super::{IssueError, Issuer, Recorded, metered, now_in_seconds};
 use crate::auth::Caller;
 use crate::domain::{FormSpec, Labels, Method};
-use crate::metrics;
 use crate::registry::links::{LinkRow, NewLink};
 use crate::signing::SignedForm;
 use chrono::{DateTime, Utc};
@@ -32,21 +30,10 @@ impl Issuer {
         spec: FormSpec,
         labels: Labels,
     ) -> Result<IssuedForm, IssueError> {
-        let started = std::time::Instant::now();
-        let result = self.issue_form_unmetered(caller, spec, labels).await;
-        let outcome = match &result {
-            Ok(issued) => {
-                metrics::record_issued(Method::Post.as_str(), &issued.link.signer);
-                "ok"
-            }
-            Err(IssueError::Registry(_)) => {
-                metrics::record_registry_error("issue_link");
-                "error"
-            }
-            Err(_) => "error",
-        };
-        metrics::record_issue_latency(started.elapsed(), outcome);
-        result
+        metered(self.issue_form_unmetered(caller, spec, labels), |issued| {
+            Some(&issued.link)
+        })
+        .await
     }
 
     async fn issue_form_unmetered(
@@ -58,19 +45,13 @@ impl Issuer {
         let grant = match self.policy.current().authorize_form(&caller.name, &spec) {
             Ok(grant) => grant,
             Err(denied) => {
-                self.audit.record_denial(AuditEvent {
-                    caller: Some(caller.name.to_string()),
-                    peer: None,
-                    rpc: RPC.into(),
-                    target: format!(
-                        "POST {}/{}{}",
-                        spec.bucket,
-                        spec.key.as_str(),
-                        if spec.key.is_prefix() { "*" } else { "" }
-                    ),
-                    code: tonic::Code::PermissionDenied,
-                    message: denied.to_string(),
-                });
+                let target = format!(
+                    "POST {}/{}{}",
+                    spec.bucket,
+                    spec.key.as_str(),
+                    if spec.key.is_prefix() { "*" } else { "" }
+                );
+                self.audit_refusal(caller, RPC, target, &denied);
                 return Err(denied.into());
             }
         };

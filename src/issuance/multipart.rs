@@ -10,7 +10,6 @@
 //! expiry (`abort_expired`).
 
 use super::{IssueError, Issuer, now_in_seconds};
-use crate::audit::AuditEvent;
 use crate::auth::Caller;
 use crate::domain::{CallerName, FieldError, Labels, LinkSpec, PartPlan};
 use crate::keys::{KeyError, KeyManager};
@@ -223,14 +222,8 @@ impl Issuer {
         let grant = match judged {
             Ok(grant) => grant,
             Err(denied) => {
-                self.audit.record_denial(AuditEvent {
-                    caller: Some(caller.name.to_string()),
-                    peer: None,
-                    rpc: RPC_START.into(),
-                    target: format!("multipart {}/{}", spec.bucket, spec.object_key.as_str()),
-                    code: tonic::Code::PermissionDenied,
-                    message: denied.to_string(),
-                });
+                let target = format!("multipart {}/{}", spec.bucket, spec.object_key.as_str());
+                self.audit_refusal(caller, RPC_START, target, &denied);
                 return Err(IssueError::from(denied).into());
             }
         };

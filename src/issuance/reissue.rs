@@ -9,7 +9,6 @@
 //! deterministic). URLs are signed only from committed rows (invariant 1).
 
 use super::{IssueError, Issuer, RPC_REISSUE, now_in_seconds};
-use crate::audit::AuditEvent;
 use crate::auth::Caller;
 use crate::domain::{
     Bucket, CallerName, ContentDisposition, ContentType, FieldError, LinkSpec, Method, ObjectKey,
@@ -234,14 +233,8 @@ impl Issuer {
                     });
                 }
                 Err(denied) => {
-                    self.audit.record_denial(AuditEvent {
-                        caller: Some(caller.name.to_string()),
-                        peer: None,
-                        rpc: RPC_REISSUE.into(),
-                        target: format!("link={} caller={}", row.id, row.caller),
-                        code: tonic::Code::PermissionDenied,
-                        message: denied.to_string(),
-                    });
+                    let target = format!("link={} caller={}", row.id, row.caller);
+                    self.audit_refusal(caller, RPC_REISSUE, target, &denied);
                     skip(row.id, SkipReason::PolicyDenied, denied.to_string());
                 }
             }
