@@ -279,6 +279,9 @@ async fn main() -> anyhow::Result<()> {
         format!("--s3-endpoint={}", env("GARAGE_S3_URL")),
         format!("--s3-region={}", env("GARAGE_REGION")),
         format!("--buckets={bucket}"),
+        // The bench keeps its data: on a big BENCH_DB the default 30-day
+        // retention would drop millions of links mid-run (it did, last time).
+        "--retention-days=0".into(),
     ];
     if existing.is_some() {
         // A server loads every active key, and this run's master key (new
