@@ -233,6 +233,9 @@ fn the_dashboard_covers_what_operators_asked_for() {
         "histogram_quantile(0.99,",
         "presignd_outstanding_links",
         "presignd_revocations_total",
+        "presignd_key_budget_links_ratio",
+        "presignd_bucket_ready",
+        "presignd_revocation_watchers",
     ] {
         assert!(all.contains(needed), "the dashboard shows {needed}");
     }
