@@ -181,15 +181,7 @@ impl Issuer {
         // A rotation may deactivate the key between our read and our insert; the
         // insert then refuses, and one retry picks up the new key.
         for _ in 0..2 {
-            let key = self
-                .keys
-                .active_key(signer)
-                .ok_or_else(|| IssueError::NoActiveKey(signer.to_owned()))?;
-            // Lock-free: the preflight's outcome for this key and bucket, and
-            // the region the bucket's links are signed for.
-            let region = self
-                .keys
-                .bucket_ready(signer, &key.key_id, spec.bucket.as_str())?;
+            let (key, region) = self.signing_key(signer, spec.bucket.as_str())?;
             let issued = now_in_seconds();
             let presigned = key.presign_in(&spec, &region, issued)?;
             let signature = presigned.signature();
@@ -265,6 +257,27 @@ impl Issuer {
 }
 
 impl Issuer {
+    /// `signer`'s active key and the region it signs `bucket` for. Lock-free:
+    /// the key ring, and the preflight's outcome for this key and bucket.
+    fn signing_key(
+        &self,
+        signer: &str,
+        bucket: &str,
+    ) -> Result<
+        (
+            std::sync::Arc<crate::signing::SigningKey>,
+            std::sync::Arc<str>,
+        ),
+        IssueError,
+    > {
+        let key = self
+            .keys
+            .active_key(signer)
+            .ok_or_else(|| IssueError::NoActiveKey(signer.to_owned()))?;
+        let region = self.keys.bucket_ready(signer, &key.key_id, bucket)?;
+        Ok((key, region))
+    }
+
     /// Audits the policy's refusal of `rpc` on `target` for `caller`.
     fn audit_refusal(&self, caller: &Caller, rpc: &str, target: String, denied: &Denied) {
         self.audit.record_denial(AuditEvent {

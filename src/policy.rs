@@ -128,20 +128,7 @@ impl Policy {
         caller: &CallerName,
         spec: &crate::domain::LinkSpec,
     ) -> Result<Grant, Denied> {
-        match &self.callers {
-            None => Ok(Grant {
-                signer: self.default_signer().clone(),
-            }),
-            Some(callers) => callers
-                .get(caller)
-                .ok_or_else(|| {
-                    Denied::new(
-                        "entry",
-                        format!("caller {caller} has no entry in the policy"),
-                    )
-                })?
-                .authorize(caller, spec),
-        }
+        self.judge(caller, |rules| rules.authorize(caller, spec))
     }
 
     /// May `caller` have this upload form, and which signer signs it?
@@ -150,19 +137,26 @@ impl Policy {
         caller: &CallerName,
         spec: &crate::domain::FormSpec,
     ) -> Result<Grant, Denied> {
+        self.judge(caller, |rules| rules.authorize_form(caller, spec))
+    }
+
+    /// Without a policy file the default signer signs everything; with one,
+    /// `caller`'s entry judges (`judge`), and a caller without one is refused.
+    fn judge(
+        &self,
+        caller: &CallerName,
+        judge: impl FnOnce(&Rules) -> Result<Grant, Denied>,
+    ) -> Result<Grant, Denied> {
         match &self.callers {
             None => Ok(Grant {
                 signer: self.default_signer().clone(),
             }),
-            Some(callers) => callers
-                .get(caller)
-                .ok_or_else(|| {
-                    Denied::new(
-                        "entry",
-                        format!("caller {caller} has no entry in the policy"),
-                    )
-                })?
-                .authorize_form(caller, spec),
+            Some(callers) => judge(callers.get(caller).ok_or_else(|| {
+                Denied::new(
+                    "entry",
+                    format!("caller {caller} has no entry in the policy"),
+                )
+            })?),
         }
     }
 

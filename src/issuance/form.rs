@@ -59,13 +59,7 @@ impl Issuer {
         // As IssueLink: a rotation between our read of the key and the insert
         // refuses the row, and one retry signs with the new key.
         for _ in 0..2 {
-            let key = self
-                .keys
-                .active_key(signer)
-                .ok_or_else(|| IssueError::NoActiveKey(signer.to_owned()))?;
-            let region = self
-                .keys
-                .bucket_ready(signer, &key.key_id, spec.bucket.as_str())?;
+            let (key, region) = self.signing_key(signer, spec.bucket.as_str())?;
             let issued = now_in_seconds();
             let form = key.sign_form(&spec, &region, issued)?;
             let issued_at: DateTime<Utc> = issued.into();

@@ -4,9 +4,9 @@
 //! `issue`'s URL: printed on stdout only, for the caller to use; `--upload`
 //! prints none of it.
 
-use super::{Conn, bearer, channel, parse_label, status_error};
+use super::{Conn, parse_label, status_error};
 use anyhow::{Context, bail};
-use presignd::proto::{self, link_service_client::LinkServiceClient};
+use presignd::proto;
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -48,16 +48,7 @@ pub(crate) struct FormArgs {
 }
 
 pub(crate) async fn form(conn: &Conn, args: FormArgs) -> anyhow::Result<()> {
-    let auth = bearer(conn)?;
-    let mut client = LinkServiceClient::with_interceptor(
-        channel(conn).await?,
-        move |mut r: tonic::Request<()>| {
-            if let Some(a) = &auth {
-                r.metadata_mut().insert("authorization", a.clone());
-            }
-            Ok(r)
-        },
-    );
+    let mut client = crate::links::client(conn).await?;
     let resp = client
         .issue_upload_form(proto::IssueUploadFormRequest {
             bucket: args.bucket,

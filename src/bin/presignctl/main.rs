@@ -13,7 +13,7 @@ mod upload;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use presignd::proto::{self, link_service_client::LinkServiceClient};
+use presignd::proto;
 use std::time::{Duration, Instant};
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
@@ -211,16 +211,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             labels,
             request_id,
         } => {
-            let auth = bearer(conn)?;
-            let mut client = LinkServiceClient::with_interceptor(
-                channel(conn).await?,
-                move |mut r: tonic::Request<()>| {
-                    if let Some(a) = &auth {
-                        r.metadata_mut().insert("authorization", a.clone());
-                    }
-                    Ok(r)
-                },
-            );
+            let mut client = links::client(conn).await?;
             let method = presignd::domain::Method::parse(&method)?;
             let method = proto::Method::from_str_name(&format!("METHOD_{}", method.as_str()))
                 .expect("every method has a proto name");
