@@ -78,7 +78,7 @@ pub async fn get(db: impl PgExecutor<'_>, key_id: &str) -> Result<Option<KeyRow>
 }
 
 /// Takes the key's issuance lock exclusively until the end of the transaction
-/// (see `links::lock_keys_for_issuance` and `crate::keys::lock_for_state_change`).
+/// (see `links::record` and `crate::keys::lock_for_state_change`).
 pub async fn lock_issuance_exclusive(conn: &mut PgConnection, key_id: &str) -> Result<(), Error> {
     sqlx::query(AssertSqlSafe(format!(
         "SELECT pg_advisory_xact_lock({}, hashtext($1))",

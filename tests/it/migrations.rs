@@ -391,18 +391,11 @@ async fn a_registry_with_data_from_the_first_migration_upgrades_to_the_last_inta
             sha256: [9; 32],
         }),
     };
-    let mut tx = pool.begin().await.unwrap();
-    presignd::registry::links::lock_keys_for_issuance(&mut tx, &["GKALPHA1"])
+    let written = presignd::registry::links::record(&pool, &["GKALPHA1"], &[&link])
         .await
         .unwrap();
-    let claimed = presignd::registry::link_requests::claim(&mut tx, &["GKALPHA1"], &[&link])
-        .await
-        .unwrap();
-    assert_eq!(claimed.link_ids, [link.id]);
-    presignd::registry::links::insert_batch_if_active(&mut tx, &["GKALPHA1"], &[&link])
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
+    assert_eq!(written.active_keys, ["GKALPHA1"]);
+    assert_eq!(written.claimed, [link.id]);
     let found = presignd::registry::link_requests::find(&pool, "svc-a", "r-1")
         .await
         .unwrap()
