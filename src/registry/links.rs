@@ -234,23 +234,27 @@ pub async fn get(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<LinkRow>, E
         .during("links::get")
 }
 
-/// The earliest link recorded with this signature hash and signed at
-/// `signed_at` (the URL's X-Amz-Date, which is its link's issued_at):
-/// identical requests signed in the same second share one URL, so the hash is
-/// not unique. The signing time bounds expires_at to the 7 days after it, so
-/// only the partitions of those days are searched.
+/// The earliest link recorded with this signature hash, signed by `key_id`
+/// at `signed_at` (the URL's X-Amz-Credential and X-Amz-Date, which are its
+/// link's key and issued_at): identical requests signed in the same second
+/// share one URL, so the hash is not unique. `links_by_key_issued` finds the
+/// links the key signed in that second and the hash picks among them (0018);
+/// the signing time bounds expires_at to the 7 days after it, so only the
+/// partitions of those days are searched.
 pub async fn find_by_signature(
     db: impl PgExecutor<'_>,
+    key_id: &str,
     signature_sha256: &[u8],
     signed_at: DateTime<Utc>,
 ) -> Result<Option<LinkRow>, Error> {
     sqlx::query_as(AssertSqlSafe(select_sql(
-        "WHERE l.signature_sha256 = $1 AND l.issued_at = $2
+        "WHERE l.key_id = $1 AND l.issued_at = $2 AND l.signature_sha256 = $3
            AND l.expires_at > $2 AND l.expires_at <= $2 + interval '7 days'
          ORDER BY l.issued_at, l.id LIMIT 1",
     )))
-    .bind(signature_sha256)
+    .bind(key_id)
     .bind(signed_at)
+    .bind(signature_sha256)
     .fetch_optional(db)
     .await
     .during("links::find_by_signature")

@@ -1,0 +1,11 @@
+-- `links_by_signature` (signature_sha256) goes (issue 12). Its keys are
+-- SHA-256 digests, so every link inserted one into a random leaf of it: at a
+-- day partition's size that leaf is rarely in memory, and every insert after a
+-- checkpoint wrote the whole page to the WAL. Its one reader, LookupLink's
+-- `links::find_by_signature`, knows more than the digest: the URL's
+-- X-Amz-Credential names the key and its X-Amz-Date is the link's issued_at,
+-- so `links_by_key_issued` (key_id, issued_at DESC, id DESC) finds the links
+-- that key signed in that second, and the digest picks among them (measured
+-- in docs/BENCHMARKS.md, with 20,000 links of one key in one second).
+-- Dropping an index is a catalog change: no rewrite, an instant's lock.
+DROP INDEX links_by_signature;
