@@ -131,7 +131,8 @@ async fn generate(pool: &PgPool, rows: i64) -> anyhow::Result<()> {
     drop(conn);
     let mut tx = pool.begin().await?;
     tx.execute(
-        "TRUNCATE links, signing_keys, revocations, revocation_events, key_intents, signers",
+        "TRUNCATE links, signing_keys, revocations, revocation_events, key_intents, multipart_uploads,
+                  signers",
     )
     .await?;
     tx.execute(
