@@ -244,6 +244,15 @@ async fn generate(pool: &PgPool, rows: i64) -> anyhow::Result<()> {
         )))
         .await?;
     }
+    // The keys that no longer sign, inserted in their states directly: their
+    // windows, as retiring or deactivating them would have recorded (0017).
+    tx.execute(
+        "UPDATE signing_keys k
+         SET signed_from = coalesce((SELECT min(issued_at) FROM links l WHERE l.key_id = k.key_id), 'infinity'),
+             signed_until = coalesce((SELECT max(issued_at) FROM links l WHERE l.key_id = k.key_id), '-infinity')
+         WHERE k.state IN ('retired', 'inactive', 'deleted')",
+    )
+    .await?;
     tx.commit().await?;
     pool.execute("VACUUM ANALYZE links").await?;
     println!("generated in {:.0?}", started.elapsed());
