@@ -189,9 +189,13 @@ const FIRST_SLICE: TimeDelta = TimeDelta::days(1);
 /// last slice has no lower end). Some pages need no walk (`Probe`): a key id
 /// the roll-up holds no cell of has no link, a prefix no object key has
 /// matches nothing, and a cursor below the floor an ACTIVE state or an expiry
-/// window implies has nothing after it. The slices tile issued_at without gap
-/// or overlap, and all run in one snapshot with the key states and the
-/// roll-up they depend on, so the page is exactly what one query would return.
+/// window implies has nothing after it. Before each slice the walk skips to
+/// the newest instant a matching link can have (`newest_below`): a stopped
+/// key's links are all in its window (signing_keys.signed_from/until, 0017),
+/// REVOKED's in the dead keys' windows or marked. The slices tile what is
+/// left of issued_at without overlap, skipping only what holds no match, and
+/// all run in one snapshot with the key states, windows and roll-up they
+/// depend on, so the page is exactly what one query would return.
 pub async fn list_page(
     pool: &PgPool,
     filter: &LinkFilter,
