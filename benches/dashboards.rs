@@ -245,7 +245,7 @@ async fn generate(pool: &PgPool, rows: i64) -> anyhow::Result<()> {
         .await?;
     }
     // The keys that no longer sign, inserted in their states directly: their
-    // windows, as retiring or deactivating them would have recorded (0017).
+    // windows, as retiring or deactivating them would have recorded (0018).
     tx.execute(
         "UPDATE signing_keys k
          SET signed_from = coalesce((SELECT min(issued_at) FROM links l WHERE l.key_id = k.key_id), 'infinity'),

@@ -1,14 +1,13 @@
 //! Group commit of link rows. Every IssueLink hands its row to the recorder and
 //! waits for the answer; a few workers each take whatever rows are waiting (up
-//! to a batch), insert them in one transaction under shared issuance locks of their
-//! keys, commit once, and only then answer each request. The URL still leaves
-//! only after its own row is committed (invariant 1), but N links cost one WAL
-//! flush instead of N.
+//! to a batch), record them in one statement under shared issuance locks of
+//! their keys (`links::record`: one round trip, one commit), and only then
+//! answer each request. The URL still leaves only after its own row is
+//! committed (invariant 1), but N links cost one WAL flush instead of N.
 //!
-//! A row carrying a request id claims it in the same transaction
-//! (`link_requests::claim`, one more statement, run only when the batch has
-//! such rows); a row whose id already names a live link is not inserted and is
-//! answered `RequestIdTaken`, the rest of the batch commits as usual.
+//! A row carrying a request id claims it in the same transaction; a row whose
+//! id already names a live link is not inserted and is answered
+//! `RequestIdTaken`, the rest of the batch commits as usual.
 
 use crate::registry::{self, links::NewLink};
 use sqlx::PgPool;
@@ -100,50 +99,23 @@ async fn work(pool: PgPool, rx: Arc<Mutex<mpsc::Receiver<Pending>>>, max_batch: 
     }
 }
 
+/// One statement, its own transaction: lock the batch's keys, claim its
+/// request ids, insert the rows whose key is still active (and whose id, if
+/// any, was claimed), commit.
+async fn commit(pool: &PgPool, batch: &[Pending]) -> Result<Committed, registry::Error> {
+    let mut keys: Vec<&str> = batch.iter().map(|p| p.link.key_id.as_str()).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let rows: Vec<&NewLink> = batch.iter().map(|p| &p.link).collect();
+    let written = registry::links::record(pool, &keys, &rows).await?;
+    Ok(Committed {
+        active_keys: written.active_keys.into_iter().collect(),
+        claimed: written.claimed.into_iter().collect(),
+    })
+}
+
 struct Committed {
     active_keys: HashSet<String>,
     /// Links whose request id the batch claimed (and so inserted).
     claimed: HashSet<Uuid>,
-}
-
-/// One transaction: lock the batch's keys, claim its request ids, insert the
-/// rows whose key is still active (and whose id, if any, was claimed), commit.
-async fn commit(pool: &PgPool, batch: &[Pending]) -> Result<Committed, registry::Error> {
-    let mut tx = registry::begin(pool).await?;
-    let mut keys: Vec<&str> = batch.iter().map(|p| p.link.key_id.as_str()).collect();
-    keys.sort_unstable();
-    keys.dedup();
-    registry::links::lock_keys_for_issuance(&mut tx, &keys).await?;
-    let mut done = Committed {
-        active_keys: HashSet::new(),
-        claimed: HashSet::new(),
-    };
-    // The first row of a (caller, request id) in the batch claims it; its
-    // duplicates (concurrent retries) are answered with its link.
-    let mut seen = HashSet::new();
-    let requested: Vec<&NewLink> = batch
-        .iter()
-        .map(|p| &p.link)
-        .filter(|l| {
-            l.request
-                .as_ref()
-                .is_some_and(|r| seen.insert((l.caller.as_str(), r.id.as_str())))
-        })
-        .collect();
-    if !requested.is_empty() {
-        let claimed = registry::link_requests::claim(&mut tx, &keys, &requested).await?;
-        done.active_keys.extend(claimed.active_keys);
-        done.claimed.extend(claimed.link_ids);
-    }
-    let rows: Vec<&NewLink> = batch
-        .iter()
-        .map(|p| &p.link)
-        .filter(|l| l.request.is_none() || done.claimed.contains(&l.id))
-        .collect();
-    if !rows.is_empty() {
-        let active = registry::links::insert_batch_if_active(&mut tx, &keys, &rows).await?;
-        done.active_keys.extend(active);
-    }
-    registry::commit(tx).await?;
-    Ok(done)
 }

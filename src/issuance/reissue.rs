@@ -275,14 +275,11 @@ impl Issuer {
             let mut keys: Vec<&str> = rows.iter().map(|r| r.key_id.as_str()).collect();
             keys.sort_unstable();
             keys.dedup();
-            // As a group commit: the keys' issuance locks, then the insert of
-            // the replacements whose key is active (an original replaced
-            // already keeps its replacement).
-            let mut tx = registry::begin(&self.pool).await?;
-            registry::links::lock_keys_for_issuance(&mut tx, &keys).await?;
+            // As a group commit: under the keys' issuance locks, the
+            // replacements whose key is active (an original replaced already
+            // keeps its replacement), in one statement and transaction.
             let rows: Vec<&NewLink> = rows.iter().collect();
-            registry::links::insert_batch_if_active(&mut tx, &keys, &rows).await?;
-            registry::commit(tx).await?;
+            registry::links::record(&self.pool, &keys, &rows).await?;
             found = reissue::replacements_of(&self.pool, &originals)
                 .await?
                 .into_iter()

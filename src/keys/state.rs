@@ -7,7 +7,7 @@ use crate::registry;
 use sqlx::PgConnection;
 
 /// Takes the key's issuance lock exclusively until the end of the transaction
-/// (see `registry::links::lock_keys_for_issuance`, which takes it shared).
+/// (see `registry::links::record`, which takes it shared).
 pub async fn lock_for_state_change(
     conn: &mut PgConnection,
     key_id: &str,

@@ -78,7 +78,7 @@ pub async fn get(db: impl PgExecutor<'_>, key_id: &str) -> Result<Option<KeyRow>
 }
 
 /// Takes the key's issuance lock exclusively until the end of the transaction
-/// (see `links::lock_keys_for_issuance` and `crate::keys::lock_for_state_change`).
+/// (see `links::record` and `crate::keys::lock_for_state_change`).
 pub async fn lock_issuance_exclusive(conn: &mut PgConnection, key_id: &str) -> Result<(), Error> {
     sqlx::query(AssertSqlSafe(format!(
         "SELECT pg_advisory_xact_lock({}, hashtext($1))",
@@ -91,7 +91,7 @@ pub async fn lock_issuance_exclusive(conn: &mut PgConnection, key_id: &str) -> R
     .map(|_| ())
 }
 
-/// The range of issued_at of the links of key `k` (0017's signed_from,
+/// The range of issued_at of the links of key `k` (0018's signed_from,
 /// signed_until; empty, ('infinity', '-infinity'), if it has none): each end
 /// one probe of each partition's links_by_key_issued. Final once the key
 /// signs no more.

@@ -191,7 +191,7 @@ const FIRST_SLICE: TimeDelta = TimeDelta::days(1);
 /// matches nothing, and a cursor below the floor an ACTIVE state or an expiry
 /// window implies has nothing after it. Before each slice the walk skips to
 /// the newest instant a matching link can have (`newest_below`): a stopped
-/// key's links are all in its window (signing_keys.signed_from/until, 0017),
+/// key's links are all in its window (signing_keys.signed_from/until, 0018),
 /// REVOKED's in the dead keys' windows or marked. The slices tile what is
 /// left of issued_at without overlap, skipping only what holds no match, and
 /// all run in one snapshot with the key states, windows and roll-up they
@@ -402,7 +402,7 @@ struct Slice {
 
 /// The keys whose links can be in `state`: dead ones for REVOKED (with the
 /// links a revocation marked, whatever their key), live ones otherwise; each
-/// with its window (0017).
+/// with its window (0018).
 async fn keys_of(conn: &mut PgConnection, state: LinkState) -> Result<KeySet, Error> {
     let dead = state == LinkState::Revoked;
     let rows: Vec<KeyWindow> = sqlx::query_as(AssertSqlSafe(format!(

@@ -1,104 +1,11 @@
 //! IssueLink's request ids (safe retries, migration 0013): which link a
 //! caller's `request_id` issued, while that link lives. No URL and no
 //! signature: the link's id and expiry, and the SHA-256 of the request.
+//! A link claims its id as it is recorded (`links::record`).
 
 use super::error::{During, Error};
-use super::links::{LinkRow, NewLink, columns};
-use crate::domain::KeyState;
-use sqlx::{AssertSqlSafe, PgConnection, PgExecutor};
-use uuid::Uuid;
-
-/// What `claim` did.
-#[derive(Debug, Default)]
-pub struct Claimed {
-    /// The batch's keys that are active (under the issuance locks: they stay so
-    /// until the transaction ends).
-    pub active_keys: Vec<String>,
-    /// The links whose request id was free (never used, or its link expired)
-    /// and now names them.
-    pub link_ids: Vec<Uuid>,
-}
-
-/// Records, for each link of `links` whose key is active, that its caller's
-/// request id names it, unless the id already names a link that has not
-/// expired (then nothing is written for it, and its link must not be inserted:
-/// the caller gets the existing one). An id whose link expired is taken over.
-/// Run in the group commit's transaction after `links::lock_keys_for_issuance`
-/// and before `links::insert_batch_if_active`, which inserts the claimed links.
-///
-/// A concurrent transaction claiming the same id makes this one wait for it
-/// (the primary key), then see its row: exactly one link per live id, and no
-/// error, so a batch never fails because one request of it was a retry. Ids
-/// are claimed in one order (byte order of caller, id) so two batches never
-/// deadlock. `links`: those with a request, at most one per (caller, id).
-pub async fn claim(
-    conn: &mut PgConnection,
-    key_ids: &[&str],
-    links: &[&NewLink],
-) -> Result<Claimed, Error> {
-    let requested: Vec<(&NewLink, &super::links::LinkRequest)> = links
-        .iter()
-        .filter_map(|l| l.request.as_ref().map(|r| (*l, r)))
-        .collect();
-    let (active_keys, link_ids) = sqlx::query_as(
-        r#"WITH active AS (
-             SELECT key_id FROM signing_keys WHERE key_id = ANY ($7) AND state = $8),
-           claimed AS (
-             INSERT INTO link_requests (caller, request_id, link_id, expires_at, request_sha256)
-             SELECT u.caller, u.request_id, u.link_id, u.expires_at, u.request_sha256
-             FROM UNNEST($1::text[], $2::text[], $3::uuid[], $4::timestamptz[], $5::bytea[],
-                         $6::text[])
-                  AS u (caller, request_id, link_id, expires_at, request_sha256, key_id)
-             WHERE u.key_id IN (SELECT key_id FROM active)
-             ORDER BY u.caller COLLATE "C", u.request_id COLLATE "C"
-             ON CONFLICT (caller, request_id) DO UPDATE
-                 SET link_id = EXCLUDED.link_id, expires_at = EXCLUDED.expires_at,
-                     request_sha256 = EXCLUDED.request_sha256
-                 WHERE link_requests.expires_at <= now()
-             RETURNING link_id)
-         SELECT ARRAY(SELECT key_id FROM active), ARRAY(SELECT link_id FROM claimed)"#,
-    )
-    .bind(
-        requested
-            .iter()
-            .map(|(l, _)| l.caller.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        requested
-            .iter()
-            .map(|(_, r)| r.id.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind(requested.iter().map(|(l, _)| l.id).collect::<Vec<_>>())
-    .bind(
-        requested
-            .iter()
-            .map(|(l, _)| l.expires_at)
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        requested
-            .iter()
-            .map(|(_, r)| r.sha256.to_vec())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        requested
-            .iter()
-            .map(|(l, _)| l.key_id.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind(key_ids)
-    .bind(KeyState::Active)
-    .fetch_one(conn)
-    .await
-    .during("link_requests::claim")?;
-    Ok(Claimed {
-        active_keys,
-        link_ids,
-    })
-}
+use super::links::{LinkRow, columns};
+use sqlx::{AssertSqlSafe, PgExecutor};
 
 /// The live link a caller's request id names, with what a retry is checked
 /// against: the digest of the request that issued it, and its signature's
@@ -136,7 +43,7 @@ pub async fn find(
 
 /// Forgets the request ids whose link expired (they bind nothing any more);
 /// returns how many. The maintenance loop's, every tick. The registry's clock,
-/// the one `claim` and `find` judge expiry by: an id is never forgotten while
+/// the one the claim (`links::record`) and `find` judge expiry by: an id is never forgotten while
 /// they still consider its link live.
 pub async fn delete_expired(db: impl PgExecutor<'_>) -> Result<u64, Error> {
     sqlx::query("DELETE FROM link_requests WHERE expires_at <= now()")

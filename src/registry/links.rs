@@ -6,7 +6,7 @@ use super::states::key_dead;
 use crate::domain::{KeyState, LinkState};
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
-use sqlx::{AssertSqlSafe, PgConnection, PgExecutor};
+use sqlx::{AssertSqlSafe, PgExecutor};
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
@@ -34,7 +34,7 @@ pub struct NewLink {
     /// ReissueLinks: the link this one replaces.
     pub replaces_link_id: Option<Uuid>,
     /// The caller's request id and the digest of its request, if it sent one
-    /// (`link_requests::claim` records them with the link).
+    /// (`record` claims the id for the link).
     pub request: Option<LinkRequest>,
 }
 
@@ -71,7 +71,7 @@ pub struct LinkRow {
 }
 
 impl LinkRow {
-    /// The row as `insert_batch_if_active` just wrote it (its key is active).
+    /// The row as `record` just wrote it (its key is active).
     pub fn just_issued(link: NewLink) -> Self {
         Self {
             id: link.id,
@@ -128,113 +128,99 @@ pub(super) fn select_sql(filter: &str) -> String {
     )
 }
 
-/// Takes a batch's keys' issuance locks in shared mode until the end of the
-/// transaction: the first statement of a group commit. A key's state changes
+/// What `record` wrote.
+#[derive(Debug, Default)]
+pub struct Written {
+    /// The batch's keys that are active: their links were inserted (those of
+    /// any other key were not), and under their issuance locks they stay
+    /// active until the transaction ends.
+    pub active_keys: Vec<String>,
+    /// The links whose caller's request id was free (never used, or its link
+    /// expired) and now names them; a link with a request id that is not
+    /// here was not inserted (the id names another live link).
+    pub claimed: Vec<Uuid>,
+}
+
+/// Records a batch of links in one statement (`links_record`, migration
+/// 0017): takes the batch's keys' issuance locks in shared mode until the end
+/// of the transaction, claims the request ids of the rows that carry one
+/// (`link_requests`), and inserts the rows whose key is active and whose id,
+/// if any, was claimed. IssueLink's group commit, ReissueLinks' replacements
+/// and a multipart upload's part links alike.
+///
+/// Called outside a transaction it is one (a round trip, one commit at its
+/// end); inside one, the locks are held to its commit. A key's state changes
 /// only under the same lock in exclusive mode (`keys::lock_for_state_change`),
-/// which waits for every transaction holding it shared: a revocation then sees
+/// which waits for every transaction holding it shared: a revocation sees
 /// every link inserted under it, and no link of that key is inserted after it
 /// (its count is exact). Advisory locks live in the lock manager: unlike FOR
 /// SHARE row locks, thousands of concurrent holders cost no MultiXact churn on
 /// the key row. `key_ids`: the batch's keys, sorted and without duplicates
 /// (lock order).
-pub async fn lock_keys_for_issuance(
-    conn: &mut PgConnection,
-    key_ids: &[&str],
-) -> Result<(), Error> {
-    sqlx::query(AssertSqlSafe(format!(
-        "SELECT pg_advisory_xact_lock_shared({ISSUANCE_LOCK_CLASS}, hashtext(k))
-         FROM unnest($1::text[]) k"
-    )))
-    .bind(key_ids)
-    .execute(conn)
-    .await
-    .during("links::lock_keys_for_issuance")
-    .map(|_| ())
-}
-
-/// Inserts, in one statement, the links whose key is still active, and
-/// returns those keys: IssueLink's group commit and ReissueLinks'
-/// replacements alike. Run after `lock_keys_for_issuance` in the same
-/// transaction (so no key changes state until it commits); a new statement,
-/// so a new snapshot: the key states it reads include any change committed
-/// before the locks were granted.
+///
+/// Request ids are claimed in one order (byte order of caller, id), so two
+/// batches never deadlock; a concurrent transaction claiming the same id makes
+/// this one wait for it and then see its row, so a batch never fails because
+/// one request of it was a retry. The first row of a (caller, id) in `links`
+/// claims it; its duplicates are not inserted.
 ///
 /// A replacement (`replaces_link_id`) whose original has one already is not
-/// inserted (`links_one_replacement`). Only a batch holding replacements gets
-/// the ON CONFLICT clause: a speculative insertion costs every row an extra
-/// WAL record and about a third more WAL bytes (docs/BENCHMARKS.md), which
-/// IssueLink's links, that replace nothing, need not pay.
-pub async fn insert_batch_if_active(
-    conn: &mut PgConnection,
+/// inserted (`links_one_replacement`). Only a batch holding replacements runs
+/// the insert with ON CONFLICT: a speculative insertion costs every row an
+/// extra WAL record and about a third more WAL bytes (docs/BENCHMARKS.md),
+/// which IssueLink's links, that replace nothing, need not pay.
+pub async fn record(
+    db: impl PgExecutor<'_>,
     key_ids: &[&str],
     links: &[&NewLink],
-) -> Result<Vec<String>, Error> {
-    // One statement, with or without the conflict clause.
-    macro_rules! insert {
-        ($on_conflict:literal) => {
-            concat!(
-                "WITH inserted AS (
-                 INSERT INTO links (id, key_id, signer, caller, method, bucket, object_key,
-                                    labels, issued_at, expires_at, signature_sha256,
-                                    content_type, content_disposition, replaces_link_id,
-                                    object_key_is_prefix)
-                 SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[],
-                                      $5::text[], $6::text[], $7::text[], $8::jsonb[],
-                                      $9::timestamptz[], $10::timestamptz[], $11::bytea[],
-                                      $14::text[], $15::text[], $16::uuid[], $17::bool[])
-                     AS u (id, key_id, signer, caller, method, bucket, object_key, labels,
-                           issued_at, expires_at, signature_sha256, content_type,
-                           content_disposition, replaces_link_id, object_key_is_prefix)
-                 WHERE u.key_id IN (SELECT key_id FROM signing_keys
-                                    WHERE key_id = ANY ($12) AND state = $13)
-                 ",
-                $on_conflict,
-                "
-                 RETURNING key_id)
-             SELECT DISTINCT key_id FROM inserted"
-            )
-        };
-    }
-    let sql = match links.iter().any(|l| l.replaces_link_id.is_some()) {
-        false => insert!(""),
-        true => insert!(
-            "ON CONFLICT (replaces_link_id, expires_at) WHERE replaces_link_id IS NOT NULL
-             DO NOTHING"
-        ),
-    };
+) -> Result<Written, Error> {
     let col = |f: fn(&NewLink) -> &str| links.iter().map(|l| f(l)).collect::<Vec<_>>();
     let opt = |f: fn(&NewLink) -> Option<&str>| links.iter().map(|l| f(l)).collect::<Vec<_>>();
-    sqlx::query_scalar(sql)
-        .bind(links.iter().map(|l| l.id).collect::<Vec<_>>())
-        .bind(col(|l| &l.key_id))
-        .bind(col(|l| &l.signer))
-        .bind(col(|l| &l.caller))
-        .bind(col(|l| l.method))
-        .bind(col(|l| &l.bucket))
-        .bind(col(|l| &l.object_key))
-        .bind(links.iter().map(|l| Json(&l.labels)).collect::<Vec<_>>())
-        .bind(links.iter().map(|l| l.issued_at).collect::<Vec<_>>())
-        .bind(links.iter().map(|l| l.expires_at).collect::<Vec<_>>())
-        .bind(
-            links
-                .iter()
-                .map(|l| l.signature_sha256.as_slice())
-                .collect::<Vec<_>>(),
-        )
-        .bind(key_ids)
-        .bind(KeyState::Active)
-        .bind(opt(|l| l.content_type.as_deref()))
-        .bind(opt(|l| l.content_disposition.as_deref()))
-        .bind(links.iter().map(|l| l.replaces_link_id).collect::<Vec<_>>())
-        .bind(
-            links
-                .iter()
-                .map(|l| l.object_key_is_prefix)
-                .collect::<Vec<_>>(),
-        )
-        .fetch_all(conn)
-        .await
-        .during("links::insert_batch_if_active")
+    let (active_keys, claimed) = sqlx::query_as(
+        "SELECT active_keys, claimed FROM links_record(
+             $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
+    )
+    .bind(key_ids)
+    .bind(KeyState::Active)
+    .bind(links.iter().map(|l| l.id).collect::<Vec<_>>())
+    .bind(col(|l| &l.key_id))
+    .bind(col(|l| &l.signer))
+    .bind(col(|l| &l.caller))
+    .bind(col(|l| l.method))
+    .bind(col(|l| &l.bucket))
+    .bind(col(|l| &l.object_key))
+    .bind(links.iter().map(|l| Json(&l.labels)).collect::<Vec<_>>())
+    .bind(links.iter().map(|l| l.issued_at).collect::<Vec<_>>())
+    .bind(links.iter().map(|l| l.expires_at).collect::<Vec<_>>())
+    .bind(
+        links
+            .iter()
+            .map(|l| l.signature_sha256.as_slice())
+            .collect::<Vec<_>>(),
+    )
+    .bind(opt(|l| l.content_type.as_deref()))
+    .bind(opt(|l| l.content_disposition.as_deref()))
+    .bind(links.iter().map(|l| l.replaces_link_id).collect::<Vec<_>>())
+    .bind(
+        links
+            .iter()
+            .map(|l| l.object_key_is_prefix)
+            .collect::<Vec<_>>(),
+    )
+    .bind(opt(|l| l.request.as_ref().map(|r| r.id.as_str())))
+    .bind(
+        links
+            .iter()
+            .map(|l| l.request.as_ref().map(|r| r.sha256.as_slice()))
+            .collect::<Vec<_>>(),
+    )
+    .fetch_one(db)
+    .await
+    .during("links::record")?;
+    Ok(Written {
+        active_keys,
+        claimed,
+    })
 }
 
 /// The advisory lock class of a key's issuance lock ("ps").

@@ -1,6 +1,6 @@
 //! ReissueLinks' statements: the links a revocation killed and their
 //! replacements (one per link, enforced by `links_one_replacement`). A
-//! replacement is inserted as every link is (`links::insert_batch_if_active`).
+//! replacement is inserted as every link is (`links::record`).
 
 use super::error::{During, Error};
 use super::links::{LinkRow, select_sql};

@@ -23,10 +23,12 @@ pub async fn upsert(db: impl PgExecutor<'_>, name: &str, backend: &str) -> Resul
 /// Locks the signer's row for the rest of the transaction: key provisioning and
 /// rotations of one signer are serialized on it.
 ///
-/// FOR NO KEY UPDATE, not FOR UPDATE: every link insert checks its foreign key
-/// with FOR KEY SHARE on this row, which FOR UPDATE would block. A rotation
-/// holding this lock while it waits for the issuance lock of the key it retires
-/// (held shared by a link batch waiting on this row) would then deadlock.
+/// FOR NO KEY UPDATE, not FOR UPDATE: a multipart upload's row checks its
+/// foreign key with FOR KEY SHARE on this row, under its key's issuance lock
+/// (`uploads::record`), which FOR UPDATE would block. A rotation holding this
+/// lock while it waits for the issuance lock of the key it retires (held
+/// shared by that upload waiting on this row) would then deadlock. (Links
+/// have no foreign key since 0017: `links::record` checks their key.)
 pub async fn lock(db: impl PgExecutor<'_>, name: &str) -> Result<Option<SignerRow>, Error> {
     sqlx::query_as("SELECT name, backend, paused FROM signers WHERE name = $1 FOR NO KEY UPDATE")
         .bind(name)

@@ -3,7 +3,6 @@
 
 use super::error::{During, Error};
 use super::links::{self, NewLink};
-use crate::domain::KeyState;
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
@@ -65,12 +64,17 @@ async fn insert_if_active(
     upload: &NewUpload,
     parts: &[NewLink],
 ) -> Result<bool, Error> {
-    links::lock_keys_for_issuance(conn, &[upload.key_id.as_str()]).await?;
-    let inserted = sqlx::query(
+    // The part links first: `record` takes the key's issuance lock, so the
+    // key stays as it found it until this transaction ends.
+    let refs: Vec<&NewLink> = parts.iter().collect();
+    let written = links::record(&mut *conn, &[upload.key_id.as_str()], &refs).await?;
+    if !written.active_keys.contains(&upload.key_id) {
+        return Ok(false);
+    }
+    sqlx::query(
         "INSERT INTO multipart_uploads (id, upload_id, bucket, object_key, signer, key_id, caller,
                                         part_count, part_size, total_size, created_at, expires_at)
-         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12
-         WHERE EXISTS (SELECT 1 FROM signing_keys WHERE key_id = $6 AND state = $13)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
     )
     .bind(upload.id)
     .bind(&upload.upload_id)
@@ -84,16 +88,9 @@ async fn insert_if_active(
     .bind(upload.total_size)
     .bind(upload.created_at)
     .bind(upload.expires_at)
-    .bind(KeyState::Active)
     .execute(&mut *conn)
     .await
-    .during("uploads::insert_if_active")?
-    .rows_affected();
-    if inserted == 0 {
-        return Ok(false);
-    }
-    let refs: Vec<&NewLink> = parts.iter().collect();
-    links::insert_batch_if_active(conn, &[upload.key_id.as_str()], &refs).await?;
+    .during("uploads::insert_if_active")?;
     Ok(true)
 }
 

@@ -106,7 +106,7 @@ async fn paging_across_partitions_yields_exactly_what_one_scan_does(pool: PgPool
              ('GKold', 's', 'pending', '\\x00'), ('GKlive', 's', 'pending', '\\x00'),
              ('GKt1', 't', 'pending', '\\x00'), ('GKt2', 't', 'pending', '\\x00'),
              ('GKempty', 't', 'pending', '\\x00'),
-             -- As a registry before 0017 could leave it: dead, window unknown.
+             -- As a registry before 0018 could leave it: dead, window unknown.
              ('GKraw', 'u', 'inactive', '\\x00');
          INSERT INTO revocations (id, signer, mode, requested_by, reason, state, next_step,
                                   blast_radius)
@@ -402,7 +402,7 @@ async fn paging_across_partitions_yields_exactly_what_one_scan_does(pool: PgPool
     }
     // Each case three times: with the roll-up's cells as the inserts left
     // them (deltas); folded into days (what the maintenance loop does); then
-    // with GKraw's window recorded too (as 0017 records it), so that REVOKED
+    // with GKraw's window recorded too (as 0018 records it), so that REVOKED
     // skips between the dead keys' windows (one unknown window forbids it).
     for pass in ["deltas", "folded", "every dead key's window known"] {
         if pass == "folded" {
@@ -510,7 +510,7 @@ async fn paging_across_partitions_yields_exactly_what_one_scan_does(pool: PgPool
 }
 
 /// A key stopped (deactivated, or retired) while batches of its links are
-/// being inserted, as IssueLink's group commits do: the window recorded when
+/// being recorded, as IssueLink's group commits do (`links::record`): the window recorded when
 /// it stops (signing_keys.signed_from, signed_until) are exactly its oldest
 /// and newest committed links' issued_at, and its pages (key id, REVOKED)
 /// equal a scan. The links are signed an hour ahead of the database's clock
@@ -563,19 +563,13 @@ async fn a_key_stopped_while_its_links_are_inserted_keeps_an_exact_window(pool: 
                                 request: None,
                             })
                             .collect();
-                        let mut tx = pool.begin().await.unwrap();
-                        links::lock_keys_for_issuance(&mut tx, &[key])
+                        // One transaction: the key's issuance lock shared,
+                        // the insert if the key is still active, the commit.
+                        let done = links::record(&pool, &[key], &batch.iter().collect::<Vec<_>>())
                             .await
-                            .unwrap();
-                        let done = links::insert_batch_if_active(
-                            &mut tx,
-                            &[key],
-                            &batch.iter().collect::<Vec<_>>(),
-                        )
-                        .await
-                        .unwrap()
-                        .is_empty();
-                        tx.commit().await.unwrap();
+                            .unwrap()
+                            .active_keys
+                            .is_empty();
                         if done {
                             return inserted;
                         }

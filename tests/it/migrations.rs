@@ -391,18 +391,11 @@ async fn a_registry_with_data_from_the_first_migration_upgrades_to_the_last_inta
             sha256: [9; 32],
         }),
     };
-    let mut tx = pool.begin().await.unwrap();
-    presignd::registry::links::lock_keys_for_issuance(&mut tx, &["GKALPHA1"])
+    let written = presignd::registry::links::record(&pool, &["GKALPHA1"], &[&link])
         .await
         .unwrap();
-    let claimed = presignd::registry::link_requests::claim(&mut tx, &["GKALPHA1"], &[&link])
-        .await
-        .unwrap();
-    assert_eq!(claimed.link_ids, [link.id]);
-    presignd::registry::links::insert_batch_if_active(&mut tx, &["GKALPHA1"], &[&link])
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
+    assert_eq!(written.active_keys, ["GKALPHA1"]);
+    assert_eq!(written.claimed, [link.id]);
     let found = presignd::registry::link_requests::find(&pool, "svc-a", "r-1")
         .await
         .unwrap()
@@ -411,7 +404,7 @@ async fn a_registry_with_data_from_the_first_migration_upgrades_to_the_last_inta
     assert_eq!(found.request_sha256, [9; 32]);
 }
 
-/// 0017 records, for every key that no longer signs, the range of issued_at
+/// 0018 records, for every key that no longer signs, the range of issued_at
 /// its links were signed in (signing_keys.signed_from, signed_until) from the
 /// links a registry already holds: exactly their oldest and newest, an empty
 /// range for a stopped key with no link, nothing for a key that may still
@@ -419,7 +412,7 @@ async fn a_registry_with_data_from_the_first_migration_upgrades_to_the_last_inta
 /// lists every one of its links.
 #[sqlx::test(migrations = false)]
 async fn an_upgrade_records_each_stopped_keys_window_from_its_links(pool: PgPool) {
-    migrate_to(&pool, 16).await;
+    migrate_to(&pool, 17).await;
     sqlx::raw_sql(
         "INSERT INTO signers (name, backend) VALUES ('alpha', 'garage'), ('beta', 'garage');
          INSERT INTO signing_keys (key_id, signer, state, sealed_secret, activated_at) VALUES

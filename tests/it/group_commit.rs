@@ -1,0 +1,237 @@
+//! The group commit's one statement (`registry::links::record`, the
+//! `links_record` function of migration 0017), against PostgreSQL: it waits
+//! for a key's state change and sees it, claims each request id once, writes
+//! only active keys' rows, and keeps one replacement per link.
+
+use crate::fixture::seed_fixture;
+use chrono::{Duration, SubsecRound, Utc};
+use presignd::registry::{
+    ErrorKind, keys,
+    links::{self, LinkRequest, NewLink},
+};
+use sqlx::PgPool;
+use std::collections::BTreeMap;
+use uuid::Uuid;
+
+fn link(key_id: &str, signer: &str, caller: &str) -> NewLink {
+    let issued_at = Utc::now().trunc_subsecs(0);
+    NewLink {
+        id: Uuid::now_v7(),
+        key_id: key_id.into(),
+        signer: signer.into(),
+        caller: caller.into(),
+        method: "GET",
+        bucket: "photos".into(),
+        object_key: "users/1/a.jpg".into(),
+        object_key_is_prefix: false,
+        labels: BTreeMap::new(),
+        issued_at,
+        expires_at: issued_at + Duration::hours(1),
+        signature_sha256: vec![7; 32],
+        content_type: None,
+        content_disposition: None,
+        replaces_link_id: None,
+        request: None,
+    }
+}
+
+fn with_request(mut l: NewLink, id: &str, digest: u8) -> NewLink {
+    l.request = Some(LinkRequest {
+        id: id.into(),
+        sha256: [digest; 32],
+    });
+    l
+}
+
+async fn recorded(pool: &PgPool, ids: &[Uuid]) -> Vec<Uuid> {
+    sqlx::query_scalar("SELECT id FROM links WHERE id = ANY ($1) ORDER BY id")
+        .bind(ids)
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+/// A batch whose key is being deactivated waits on the key's issuance lock
+/// (the class `keys::lock_issuance_exclusive` takes: the function's constant
+/// is the registry's), and then reads the state committed meanwhile: nothing
+/// is written. Fails if the function locks another class or reads the key's
+/// state in a snapshot taken before its lock was granted.
+#[sqlx::test]
+async fn a_batch_waits_for_a_state_change_and_sees_it(pool: PgPool) {
+    seed_fixture(&pool).await;
+    let mut change = pool.begin().await.unwrap();
+    keys::lock_issuance_exclusive(&mut change, "GKALPHA1")
+        .await
+        .unwrap();
+
+    let row = link("GKALPHA1", "alpha", "svc-a");
+    let id = row.id;
+    let batch = {
+        let pool = pool.clone();
+        tokio::spawn(async move { links::record(&pool, &["GKALPHA1"], &[&row]).await })
+    };
+    // The batch is queued behind our lock: one ungranted advisory lock of the
+    // issuance class (polled, so no timing is assumed).
+    let mut waiting = 0;
+    for _ in 0..200 {
+        waiting = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_locks
+             WHERE locktype = 'advisory' AND NOT granted AND classid = $1::oid",
+        )
+        .bind(links::ISSUANCE_LOCK_CLASS)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if waiting == 1 || batch.is_finished() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert!(
+        !batch.is_finished(),
+        "the batch went ahead of the key's state change"
+    );
+    assert_eq!(waiting, 1_i64, "the batch waits on the issuance lock");
+
+    sqlx::query("UPDATE signing_keys SET state = 'inactive' WHERE key_id = 'GKALPHA1'")
+        .execute(&mut *change)
+        .await
+        .unwrap();
+    change.commit().await.unwrap();
+
+    let written = batch.await.unwrap().unwrap();
+    assert!(written.active_keys.is_empty(), "{:?}", written.active_keys);
+    assert!(recorded(&pool, &[id]).await.is_empty());
+}
+
+/// One batch mixing an inactive key's row, a request id sent twice (two
+/// concurrent retries), an id already naming a live link and plain rows:
+/// exactly the active keys' rows are written, the first row of a (caller,
+/// id) claims it, its duplicate and the taken id's row are not written.
+#[sqlx::test]
+async fn a_batch_writes_active_keys_rows_and_claims_each_id_once(pool: PgPool) {
+    seed_fixture(&pool).await;
+    let taken = with_request(link("GKALPHA1", "alpha", "svc-a"), "taken", 1);
+    let first = links::record(&pool, &["GKALPHA1"], &[&taken])
+        .await
+        .unwrap();
+    assert_eq!(first.claimed, [taken.id]);
+
+    let plain = link("GKALPHA1", "alpha", "svc-a");
+    let other_key = link("GKBETA2", "beta", "svc-b");
+    let dead_key = link("GKALPHA0", "alpha", "svc-a");
+    let retry_a = with_request(link("GKALPHA1", "alpha", "svc-a"), "r-1", 2);
+    let retry_b = with_request(link("GKALPHA1", "alpha", "svc-a"), "r-1", 2);
+    let same_id_other_caller = with_request(link("GKBETA2", "beta", "svc-b"), "r-1", 3);
+    let again_taken = with_request(link("GKALPHA1", "alpha", "svc-a"), "taken", 1);
+    let dead_with_id = with_request(link("GKALPHA0", "alpha", "svc-a"), "r-2", 4);
+    let batch = [
+        &plain,
+        &retry_a,
+        &other_key,
+        &dead_key,
+        &retry_b,
+        &same_id_other_caller,
+        &again_taken,
+        &dead_with_id,
+    ];
+    let written = links::record(&pool, &["GKALPHA0", "GKALPHA1", "GKBETA2"], &batch)
+        .await
+        .unwrap();
+
+    let mut active = written.active_keys.clone();
+    active.sort();
+    assert_eq!(active, ["GKALPHA1", "GKBETA2"]);
+    let mut claimed = written.claimed.clone();
+    claimed.sort();
+    let mut want = vec![retry_a.id, same_id_other_caller.id];
+    want.sort();
+    assert_eq!(claimed, want, "the first row of each live (caller, id)");
+
+    let all: Vec<Uuid> = batch.iter().map(|l| l.id).collect();
+    let mut want = vec![plain.id, retry_a.id, other_key.id, same_id_other_caller.id];
+    want.sort();
+    assert_eq!(recorded(&pool, &all).await, want);
+
+    let named: Vec<(String, String, Uuid)> = sqlx::query_as(
+        "SELECT caller, request_id, link_id FROM link_requests ORDER BY caller, request_id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        named,
+        [
+            ("svc-a".into(), "r-1".into(), retry_a.id),
+            ("svc-a".into(), "taken".into(), taken.id),
+            ("svc-b".into(), "r-1".into(), same_id_other_caller.id),
+        ]
+    );
+}
+
+/// A replacement of a link that has one already is not written, and the batch
+/// holding it still commits its other rows.
+#[sqlx::test]
+async fn a_second_replacement_of_a_link_is_not_written(pool: PgPool) {
+    seed_fixture(&pool).await;
+    let original = link("GKALPHA1", "alpha", "svc-a");
+    links::record(&pool, &["GKALPHA1"], &[&original])
+        .await
+        .unwrap();
+    let replacement = |l: &NewLink| NewLink {
+        replaces_link_id: Some(l.id),
+        expires_at: l.expires_at,
+        ..link("GKBETA2", "beta", "svc-a")
+    };
+    let one = replacement(&original);
+    links::record(&pool, &["GKBETA2"], &[&one]).await.unwrap();
+    let two = replacement(&original);
+    let plain = link("GKBETA2", "beta", "svc-a");
+    let written = links::record(&pool, &["GKBETA2"], &[&two, &plain])
+        .await
+        .unwrap();
+    assert_eq!(written.active_keys, ["GKBETA2"]);
+    let mut want = vec![one.id, plain.id];
+    want.sort();
+    assert_eq!(recorded(&pool, &[one.id, two.id, plain.id]).await, want);
+}
+
+/// What the dropped foreign keys of `links` guaranteed, the function keeps
+/// (and more): a batch naming a key that does not exist, or a key that is not
+/// its link's signer's, is refused whole (a bug: INTERNAL, as a foreign key
+/// violation was), and nothing of it is written.
+#[sqlx::test]
+async fn a_batch_naming_a_missing_or_foreign_key_is_refused_whole(pool: PgPool) {
+    seed_fixture(&pool).await;
+    for (key, signer) in [("GKNOSUCH", "alpha"), ("GKBETA2", "alpha")] {
+        let good = link("GKALPHA1", "alpha", "svc-a");
+        let bad = link(key, signer, "svc-a");
+        let err = links::record(&pool, &["GKALPHA1", key], &[&good, &bad])
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Bug, "{key}/{signer}: {err}");
+        assert_eq!(
+            tonic::Status::from(presignd::api::ApiError::from(err)).code(),
+            tonic::Code::Internal
+        );
+        assert!(recorded(&pool, &[good.id, bad.id]).await.is_empty());
+    }
+}
+
+/// A key is never deleted: links derive their state from its row (the
+/// foreign key refused this while links named the key; now no key goes).
+#[sqlx::test]
+async fn a_key_is_never_deleted(pool: PgPool) {
+    seed_fixture(&pool).await;
+    let err = sqlx::query("DELETE FROM signing_keys WHERE key_id = 'GKBETA0'")
+        .execute(&pool)
+        .await
+        .unwrap_err();
+    let db = err.as_database_error().expect("refused by PostgreSQL");
+    assert_eq!(db.code().as_deref(), Some("23503"), "{db}");
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM signing_keys")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 5);
+}
