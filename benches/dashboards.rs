@@ -131,7 +131,8 @@ async fn generate(pool: &PgPool, rows: i64) -> anyhow::Result<()> {
     drop(conn);
     let mut tx = pool.begin().await?;
     tx.execute(
-        "TRUNCATE links, signing_keys, revocations, revocation_events, key_intents, signers",
+        "TRUNCATE links, signing_keys, revocations, revocation_events, key_intents, multipart_uploads,
+                  signers",
     )
     .await?;
     tx.execute(
@@ -243,6 +244,15 @@ async fn generate(pool: &PgPool, rows: i64) -> anyhow::Result<()> {
         )))
         .await?;
     }
+    // The keys that no longer sign, inserted in their states directly: their
+    // windows, as retiring or deactivating them would have recorded (0019).
+    tx.execute(
+        "UPDATE signing_keys k
+         SET signed_from = coalesce((SELECT min(issued_at) FROM links l WHERE l.key_id = k.key_id), 'infinity'),
+             signed_until = coalesce((SELECT max(issued_at) FROM links l WHERE l.key_id = k.key_id), '-infinity')
+         WHERE k.state IN ('retired', 'inactive', 'deleted')",
+    )
+    .await?;
     tx.commit().await?;
     pool.execute("VACUUM ANALYZE links").await?;
     println!("generated in {:.0?}", started.elapsed());

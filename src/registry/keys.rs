@@ -91,11 +91,30 @@ pub async fn lock_issuance_exclusive(conn: &mut PgConnection, key_id: &str) -> R
     .map(|_| ())
 }
 
-/// active -> retired. Run under the key's state-change lock.
+/// The range of issued_at of the links of key `k` (0019's signed_from,
+/// signed_until; empty, ('infinity', '-infinity'), if it has none): each end
+/// one probe of each partition's links_by_key_issued. Final once the key
+/// signs no more.
+macro_rules! signed_window {
+    () => {
+        "coalesce((SELECT l.issued_at FROM links l WHERE l.key_id = k.key_id
+                   ORDER BY l.issued_at, l.id LIMIT 1), 'infinity'),
+         coalesce((SELECT l.issued_at FROM links l WHERE l.key_id = k.key_id
+                   ORDER BY l.issued_at DESC, l.id DESC LIMIT 1), '-infinity')"
+    };
+}
+
+/// active -> retired, recording the range of issued_at it signed in. Run
+/// under the key's state-change lock: every link it signed has committed, and
+/// none comes after.
 pub async fn retire(conn: &mut PgConnection, key_id: &str) -> Result<bool, Error> {
-    sqlx::query(
-        "UPDATE signing_keys SET state = $2, retired_at = now() WHERE key_id = $1 AND state = $3",
-    )
+    sqlx::query(concat!(
+        "UPDATE signing_keys k SET state = $2, retired_at = now(),
+             (signed_from, signed_until) = (SELECT ",
+        signed_window!(),
+        ")
+         WHERE key_id = $1 AND state = $3"
+    ))
     .bind(key_id)
     .bind(KeyState::Retired)
     .bind(KeyState::Active)
@@ -120,7 +139,8 @@ pub async fn activate(db: impl PgExecutor<'_>, key_id: &str) -> Result<bool, Err
 }
 
 /// Marks a live key deactivated at its backend (idempotent: a dead key stays
-/// as it is). Run under the key's state-change lock.
+/// as it is), recording the range of issued_at it signed in if it was still
+/// active (or the range is unknown). Run under the key's state-change lock.
 pub async fn deactivate(
     conn: &mut PgConnection,
     key_id: &str,
@@ -129,8 +149,15 @@ pub async fn deactivate(
     sqlx::query(AssertSqlSafe(format!(
         "UPDATE signing_keys k
          SET state = $3, deactivated_at = coalesce(deactivated_at, now()),
-             revocation_id = coalesce(revocation_id, $2)
+             revocation_id = coalesce(revocation_id, $2),
+             (signed_from, signed_until) = (
+                 SELECT CASE WHEN k.state = 'active' OR k.signed_until IS NULL THEN w.f
+                             ELSE k.signed_from END,
+                        CASE WHEN k.state = 'active' OR k.signed_until IS NULL THEN w.u
+                             ELSE k.signed_until END
+                 FROM (SELECT {}) w (f, u))
          WHERE key_id = $1 AND NOT {}",
+        signed_window!(),
         super::states::KEY_DEAD
     )))
     .bind(key_id)
@@ -142,14 +169,30 @@ pub async fn deactivate(
     .map(|_| ())
 }
 
+/// Marks a key deleted. A key that no longer signs (pending, retired,
+/// inactive: only an active key's links are inserted, and this statement's
+/// row lock orders it after any activation) gets the range it signed in if it
+/// has none yet; an active one's stays unknown (it is not under the
+/// state-change lock).
 pub async fn mark_deleted(db: impl PgExecutor<'_>, key_id: &str) -> Result<(), Error> {
-    sqlx::query("UPDATE signing_keys SET state = $2, deleted_at = now() WHERE key_id = $1")
-        .bind(key_id)
-        .bind(KeyState::Deleted)
-        .execute(db)
-        .await
-        .during("keys::mark_deleted")
-        .map(|_| ())
+    sqlx::query(concat!(
+        "UPDATE signing_keys k SET state = $2, deleted_at = now(),
+             (signed_from, signed_until) = (
+                 SELECT CASE WHEN k.state <> 'active' AND k.signed_until IS NULL THEN w.f
+                             ELSE k.signed_from END,
+                        CASE WHEN k.state <> 'active' AND k.signed_until IS NULL THEN w.u
+                             ELSE k.signed_until END
+                 FROM (SELECT ",
+        signed_window!(),
+        ") w (f, u))
+         WHERE key_id = $1"
+    ))
+    .bind(key_id)
+    .bind(KeyState::Deleted)
+    .execute(db)
+    .await
+    .during("keys::mark_deleted")
+    .map(|_| ())
 }
 
 /// Retired keys none of whose links is still outstanding: safe to deactivate.

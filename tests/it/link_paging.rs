@@ -56,11 +56,18 @@ async fn an_altered_page_token_or_one_used_with_another_filter_is_refused(pool: 
 }
 
 /// A listing is read in slices of issued_at, each pruned to the partitions of
-/// expiry that can hold it (link_queries::list_page). Over links issued across
-/// 24 days, expiring up to 7 days later (so every page crosses day and
-/// partition boundaries), with live, retired, inactive and deleted keys and
-/// links marked by a revocation, paging through every filter in pages of 7
-/// and of 60 yields exactly what one scan of the table yields, in order.
+/// expiry that can hold it, and skips to where a stopped key's window (or,
+/// for REVOKED, the dead keys' windows and the marked links) says links are
+/// (link_queries::list_page). Over links issued across 24 days, expiring up
+/// to 7 days later (so every page crosses day and partition boundaries), with
+/// live, retired, inactive and deleted keys stopped through the registry
+/// (which records their windows), dead keys of another signer whose windows
+/// overlap them and each other, a dead key whose window is unknown, a key
+/// that signed nothing, and links marked by a revocation (of live keys too):
+/// paging through every filter in pages of 7 and of 60, and one page from
+/// cursors before, inside, at the edges of and after every window, yields
+/// exactly what one scan of the table yields, in order. A window one link
+/// too narrow at either end loses that link (the test fails).
 #[sqlx::test]
 async fn paging_across_partitions_yields_exactly_what_one_scan_does(pool: PgPool) {
     use chrono::{Duration, DurationRound, Utc};
@@ -93,10 +100,14 @@ async fn paging_across_partitions_yields_exactly_what_one_scan_does(pool: PgPool
     }
     drop(conn);
     sqlx::raw_sql(
-        "INSERT INTO signers (name, backend) VALUES ('s', 'garage');
+        "INSERT INTO signers (name, backend) VALUES ('s', 'garage'), ('t', 'garage'), ('u', 'garage');
          INSERT INTO signing_keys (key_id, signer, state, sealed_secret) VALUES
-             ('GKgone', 's', 'deleted', '\\x00'), ('GKdead', 's', 'inactive', '\\x00'),
-             ('GKold', 's', 'retired', '\\x00'), ('GKlive', 's', 'active', '\\x00');
+             ('GKgone', 's', 'pending', '\\x00'), ('GKdead', 's', 'pending', '\\x00'),
+             ('GKold', 's', 'pending', '\\x00'), ('GKlive', 's', 'pending', '\\x00'),
+             ('GKt1', 't', 'pending', '\\x00'), ('GKt2', 't', 'pending', '\\x00'),
+             ('GKempty', 't', 'pending', '\\x00'),
+             -- As a registry before 0019 could leave it: dead, window unknown.
+             ('GKraw', 'u', 'inactive', '\\x00');
          INSERT INTO revocations (id, signer, mode, requested_by, reason, state, next_step,
                                   blast_radius)
          VALUES ('0198c0de-0000-7000-8000-000000000001', 's', 'revoke', 't', 't',
@@ -107,18 +118,25 @@ async fn paging_across_partitions_yields_exactly_what_one_scan_does(pool: PgPool
     .unwrap();
     // 700 links, one every ~49 minutes back from an hour ahead over 24 days
     // (three at a time share a second, so ids break ties across slices); the
-    // key follows the age (deleted, inactive, retired, then the live one), one
-    // in nine is marked, TTLs from a minute to 7 days.
+    // key follows the age (deleted, inactive, retired, then the live one) but
+    // for signer t's two dead keys, whose windows overlap each other and s's
+    // (one in four links of 250-449 and of 380-649), and a few of GKraw's;
+    // one in nine is marked, TTLs from a minute to 7 days.
     sqlx::query(
         "INSERT INTO links (id, key_id, signer, caller, method, bucket, object_key,
                             issued_at, expires_at, signature_sha256, revocation_id)
-         SELECT gen_random_uuid(), k, 's', 'svc-' || (i % 4), 'GET', 'b' || (i % 3),
+         SELECT gen_random_uuid(), k,
+                CASE WHEN k LIKE 'GKt%' THEN 't' WHEN k = 'GKraw' THEN 'u' ELSE 's' END,
+                'svc-' || (i % 4), 'GET', 'b' || (i % 3),
                 'o/' || (i % 5) || '/' || i, at, at + ttl, sha256(i::text::bytea),
                 CASE WHEN i % 9 = 0 THEN '0198c0de-0000-7000-8000-000000000001'::uuid END
          FROM (SELECT i, $1 + interval '1 hour' - (i / 3) * interval '147 minutes' AS at,
                       (ARRAY[interval '1 minute', interval '2 hours', interval '1 day',
                              interval '3 days', interval '7 days'])[1 + i % 5] AS ttl,
-                      CASE WHEN i < 120 THEN 'GKlive' WHEN i < 300 THEN 'GKold'
+                      CASE WHEN i % 4 = 0 AND i BETWEEN 250 AND 449 THEN 'GKt1'
+                           WHEN i % 4 = 1 AND i BETWEEN 380 AND 649 THEN 'GKt2'
+                           WHEN i % 7 = 3 AND i BETWEEN 500 AND 560 THEN 'GKraw'
+                           WHEN i < 120 THEN 'GKlive' WHEN i < 300 THEN 'GKold'
                            WHEN i < 600 THEN 'GKdead' ELSE 'GKgone' END AS k
                FROM generate_series(0, 699) i) g",
     )
@@ -127,6 +145,69 @@ async fn paging_across_partitions_yields_exactly_what_one_scan_does(pool: PgPool
     .await
     .unwrap();
 
+    // Each key signs in turn (one active key per signer), then stops the way
+    // the service stops it: under its state-change lock, which records its
+    // window. GKempty signed nothing and is discarded while pending.
+    {
+        use presignd::registry::keys;
+        let mut tx = pool.begin().await.unwrap();
+        for (key, end) in [
+            ("GKgone", "deleted"),
+            ("GKdead", "inactive"),
+            ("GKold", "retired"),
+            ("GKlive", "active"),
+            ("GKt2", "deleted"),
+            ("GKt1", "inactive"),
+        ] {
+            assert!(keys::activate(&mut *tx, key).await.unwrap());
+            presignd::keys::lock_for_state_change(&mut tx, key)
+                .await
+                .unwrap();
+            match end {
+                "retired" => assert!(keys::retire(&mut tx, key).await.unwrap()),
+                "inactive" => keys::deactivate(&mut tx, key, None).await.unwrap(),
+                "deleted" => {
+                    keys::deactivate(&mut tx, key, None).await.unwrap();
+                    keys::mark_deleted(&mut *tx, key).await.unwrap();
+                }
+                _ => {}
+            }
+        }
+        keys::mark_deleted(&mut *tx, "GKempty").await.unwrap();
+        tx.commit().await.unwrap();
+    }
+    type KeyWindow = (
+        String,
+        Option<chrono::DateTime<Utc>>,
+        Option<chrono::DateTime<Utc>>,
+    );
+    // The windows are the keys' links' range exactly (GKraw's is unknown,
+    // GKempty's empty, GKlive's unknown while it signs).
+    let windows: Vec<KeyWindow> = sqlx::query_as(
+        "SELECT k.key_id, k.signed_from, k.signed_until FROM signing_keys k
+             WHERE k.signed_until IS NOT NULL AND k.signed_from <= k.signed_until
+             ORDER BY k.key_id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let actual: Vec<KeyWindow> = sqlx::query_as(
+        "SELECT key_id, min(issued_at), max(issued_at) FROM links
+             WHERE key_id NOT IN ('GKlive', 'GKraw') GROUP BY key_id ORDER BY key_id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(windows, actual);
+    assert_eq!(windows.len(), 5);
+    let unknown: Vec<String> = sqlx::query_scalar(
+        "SELECT key_id FROM signing_keys WHERE signed_until IS NULL ORDER BY key_id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(unknown, ["GKlive", "GKraw"]);
+
     #[derive(sqlx::FromRow)]
     struct Row {
         id: uuid::Uuid,
@@ -134,11 +215,12 @@ async fn paging_across_partitions_yields_exactly_what_one_scan_does(pool: PgPool
         caller: String,
         bucket: String,
         object_key: String,
+        issued_at: chrono::DateTime<Utc>,
         expires_at: chrono::DateTime<Utc>,
         state: State,
     }
     let all: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT l.id, l.key_id, l.caller, l.bucket, l.object_key, l.expires_at,
+        "SELECT l.id, l.key_id, l.caller, l.bucket, l.object_key, l.issued_at, l.expires_at,
                 {STATE_SQL} AS state
          FROM links l JOIN signing_keys k ON k.key_id = l.key_id
          ORDER BY l.issued_at DESC, l.id DESC"
@@ -230,9 +312,59 @@ async fn paging_across_partitions_yields_exactly_what_one_scan_does(pool: PgPool
             Box::new(|r| r.state == State::Expired && r.key_id == "GKold"),
         ),
         (
+            "a dead key whose window overlaps others",
+            Filter {
+                key_id: Some("GKt2".into()),
+                ..f()
+            },
+            Box::new(|r| r.key_id == "GKt2"),
+        ),
+        (
+            "a retired key",
+            Filter {
+                key_id: Some("GKold".into()),
+                ..f()
+            },
+            Box::new(|r| r.key_id == "GKold"),
+        ),
+        (
+            "the live key",
+            Filter {
+                key_id: Some("GKlive".into()),
+                ..f()
+            },
+            Box::new(|r| r.key_id == "GKlive"),
+        ),
+        (
+            "revoked, one dead key",
+            Filter {
+                state: Some(State::Revoked),
+                key_id: Some("GKt1".into()),
+                ..f()
+            },
+            Box::new(|r| r.state == State::Revoked && r.key_id == "GKt1"),
+        ),
+        (
+            "revoked, the retired key's marked links",
+            Filter {
+                state: Some(State::Revoked),
+                key_id: Some("GKold".into()),
+                ..f()
+            },
+            Box::new(|r| r.state == State::Revoked && r.key_id == "GKold"),
+        ),
+        (
             "nothing",
             Filter {
                 key_id: Some("GKnone".into()),
+                ..f()
+            },
+            Box::new(|_| false),
+        ),
+        (
+            "nothing: a key that signed nothing",
+            Filter {
+                key_id: Some("GKempty".into()),
                 ..f()
             },
             Box::new(|_| false),
@@ -246,11 +378,46 @@ async fn paging_across_partitions_yields_exactly_what_one_scan_does(pool: PgPool
             Box::new(|_| false),
         ),
     ];
-    // Each case twice: with the roll-up's cells as the inserts left them
-    // (deltas), then folded into days (what the maintenance loop does).
-    for folded in [false, true] {
-        if folded {
+    let tick = Duration::microseconds(1);
+    let (least, greatest) = (uuid::Uuid::nil(), uuid::Uuid::from_u128(u128::MAX));
+    let mut cursors: Vec<Cursor> = all
+        .iter()
+        .step_by(23)
+        .map(|r| Cursor {
+            at: r.issued_at,
+            id: r.id,
+        })
+        .collect();
+    for (_, from, until) in &windows {
+        for at in [from.unwrap(), until.unwrap()] {
+            for (at, id) in [
+                (at, least),
+                (at, greatest),
+                (at + tick, least),
+                (at - tick, greatest),
+            ] {
+                cursors.push(Cursor { at, id });
+            }
+        }
+    }
+    // Each case three times: with the roll-up's cells as the inserts left
+    // them (deltas); folded into days (what the maintenance loop does); then
+    // with GKraw's window recorded too (as 0019 records it), so that REVOKED
+    // skips between the dead keys' windows (one unknown window forbids it).
+    for pass in ["deltas", "folded", "every dead key's window known"] {
+        if pass == "folded" {
             presignd::registry::link_summary::fold(&pool).await.unwrap();
+        }
+        if pass == "every dead key's window known" {
+            sqlx::query(
+                "UPDATE signing_keys k
+                 SET signed_from = (SELECT min(issued_at) FROM links l WHERE l.key_id = k.key_id),
+                     signed_until = (SELECT max(issued_at) FROM links l WHERE l.key_id = k.key_id)
+                 WHERE k.key_id = 'GKraw'",
+            )
+            .execute(&pool)
+            .await
+            .unwrap();
         }
         for (name, filter, wanted) in &cases {
             let expected: Vec<uuid::Uuid> =
@@ -271,11 +438,222 @@ async fn paging_across_partitions_yields_exactly_what_one_scan_does(pool: PgPool
                         _ => break,
                     }
                 }
+                assert_eq!(listed, expected, "{name}, pages of {size}, {pass}");
+            }
+            // One page from each cursor: every 23rd link's, and each
+            // window's edges (its first and last link's instant with the
+            // least and greatest id, and a microsecond beyond).
+            for cursor in &cursors {
+                let expected: Vec<uuid::Uuid> = all
+                    .iter()
+                    .filter(|r| (r.issued_at, r.id) < (cursor.at, cursor.id) && wanted(r))
+                    .take(7)
+                    .map(|r| r.id)
+                    .collect();
+                let page = link_queries::list_page(&pool, filter, Some(*cursor), 7)
+                    .await
+                    .unwrap();
+                let listed: Vec<uuid::Uuid> = page.iter().map(|l| l.id).collect();
                 assert_eq!(
                     listed, expected,
-                    "{name}, pages of {size}, folded: {folded}"
+                    "{name}, one page after {cursor:?}, {pass}"
                 );
             }
         }
+    }
+
+    // A key window one link too narrow loses that link: the pages rely on the
+    // window, and the comparisons above would catch one off by a link.
+    let (from, until) = windows
+        .iter()
+        .find(|w| w.0 == "GKdead")
+        .map(|w| (w.1.unwrap(), w.2.unwrap()))
+        .unwrap();
+    for (narrowed, lost) in [((from, until - tick), until), ((from + tick, until), from)] {
+        sqlx::query(
+            "UPDATE signing_keys SET signed_from = $2, signed_until = $3 WHERE key_id = $1",
+        )
+        .bind("GKdead")
+        .bind(narrowed.0)
+        .bind(narrowed.1)
+        .execute(&pool)
+        .await
+        .unwrap();
+        // (REVOKED would still list it: GKt1's window overlaps it.)
+        for filter in [Filter {
+            key_id: Some("GKdead".into()),
+            ..f()
+        }] {
+            let mut listed = Vec::new();
+            let mut after: Option<Cursor> = None;
+            loop {
+                let page = link_queries::list_page(&pool, &filter, after, 60)
+                    .await
+                    .unwrap();
+                listed.extend(page.iter().map(|l| l.id));
+                match page.last() {
+                    Some(last) if page.len() == 60 => after = Some(last.into()),
+                    _ => break,
+                }
+            }
+            let missing: Vec<&Row> = all
+                .iter()
+                .filter(|r| r.key_id == "GKdead" && !listed.contains(&r.id))
+                .collect();
+            assert!(
+                !missing.is_empty(),
+                "{filter:?}: a narrowed window lost no link"
+            );
+            assert!(missing.iter().all(|r| r.issued_at == lost), "{filter:?}");
+        }
+    }
+}
+
+/// A key stopped (deactivated, or retired) while batches of its links are
+/// being recorded, as IssueLink's group commits do (`links::record`): the window recorded when
+/// it stops (signing_keys.signed_from, signed_until) are exactly its oldest
+/// and newest committed links' issued_at, and its pages (key id, REVOKED)
+/// equal a scan. The links are signed an hour ahead of the database's clock
+/// (a server whose clock is ahead): a bound from the database's now() would
+/// miss them.
+#[sqlx::test]
+async fn a_key_stopped_while_its_links_are_inserted_keeps_an_exact_window(pool: PgPool) {
+    use chrono::{Duration, DurationRound, Utc};
+    use presignd::registry::link_queries::{self, LinkFilter as Filter};
+    use presignd::registry::links::{self, NewLink};
+    use std::collections::BTreeMap;
+
+    sqlx::raw_sql(
+        "INSERT INTO signers (name, backend) VALUES ('s', 'garage'), ('t', 'garage');
+         INSERT INTO signing_keys (key_id, signer, state, sealed_secret) VALUES
+             ('GKdeactivated', 's', 'active', '\\x00'), ('GKretired', 't', 'active', '\\x00');",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    for key in ["GKdeactivated", "GKretired"] {
+        let signer = if key == "GKretired" { "t" } else { "s" };
+        // Four writers insert batches of 5 until the key is no longer active.
+        let writers: Vec<_> = (0..4)
+            .map(|w| {
+                let pool = pool.clone();
+                tokio::spawn(async move {
+                    let mut inserted = 0;
+                    for n in 0.. {
+                        let at = (Utc::now() + Duration::hours(1))
+                            .duration_trunc(Duration::microseconds(1))
+                            .unwrap();
+                        let batch: Vec<NewLink> = (0..5)
+                            .map(|i| NewLink {
+                                id: uuid::Uuid::now_v7(),
+                                key_id: key.into(),
+                                signer: signer.into(),
+                                caller: format!("w{w}"),
+                                method: "GET",
+                                bucket: "b".into(),
+                                object_key: format!("o/{w}/{n}/{i}"),
+                                object_key_is_prefix: false,
+                                labels: BTreeMap::new(),
+                                issued_at: at,
+                                expires_at: at + Duration::minutes(15),
+                                signature_sha256: vec![w as u8; 32],
+                                content_type: None,
+                                content_disposition: None,
+                                replaces_link_id: None,
+                                request: None,
+                            })
+                            .collect();
+                        // One transaction: the key's issuance lock shared,
+                        // the insert if the key is still active, the commit.
+                        let done = links::record(&pool, &[key], &batch.iter().collect::<Vec<_>>())
+                            .await
+                            .unwrap()
+                            .active_keys
+                            .is_empty();
+                        if done {
+                            return inserted;
+                        }
+                        inserted += batch.len();
+                    }
+                    unreachable!()
+                })
+            })
+            .collect();
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let mut tx = pool.begin().await.unwrap();
+        presignd::keys::lock_for_state_change(&mut tx, key)
+            .await
+            .unwrap();
+        if key == "GKretired" {
+            assert!(
+                presignd::registry::keys::retire(&mut tx, key)
+                    .await
+                    .unwrap()
+            );
+        } else {
+            presignd::registry::keys::deactivate(&mut tx, key, None)
+                .await
+                .unwrap();
+        }
+        tx.commit().await.unwrap();
+        let mut inserted = 0;
+        for w in writers {
+            inserted += w.await.unwrap();
+        }
+        assert!(
+            inserted > 0,
+            "{key}: no link was inserted before it stopped"
+        );
+
+        type Bounds = (
+            Option<chrono::DateTime<Utc>>,
+            Option<chrono::DateTime<Utc>>,
+            i64,
+        );
+        let recorded: Bounds = sqlx::query_as(
+            "SELECT signed_from, signed_until, 0::bigint FROM signing_keys WHERE key_id = $1",
+        )
+        .bind(key)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        let actual: Bounds = sqlx::query_as(
+            "SELECT min(issued_at), max(issued_at), count(*) FROM links WHERE key_id = $1",
+        )
+        .bind(key)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(actual.2 as usize, inserted, "{key}");
+        assert_eq!((recorded.0, recorded.1), (actual.0, actual.1), "{key}");
+        assert!(
+            actual.1.unwrap() > Utc::now(),
+            "{key}: signed ahead of the clock"
+        );
+
+        let expected: Vec<uuid::Uuid> = sqlx::query_scalar(
+            "SELECT id FROM links WHERE key_id = $1 ORDER BY issued_at DESC, id DESC",
+        )
+        .bind(key)
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        let filter = Filter {
+            key_id: Some(key.into()),
+            ..Filter::default()
+        };
+        let mut listed = Vec::new();
+        let mut after = None;
+        loop {
+            let page = link_queries::list_page(&pool, &filter, after, 7)
+                .await
+                .unwrap();
+            listed.extend(page.iter().map(|l| l.id));
+            match page.last() {
+                Some(last) if page.len() == 7 => after = Some(last.into()),
+                _ => break,
+            }
+        }
+        assert_eq!(listed, expected, "{key}");
     }
 }

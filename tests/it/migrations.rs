@@ -403,3 +403,97 @@ async fn a_registry_with_data_from_the_first_migration_upgrades_to_the_last_inta
     assert_eq!(found.link.id, link.id);
     assert_eq!(found.request_sha256, [9; 32]);
 }
+
+/// 0019 records, for every key that no longer signs, the range of issued_at
+/// its links were signed in (signing_keys.signed_from, signed_until) from the
+/// links a registry already holds: exactly their oldest and newest, an empty
+/// range for a stopped key with no link, nothing for a key that may still
+/// sign. ListLinks by such a key's id then reads only that range, and still
+/// lists every one of its links.
+#[sqlx::test(migrations = false)]
+async fn an_upgrade_records_each_stopped_keys_window_from_its_links(pool: PgPool) {
+    migrate_to(&pool, 18).await;
+    sqlx::raw_sql(
+        "INSERT INTO signers (name, backend) VALUES ('alpha', 'garage'), ('beta', 'garage');
+         INSERT INTO signing_keys (key_id, signer, state, sealed_secret, activated_at) VALUES
+             ('GKactive', 'alpha', 'active', '\\x01', now()),
+             ('GKretired', 'alpha', 'retired', '\\x02', now()),
+             ('GKinactive', 'beta', 'inactive', '\\x03', now()),
+             ('GKdeleted', 'beta', 'deleted', '\\x04', now()),
+             ('GKunused', 'beta', 'deleted', '\\x05', NULL),
+             ('GKpending', 'beta', 'pending', '\\x06', NULL);
+         INSERT INTO links (id, key_id, signer, caller, method, bucket, object_key,
+                            issued_at, expires_at, signature_sha256)
+         SELECT gen_random_uuid(), k, CASE WHEN k IN ('GKactive', 'GKretired') THEN 'alpha' ELSE 'beta' END,
+                'svc', 'GET', 'b', 'o/' || i, date_trunc('second', now()) - i * interval '97 minutes',
+                date_trunc('second', now()) - i * interval '97 minutes' + interval '1 day',
+                sha256(i::text::bytea)
+         FROM generate_series(0, 79) i,
+              LATERAL (SELECT (ARRAY['GKactive', 'GKretired', 'GKinactive', 'GKdeleted'])[1 + i % 4] AS k) k;",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    presignd::registry::migrate(&pool).await.unwrap();
+
+    type Window = (String, Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+    let recorded: Vec<Window> = sqlx::query_as(
+        "SELECT key_id, signed_from, signed_until FROM signing_keys
+         WHERE key_id IN ('GKretired', 'GKinactive', 'GKdeleted') ORDER BY key_id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let actual: Vec<Window> = sqlx::query_as(
+        "SELECT key_id, min(issued_at), max(issued_at) FROM links
+         WHERE key_id IN ('GKretired', 'GKinactive', 'GKdeleted') GROUP BY key_id ORDER BY key_id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(recorded, actual);
+    assert_eq!(recorded.len(), 3);
+    let others: Vec<(String, bool, bool)> = sqlx::query_as(
+        "SELECT key_id, signed_until IS NULL,
+                coalesce(signed_from = 'infinity' AND signed_until = '-infinity', false)
+         FROM signing_keys WHERE key_id IN ('GKactive', 'GKunused', 'GKpending') ORDER BY key_id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        others,
+        [
+            ("GKactive".to_owned(), true, false),
+            ("GKpending".to_owned(), true, false),
+            ("GKunused".to_owned(), false, true),
+        ]
+    );
+
+    for key in [
+        "GKretired",
+        "GKinactive",
+        "GKdeleted",
+        "GKactive",
+        "GKunused",
+    ] {
+        let expected: Vec<uuid::Uuid> = sqlx::query_scalar(
+            "SELECT id FROM links WHERE key_id = $1 ORDER BY issued_at DESC, id DESC",
+        )
+        .bind(key)
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        let filter = LinkFilter {
+            key_id: Some(key.into()),
+            ..LinkFilter::default()
+        };
+        let listed: Vec<uuid::Uuid> = link_queries::list_page(&pool, &filter, None, 100)
+            .await
+            .unwrap()
+            .iter()
+            .map(|l| l.id)
+            .collect();
+        assert_eq!(listed, expected, "{key}");
+    }
+}

@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# IssueLink measured from outside the process, as /work/shared/MEASURED.md
+# measures the landed main: the release `presignd serve` (configured as
+# deploy/dev/run.sh configures it) on a scratch database of the dev stack,
+# h2load (Debian's nghttp2-client; needed by no test) as the client, 16
+# connections x 4 streams. Per round: the no-op (grpc.health.v1.Health/Check)
+# then IssueLink, closed loop; the rows committed must equal the requests
+# answered (gRPC errors are HTTP 200: h2load's "succeeded" alone proves
+# nothing), and the CPU per committed link of the server and of the scratch
+# database's PostgreSQL backends (utime+stime from /proc). Then an open loop
+# at half the best IssueLink rate (p50/p99/p99.9 from h2load's log), and the
+# server's resident memory. The scratch database is dropped on exit.
+# Usage: deploy/dev/h2load-bench.sh   (env: N=IssueLinks per round [150000],
+#   ROUNDS [2], PRESIGND_RECORD_WORKERS, BIN=a presignd binary [release build])
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO="$(cd "$HERE/../.." && pwd)"
+command -v h2load >/dev/null || { echo "h2load missing: apt-get install nghttp2-client" >&2; exit 1; }
+N="${N:-150000}"
+ROUNDS="${ROUNDS:-2}"
+if [ -z "${BIN:-}" ]; then
+    cargo build --quiet --release --bin presignd --manifest-path "$REPO/Cargo.toml"
+    BIN="$REPO/target/release/presignd"
+fi
+# shellcheck disable=SC1091
+source "$HERE/.state/env"
+DB=presignd_h2load_bench
+BASE="${DATABASE_URL%/*}"
+QUERY="${DATABASE_URL#*\?}"
+export DATABASE_URL="$BASE/$DB?$QUERY"
+ADMIN="$BASE/postgres?$QUERY"
+psql "$ADMIN" -qc "DROP DATABASE IF EXISTS $DB" -c "CREATE DATABASE $DB"
+WORK="$(mktemp -d)"
+TOKEN="bench-$(openssl rand -hex 16)"
+export PRESIGND_LISTEN=127.0.0.1:50071 PRESIGND_METRICS_LISTEN=127.0.0.1:9481
+export PRESIGND_CALLERS="bench:$("$BIN" hash-token "$TOKEN")" PRESIGND_ADMINS=bench
+export PRESIGND_MASTER_KEY_FILE="$PRESIGND_DEV_MASTER_KEY_FILE"
+export PRESIGND_GARAGE_ADMIN_URL="$GARAGE_ADMIN_URL" PRESIGND_GARAGE_ADMIN_TOKEN="$GARAGE_ADMIN_TOKEN"
+export PRESIGND_S3_ENDPOINT="$GARAGE_S3_URL" PRESIGND_S3_REGION="$GARAGE_REGION"
+export PRESIGND_BUCKETS=presignd-dev RUST_LOG="${RUST_LOG:-warn}"
+"$BIN" migrate >/dev/null
+"$BIN" serve 2>"$WORK/server.log" &
+SERVER=$!
+cleanup() {
+    kill "$SERVER" 2>/dev/null && wait "$SERVER" 2>/dev/null
+    psql "$ADMIN" -qc "DROP DATABASE IF EXISTS $DB" || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+for _ in $(seq 100); do curl -sf -o /dev/null "http://$PRESIGND_METRICS_LISTEN/metrics" && break; sleep 0.2; done
+
+# gRPC frames: a zero byte, a 4-byte big-endian length, the message. The
+# IssueLink request: bucket presignd-dev, key bench/object.bin, GET, 300 s.
+python3 - "$WORK" <<'EOF'
+import struct, sys
+def varint(n):
+    out = b""
+    while True:
+        b, n = n & 0x7F, n >> 7
+        if not n:
+            return out + bytes([b])
+        out += bytes([b | 0x80])
+def field(num, wire, payload):
+    return varint(num << 3 | wire) + (varint(len(payload)) + payload if wire == 2 else payload)
+frame = lambda m: b"\0" + struct.pack(">I", len(m)) + m
+issue = (field(1, 2, b"presignd-dev") + field(2, 2, b"bench/object.bin")
+         + field(3, 0, varint(1)) + field(4, 2, field(1, 0, varint(300))))
+open(sys.argv[1] + "/issue.bin", "wb").write(frame(issue))
+open(sys.argv[1] + "/health.bin", "wb").write(frame(b""))
+EOF
+H=(-H content-type:application/grpc -H te:trailers -H "authorization: Bearer $TOKEN")
+URL="http://$PRESIGND_LISTEN"
+ISSUE="$URL/presignd.v1.LinkService/IssueLink"
+NOOP="$URL/grpc.health.v1.Health/Check"
+
+rows() { psql "$DATABASE_URL" -Atc "SELECT count(*) FROM links"; }
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+backends() {
+    for p in $(psql "$DATABASE_URL" -Atc "SELECT pid FROM pg_stat_activity WHERE datname = '$DB' AND pid <> pg_backend_pid()"); do
+        echo "$p $(ticks "$p")"
+    done
+}
+# CPU ticks of the backends between two snapshots (a backend opened meanwhile counts from 0).
+backend_ticks() { awk 'NR == FNR { a[$1] = $2; next } { d += $2 - a[$1] } END { print d + 0 }' "$1" "$2"; }
+rate() { sed -n 's/^finished in .*, \([0-9.]*\) req\/s.*/\1/p'; }
+ok() { sed -n 's/^requests: .* \([0-9]*\) succeeded.*/\1/p'; }
+per_link() { awk -v t="$1" -v n="$2" 'BEGIN { printf "%.1f", t * 1e6 / 100 / n }'; }
+
+h2load -n 2000 -c 16 -m 4 "${H[@]}" -d "$WORK/issue.bin" "$ISSUE" >/dev/null
+best=0
+for round in $(seq "$ROUNDS"); do
+    noop=$(h2load -n $((N * 4)) -c 16 -m 4 "${H[@]}" -d "$WORK/health.bin" "$NOOP" | rate)
+    before=$(rows); backends >"$WORK/b0"; s0=$(ticks "$SERVER")
+    out=$(h2load -n "$N" -c 16 -m 4 "${H[@]}" -d "$WORK/issue.bin" "$ISSUE")
+    s1=$(ticks "$SERVER"); backends >"$WORK/b1"; after=$(rows)
+    committed=$((after - before)); answered=$(echo "$out" | ok); r=$(echo "$out" | rate)
+    if [ "$committed" != "$answered" ]; then
+        echo "round $round: $answered answered OK but $committed rows committed" >&2
+        exit 1
+    fi
+    awk -v r="$r" -v b="$best" 'BEGIN { exit !(r > b) }' && best=$r
+    echo "round $round: no-op $noop/s; IssueLink $r/s ($committed links committed);" \
+        "ratio $(awk -v a="$r" -v b="$noop" 'BEGIN { printf "%.2f", a / b }');" \
+        "CPU per link: server $(per_link $((s1 - s0)) "$committed") us," \
+        "Postgres $(per_link "$(backend_ticks "$WORK/b0" "$WORK/b1")" "$committed") us;" \
+        "load $(cut -d' ' -f1 /proc/loadavg)"
+done
+per_conn=$(awk -v b="$best" 'BEGIN { printf "%d", b / 2 / 16 }')
+rm -f "$WORK/lat.tsv"
+h2load -c 16 -m 8 --rps "$per_conn" -D 20 "${H[@]}" -d "$WORK/issue.bin" \
+    --log-file="$WORK/lat.tsv" "$ISSUE" >/dev/null
+sort -n -k3 "$WORK/lat.tsv" | awk -v rate=$((per_conn * 16)) '{ a[NR] = $3 } END {
+    printf "open loop at %d/s (half the best): %d requests, p50 %.2f ms, p99 %.2f ms, p99.9 %.2f ms\n",
+        rate, NR, a[int(NR * 0.5)] / 1000, a[int(NR * 0.99)] / 1000, a[int(NR * 0.999)] / 1000 }'
+echo "server resident memory: $(awk '/^VmRSS/ { print $2 / 1024 " MB" }' "/proc/$SERVER/status") after $(rows) links"
