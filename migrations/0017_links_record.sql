@@ -82,6 +82,9 @@ BEGIN
         SELECT coalesce(array_agg(link_id), '{}') INTO claimed FROM c;
     END IF;
 
+    -- The two inserts differ only in ON CONFLICT: each is a static statement,
+    -- so each keeps its cached plan (EXECUTE of one built string would plan
+    -- it at every batch).
     IF EXISTS (SELECT FROM unnest(in_replaces_link_id) r WHERE r IS NOT NULL) THEN
         INSERT INTO links (id, key_id, signer, caller, method, bucket, object_key, labels,
                            issued_at, expires_at, signature_sha256, content_type,
