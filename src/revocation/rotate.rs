@@ -151,9 +151,15 @@ impl Revocations {
             .map_err(|_| anyhow::anyhow!("the revocation task ended before it was recorded"))??;
         let id = match started {
             dry_run @ Rotation::DryRun { .. } => return Ok(dry_run),
+            // Detached: the revocation as recorded (RUNNING), whatever its
+            // task has done since; the caller follows it with GetRevocation.
+            // (Reading it again here would race with the task: a step that
+            // fails at once would turn the answer into an error or not,
+            // depending on which came first.)
+            Rotation::Ran(row) if detach => return Ok(Rotation::Ran(row)),
             Rotation::Ran(row) => row.id,
         };
-        if !detach && let Err(e) = task.await {
+        if let Err(e) = task.await {
             tracing::error!(revocation_id = %id, error = %e, "the revocation task ended abnormally");
         }
         let row = self.get(id).await?;
