@@ -149,7 +149,10 @@ pub struct Written {
 /// and a multipart upload's part links alike.
 ///
 /// Called outside a transaction it is one (a round trip, one commit at its
-/// end); inside one, the locks are held to its commit. A key's state changes
+/// end): it returns once PostgreSQL answered ReadyForQuery, which it sends
+/// after that commit (sqlx reads a statement's answer to the end, errors
+/// after the row included), so a row it reports written is committed.
+/// Inside a transaction, the locks are held to its commit. A key's state changes
 /// only under the same lock in exclusive mode (`keys::lock_for_state_change`),
 /// which waits for every transaction holding it shared: a revocation sees
 /// every link inserted under it, and no link of that key is inserted after it
