@@ -104,6 +104,25 @@ macro_rules! signed_window {
     };
 }
 
+/// The SET clause that records key `k`'s window where `$when` holds (SQL on
+/// `k`'s row as it was), and keeps the recorded one otherwise.
+macro_rules! record_window_if {
+    ($when:literal) => {
+        concat!(
+            "(signed_from, signed_until) = (
+                 SELECT CASE WHEN ",
+            $when,
+            " THEN w.f ELSE k.signed_from END,
+                        CASE WHEN ",
+            $when,
+            " THEN w.u ELSE k.signed_until END
+                 FROM (SELECT ",
+            signed_window!(),
+            ") w (f, u))"
+        )
+    };
+}
+
 /// active -> retired, recording the range of issued_at it signed in. Run
 /// under the key's state-change lock: every link it signed has committed, and
 /// none comes after.
@@ -150,14 +169,9 @@ pub async fn deactivate(
         "UPDATE signing_keys k
          SET state = $3, deactivated_at = coalesce(deactivated_at, now()),
              revocation_id = coalesce(revocation_id, $2),
-             (signed_from, signed_until) = (
-                 SELECT CASE WHEN k.state = 'active' OR k.signed_until IS NULL THEN w.f
-                             ELSE k.signed_from END,
-                        CASE WHEN k.state = 'active' OR k.signed_until IS NULL THEN w.u
-                             ELSE k.signed_until END
-                 FROM (SELECT {}) w (f, u))
+             {}
          WHERE key_id = $1 AND NOT {}",
-        signed_window!(),
+        record_window_if!("k.state = 'active' OR k.signed_until IS NULL"),
         super::states::KEY_DEAD
     )))
     .bind(key_id)
@@ -176,16 +190,9 @@ pub async fn deactivate(
 /// state-change lock).
 pub async fn mark_deleted(db: impl PgExecutor<'_>, key_id: &str) -> Result<(), Error> {
     sqlx::query(concat!(
-        "UPDATE signing_keys k SET state = $2, deleted_at = now(),
-             (signed_from, signed_until) = (
-                 SELECT CASE WHEN k.state <> 'active' AND k.signed_until IS NULL THEN w.f
-                             ELSE k.signed_from END,
-                        CASE WHEN k.state <> 'active' AND k.signed_until IS NULL THEN w.u
-                             ELSE k.signed_until END
-                 FROM (SELECT ",
-        signed_window!(),
-        ") w (f, u))
-         WHERE key_id = $1"
+        "UPDATE signing_keys k SET state = $2, deleted_at = now(), ",
+        record_window_if!("k.state <> 'active' AND k.signed_until IS NULL"),
+        " WHERE key_id = $1"
     ))
     .bind(key_id)
     .bind(KeyState::Deleted)

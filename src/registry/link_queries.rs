@@ -298,20 +298,19 @@ impl Probe {
             // write the links: a key with a link in this snapshot has a cell
             // (one probe of its primary key, the deltas not folded yet). The
             // window: one probe of signing_keys' primary key.
-            let (has_links, from, until, known): (bool, _, _, bool) = sqlx::query_as(
-                "SELECT EXISTS (SELECT FROM link_rollup c WHERE c.key_id = $1)
+            let (has_links, from, until, known): (bool, _, _, bool) =
+                sqlx::query_as(AssertSqlSafe(format!(
+                    "SELECT EXISTS (SELECT FROM link_rollup c WHERE c.key_id = $1)
                      OR EXISTS (SELECT FROM link_rollup_delta d WHERE d.key_id = $1),
                         w.f, w.u, coalesce(w.known, false)
                  FROM (SELECT) one
-                 LEFT JOIN (SELECT CASE WHEN signed_from <= signed_until THEN signed_from END,
-                                   CASE WHEN signed_from <= signed_until THEN signed_until END,
-                                   signed_until IS NOT NULL
-                            FROM signing_keys WHERE key_id = $1) w (f, u, known) ON TRUE",
-            )
-            .bind(key)
-            .fetch_one(conn)
-            .await
-            .during("link_queries::probe")?;
+                 LEFT JOIN (SELECT {WINDOW_SQL}
+                            FROM signing_keys WHERE key_id = $1) w (f, u, known) ON TRUE"
+                )))
+                .bind(key)
+                .fetch_one(conn)
+                .await
+                .during("link_queries::probe")?;
             let window = Window::of(known, from, until);
             return Ok(Self::Key {
                 has_links: has_links && window != Window::Empty,
@@ -406,11 +405,7 @@ struct Slice {
 async fn keys_of(conn: &mut PgConnection, state: LinkState) -> Result<KeySet, Error> {
     let dead = state == LinkState::Revoked;
     let rows: Vec<KeyWindow> = sqlx::query_as(AssertSqlSafe(format!(
-        "SELECT key_id,
-                CASE WHEN signed_from <= signed_until THEN signed_from END AS signed_from,
-                CASE WHEN signed_from <= signed_until THEN signed_until END AS signed_until,
-                signed_until IS NOT NULL AS known
-         FROM signing_keys k WHERE {}({KEY_DEAD})",
+        "SELECT key_id, {WINDOW_SQL} FROM signing_keys k WHERE {}({KEY_DEAD})",
         if dead { "" } else { "NOT " }
     )))
     .fetch_all(conn)
@@ -426,6 +421,13 @@ async fn keys_of(conn: &mut PgConnection, state: LinkState) -> Result<KeySet, Er
         windows,
     })
 }
+
+/// A key's window as a query reads it, for `Window::of`: `signed_from`,
+/// `signed_until` (both NULL for an empty range) and `known`.
+const WINDOW_SQL: &str =
+    "CASE WHEN signed_from <= signed_until THEN signed_from END AS signed_from,
+     CASE WHEN signed_from <= signed_until THEN signed_until END AS signed_until,
+     signed_until IS NOT NULL AS known";
 
 /// A key and its window as `keys_of` reads them (an empty range: both None).
 #[derive(sqlx::FromRow)]

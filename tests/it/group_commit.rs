@@ -4,36 +4,13 @@
 //! only active keys' rows, and keeps one replacement per link.
 
 use crate::fixture::seed_fixture;
-use chrono::{Duration, SubsecRound, Utc};
+use crate::helpers::new_link as link;
 use presignd::registry::{
     ErrorKind, keys,
     links::{self, LinkRequest, NewLink},
 };
 use sqlx::PgPool;
-use std::collections::BTreeMap;
 use uuid::Uuid;
-
-fn link(key_id: &str, signer: &str, caller: &str) -> NewLink {
-    let issued_at = Utc::now().trunc_subsecs(0);
-    NewLink {
-        id: Uuid::now_v7(),
-        key_id: key_id.into(),
-        signer: signer.into(),
-        caller: caller.into(),
-        method: "GET",
-        bucket: "photos".into(),
-        object_key: "users/1/a.jpg".into(),
-        object_key_is_prefix: false,
-        labels: BTreeMap::new(),
-        issued_at,
-        expires_at: issued_at + Duration::hours(1),
-        signature_sha256: vec![7; 32],
-        content_type: None,
-        content_disposition: None,
-        replaces_link_id: None,
-        request: None,
-    }
-}
 
 fn with_request(mut l: NewLink, id: &str, digest: u8) -> NewLink {
     l.request = Some(LinkRequest {

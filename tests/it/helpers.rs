@@ -579,3 +579,29 @@ impl Proxy {
         self.addr
     }
 }
+
+/// A link row of `key_id` (of `signer`) for `caller`: a GET issued now, to the
+/// second, for an hour. What registry-level tests hand `links::record`,
+/// changing the fields they care about.
+pub fn new_link(key_id: &str, signer: &str, caller: &str) -> presignd::registry::links::NewLink {
+    use chrono::SubsecRound;
+    let issued_at = chrono::Utc::now().trunc_subsecs(0);
+    presignd::registry::links::NewLink {
+        id: uuid::Uuid::now_v7(),
+        key_id: key_id.into(),
+        signer: signer.into(),
+        caller: caller.into(),
+        method: "GET",
+        bucket: "photos".into(),
+        object_key: "users/1/a.jpg".into(),
+        object_key_is_prefix: false,
+        labels: Default::default(),
+        issued_at,
+        expires_at: issued_at + chrono::Duration::hours(1),
+        signature_sha256: vec![7; 32],
+        content_type: None,
+        content_disposition: None,
+        replaces_link_id: None,
+        request: None,
+    }
+}

@@ -521,7 +521,6 @@ async fn a_key_stopped_while_its_links_are_inserted_keeps_an_exact_window(pool: 
     use chrono::{Duration, DurationRound, Utc};
     use presignd::registry::link_queries::{self, LinkFilter as Filter};
     use presignd::registry::links::{self, NewLink};
-    use std::collections::BTreeMap;
 
     sqlx::raw_sql(
         "INSERT INTO signers (name, backend) VALUES ('s', 'garage'), ('t', 'garage');
@@ -545,22 +544,12 @@ async fn a_key_stopped_while_its_links_are_inserted_keeps_an_exact_window(pool: 
                             .unwrap();
                         let batch: Vec<NewLink> = (0..5)
                             .map(|i| NewLink {
-                                id: uuid::Uuid::now_v7(),
-                                key_id: key.into(),
-                                signer: signer.into(),
-                                caller: format!("w{w}"),
-                                method: "GET",
                                 bucket: "b".into(),
                                 object_key: format!("o/{w}/{n}/{i}"),
-                                object_key_is_prefix: false,
-                                labels: BTreeMap::new(),
                                 issued_at: at,
                                 expires_at: at + Duration::minutes(15),
                                 signature_sha256: vec![w as u8; 32],
-                                content_type: None,
-                                content_disposition: None,
-                                replaces_link_id: None,
-                                request: None,
+                                ..crate::helpers::new_link(key, signer, &format!("w{w}"))
                             })
                             .collect();
                         // One transaction: the key's issuance lock shared,

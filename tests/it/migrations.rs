@@ -369,27 +369,13 @@ async fn a_registry_with_data_from_the_first_migration_upgrades_to_the_last_inta
         .await
         .unwrap();
     assert!(none.is_none());
-    let issued_at = Utc::now().trunc_subsecs(0);
     let link = presignd::registry::links::NewLink {
-        id: uuid::Uuid::now_v7(),
-        key_id: "GKALPHA1".into(),
-        signer: "alpha".into(),
-        caller: "svc-a".into(),
-        method: "GET",
-        bucket: "photos".into(),
         object_key: "users/1/retried.jpg".into(),
-        object_key_is_prefix: false,
-        labels: BTreeMap::new(),
-        issued_at,
-        expires_at: issued_at + Duration::hours(1),
-        signature_sha256: vec![7; 32],
-        content_type: None,
-        content_disposition: None,
-        replaces_link_id: None,
         request: Some(presignd::registry::links::LinkRequest {
             id: "r-1".into(),
             sha256: [9; 32],
         }),
+        ..crate::helpers::new_link("GKALPHA1", "alpha", "svc-a")
     };
     let written = presignd::registry::links::record(&pool, &["GKALPHA1"], &[&link])
         .await
