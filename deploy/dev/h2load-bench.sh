@@ -32,12 +32,10 @@ ADMIN="$BASE/postgres?$QUERY"
 psql "$ADMIN" -qc "DROP DATABASE IF EXISTS $DB" -c "CREATE DATABASE $DB"
 WORK="$(mktemp -d)"
 TOKEN="bench-$(openssl rand -hex 16)"
-export PRESIGND_LISTEN=127.0.0.1:50071 PRESIGND_METRICS_LISTEN=127.0.0.1:9481
-export PRESIGND_CALLERS="bench:$("$BIN" hash-token "$TOKEN")" PRESIGND_ADMINS=bench
-export PRESIGND_MASTER_KEY_FILE="$PRESIGND_DEV_MASTER_KEY_FILE"
-export PRESIGND_GARAGE_ADMIN_URL="$GARAGE_ADMIN_URL" PRESIGND_GARAGE_ADMIN_TOKEN="$GARAGE_ADMIN_TOKEN"
-export PRESIGND_S3_ENDPOINT="$GARAGE_S3_URL" PRESIGND_S3_REGION="$GARAGE_REGION"
-export PRESIGND_BUCKETS=presignd-dev RUST_LOG="${RUST_LOG:-warn}"
+# shellcheck disable=SC1091
+source "$HERE/serve-env.sh"
+serve_env "$BIN" 127.0.0.1:50071 127.0.0.1:9481 bench "$TOKEN" presignd-dev
+export RUST_LOG="${RUST_LOG:-warn}"
 "$BIN" migrate >/dev/null
 "$BIN" serve 2>"$WORK/server.log" &
 SERVER=$!

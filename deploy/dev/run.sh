@@ -33,16 +33,9 @@ BIN="$REPO/target/debug"
 [ -f "$STATE/dev.token" ] || (umask 077 && openssl rand -hex 24 >"$STATE/dev.token")
 TOKEN="$(cat "$STATE/dev.token")"
 
-export PRESIGND_LISTEN="127.0.0.1:$PORT"
-export PRESIGND_METRICS_LISTEN="127.0.0.1:$METRICS_PORT"
-export PRESIGND_CALLERS="dev:$("$BIN/presignd" hash-token "$TOKEN")"
-export PRESIGND_ADMINS=dev
-export PRESIGND_MASTER_KEY_FILE="$PRESIGND_DEV_MASTER_KEY_FILE"
-export PRESIGND_GARAGE_ADMIN_URL="$GARAGE_ADMIN_URL"
-export PRESIGND_GARAGE_ADMIN_TOKEN="$GARAGE_ADMIN_TOKEN"
-export PRESIGND_S3_ENDPOINT="$GARAGE_S3_URL"
-export PRESIGND_S3_REGION="$GARAGE_REGION"
-export PRESIGND_BUCKETS="$BUCKET"
+# shellcheck disable=SC1091
+source "$HERE/serve-env.sh"
+serve_env "$BIN/presignd" "127.0.0.1:$PORT" "127.0.0.1:$METRICS_PORT" dev "$TOKEN" "$BUCKET"
 
 "$BIN/presignd" migrate
 "$BIN/presignd" serve &
