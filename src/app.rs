@@ -38,9 +38,11 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio_stream::StreamExt;
 use tonic::service::interceptor::InterceptedService;
 use tonic_health::ServingStatus;
 
+mod connections;
 mod maintenance;
 mod readiness;
 pub mod reload;
@@ -354,7 +356,8 @@ impl App {
             Some(tls) => {
                 router
                     .serve_with_incoming_shutdown(
-                        crate::tls::incoming(self.listener, tls),
+                        crate::tls::incoming(self.listener, tls)
+                            .map(|c| c.map(connections::Unvectored)),
                         shutdown,
                     )
                     .await
@@ -366,7 +369,8 @@ impl App {
                         // Nagle's algorithm would hold the last one for the
                         // client's delayed ACK (40 ms).
                         tonic::transport::server::TcpIncoming::from(self.listener)
-                            .with_nodelay(Some(true)),
+                            .with_nodelay(Some(true))
+                            .map(|c| c.map(connections::Unvectored)),
                         shutdown,
                     )
                     .await

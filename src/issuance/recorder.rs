@@ -10,11 +10,17 @@
 //! `RequestIdTaken`, the rest of the batch commits as usual.
 
 use crate::registry::{self, links::NewLink};
-use sqlx::PgPool;
+use sqlx::pool::PoolConnection;
+use sqlx::{PgPool, Postgres};
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{Mutex, mpsc, oneshot};
 use uuid::Uuid;
+
+/// How long a worker keeps its connection with no row to write before it
+/// hands it back to the pool.
+const HOLD_IDLE: Duration = Duration::from_secs(1);
 
 /// What became of one row. A batch's error is cloned to every request in it.
 // Moved once through a oneshot per link: a Box would cost an allocation each.
@@ -68,12 +74,29 @@ impl Recorder {
     }
 }
 
+/// A worker keeps the connection it wrote with while rows keep coming: taking
+/// one from the pool pings it first (a round trip to Postgres, and a wake-up
+/// of its backend, per batch). It hands it back after `HOLD_IDLE` without a
+/// row, and after an error, so a broken connection is checked (and replaced)
+/// by the pool's ping before its next use.
 async fn work(pool: PgPool, rx: Arc<Mutex<mpsc::Receiver<Pending>>>, max_batch: usize) {
+    let mut held: Option<PoolConnection<Postgres>> = None;
     loop {
         let mut batch = Vec::with_capacity(max_batch);
         {
             let mut rx = rx.lock().await;
-            if rx.recv_many(&mut batch, max_batch).await == 0 {
+            let taken = if held.is_some() {
+                match tokio::time::timeout(HOLD_IDLE, rx.recv_many(&mut batch, max_batch)).await {
+                    Ok(n) => n,
+                    Err(_) => {
+                        held = None; // idle: back to the pool
+                        rx.recv_many(&mut batch, max_batch).await
+                    }
+                }
+            } else {
+                rx.recv_many(&mut batch, max_batch).await
+            };
+            if taken == 0 {
                 return; // every sender is gone
             }
             // Let the requests already running on this runtime hand in their
@@ -91,13 +114,13 @@ async fn work(pool: PgPool, rx: Arc<Mutex<mpsc::Receiver<Pending>>>, max_batch: 
                 }
             }
         }
-        let mut outcome = commit(&pool, &batch).await;
+        let mut outcome = commit(&pool, &mut held, &batch).await;
         if let Err(e) = &outcome
             && e.is_lock_conflict()
         {
             // Nothing was committed and no URL has left: run the batch again once.
             tracing::warn!(error = %e, rows = batch.len(), "link batch aborted by a lock conflict; retrying it");
-            outcome = commit(&pool, &batch).await;
+            outcome = commit(&pool, &mut held, &batch).await;
         }
         for p in batch {
             let recorded = match &outcome {
@@ -115,13 +138,32 @@ async fn work(pool: PgPool, rx: Arc<Mutex<mpsc::Receiver<Pending>>>, max_batch: 
 
 /// One statement, its own transaction: lock the batch's keys, claim its
 /// request ids, insert the rows whose key is still active (and whose id, if
-/// any, was claimed), commit.
-async fn commit(pool: &PgPool, batch: &[Pending]) -> Result<Committed, registry::Error> {
+/// any, was claimed), commit. On the worker's held connection, taken from
+/// `pool` if it holds none; dropped (back to the pool) on an error.
+async fn commit(
+    pool: &PgPool,
+    held: &mut Option<PoolConnection<Postgres>>,
+    batch: &[Pending],
+) -> Result<Committed, registry::Error> {
     let mut keys: Vec<&str> = batch.iter().map(|p| p.link.key_id.as_str()).collect();
     keys.sort_unstable();
     keys.dedup();
     let rows: Vec<&NewLink> = batch.iter().map(|p| &p.link).collect();
-    let written = registry::links::record(pool, &keys, &rows).await?;
+    let conn = match held {
+        Some(c) => c,
+        None => held.insert(
+            pool.acquire()
+                .await
+                .map_err(|e| registry::Error::new("recorder", e))?,
+        ),
+    };
+    let written = match registry::links::record(&mut **conn, &keys, &rows).await {
+        Ok(w) => w,
+        Err(e) => {
+            *held = None;
+            return Err(e);
+        }
+    };
     Ok(Committed {
         active_keys: written.active_keys.into_iter().collect(),
         claimed: written.claimed.into_iter().collect(),
