@@ -86,9 +86,11 @@ pub trait KeyBackend: Send + Sync + 'static {
     }
 
     /// The ids of `signer`'s keys that calls `create_key(signer, name)` with
-    /// one of `names`, none earlier than `since`, may have created. Garage
-    /// finds them by name; IAM access keys carry no name, so AWS answers the
-    /// user's keys created since `since` (the caller leaves out those it knows).
+    /// one of `names`, none earlier than `since`, may have created, however
+    /// many keys the backend holds. Garage looks each name up in all its keys
+    /// (GetKeyInfo's search; one ListKeys stops at 10,000 keys); IAM access
+    /// keys carry no name, so AWS answers the user's keys created since
+    /// `since` (the caller leaves out those it knows).
     async fn find_created(
         &self,
         signer: &str,

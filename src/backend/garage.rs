@@ -1,6 +1,10 @@
 //! Garage through its admin API v2 (HTTP + JSON, bearer token). Deactivation sets
 //! the key's expiration in the past: Garage then refuses every request signed by
 //! it at once, and the change is reversible (unlike DeleteKey).
+//!
+//! Keys are found by name with GetKeyInfo's `search`, which Garage answers
+//! from its whole key table. Not with one ListKeys: it answers the first
+//! 10,000 keys (by id) unless paged, and a key past them would go unseen.
 
 use super::{BackendError, KeyBackend, NewKey};
 use crate::secret::SecretString;
@@ -18,6 +22,7 @@ pub struct GarageBackend {
 #[serde(rename_all = "camelCase")]
 struct KeyInfo {
     access_key_id: String,
+    name: String,
     secret_access_key: Option<String>,
 }
 
@@ -27,6 +32,9 @@ struct ListedKey {
     id: String,
     name: String,
 }
+
+/// Keys asked for per ListKeys page (Garage's default).
+const LIST_PAGE: usize = 10_000;
 
 #[derive(Deserialize)]
 struct BucketInfo {
@@ -46,7 +54,8 @@ impl GarageBackend {
         }
     }
 
-    async fn call(
+    /// Sends the call; an answer is returned whatever its status.
+    async fn send(
         &self,
         method: reqwest::Method,
         endpoint: &str,
@@ -61,18 +70,90 @@ impl GarageBackend {
         if let Some(body) = body {
             req = req.json(&body);
         }
-        let resp = req
-            .send()
+        req.send()
             .await
-            .map_err(|e| BackendError::Unavailable(format!("garage admin {endpoint}: {e}")))?;
-        let status = resp.status();
-        if status.is_success() {
-            return Ok(resp);
+            .map_err(|e| BackendError::Unavailable(format!("garage admin {endpoint}: {e}")))
+    }
+
+    /// Sends the call; an answer other than 2xx is an error.
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        endpoint: &str,
+        query: &[(&str, &str)],
+        body: Option<serde_json::Value>,
+    ) -> Result<reqwest::Response, BackendError> {
+        let resp = self.send(method, endpoint, query, body).await?;
+        if resp.status().is_success() {
+            Ok(resp)
+        } else {
+            Err(error(endpoint, resp).await)
         }
-        // Garage's error bodies are JSON messages without secrets.
-        let text = resp.text().await.unwrap_or_default();
-        let msg = format!("garage admin {endpoint}: HTTP {status}: {}", text.trim());
-        Err(BackendError::from_http(status.as_u16(), None, msg))
+    }
+
+    /// The keys named exactly `name` (one, unless a creation was retried).
+    /// Garage's search matches names equal to it but for case, and ids
+    /// starting with it; it answers 404 if none does and 400 "N matching
+    /// keys" if several do: then every key is listed instead.
+    async fn keys_named(&self, name: &str) -> Result<Vec<String>, BackendError> {
+        let endpoint = "GetKeyInfo";
+        let resp = self
+            .send(reqwest::Method::GET, endpoint, &[("search", name)], None)
+            .await?;
+        match resp.status() {
+            reqwest::StatusCode::NOT_FOUND => Ok(Vec::new()),
+            s if s.is_success() => {
+                let key: KeyInfo = resp
+                    .json()
+                    .await
+                    .map_err(|e| BackendError::Unavailable(format!("garage {endpoint}: {e}")))?;
+                Ok(Vec::from_iter(
+                    (key.name == name).then_some(key.access_key_id),
+                ))
+            }
+            _ => match error(endpoint, resp).await {
+                BackendError::Refused(msg) if msg.contains("matching keys") => {
+                    tracing::warn!(
+                        name,
+                        "several Garage keys match a key intent's name: listing every key"
+                    );
+                    self.listed_named(name).await
+                }
+                e => Err(e),
+            },
+        }
+    }
+
+    /// The keys named `name`, from every ListKeys page. Pages follow the id
+    /// order; each starts at the last id of the one before, included, and
+    /// the listing ends at a page with nothing after it (whatever size
+    /// Garage gives its pages).
+    async fn listed_named(&self, name: &str) -> Result<Vec<String>, BackendError> {
+        let limit = LIST_PAGE.to_string();
+        let mut named = Vec::new();
+        let mut last: Option<String> = None;
+        loop {
+            let mut query = vec![("limit", limit.as_str())];
+            if let Some(last) = &last {
+                query.push(("offset", last.as_str()));
+            }
+            let page: Vec<ListedKey> = self
+                .call(reqwest::Method::GET, "ListKeys", &query, None)
+                .await?
+                .json()
+                .await
+                .map_err(|e| BackendError::Unavailable(format!("garage ListKeys: {e}")))?;
+            let next = page.last().map(|k| k.id.clone());
+            if next.is_none() || next == last {
+                return Ok(named);
+            }
+            named.extend(
+                page.into_iter()
+                    .filter(|k| k.name == name && Some(&k.id) != last.as_ref())
+                    .map(|k| k.id),
+            );
+            last = next;
+        }
     }
 
     async fn bucket_id(&self, bucket: &str) -> Result<String, BackendError> {
@@ -141,17 +222,11 @@ impl KeyBackend for GarageBackend {
         names: &[String],
         _since: DateTime<Utc>,
     ) -> Result<Vec<String>, BackendError> {
-        let keys: Vec<ListedKey> = self
-            .call(reqwest::Method::GET, "ListKeys", &[], None)
-            .await?
-            .json()
-            .await
-            .map_err(|e| BackendError::Unavailable(format!("garage ListKeys: {e}")))?;
-        Ok(keys
-            .into_iter()
-            .filter(|k| names.contains(&k.name))
-            .map(|k| k.id)
-            .collect())
+        let mut found = Vec::new();
+        for name in names {
+            found.extend(self.keys_named(name).await?);
+        }
+        Ok(found)
     }
 
     async fn deactivate_key(&self, _signer: &str, access_key_id: &str) -> Result<(), BackendError> {
@@ -181,4 +256,13 @@ impl KeyBackend for GarageBackend {
             other => other.map(|_| ()),
         }
     }
+}
+
+/// A non-2xx answer as an error. Garage's error bodies are JSON messages
+/// without secrets.
+async fn error(endpoint: &str, resp: reqwest::Response) -> BackendError {
+    let status = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    let msg = format!("garage admin {endpoint}: HTTP {status}: {}", text.trim());
+    BackendError::from_http(status.as_u16(), None, msg)
 }

@@ -1,10 +1,13 @@
 //! Invariant 6, no live backend key unknown to the registry, whatever crashes
 //! when: a crash is injected (a failpoint of the key manager) after each step
 //! of provisioning and of every rotation mode's steps; then presignd restarts
-//! on the same database, becomes ready, and Garage's key list (admin API
-//! ListKeys) is compared with the registry. Garage is shared by tests running
-//! in parallel: each test's signers carry a unique marker, and Garage keys are
-//! named `presignd-{signer}-{intent id}`.
+//! on the same database, becomes ready, and Garage's keys are compared with
+//! the registry. Garage is shared by tests running in parallel: each test's
+//! signers carry a unique marker, and Garage keys are named
+//! `presignd-{signer}-{intent id}`. Garage holds more keys than one ListKeys
+//! answers (10,000; tests/it/garage_backend.rs sees to it), so the test never
+//! lists them: it looks up by id every key the registry has for the signer,
+//! and by name every key intent a crash left.
 
 use crate::helpers::*;
 use presignd::app::App;
@@ -32,25 +35,92 @@ fn config(signer: &str) -> presignd::config::Config {
     ])
 }
 
-/// Garage's live (not expired) keys of `signer`, by ListKeys and their names.
-async fn garage_live_keys(signer: &str) -> BTreeSet<String> {
-    let keys: Vec<serde_json::Value> = reqwest::Client::new()
-        .get(format!("{}/v2/ListKeys", env("GARAGE_ADMIN_URL")))
+/// A signer under test and the names of the key intents its crashes left:
+/// noted right after each crash, as the restart resolves them.
+struct Watched {
+    signer: String,
+    intent_names: BTreeSet<String>,
+}
+
+impl Watched {
+    fn new(signer: String) -> Self {
+        Self {
+            signer,
+            intent_names: BTreeSet::new(),
+        }
+    }
+
+    /// Notes the signer's unresolved intents.
+    async fn note_intents(&mut self, pool: &PgPool) {
+        let names: Vec<String> =
+            sqlx::query_scalar("SELECT name FROM key_intents WHERE signer = $1")
+                .bind(&self.signer)
+                .fetch_all(pool)
+                .await
+                .unwrap();
+        self.intent_names.extend(names);
+    }
+
+    /// Garage's live (not expired) keys of the signer: among the registry's
+    /// keys of the signer (in any state) and the keys named as a noted intent.
+    async fn garage_live_keys(&self, pool: &PgPool) -> BTreeSet<String> {
+        let mut ids: BTreeSet<String> =
+            sqlx::query_scalar("SELECT key_id FROM signing_keys WHERE signer = $1")
+                .bind(&self.signer)
+                .fetch_all(pool)
+                .await
+                .unwrap()
+                .into_iter()
+                .collect();
+        for name in &self.intent_names {
+            ids.extend(garage_key_named(name).await);
+        }
+        let mut live = BTreeSet::new();
+        for id in ids {
+            if garage_key_live(&id).await {
+                live.insert(id);
+            }
+        }
+        live
+    }
+}
+
+/// The id of Garage's key named `name`, by GetKeyInfo's search over all its
+/// keys (one at most: these tests retry no creation).
+async fn garage_key_named(name: &str) -> Option<String> {
+    let r = reqwest::Client::new()
+        .get(format!("{}/v2/GetKeyInfo", env("GARAGE_ADMIN_URL")))
+        .query(&[("search", name)])
         .bearer_auth(env("GARAGE_ADMIN_TOKEN"))
         .send()
         .await
-        .unwrap()
-        .error_for_status()
-        .unwrap()
-        .json()
-        .await
         .unwrap();
-    let prefix = format!("presignd-{signer}-");
-    keys.iter()
-        .filter(|k| k["name"].as_str().unwrap().starts_with(&prefix))
-        .filter(|k| !k["expired"].as_bool().unwrap())
-        .map(|k| k["id"].as_str().unwrap().to_owned())
-        .collect()
+    match r.status().as_u16() {
+        404 => None,
+        200 => {
+            let key: serde_json::Value = r.json().await.unwrap();
+            (key["name"] == name).then(|| key["accessKeyId"].as_str().unwrap().to_owned())
+        }
+        status => panic!(
+            "garage GetKeyInfo search={name}: {status} {}",
+            r.text().await.unwrap()
+        ),
+    }
+}
+
+/// Whether Garage has the key `key_id` and accepts it (not expired).
+async fn garage_key_live(key_id: &str) -> bool {
+    let info = garage_key_info(key_id, false).await;
+    match info["expired"].as_bool() {
+        Some(expired) => !expired,
+        None => {
+            assert_eq!(
+                info["code"], "NoSuchAccessKey",
+                "GetKeyInfo id={key_id}: {info}"
+            );
+            false
+        }
+    }
 }
 
 /// The registry's keys of `signer` that are live at the backend (pending,
@@ -77,8 +147,9 @@ async fn unresolved_intents(pool: &PgPool, signer: &str) -> i64 {
 
 /// The invariant, both ways: every live Garage key of the signer is in the
 /// registry, and every key the registry calls live is live at Garage.
-async fn assert_garage_matches_registry(pool: &PgPool, signer: &str, when: &str) {
-    let garage = garage_live_keys(signer).await;
+async fn assert_garage_matches_registry(pool: &PgPool, watched: &Watched, when: &str) {
+    let signer = &watched.signer;
+    let garage = watched.garage_live_keys(pool).await;
     let registry = registry_live_keys(pool, signer).await;
     assert_eq!(
         garage, registry,
@@ -127,9 +198,11 @@ async fn a_crash_at_any_step_of_provisioning_leaves_no_key_unknown_to_the_regist
     ];
     for (i, point) in points.into_iter().enumerate() {
         // A signer without a key: startup provisions one, and dies at `point`.
-        let signer = format!("{marker}-{i}");
+        let mut watched = Watched::new(format!("{marker}-{i}"));
+        let signer = watched.signer.clone();
         let app = crash_at(&pool, &signer, point).await;
-        let orphans = garage_live_keys(&signer).await;
+        watched.note_intents(&pool).await;
+        let orphans = watched.garage_live_keys(&pool).await;
         let expected = usize::from(point != Failpoint::AfterIntent);
         assert_eq!(orphans.len(), expected, "{point:?}: what the crash left");
         assert!(registry_live_keys(&pool, &signer).await.is_empty());
@@ -137,7 +210,7 @@ async fn a_crash_at_any_step_of_provisioning_leaves_no_key_unknown_to_the_regist
         drop(app); // the crash
 
         let app = restart(&pool, &signer).await;
-        assert_garage_matches_registry(&pool, &signer, &format!("{point:?}")).await;
+        assert_garage_matches_registry(&pool, &watched, &format!("{point:?}")).await;
         assert!(
             app.km.active_key(&signer).is_some(),
             "{point:?}: the restart provisioned a key"
@@ -181,9 +254,10 @@ fn crash_points(step: Step) -> &'static [Failpoint] {
 /// before, crashes there, presignd restarts (finishing the rotation), and
 /// Garage's keys match the registry's.
 async fn crash_every_step_of(pool: PgPool, mode: Mode) {
-    let signer = unique_signer(mode.as_str());
+    let mut watched = Watched::new(unique_signer(mode.as_str()));
+    let signer = watched.signer.clone();
     let mut app = restart(&pool, &signer).await;
-    assert_garage_matches_registry(&pool, &signer, "provisioned").await;
+    assert_garage_matches_registry(&pool, &watched, "provisioned").await;
     let steps = revocation::steps(mode, true);
     for (done, step) in steps.iter().enumerate() {
         for &point in crash_points(*step) {
@@ -211,8 +285,10 @@ async fn crash_every_step_of(pool: PgPool, mode: Mode) {
                 .expect_err("the step crashed");
             assert!(crashed.is_panic(), "{when}");
             reached.await.unwrap();
+            watched.note_intents(&pool).await;
             if *step == Step::CreateKey && point != Failpoint::AfterIntent {
-                let unknown: Vec<_> = garage_live_keys(&signer)
+                let unknown: Vec<_> = watched
+                    .garage_live_keys(&pool)
                     .await
                     .difference(&registry_live_keys(&pool, &signer).await)
                     .cloned()
@@ -229,7 +305,7 @@ async fn crash_every_step_of(pool: PgPool, mode: Mode) {
                 "{when}: {report:?}"
             );
             assert_eq!(report.steps.0.len(), steps.len(), "{when}: each step once");
-            assert_garage_matches_registry(&pool, &signer, &when).await;
+            assert_garage_matches_registry(&pool, &watched, &when).await;
         }
     }
 }
@@ -256,17 +332,19 @@ async fn a_crash_at_any_step_of_an_emergency_leaves_no_key_unknown_to_the_regist
 /// maintenance step deletes the key it created.
 #[sqlx::test]
 async fn a_key_whose_creation_never_commits_is_deleted_by_the_maintenance_step(pool: PgPool) {
-    let signer = unique_signer("err");
+    let mut watched = Watched::new(unique_signer("err"));
+    let signer = watched.signer.clone();
     let app = restart(&pool, &signer).await;
     let mut tx = pool.begin().await.unwrap();
     let created = app.km.create_replacement(&mut tx, &signer).await.unwrap();
     tx.rollback().await.unwrap(); // e.g. the step's commit failed
-    assert!(garage_live_keys(&signer).await.contains(&created));
+    watched.note_intents(&pool).await;
+    assert!(watched.garage_live_keys(&pool).await.contains(&created));
     assert_eq!(unresolved_intents(&pool, &signer).await, 1);
 
     let reconciled = app.km.reconcile_intents().await.unwrap();
     assert!(reconciled.deleted.contains(&created), "{reconciled:?}");
     assert!(reconciled.failed.is_empty(), "{reconciled:?}");
-    assert_garage_matches_registry(&pool, &signer, "after reconciliation").await;
+    assert_garage_matches_registry(&pool, &watched, "after reconciliation").await;
     assert_eq!(garage_key_info_status(&created).await, 404);
 }

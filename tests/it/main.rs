@@ -15,6 +15,7 @@ mod dashboards;
 mod deploy_files;
 mod error_details;
 mod fixture;
+mod garage_backend;
 mod group_commit;
 mod health;
 mod helpers;
