@@ -38,6 +38,11 @@ use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
+/// The server's allocator (src/main.rs), so the in-process server measures as
+/// the binary runs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const DB: &str = "presignd_bench_issue";
 const TOKEN: &str = "bench-token";
 const DEFAULT_CLIENTS: usize = 64;
