@@ -259,17 +259,8 @@ pub async fn drop(
     // partition, whose millions of rows a count(*) would read (with parallel
     // workers, on the cores IssueLink's commits need) while writers run.
     // An audit month is counted; nothing is written to a partition this old.
-    let cells = "expires_hour >= coalesce($1, '-infinity') AND expires_hour < $2";
     let mut rows: i64 = match table {
-        Table::Links => sqlx::query_scalar(AssertSqlSafe(format!(
-            "WITH gone AS (DELETE FROM link_rollup WHERE {cells} RETURNING links)
-             SELECT coalesce(sum(links), 0)::bigint FROM gone"
-        )))
-        .bind(lo)
-        .bind(hi)
-        .fetch_one(&mut *tx)
-        .await
-        .during(WHAT)?,
+        Table::Links => delete_cells(&mut tx, "link_rollup", lo, hi).await?,
         Table::Audit => {
             sqlx::query_scalar(AssertSqlSafe(format!("SELECT count(*) FROM {partition}")))
                 .fetch_one(&mut *tx)
@@ -292,16 +283,7 @@ pub async fn drop(
     }
     if table == Table::Links {
         // After the lock: inserts that committed before it may have left deltas.
-        let deltas: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
-            "WITH gone AS (DELETE FROM link_rollup_delta WHERE {cells} RETURNING links)
-             SELECT coalesce(sum(links), 0)::bigint FROM gone"
-        )))
-        .bind(lo)
-        .bind(hi)
-        .fetch_one(&mut *tx)
-        .await
-        .during(WHAT)?;
-        rows += deltas;
+        rows += delete_cells(&mut tx, "link_rollup_delta", lo, hi).await?;
     }
     let range = |t: Option<DateTime<Utc>>| t.map_or("the beginning".into(), |t| t.to_rfc3339());
     audit::insert(
@@ -330,6 +312,27 @@ pub async fn drop(
         partition: partition.to_owned(),
         rows,
     }))
+}
+
+/// Deletes the cells of `table` (`link_rollup` or `link_rollup_delta`) whose
+/// links expire in [`lo`, `hi`) and returns how many links they counted.
+async fn delete_cells(
+    tx: &mut Transaction<'_, Postgres>,
+    table: &'static str,
+    lo: Option<DateTime<Utc>>,
+    hi: DateTime<Utc>,
+) -> Result<i64, Error> {
+    sqlx::query_scalar(AssertSqlSafe(format!(
+        "WITH gone AS (DELETE FROM {table}
+                       WHERE expires_hour >= coalesce($1, '-infinity') AND expires_hour < $2
+                       RETURNING links)
+         SELECT coalesce(sum(links), 0)::bigint FROM gone"
+    )))
+    .bind(lo)
+    .bind(hi)
+    .fetch_one(&mut **tx)
+    .await
+    .during("partitions::drop")
 }
 
 /// The name a partition emptied by `drop` waits under for `drop_retired`.
