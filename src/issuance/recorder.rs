@@ -85,17 +85,14 @@ async fn work(pool: PgPool, rx: Arc<Mutex<mpsc::Receiver<Pending>>>, max_batch: 
         let mut batch = Vec::with_capacity(max_batch);
         {
             let mut rx = rx.lock().await;
-            let taken = if held.is_some() {
+            let taken =
                 match tokio::time::timeout(HOLD_IDLE, rx.recv_many(&mut batch, max_batch)).await {
                     Ok(n) => n,
                     Err(_) => {
                         held = None; // idle: back to the pool
                         rx.recv_many(&mut batch, max_batch).await
                     }
-                }
-            } else {
-                rx.recv_many(&mut batch, max_batch).await
-            };
+                };
             if taken == 0 {
                 return; // every sender is gone
             }
