@@ -25,7 +25,10 @@
 //! BENCH_DROP_PARTITION=1 a last closed loop runs while, 5 s in, the oldest
 //! day's partition of links is dropped as retention does
 //! (`registry::partitions::drop`, then `drop_retired`), and both steps are
-//! timed. The server listens on ports the system picks (gRPC and metrics).
+//! timed; that loop's p99 is also given for the requests started in the
+//! second from the drop's start, before it and after it (with no day to
+//! drop, around the 5 s mark: the same split without a drop). The server
+//! listens on ports the system picks (gRPC and metrics).
 
 use clap::Parser;
 use presignd::app::App;
@@ -98,6 +101,25 @@ struct Run {
     per_sec: f64,
     latencies: Vec<Duration>,
     errors: usize,
+    /// Closed loops: when each answered request started, and its latency.
+    timeline: Vec<(Instant, Duration)>,
+}
+
+impl Run {
+    /// p50, p99 and the count of the requests started in [from, to).
+    fn window(&self, from: Instant, to: Instant) -> (Duration, Duration, usize) {
+        let mut l: Vec<Duration> = self
+            .timeline
+            .iter()
+            .filter(|(t, _)| *t >= from && *t < to)
+            .map(|(_, l)| *l)
+            .collect();
+        if l.is_empty() {
+            return (Duration::ZERO, Duration::ZERO, 0);
+        }
+        l.sort();
+        (pct(&l, 0.5), pct(&l, 0.99), l.len())
+    }
 }
 
 fn pct(sorted: &[Duration], p: f64) -> Duration {
@@ -145,7 +167,7 @@ async fn closed_loop(rpc: Rpc, channels: &[Channel], bucket: &str) -> Run {
             while Instant::now() < deadline {
                 let t = Instant::now();
                 match call(rpc, ch.clone(), &bucket).await {
-                    Ok(()) => lat.push(t.elapsed()),
+                    Ok(()) => lat.push((t, t.elapsed())),
                     Err(_) => errors += 1,
                 }
             }
@@ -153,17 +175,19 @@ async fn closed_loop(rpc: Rpc, channels: &[Channel], bucket: &str) -> Run {
         });
     }
     let started = Instant::now();
-    let (mut latencies, mut errors) = (Vec::new(), 0);
+    let (mut timeline, mut errors) = (Vec::new(), 0);
     while let Some(r) = tasks.join_next().await {
         let (l, e) = r.unwrap();
-        latencies.extend(l);
+        timeline.extend(l);
         errors += e;
     }
+    let mut latencies: Vec<Duration> = timeline.iter().map(|(_, l)| *l).collect();
     latencies.sort();
     Run {
         per_sec: latencies.len() as f64 / started.elapsed().as_secs_f64(),
         latencies,
         errors,
+        timeline,
     }
 }
 
@@ -199,6 +223,7 @@ async fn open_loop(rpc: Rpc, channels: &[Channel], bucket: &str, rate: f64) -> R
         per_sec: latencies.len() as f64 / started.elapsed().as_secs_f64(),
         latencies,
         errors,
+        timeline: Vec::new(),
     }
 }
 
@@ -422,7 +447,7 @@ async fn main() -> anyhow::Result<()> {
         &half,
     );
     match &around_drop {
-        Some((before, during, after, Some((partition, rows, emptied, dropped)))) => {
+        Some((before, during, after, (_, Some((partition, rows, emptied, dropped))))) => {
             row("IssueLink, closed loop, before the drop", before);
             row(
                 &format!("IssueLink, closed loop, {partition} ({rows} links) dropped 5 s in"),
@@ -436,7 +461,7 @@ async fn main() -> anyhow::Result<()> {
                 dropped.as_secs_f64() * 1e3
             );
         }
-        Some((before, during, after, None)) => {
+        Some((before, during, after, (_, None))) => {
             row("IssueLink, closed loop, before", before);
             row("IssueLink, closed loop, no day to drop", during);
             row("IssueLink, closed loop, after", after);
@@ -444,6 +469,29 @@ async fn main() -> anyhow::Result<()> {
             println!("no day's partition held links that expired before today: nothing dropped");
         }
         None => {}
+    }
+    if let Some((_, during, _, (at, dropped))) = &around_drop {
+        // Where in the loop the drop's cost falls: the requests started in
+        // the second from its start (or, with nothing to drop, from the
+        // moment it would have started) against the rest of the loop.
+        let second = *at + Duration::from_secs(1);
+        let far = *at + Duration::from_secs(3600);
+        let (p50, p99, n) = during.window(*at, second);
+        let (_, before_p99, before_n) = during.window(*at - Duration::from_secs(3600), *at);
+        let (_, after_p99, after_n) = during.window(second, far);
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        println!(
+            "the loop's requests started in the second from the {} ({n}): p50 {:.2} ms, p99 {:.2} ms; before it ({before_n}): p99 {:.2} ms; after it ({after_n}): p99 {:.2} ms",
+            if dropped.is_some() {
+                "drop's start"
+            } else {
+                "5 s mark"
+            },
+            ms(p50),
+            ms(p99),
+            ms(before_p99),
+            ms(after_p99),
+        );
     }
     println!();
     println!(
@@ -473,7 +521,7 @@ async fn main() -> anyhow::Result<()> {
 /// such day holds links (an empty registry).
 async fn drop_oldest_partition(
     db: PgConnectOptions,
-) -> anyhow::Result<Option<(String, i64, Duration, Duration)>> {
+) -> anyhow::Result<(Instant, Option<(String, i64, Duration, Duration)>)> {
     use presignd::lifecycle::LOCK_TIMEOUT_MS;
     use presignd::registry::partitions::{self, Table};
     let mut conn = PgConnection::connect_with(&db).await?;
@@ -498,11 +546,11 @@ async fn drop_oldest_partition(
             break;
         }
     }
-    let Some(oldest) = oldest else {
-        return Ok(None);
-    };
     tokio::time::sleep(Duration::from_secs(5)).await;
     let t = Instant::now();
+    let Some(oldest) = oldest else {
+        return Ok((t, None));
+    };
     let dropped = partitions::drop(
         &mut conn,
         Table::Links,
@@ -512,12 +560,12 @@ async fn drop_oldest_partition(
     )
     .await?
     .ok_or_else(|| anyhow::anyhow!("{oldest}: lock not granted within the timeout"))?;
-    let emptied = t.elapsed();
+    let (began, emptied) = (t, t.elapsed());
     let t = Instant::now();
     let left = partitions::drop_retired(&mut conn, Table::Links, LOCK_TIMEOUT_MS).await?;
     anyhow::ensure!(
         left == 0,
         "{oldest}: the empty table's drop did not get its lock"
     );
-    Ok(Some((oldest, dropped.rows, emptied, t.elapsed())))
+    Ok((began, Some((oldest, dropped.rows, emptied, t.elapsed()))))
 }
