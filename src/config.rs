@@ -33,9 +33,8 @@ pub struct Config {
     )]
     pub metrics_listen: SocketAddr,
 
-    /// Seconds between recomputations of the outstanding-links gauge: one index
-    /// range per active or retired key (about 0.9 s for 1.4M outstanding links;
-    /// see docs/BENCHMARKS.md).
+    /// Seconds between recomputations of the outstanding-links gauge, from the
+    /// link roll-up (tens of milliseconds on 60M links; see docs/BENCHMARKS.md).
     #[arg(long, env = "PRESIGND_METRICS_REFRESH_SECS", default_value_t = 60)]
     pub metrics_refresh_secs: u64,
 

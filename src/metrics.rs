@@ -7,7 +7,6 @@
 //! Labels take only bounded values: method, signer, key id, mode, outcome,
 //! operation. Never an object key, a URL or a caller name.
 
-use crate::domain::KeyState;
 use crate::telemetry::rpc::{GRPC_REQUESTS, GRPC_SECONDS};
 use metrics::{
     Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
@@ -365,15 +364,18 @@ pub async fn refresh_outstanding(
     reported: &mut BTreeSet<(String, String)>,
 ) -> Result<(), crate::registry::Error> {
     handle();
-    // The same counts as ListSigningKeys, for the keys whose links still work.
-    let rows = crate::registry::keys::list_with_outstanding(pool, None).await?;
+    // The same counts as ListSigningKeys, for the keys whose links still work,
+    // from the roll-up: a pass over their links would cost IssueLink's
+    // throughput a dip at every refresh on a big registry.
+    let mut conn = pool
+        .acquire()
+        .await
+        .map_err(|e| crate::registry::Error::new("metrics::refresh_outstanding", e))?;
+    let rows = crate::registry::link_summary::outstanding_per_key(&mut conn).await?;
     let mut now = BTreeSet::new();
-    for row in rows
-        .into_iter()
-        .filter(|k| matches!(k.state, KeyState::Active | KeyState::Retired))
-    {
+    for row in rows {
         gauge!(OUTSTANDING_LINKS, "signer" => row.signer.clone(), "key_id" => row.key_id.clone())
-            .set(row.outstanding_links as f64);
+            .set(row.links as f64);
         now.insert((row.signer, row.key_id));
     }
     for (signer, key_id) in reported.difference(&now) {

@@ -4,9 +4,10 @@
 //! inserted during folds.
 
 use crate::fixture::seed_fixture;
-use presignd::domain::LinkState;
+use presignd::domain::{KeyState, LinkState};
+use presignd::registry::keys;
 use presignd::registry::link_queries::LinkFilter;
-use presignd::registry::link_summary::{self, GroupBy};
+use presignd::registry::link_summary::{self, GroupBy, Outstanding};
 use sqlx::PgPool;
 
 /// `n` links over the fixture's keys, buckets and callers, expiring from three
@@ -91,6 +92,24 @@ pub async fn assert_rollup_equals_scan(pool: &PgPool, when: &str) {
         }
     }
     assert!(checked > 100, "{when}: the cases compared real groups");
+
+    // The outstanding-links gauge's counts, from the roll-up, equal the keys'
+    // by a pass over their links (what ListSigningKeys answers).
+    let mut gauge = link_summary::outstanding_per_key(&mut tx).await.unwrap();
+    let mut listed: Vec<Outstanding> = keys::list_with_outstanding(&mut *tx, None)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|k| matches!(k.state, KeyState::Active | KeyState::Retired))
+        .map(|k| Outstanding {
+            signer: k.signer,
+            key_id: k.key_id,
+            links: k.outstanding_links,
+        })
+        .collect();
+    gauge.sort_by(|a, b| a.key_id.cmp(&b.key_id));
+    listed.sort_by(|a, b| a.key_id.cmp(&b.key_id));
+    assert_eq!(gauge, listed, "{when}: the outstanding-links gauge");
     tx.rollback().await.unwrap();
 }
 
