@@ -106,12 +106,12 @@ struct Run {
 }
 
 impl Run {
-    /// p50, p99 and the count of the requests started in [from, to).
-    fn window(&self, from: Instant, to: Instant) -> (Duration, Duration, usize) {
+    /// p50, p99 and the count of the requests started in `when`.
+    fn window(&self, when: impl std::ops::RangeBounds<Instant>) -> (Duration, Duration, usize) {
         let mut l: Vec<Duration> = self
             .timeline
             .iter()
-            .filter(|(t, _)| *t >= from && *t < to)
+            .filter(|(t, _)| when.contains(t))
             .map(|(_, l)| *l)
             .collect();
         if l.is_empty() {
@@ -475,10 +475,9 @@ async fn main() -> anyhow::Result<()> {
         // the second from its start (or, with nothing to drop, from the
         // moment it would have started) against the rest of the loop.
         let second = *at + Duration::from_secs(1);
-        let far = *at + Duration::from_secs(3600);
-        let (p50, p99, n) = during.window(*at, second);
-        let (_, before_p99, before_n) = during.window(*at - Duration::from_secs(3600), *at);
-        let (_, after_p99, after_n) = during.window(second, far);
+        let (p50, p99, n) = during.window(*at..second);
+        let (_, before_p99, before_n) = during.window(..*at);
+        let (_, after_p99, after_n) = during.window(second..);
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         println!(
             "the loop's requests started in the second from the {} ({n}): p50 {:.2} ms, p99 {:.2} ms; before it ({before_n}): p99 {:.2} ms; after it ({after_n}): p99 {:.2} ms",
