@@ -7,7 +7,11 @@
 //! Creates a scratch database (PRESIGND_BENCH_DB, default presignd_bench_dashboards)
 //! on the server of DATABASE_URL (the role needs CREATEDB), fills it with
 //! PRESIGND_BENCH_ROWS links (default 10,000,000; several minutes), and reuses it
-//! on the next run if it holds that many. PRESIGND_BENCH_DROP=1 drops it at the end.
+//! on the next run if it holds that many. PRESIGND_BENCH_BURST=N then lays N
+//! links of an active key issued with a 5-minute TTL over the hour that ended
+//! 5 minutes ago, in place of an earlier run's: all expired, the newest of the
+//! registry, a part expiring in the current hour (a busy hour of short-lived
+//! links gone quiet). PRESIGND_BENCH_DROP=1 drops the database at the end.
 //! Not a test: without `--bench` (as under `cargo test` or nextest) it does nothing.
 
 use presignd::domain::LinkState;
@@ -36,12 +40,17 @@ async fn main() -> anyhow::Result<()> {
         .map(|s| s.replace('_', "").parse())
         .transpose()?
         .unwrap_or(10_000_000);
+    let burst: i64 = std::env::var("PRESIGND_BENCH_BURST")
+        .ok()
+        .map(|s| s.replace('_', "").parse())
+        .transpose()?
+        .unwrap_or(0);
     let name =
         std::env::var("PRESIGND_BENCH_DB").unwrap_or_else(|_| "presignd_bench_dashboards".into());
     let admin: PgConnectOptions = url.parse()?;
 
     let pool = scratch_database(&admin, &name).await?;
-    let have: i64 = sqlx::query_scalar("SELECT count(*) FROM links")
+    let have: i64 = sqlx::query_scalar("SELECT count(*) FROM links WHERE caller <> 'svc-burst'")
         .fetch_one(&pool)
         .await?;
     if have == rows {
@@ -49,6 +58,7 @@ async fn main() -> anyhow::Result<()> {
     } else {
         generate(&pool, rows).await?;
     }
+    lay_burst(&pool, burst).await?;
     let t = Instant::now();
     let folded = link_summary::fold(&pool).await?;
     let cells: i64 = sqlx::query_scalar("SELECT count(*) FROM link_rollup")
@@ -256,6 +266,43 @@ async fn generate(pool: &PgPool, rows: i64) -> anyhow::Result<()> {
     tx.commit().await?;
     pool.execute("VACUUM ANALYZE links").await?;
     println!("generated in {:.0?}", started.elapsed());
+    Ok(())
+}
+
+/// `n` links of the active key GKweb3 (caller svc-burst), issued evenly over
+/// the hour that ended 5 minutes ago with a 5-minute TTL, inserted as IssueLink
+/// records them (the roll-up's trigger counts them), in place of an earlier
+/// run's: the newest links of the registry, all expired, as after a busy hour
+/// of short-lived links and a quiet spell.
+async fn lay_burst(pool: &PgPool, n: i64) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let gone = sqlx::query("DELETE FROM links WHERE caller = 'svc-burst'")
+        .execute(pool)
+        .await?
+        .rows_affected();
+    if n == 0 && gone == 0 {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO links (id, key_id, signer, caller, method, bucket, object_key,
+                            issued_at, expires_at, signature_sha256)
+         SELECT (lpad(to_hex((extract(epoch FROM issued_at) * 1000)::bigint), 12, '0')
+                 || '7' || substr(h, 1, 3) || '8' || substr(h, 4, 15))::uuid,
+                'GKweb3', 'web', 'svc-burst', 'GET', 'bucket-0',
+                'svc-burst/' || to_char(issued_at, 'YYYY/MM/DD') || '/obj-' || i || '.bin',
+                issued_at, issued_at + interval '5 minutes', sha256(h::bytea)
+         FROM (SELECT i, md5('burst' || i) AS h,
+                      now() - interval '65 minutes' + i * interval '1 hour' / $1 AS issued_at
+               FROM generate_series(1, $1) AS i) gen",
+    )
+    .bind(n)
+    .execute(pool)
+    .await?;
+    pool.execute("VACUUM ANALYZE links").await?;
+    println!(
+        "burst of {n} links laid in {:.0?} ({gone} of an earlier run's deleted)",
+        started.elapsed()
+    );
     Ok(())
 }
 
