@@ -5,8 +5,9 @@
 //! * `summarize_rollup` reads the roll-up of migration 0005: links counted per
 //!   cell (key, signer, bucket, caller, hour of expiry, marked), kept exact by
 //!   triggers. Every cell but the current hour's of a live key has one state
-//!   now (see `CELL_STATE`); the current hour is counted from `links` by index
-//!   range. It serves every filter on those columns and on state.
+//!   now (see `CELL_STATE`); the current hour is split by links read from
+//!   `links` by index range (`summarize_rollup`). It serves every filter on
+//!   those columns and on state.
 //! * `summarize_scan` is one pass over every matching link, for the filters a
 //!   cell cannot answer (object key prefix, expiry window). It is also the
 //!   oracle the roll-up is tested against.
@@ -90,19 +91,21 @@ pub async fn summarize(
     }
 }
 
-/// The state every link of a roll-up cell `c` of key `k` is in now, NULL for
-/// the current hour of a live key's unmarked links (counted from `links`).
-/// The same rules as `links::STATE_SQL`: a cell of an earlier hour holds links
-/// that expired before this hour began, one of a later hour links that expire
-/// after it ends. (The hour is a sub-select so it is computed once, not per cell.)
-const CELL_STATE: &str = concat!(
-    "CASE
-    WHEN ",
-    key_dead!(),
-    " OR c.marked THEN 'revoked'
+/// The state every link of a roll-up cell `c` of key `k` is in now, with the
+/// current hour of a live key's unmarked links as `current` says (NULL: counted
+/// nowhere, its links are counted from `links`). The same rules as
+/// `links::STATE_SQL`: a cell of an earlier hour holds links that expired
+/// before this hour began, one of a later hour links that expire after it
+/// ends. (The hour is a sub-select so it is computed once, not per cell.)
+fn cell_state(current: &str) -> String {
+    format!(
+        "CASE
+    WHEN {KEY_DEAD} OR c.marked THEN 'revoked'
     WHEN c.expires_hour < (SELECT date_trunc('hour', now(), 'UTC')) THEN 'expired'
-    WHEN c.expires_hour > (SELECT date_trunc('hour', now(), 'UTC')) THEN 'active' END"
-);
+    WHEN c.expires_hour > (SELECT date_trunc('hour', now(), 'UTC')) THEN 'active'
+    ELSE {current} END"
+    )
+}
 
 /// Equality filters on a cell's (or a link's) columns, for `alias`.
 fn push_columns_filter(q: &mut QueryBuilder<Postgres>, alias: &str, f: &LinkFilter) {
@@ -160,6 +163,16 @@ fn close_summary(q: &mut QueryBuilder<Postgres>, having: &str) {
 }
 
 /// The summary from the roll-up: a few rows per cell instead of one per link.
+///
+/// The current hour's cells of a live key hold links of two states, expired
+/// up to now and active after. Without a state filter (every state wanted,
+/// one latest expiry for all), such a cell counts as expired whole, and each
+/// of its links still active moves one from expired to active: only the rest
+/// of the hour is read, at most the keys' outstanding links. Counting the
+/// hour link by link instead read every link expiring in it: ~2 s after an
+/// hour of millions of short-lived links (docs/BENCHMARKS.md). With a state
+/// filter, the hour's part that state can be in is read link by link (the
+/// latest expiry must be that state's, which a cell does not know).
 pub async fn summarize_rollup(
     db: impl PgExecutor<'_>,
     filter: &LinkFilter,
@@ -167,21 +180,22 @@ pub async fn summarize_rollup(
 ) -> Result<Vec<SummaryRow>, Error> {
     let (mut q, having) = open_summary(filter);
     let g = group_by.column();
+    let split = filter.state.is_none();
     q.push(format!(
-        "SELECT c.{g} AS grp, {CELL_STATE} AS state, c.links, c.latest
+        "SELECT c.{g} AS grp, {} AS state, c.links, c.latest
                FROM (SELECT key_id, signer, bucket, caller, expires_hour, marked, links, latest
                      FROM link_rollup
                      UNION ALL
                      SELECT key_id, signer, bucket, caller, expires_hour, marked, links, latest
                      FROM link_rollup_delta) c
                JOIN signing_keys k ON k.key_id = c.key_id
-               WHERE TRUE"
+               WHERE TRUE",
+        cell_state(if split { "'expired'" } else { "NULL" })
     ));
     push_columns_filter(&mut q, "c", filter);
     q.push(format!(
         " UNION ALL
-               SELECT l.{g}, CASE WHEN l.expires_at <= now() THEN 'expired' ELSE 'active' END,
-                      1, l.expires_at
+               SELECT l.{g}, m.state, m.links, m.latest
                FROM signing_keys k
                JOIN LATERAL (SELECT * FROM links l
                              WHERE l.key_id = k.key_id AND l.revocation_id IS NULL
@@ -189,24 +203,26 @@ pub async fn summarize_rollup(
                                AND l.expires_at < date_trunc('hour', now(), 'UTC') + interval '1 hour'"
     ));
     push_columns_filter(&mut q, "l", filter);
-    // A state filter narrows the hour to the links that can be in that state
-    // (the others would be read, then counted nowhere): for active links, the
-    // rest of the hour, a range no longer than the keys' outstanding links.
-    if let Some(state) = filter.state {
-        q.push(match state {
-            LinkState::Active => " AND l.expires_at > now()",
-            LinkState::Expired => " AND l.expires_at <= now()",
-            // Rows of this part are active or expired, never revoked.
-            LinkState::Revoked => " AND FALSE",
-        });
-    }
+    // Only the part of the hour whose links are counted one by one (the
+    // others would be read, then counted nowhere).
+    q.push(match filter.state {
+        // Each active link moves one from its cell's expired count.
+        None | Some(LinkState::Active) => " AND l.expires_at > now()",
+        Some(LinkState::Expired) => " AND l.expires_at <= now()",
+        // Rows of this part are active or expired, never revoked.
+        Some(LinkState::Revoked) => " AND FALSE",
+    });
     // OFFSET 0 keeps the sub-select per key: flattened, the planner may read
     // the whole of links_by_key_expiry for the hour instead of one range per key.
-    q.push(concat!(
-        " OFFSET 0) l ON TRUE
-               WHERE NOT ",
-        key_dead!()
-    ));
+    q.push(" OFFSET 0) l ON TRUE");
+    q.push(if split {
+        " CROSS JOIN LATERAL (VALUES ('active', 1, l.expires_at),
+                                     ('expired', -1, NULL::timestamptz)) m (state, links, latest)"
+    } else {
+        " CROSS JOIN LATERAL (SELECT CASE WHEN l.expires_at <= now() THEN 'expired'
+                                         ELSE 'active' END, 1, l.expires_at) m (state, links, latest)"
+    });
+    q.push(concat!(" WHERE NOT ", key_dead!()));
     close_summary(&mut q, &having);
     q.build_query_as()
         .fetch_all(db)
