@@ -495,6 +495,14 @@ async fn measure(pool: &PgPool) -> anyhow::Result<()> {
                     ..f()
                 },
             ),
+            (
+                "by caller, state expired",
+                GroupBy::Caller,
+                LinkFilter {
+                    state: Some(LinkState::Expired),
+                    ..f()
+                },
+            ),
         ] {
             let (median, max, groups) =
                 time(5, || link_summary::summarize(pool, &filter, group_by)).await?;

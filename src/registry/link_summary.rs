@@ -92,20 +92,33 @@ pub async fn summarize(
 }
 
 /// The state every link of a roll-up cell `c` of key `k` is in now, with the
-/// current hour of a live key's unmarked links as `current` says (NULL: counted
-/// nowhere, its links are counted from `links`). The same rules as
-/// `links::STATE_SQL`: a cell of an earlier hour holds links that expired
-/// before this hour began, one of a later hour links that expire after it
-/// ends. (The hour is a sub-select so it is computed once, not per cell.)
-fn cell_state(current: &str) -> String {
-    format!(
-        "CASE
-    WHEN {KEY_DEAD} OR c.marked THEN 'revoked'
-    WHEN c.expires_hour < (SELECT date_trunc('hour', now(), 'UTC')) THEN 'expired'
-    WHEN c.expires_hour > (SELECT date_trunc('hour', now(), 'UTC')) THEN 'active'
-    ELSE {current} END"
-    )
-}
+/// current hour of a live key's unmarked links counted as expired (its links
+/// still active are moved out of it link by link: `summarize_rollup`). The
+/// same rules as `links::STATE_SQL`: a cell of an earlier hour holds links
+/// that expired before this hour began, one of a later hour links that expire
+/// after it ends. (The hour is a sub-select so it is computed once, not per cell.)
+const CELL_STATE: &str = concat!(
+    "CASE WHEN ",
+    key_dead!(),
+    " OR c.marked THEN 'revoked'
+    WHEN c.expires_hour <= (SELECT date_trunc('hour', now(), 'UTC')) THEN 'expired'
+    ELSE 'active' END"
+);
+
+/// A cell of the current hour of a live key's unmarked links.
+const CELL_CURRENT: &str = concat!(
+    "(NOT (",
+    key_dead!(),
+    " OR c.marked) AND c.expires_hour = (SELECT date_trunc('hour', now(), 'UTC')))"
+);
+
+/// The roll-up's cells and the triggers' deltas not folded yet.
+const CELLS: &str = "(SELECT key_id, signer, bucket, caller, expires_hour, marked, links, latest
+                      FROM link_rollup
+                      UNION ALL
+                      SELECT key_id, signer, bucket, caller, expires_hour, marked, links, latest
+                      FROM link_rollup_delta) c
+                     JOIN signing_keys k ON k.key_id = c.key_id";
 
 /// Equality filters on a cell's (or a link's) columns, for `alias`.
 fn push_columns_filter(q: &mut QueryBuilder<Postgres>, alias: &str, f: &LinkFilter) {
@@ -165,14 +178,14 @@ fn close_summary(q: &mut QueryBuilder<Postgres>, having: &str) {
 /// The summary from the roll-up: a few rows per cell instead of one per link.
 ///
 /// The current hour's cells of a live key hold links of two states, expired
-/// up to now and active after. Without a state filter (every state wanted,
-/// one latest expiry for all), such a cell counts as expired whole, and each
-/// of its links still active moves one from expired to active: only the rest
-/// of the hour is read, at most the keys' outstanding links. Counting the
-/// hour link by link instead read every link expiring in it: ~2 s after an
-/// hour of millions of short-lived links (docs/BENCHMARKS.md). With a state
-/// filter, the hour's part that state can be in is read link by link (the
-/// latest expiry must be that state's, which a cell does not know).
+/// up to now and active after. Such a cell counts as expired whole, and each
+/// of its links still active, read from `links` (the rest of the hour, at most
+/// the keys' outstanding links), moves one from expired to active. Counting
+/// the hour link by link instead read every link expiring in it: ~1.4 s after
+/// an hour of 2.2M short-lived links (docs/BENCHMARKS.md). The latest expiry:
+/// a cell's is its links', whatever their state, which is the answer unless
+/// only expired links are wanted; then the current hour's latest expired link
+/// of each key and group is one probe of links_by_key_expiry back from now.
 pub async fn summarize_rollup(
     db: impl PgExecutor<'_>,
     filter: &LinkFilter,
@@ -180,49 +193,55 @@ pub async fn summarize_rollup(
 ) -> Result<Vec<SummaryRow>, Error> {
     let (mut q, having) = open_summary(filter);
     let g = group_by.column();
-    let split = filter.state.is_none();
+    let probe = filter.state == Some(LinkState::Expired);
+    let latest = match probe {
+        true => format!("CASE WHEN {CELL_CURRENT} THEN NULL ELSE c.latest END"),
+        false => "c.latest".into(),
+    };
     q.push(format!(
-        "SELECT c.{g} AS grp, {} AS state, c.links, c.latest
-               FROM (SELECT key_id, signer, bucket, caller, expires_hour, marked, links, latest
-                     FROM link_rollup
-                     UNION ALL
-                     SELECT key_id, signer, bucket, caller, expires_hour, marked, links, latest
-                     FROM link_rollup_delta) c
-               JOIN signing_keys k ON k.key_id = c.key_id
-               WHERE TRUE",
-        cell_state(if split { "'expired'" } else { "NULL" })
+        "SELECT c.{g} AS grp, {CELL_STATE} AS state, c.links, {latest}
+         FROM {CELLS} WHERE TRUE"
     ));
     push_columns_filter(&mut q, "c", filter);
-    q.push(format!(
-        " UNION ALL
+    // The current hour's links still active: none can be revoked.
+    if filter.state != Some(LinkState::Revoked) {
+        q.push(format!(
+            " UNION ALL
                SELECT l.{g}, m.state, m.links, m.latest
                FROM signing_keys k
                JOIN LATERAL (SELECT * FROM links l
                              WHERE l.key_id = k.key_id AND l.revocation_id IS NULL
-                               AND l.expires_at >= date_trunc('hour', now(), 'UTC')
+                               AND l.expires_at > now()
                                AND l.expires_at < date_trunc('hour', now(), 'UTC') + interval '1 hour'"
-    ));
-    push_columns_filter(&mut q, "l", filter);
-    // Only the part of the hour whose links are counted one by one (the
-    // others would be read, then counted nowhere).
-    q.push(match filter.state {
-        // Each active link moves one from its cell's expired count.
-        None | Some(LinkState::Active) => " AND l.expires_at > now()",
-        Some(LinkState::Expired) => " AND l.expires_at <= now()",
-        // Rows of this part are active or expired, never revoked.
-        Some(LinkState::Revoked) => " AND FALSE",
-    });
-    // OFFSET 0 keeps the sub-select per key: flattened, the planner may read
-    // the whole of links_by_key_expiry for the hour instead of one range per key.
-    q.push(" OFFSET 0) l ON TRUE");
-    q.push(if split {
-        " CROSS JOIN LATERAL (VALUES ('active', 1, l.expires_at),
-                                     ('expired', -1, NULL::timestamptz)) m (state, links, latest)"
-    } else {
-        " CROSS JOIN LATERAL (SELECT CASE WHEN l.expires_at <= now() THEN 'expired'
-                                         ELSE 'active' END, 1, l.expires_at) m (state, links, latest)"
-    });
-    q.push(concat!(" WHERE NOT ", key_dead!()));
+        ));
+        push_columns_filter(&mut q, "l", filter);
+        // OFFSET 0 keeps the sub-select per key: flattened, the planner may read
+        // the whole of links_by_key_expiry for the hour instead of one range per key.
+        q.push(concat!(
+            " OFFSET 0) l ON TRUE
+               CROSS JOIN LATERAL (VALUES ('active', 1, l.expires_at),
+                                          ('expired', -1, NULL::timestamptz)) m (state, links, latest)
+               WHERE NOT ",
+            key_dead!()
+        ));
+    }
+    if probe {
+        q.push(format!(
+            " UNION ALL
+               SELECT p.grp, 'expired', 0,
+                      (SELECT max(l.expires_at) FROM links l
+                       WHERE l.key_id = p.key_id AND l.{g} = p.grp AND l.revocation_id IS NULL
+                         AND l.expires_at >= date_trunc('hour', now(), 'UTC')
+                         AND l.expires_at <= now()"
+        ));
+        push_columns_filter(&mut q, "l", filter);
+        q.push(format!(
+            ") FROM (SELECT DISTINCT c.key_id, c.{g} AS grp FROM {CELLS}
+                     WHERE {CELL_CURRENT}"
+        ));
+        push_columns_filter(&mut q, "c", filter);
+        q.push(") p");
+    }
     close_summary(&mut q, &having);
     q.build_query_as()
         .fetch_all(db)
