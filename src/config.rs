@@ -79,6 +79,13 @@ pub struct Config {
     #[arg(long, env = "PRESIGND_AUDIT_RETENTION_DAYS", default_value_t = 400)]
     pub audit_retention_days: u32,
 
+    /// UTC hours in which retention may drop partitions, START-END: 2-5 is
+    /// 02:00 to 05:00, 22-4 runs past midnight, 0-24 is any hour. A day's drop
+    /// releases its files at once and can raise IssueLink's p99 for seconds
+    /// (docs/DEPLOY.md, "The registry's disks"): pick your quietest hours.
+    #[arg(long, env = "PRESIGND_RETENTION_HOURS", default_value = "0-24")]
+    pub retention_hours: String,
+
     /// Largest number of registry connections.
     #[arg(long, env = "PRESIGND_DB_MAX_CONNECTIONS", default_value_t = 16)]
     pub db_max_connections: u32,
@@ -433,9 +440,17 @@ impl Config {
         .transpose()
     }
 
-    /// The retention settings; an audit retention under 90 days is refused.
+    /// The retention settings; an audit retention under 90 days, or drop
+    /// hours that are not a window, are refused.
     pub fn retention(&self) -> anyhow::Result<crate::lifecycle::Retention> {
-        crate::lifecycle::Retention::new(self.retention_days, self.audit_retention_days)
+        let hours: crate::lifecycle::DropHours = self
+            .retention_hours
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--retention-hours {e}"))?;
+        Ok(
+            crate::lifecycle::Retention::new(self.retention_days, self.audit_retention_days)?
+                .with_drop_hours(hours),
+        )
     }
 
     pub fn db_acquire_timeout(&self) -> Duration {
@@ -813,6 +828,29 @@ mod tests {
         let c = Config::from_matches(&matches(&["t"])).unwrap();
         let r = c.retention().unwrap();
         assert_eq!((r.link_days, r.audit_days), (30, 400), "the defaults");
+        assert_eq!(
+            r.drop_hours,
+            crate::lifecycle::DropHours::ANY,
+            "the defaults"
+        );
+    }
+
+    #[test]
+    fn drop_hours_that_are_not_a_window_are_refused_naming_the_flag() {
+        for (value, says) in [
+            ("25-3", "not START-END"),
+            ("3-25", "not START-END"),
+            ("3", "not START-END"),
+            ("a-b", "not START-END"),
+            ("4-4", "empty window"),
+        ] {
+            let c = Config::from_matches(&matches(&["t", "--retention-hours", value])).unwrap();
+            let e = format!("{:#}", c.retention().unwrap_err());
+            assert!(e.starts_with("--retention-hours"), "{value}: {e}");
+            assert!(e.contains(says), "{value}: {e}");
+        }
+        let c = Config::from_matches(&matches(&["t", "--retention-hours", "22-4"])).unwrap();
+        assert_eq!(c.retention().unwrap().drop_hours.to_string(), "22-4");
     }
 
     #[test]

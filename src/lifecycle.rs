@@ -6,8 +6,10 @@
 
 use crate::registry::partitions::{self, Dropped, Table};
 use crate::registry::{self, Error};
-use chrono::{DateTime, Days, Months, NaiveDate, Utc};
+use chrono::{DateTime, Days, Months, NaiveDate, Timelike, Utc};
 use sqlx::{PgConnection, PgPool};
+use std::fmt;
+use std::str::FromStr;
 
 /// Days of link partitions kept ready past today: a link lives at most 7
 /// days, so a week more of margin lets the maintenance fail for a week
@@ -32,10 +34,13 @@ pub struct Retention {
     pub link_days: u32,
     /// An audit month goes once it ended more than this many days ago.
     pub audit_days: u32,
+    /// When partitions may be dropped (any hour unless `with_drop_hours`).
+    pub drop_hours: DropHours,
 }
 
 impl Retention {
-    /// Refuses an audit retention under `MIN_AUDIT_RETENTION_DAYS`.
+    /// Refuses an audit retention under `MIN_AUDIT_RETENTION_DAYS`. Partitions
+    /// may be dropped at any hour.
     pub fn new(link_days: u32, audit_days: u32) -> anyhow::Result<Self> {
         if audit_days < MIN_AUDIT_RETENTION_DAYS {
             anyhow::bail!(
@@ -46,7 +51,75 @@ impl Retention {
         Ok(Self {
             link_days,
             audit_days,
+            drop_hours: DropHours::ANY,
         })
+    }
+
+    /// Partitions are dropped only in `hours`.
+    pub fn with_drop_hours(self, hours: DropHours) -> Self {
+        Self {
+            drop_hours: hours,
+            ..self
+        }
+    }
+}
+
+/// The hours of the day (UTC) in which retention may drop partitions:
+/// `START-END`, from START:00 up to END:00, past midnight when START is the
+/// later hour (`22-4`: 22:00 to 04:00); `0-24` is any hour. A day's drop
+/// releases its files in one commit, and on the volumes measured IssueLink's
+/// p99 rose for a few seconds after it (docs/BENCHMARKS.md, DEPLOY.md "The
+/// registry's disks"): operators put it in their quietest hours. Outside them
+/// a partition past retention simply waits; everything else the maintenance
+/// does still runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DropHours {
+    start: u32,
+    end: u32,
+}
+
+impl DropHours {
+    /// Any hour.
+    pub const ANY: Self = Self { start: 0, end: 24 };
+
+    /// Whether a partition may be dropped at `now`.
+    pub fn allows(self, now: DateTime<Utc>) -> bool {
+        let hour = now.hour();
+        if self.start < self.end {
+            self.start <= hour && hour < self.end
+        } else {
+            hour >= self.start || hour < self.end
+        }
+    }
+}
+
+impl FromStr for DropHours {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let hour = |h: &str| h.trim().parse::<u32>().ok();
+        let Some((start, end)) = s
+            .split_once('-')
+            .and_then(|(a, b)| Some((hour(a)?, hour(b)?)))
+            .filter(|&(start, end)| start <= 23 && end <= 24)
+        else {
+            return Err(format!(
+                "{s:?} is not START-END in whole UTC hours, START 0-23 and END 0-24: \
+                 e.g. 2-5 (02:00 to 05:00 UTC), 22-4 (past midnight) or 0-24 (any hour)"
+            ));
+        };
+        if start == end {
+            return Err(format!(
+                "{s:?} is an empty window: partitions would never be dropped (0-24 is any hour)"
+            ));
+        }
+        Ok(Self { start, end })
+    }
+}
+
+impl fmt::Display for DropHours {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.start, self.end)
     }
 }
 
@@ -71,7 +144,8 @@ pub async fn prepare(pool: &PgPool, now: DateTime<Utc>) -> Result<Report, Error>
     run(pool, now, None).await
 }
 
-/// `prepare`, then drops what `retention` no longer keeps: the link
+/// `prepare`, then drops what `retention` no longer keeps (partitions only
+/// when `now` is in its drop hours): the link
 /// partitions whose every link expired more than `link_days` ago, the
 /// revocation events older than `link_days` + 7 (every link they counted
 /// expired more than `link_days` ago), the audit months that ended more than
@@ -105,17 +179,22 @@ async fn run(
     let done = async {
         prepare_on(&mut conn, now, &mut report).await?;
         if let Some(r) = retention {
+            let drops = r.drop_hours.allows(now);
             if r.link_days > 0 {
-                let cutoff = days_before(now, r.link_days);
-                drop_before(&mut conn, Table::Links, cutoff, now, &mut report).await?;
+                if drops {
+                    let cutoff = days_before(now, r.link_days);
+                    drop_before(&mut conn, Table::Links, cutoff, now, &mut report).await?;
+                }
                 // Every link an event counted expires within MAX_LINK_DAYS
                 // of it: the event goes with the last of them.
                 let cutoff = days_before(now, r.link_days.saturating_add(MAX_LINK_DAYS));
                 report.revocation_events_pruned =
                     registry::revocation_events::prune(&mut *conn, cutoff).await?;
             }
-            let cutoff = days_before(now, r.audit_days);
-            drop_before(&mut conn, Table::Audit, cutoff, now, &mut report).await?;
+            if drops {
+                let cutoff = days_before(now, r.audit_days);
+                drop_before(&mut conn, Table::Audit, cutoff, now, &mut report).await?;
+            }
             report.request_ids_forgotten =
                 registry::link_requests::delete_expired(&mut *conn).await?;
         }
@@ -201,4 +280,37 @@ async fn drop_before(
         report.deferred += partitions::drop_retired(conn, table, LOCK_TIMEOUT_MS).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn allowed(hours: &str) -> Vec<u32> {
+        let hours: DropHours = hours.parse().unwrap();
+        (0..24)
+            .filter(|&h| {
+                [0, 59]
+                    .iter()
+                    .all(|&m| hours.allows(Utc.with_ymd_and_hms(2026, 12, 1, h, m, 59).unwrap()))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn drop_hours_are_start_up_to_end_utc_wrapping_past_midnight() {
+        assert_eq!(allowed("2-5"), [2, 3, 4]);
+        assert_eq!(allowed("22-4"), [0, 1, 2, 3, 22, 23]);
+        assert_eq!(allowed("22-0"), [22, 23]);
+        assert_eq!(allowed("23-24"), [23]);
+        assert_eq!(allowed("0-24"), (0..24).collect::<Vec<_>>());
+        assert_eq!(allowed(" 0 - 24 "), (0..24).collect::<Vec<_>>());
+        assert_eq!("0-24".parse::<DropHours>().unwrap(), DropHours::ANY);
+        for bad in [
+            "", "5", "5-", "-5", "24-3", "3-25", "-1-3", "x-3", "5-5", "0-0",
+        ] {
+            assert!(bad.parse::<DropHours>().is_err(), "{bad:?}");
+        }
+    }
 }

@@ -146,13 +146,35 @@ async fn retention_drops_whole_partitions_and_everything_retained_stays_exact(po
         by_day.push((n, ids));
     }
     assert_rollup_equals_scan(&pool, "before any drop").await;
-    let retention = Retention::new(30, 400).unwrap();
+    // Drops allowed from 22:00 to 01:00 UTC: the steps below run at 23:59:59
+    // and at midnight.
+    let retention = Retention::new(30, 400)
+        .unwrap()
+        .with_drop_hours("22-1".parse().unwrap());
 
     // Day 4's partition ends at day 5's midnight: it may go 30 days after.
-    // One second before, days 1..=3 go (with the table as it was before,
-    // `links_before_*`, and the fixture's links); day 4 stays: its last link
-    // expired exactly, not more than, 30 days ago.
     let boundary = midnight(day(5)) + Duration::days(30);
+
+    // Outside its drop hours, retention waits: nothing goes, nothing changes.
+    let quiet = retention.with_drop_hours("2-5".parse().unwrap());
+    let report = lifecycle::step(&pool, boundary - Duration::seconds(1), quiet)
+        .await
+        .unwrap();
+    assert!(report.dropped.is_empty(), "{report:?}");
+    let names = partition_names(&pool, Table::Links).await;
+    assert!(
+        names.contains(&Table::Links.partition_name(day(2))),
+        "{names:?}"
+    );
+    for (_, ids) in &by_day {
+        for id in ids {
+            assert!(links::get(&pool, *id).await.unwrap().is_some());
+        }
+    }
+
+    // One second before the boundary, days 1..=3 go (with the table as it
+    // was before, `links_before_*`, and the fixture's links); day 4 stays: its
+    // last link expired exactly, not more than, 30 days ago.
     let report = lifecycle::step(&pool, boundary - Duration::seconds(1), retention)
         .await
         .unwrap();
