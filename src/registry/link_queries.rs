@@ -7,7 +7,10 @@
 //! and an equality filter picks the index that starts with its column (bucket,
 //! caller, key_id, signer: migrations 0001 and 0003), so a page reads about
 //! `limit` index entries however deep the cursor is, unless the filters left on
-//! top (state, prefix, expiry window) reject most rows. An object key prefix
+//! top (state, prefix, expiry window) reject most rows. Without an equality
+//! filter the walk's index, `links_by_issued`, ends with expires_at (0020): a
+//! state's or an expiry window's condition on it is tested in the index, and
+//! only the rows that pass it are read. An object key prefix
 //! and an expiry window are ranges of their own indexes (0006): when few links
 //! match, the planner fetches them and sorts instead, which is why such a page
 //! is planned for its parameters every time (`list_page`).
