@@ -733,9 +733,11 @@ fn expiry_days(
     days
 }
 
-/// The half-open expiry ranges [from, until) the days cut a range into
-/// (None: no end on that side): consecutive, together the whole range.
-fn parts(days: &[DateTime<Utc>]) -> Vec<(Option<DateTime<Utc>>, Option<DateTime<Utc>>)> {
+/// A half-open range of expiry [from, until); None: no end on that side.
+type Part = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+
+/// The parts the days cut a range into: consecutive, together the whole range.
+fn parts(days: &[DateTime<Utc>]) -> Vec<Part> {
     let mut bounds: Vec<Option<DateTime<Utc>>> = vec![None];
     bounds.extend(days.iter().copied().map(Some));
     bounds.push(None);
