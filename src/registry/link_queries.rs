@@ -575,7 +575,7 @@ async fn oldest_issued(
 }
 
 /// The links of `filter` in `slice` after `after`, newest first, in one
-/// statement. With an object key prefix, a UNION ALL of one part per day of
+/// statement. With an object key prefix and no equality filter, a UNION ALL of one part per day of
 /// expiry the slice can reach (`expiry_days`), each ordered and limited on
 /// its own, merged in order.
 ///
@@ -605,9 +605,15 @@ async fn read_slice(
         .hi
         .or(after.map(|c| c.at))
         .map(|top| top + TimeDelta::seconds(MAX_LIFETIME_SECS) + TimeDelta::hours(1));
+    // A prefix alone: with an equality filter the walk is that filter's
+    // index, and parts measured 3-5 ms slower a page (bucket + prefix).
+    let equality = filter.bucket.is_some()
+        || filter.caller.is_some()
+        || filter.key_id.is_some()
+        || filter.signer.is_some();
     let days = match filter.object_key_prefix {
-        Some(_) => expiry_days(slice.lo, ceiling, Utc::now()),
-        None => Vec::new(),
+        Some(_) if !equality => expiry_days(slice.lo, ceiling, Utc::now()),
+        _ => Vec::new(),
     };
     let parts = parts(&days);
     let mut q = QueryBuilder::new("");
