@@ -13,7 +13,8 @@
 //! only the rows that pass it are read. An object key prefix
 //! and an expiry window are ranges of their own indexes (0006): when few links
 //! match, the planner fetches them and sorts instead, which is why such a page
-//! is planned for its parameters every time (`list_page`).
+//! is planned for its parameters every time (`list_page`), and a prefix's page
+//! per day of expiry (`read_slice`).
 
 use super::error::{During, Error};
 use super::links::{LinkRow, select_sql};
@@ -575,9 +576,9 @@ async fn oldest_issued(
 }
 
 /// The links of `filter` in `slice` after `after`, newest first, in one
-/// statement. With an object key prefix and no equality filter, a UNION ALL of one part per day of
-/// expiry the slice can reach (`expiry_days`), each ordered and limited on
-/// its own, merged in order.
+/// statement. With an object key prefix and no equality filter, a UNION ALL
+/// of one part per day of expiry the slice can reach (`expiry_days`), each
+/// ordered and limited on its own, merged in order.
 ///
 /// Why parts: on the partitioned table the planner merges one index walk in
 /// issued_at order per partition, and never sorts a partition's few matches
@@ -588,9 +589,11 @@ async fn oldest_issued(
 /// is one day of expiry, so one partition, planned on its own statistics:
 /// where the prefix is rare it fetches the matches from links_by_object_key
 /// and sorts them; elsewhere it walks, pulled only as far as the merge
-/// needs. The other filters keep the single statement: the parts cost each
-/// page ~2 ms of planning, and for them the walk is the right plan or (a
-/// state with an equality filter after a burst) the planner cannot tell.
+/// needs. Where the prefix is common in a partition but absent from its
+/// newest links, the part still walks them: the statistics cannot tell.
+/// The other filters keep the single statement: the parts cost each page
+/// ~2 ms of planning, and for them the walk is the right plan or (a state
+/// with an equality filter after a burst) the planner cannot tell either.
 async fn read_slice(
     conn: &mut PgConnection,
     filter: &LinkFilter,
@@ -702,7 +705,7 @@ fn push_slice(
 }
 
 /// At most this many days of expiry get a part of their own; the rest of a
-/// slice's range (its older end, when it has no lower one) is one part.
+/// slice's range is in its first part (no lower end) or its last (no upper).
 const PART_DAYS: i64 = 10;
 
 /// The UTC midnights (partitions' bounds: `partitions::create`) in the
