@@ -18,6 +18,7 @@
 
 use super::error::{During, Error};
 use super::links::{LinkRow, select_sql};
+use super::partitions::{Table, utc};
 use crate::domain::LinkState;
 use crate::paging::Cursor;
 use chrono::{DateTime, TimeDelta, Utc};
@@ -708,36 +709,29 @@ fn push_slice(
 /// slice's range is in its first part (no lower end) or its last (no upper).
 const PART_DAYS: i64 = 10;
 
-/// The UTC midnights (partitions' bounds: `partitions::create`) in the
-/// expiry range (lo, ceiling], oldest first, at most PART_DAYS of them: the
-/// first ones after lo; with no lo, the last ones up to the ceiling; with
-/// neither, from `now` two days back. Which days get a part of their own
-/// only decides how well each part is planned, never which links a slice
-/// holds: `parts` covers the whole range whatever the days.
+/// The starts of the links' partition periods (`partitions::Table::Links`:
+/// UTC days) in the expiry range (lo, ceiling], oldest first, at most
+/// PART_DAYS of them: the first ones after lo; with no lo, the last ones up
+/// to the ceiling; with neither, from `now` two days back. Which days get a
+/// part of their own only decides how well each part is planned, never
+/// which links a slice holds: `parts` covers the whole range whatever the
+/// days.
 fn expiry_days(
     lo: Option<DateTime<Utc>>,
     ceiling: Option<DateTime<Utc>>,
     now: DateTime<Utc>,
 ) -> Vec<DateTime<Utc>> {
-    let midnight_after = |t: DateTime<Utc>| {
-        t.date_naive()
-            .succ_opt()
-            .and_then(|d| d.and_hms_opt(0, 0, 0))
-            .map(|d| d.and_utc())
-    };
-    let first = match (lo, ceiling) {
-        (Some(lo), _) => midnight_after(lo),
-        (None, Some(c)) => midnight_after(c - TimeDelta::days(PART_DAYS)),
-        (None, None) => midnight_after(now - TimeDelta::days(2)),
+    let links = Table::Links;
+    let period_after = |t: DateTime<Utc>| links.next(links.period_of(t));
+    let mut day = match (lo, ceiling) {
+        (Some(lo), _) => period_after(lo),
+        (None, Some(c)) => period_after(c - TimeDelta::days(PART_DAYS)),
+        (None, None) => period_after(now - TimeDelta::days(2)),
     };
     let mut days = Vec::new();
-    let mut day = first;
-    while let Some(d) = day
-        && ceiling.is_none_or(|c| d <= c)
-        && days.len() < PART_DAYS as usize
-    {
-        days.push(d);
-        day = d.checked_add_signed(TimeDelta::days(1));
+    while days.len() < PART_DAYS as usize && ceiling.is_none_or(|c| utc(day) <= c) {
+        days.push(utc(day));
+        day = links.next(day);
     }
     days
 }

@@ -88,7 +88,8 @@ impl Table {
     }
 }
 
-fn utc(d: NaiveDate) -> DateTime<Utc> {
+/// The instant a period starting on `d` starts: its midnight, UTC.
+pub(super) fn utc(d: NaiveDate) -> DateTime<Utc> {
     d.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc()
 }
 
