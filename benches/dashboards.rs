@@ -269,7 +269,13 @@ async fn generate(pool: &PgPool, rows: i64) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `n` links of the active key GKweb3 (caller svc-burst), issued evenly over
+/// Whose the burst's links are (an active key of `generate`'s), for
+/// `lay_burst` and for the filters that cross the burst.
+const BURST_KEY: &str = "GKweb3";
+const BURST_SIGNER: &str = "web";
+const BURST_BUCKET: &str = "bucket-0";
+
+/// `n` links of the active key BURST_KEY (caller svc-burst), issued evenly over
 /// the hour that ended 5 minutes ago with a 5-minute TTL, inserted as IssueLink
 /// records them (the roll-up's trigger counts them), in place of an earlier
 /// run's: the newest links of the registry, all expired, as after a busy hour
@@ -300,7 +306,7 @@ async fn lay_burst(pool: &PgPool, n: i64) -> anyhow::Result<()> {
                             issued_at, expires_at, signature_sha256)
          SELECT (lpad(to_hex((extract(epoch FROM issued_at) * 1000)::bigint), 12, '0')
                  || '7' || substr(h, 1, 3) || '8' || substr(h, 4, 15))::uuid,
-                'GKweb3', 'web', 'svc-burst', 'GET', 'bucket-0',
+                $2, $3, 'svc-burst', 'GET', $4,
                 'svc-burst/' || to_char(issued_at, 'YYYY/MM/DD') || '/obj-' || i || '.bin',
                 issued_at, issued_at + interval '5 minutes', sha256(h::bytea)
          FROM (SELECT i, md5('burst' || i) AS h,
@@ -308,6 +314,9 @@ async fn lay_burst(pool: &PgPool, n: i64) -> anyhow::Result<()> {
                FROM generate_series(1, $1) AS i) gen",
     )
     .bind(n)
+    .bind(BURST_KEY)
+    .bind(BURST_SIGNER)
+    .bind(BURST_BUCKET)
     .execute(pool)
     .await?;
     pool.execute("VACUUM ANALYZE links").await?;
@@ -463,11 +472,11 @@ async fn measure(pool: &PgPool) -> anyhow::Result<()> {
             },
         ),
         // A state with an equality filter: the walk is the equality's index.
-        // After a burst (of GKweb3's, signer web, bucket-0), these cross it.
+        // After a burst (BURST_KEY's), these cross it.
         (
             "key id (the burst's) + state active",
             LinkFilter {
-                key_id: Some("GKweb3".into()),
+                key_id: Some(BURST_KEY.into()),
                 state: Some(LinkState::Active),
                 ..f()
             },
@@ -475,7 +484,7 @@ async fn measure(pool: &PgPool) -> anyhow::Result<()> {
         (
             "signer (the burst's) + state active",
             LinkFilter {
-                signer: Some("web".into()),
+                signer: Some(BURST_SIGNER.into()),
                 state: Some(LinkState::Active),
                 ..f()
             },
@@ -483,7 +492,7 @@ async fn measure(pool: &PgPool) -> anyhow::Result<()> {
         (
             "bucket (the burst's) + state active",
             LinkFilter {
-                bucket: Some("bucket-0".into()),
+                bucket: Some(BURST_BUCKET.into()),
                 state: Some(LinkState::Active),
                 ..f()
             },
@@ -491,7 +500,7 @@ async fn measure(pool: &PgPool) -> anyhow::Result<()> {
         (
             "bucket (the burst's) + expiring in the next hour",
             LinkFilter {
-                bucket: Some("bucket-0".into()),
+                bucket: Some(BURST_BUCKET.into()),
                 expires_after: Some(chrono::Utc::now()),
                 expires_before: Some(chrono::Utc::now() + chrono::Duration::hours(1)),
                 ..f()
