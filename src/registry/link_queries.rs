@@ -10,7 +10,9 @@
 //! top (state, prefix, expiry window) reject most rows. Without an equality
 //! filter the walk's index, `links_by_issued`, ends with expires_at (0020): a
 //! state's or an expiry window's condition on it is tested in the index, and
-//! only the rows that pass it are read. An object key prefix
+//! only the rows that pass it are read. That index is ascending (0021: new
+//! links land on its rightmost leaf, which keeps it dense) and a listing
+//! scans it backwards. An object key prefix
 //! and an expiry window are ranges of their own indexes (0006): when few links
 //! match, the planner fetches them and sorts instead, which is why such a page
 //! is planned for its parameters every time (`list_page`), and a prefix's page

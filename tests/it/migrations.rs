@@ -237,6 +237,32 @@ async fn a_registry_with_data_from_the_first_migration_upgrades_to_the_last_inta
         rows(&pool, AUDIT).await,
     ];
     assert_eq!(before, after, "every row is intact");
+    // 0021: links_by_issued is ascending (listings scan it backwards), on the
+    // parent and on every partition that holds the upgraded links.
+    let definitions: Vec<(String, String)> = sqlx::query_as(
+        "SELECT i.indrelid::regclass::text, pg_get_indexdef(i.indexrelid)
+         FROM pg_index i
+         WHERE i.indexrelid = 'links_by_issued'::regclass
+            OR i.indexrelid IN (SELECT inhrelid FROM pg_inherits
+                                WHERE inhparent = 'links_by_issued'::regclass)
+         ORDER BY 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let partitions: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pg_inherits WHERE inhparent = 'links'::regclass")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(partitions > 1, "the links span several partitions");
+    assert_eq!(definitions.len() as i64, partitions + 1, "{definitions:?}");
+    for (table, definition) in &definitions {
+        assert!(
+            definition.ends_with("USING btree (issued_at, id, expires_at)"),
+            "{table}: {definition}"
+        );
+    }
     // 0012: links recorded before it kept no bound headers (ReissueLinks
     // skips them); revocations before it quarantined nothing.
     let (recorded, quarantined): (i64, i64) = sqlx::query_as(
