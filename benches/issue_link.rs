@@ -6,7 +6,9 @@
 //! The server runs in this process (real Postgres, Garage as the key backend)
 //! against the scratch database `presignd_bench_issue`. Closed loop: C clients
 //! each send requests back to back for D seconds (max throughput). Open loop:
-//! requests sent at half the measured IssueLink throughput (p99 at half load).
+//! requests sent at half the measured IssueLink throughput (p99 at half load),
+//! each request's latency from when it started; how late the client started
+//! them after they were due is printed apart (the client's own lag).
 //!
 //! CPU per committed link, over the closed loop: the server runs on a runtime
 //! of its own whose threads are known (their utime+stime from
@@ -103,6 +105,9 @@ struct Run {
     errors: usize,
     /// Closed loops: when each answered request started, and its latency.
     timeline: Vec<(Instant, Duration)>,
+    /// Open loops: how late each answered request started after it was due
+    /// (the client's own stall: the tick loop's and its tasks' scheduling).
+    lags: Vec<Duration>,
 }
 
 impl Run {
@@ -188,6 +193,7 @@ async fn closed_loop(rpc: Rpc, channels: &[Channel], bucket: &str) -> Run {
         latencies,
         errors,
         timeline,
+        lags: Vec::new(),
     }
 }
 
@@ -206,24 +212,28 @@ async fn open_loop(rpc: Rpc, channels: &[Channel], bucket: &str, rate: f64) -> R
             bucket.to_owned(),
             results.clone(),
         );
+        let due = started + Duration::from_secs_f64(i as f64 / rate);
         tasks.spawn(async move {
             let t = Instant::now();
             let r = call(rpc, ch, &bucket).await;
             let mut g = results.lock().unwrap();
             match r {
-                Ok(()) => g.0.push(t.elapsed()),
+                Ok(()) => g.0.push((t.elapsed(), t.saturating_duration_since(due))),
                 Err(_) => g.1 += 1,
             }
         });
     }
     while tasks.join_next().await.is_some() {}
-    let (mut latencies, errors) = std::mem::take(&mut *results.lock().unwrap());
+    let (answered, errors) = std::mem::take(&mut *results.lock().unwrap());
+    let (mut latencies, mut lags): (Vec<Duration>, Vec<Duration>) = answered.into_iter().unzip();
     latencies.sort();
+    lags.sort();
     Run {
         per_sec: latencies.len() as f64 / started.elapsed().as_secs_f64(),
         latencies,
         errors,
         timeline: Vec::new(),
+        lags,
     }
 }
 
@@ -497,6 +507,17 @@ async fn main() -> anyhow::Result<()> {
         "IssueLink / no-op throughput: {:.2}; links committed in the registry: {links}",
         issue.per_sec / noop.per_sec
     );
+    if !half.lags.is_empty() {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        println!(
+            "open loop: requests started after they were due by p50 {:.2} ms, p99 {:.2} ms, \
+             p99.9 {:.2} ms, at most {:.2} ms (the client's own lag, not in its latencies)",
+            ms(pct(&half.lags, 0.5)),
+            ms(pct(&half.lags, 0.99)),
+            ms(pct(&half.lags, 0.999)),
+            ms(*half.lags.last().unwrap()),
+        );
+    }
     println!(
         "CPU per committed link over the IssueLink closed loop ({} links committed, {} answered OK, {} backends): server {:.1} µs, Postgres {:.1} µs",
         links_after - links_before,
