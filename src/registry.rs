@@ -67,11 +67,29 @@ pub fn session_settings(options: PgConnectOptions) -> PgConnectOptions {
     options.options([("jit", "off")])
 }
 
+/// Runs the migrations not yet applied, on a connection of their own.
+///
+/// sqlx's migrator takes a session advisory lock first and releases it only
+/// at the end of a successful run: a run that fails on the way (a landed
+/// migration changed, a migration's statement refused, a lock timeout)
+/// leaves it held by its session. Back in the pool, that session would
+/// make every later run wait for it for ever, the readiness task's retries
+/// among them (the server unready, its reason never updated). So after a
+/// failure the session is closed, which ends the lock.
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
-    MIGRATOR
-        .run(pool)
+    let mut conn = pool
+        .acquire()
         .await
-        .context("running registry migrations")
+        .context("running registry migrations: connecting")?;
+    // `run_direct` is what `run` calls with the connection it acquired; `run`
+    // itself on a `&mut PgConnection` makes this future not `Send` (sqlx's
+    // "Acquire is not general enough", which `run_direct` exists to avoid).
+    let run = MIGRATOR.run_direct(None, &mut *conn, false).await;
+    if run.is_err() {
+        // Whether the close succeeds or not, the session is not reused.
+        let _ = conn.close().await;
+    }
+    run.context("running registry migrations")
 }
 
 /// One connection of `pool`, for a run of statements that must share a

@@ -509,3 +509,47 @@ async fn an_upgrade_records_each_stopped_keys_window_from_its_links(pool: PgPool
         assert_eq!(listed, expected, "{key}");
     }
 }
+
+/// A migration run that fails after taking sqlx's migration lock (here: a
+/// landed migration's recorded checksum no longer matches) leaves no lock
+/// behind. The server's readiness task retries `registry::migrate` on its
+/// pool: a lock left on a pooled session made every retry wait for ever,
+/// the server unready with a stale reason.
+#[sqlx::test]
+async fn a_failed_migration_run_leaves_no_lock_behind(pool: PgPool) {
+    let recorded: Vec<u8> =
+        sqlx::query_scalar("SELECT checksum FROM _sqlx_migrations WHERE version = 1")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    sqlx::query("UPDATE _sqlx_migrations SET checksum = '\\x00' WHERE version = 1")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let held = "SELECT count(*) FROM pg_locks
+                WHERE locktype = 'advisory' AND granted
+                  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())";
+    for attempt in 1..=3 {
+        let run = tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            presignd::registry::migrate(&pool),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("attempt {attempt} waited 20 s for the migration lock"));
+        let error = format!("{:#}", run.expect_err("a changed migration is refused"));
+        assert!(
+            error.contains("migration 1 was previously applied but has been modified"),
+            "attempt {attempt}: {error}"
+        );
+        let locks: i64 = sqlx::query_scalar(held).fetch_one(&pool).await.unwrap();
+        assert_eq!(locks, 0, "attempt {attempt} left an advisory lock held");
+    }
+    sqlx::query("UPDATE _sqlx_migrations SET checksum = $1 WHERE version = 1")
+        .bind(recorded)
+        .execute(&pool)
+        .await
+        .unwrap();
+    presignd::registry::migrate(&pool)
+        .await
+        .expect("with the checksum restored, the run succeeds");
+}
