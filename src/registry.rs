@@ -77,10 +77,7 @@ pub fn session_settings(options: PgConnectOptions) -> PgConnectOptions {
 /// among them (the server unready, its reason never updated). So after a
 /// failure the session is closed, which ends the lock.
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
-    let mut conn = pool
-        .acquire()
-        .await
-        .context("running registry migrations: connecting")?;
+    let mut conn = acquire(pool).await.context("running registry migrations")?;
     // `run_direct` is what `run` calls with the connection it acquired; `run`
     // itself on a `&mut PgConnection` makes this future not `Send` (sqlx's
     // "Acquire is not general enough", which `run_direct` exists to avoid).
