@@ -75,7 +75,7 @@ pub fn session_settings(options: PgConnectOptions) -> PgConnectOptions {
 /// leaves it held by its session. Back in the pool, that session would
 /// make every later run wait for it for ever, the readiness task's retries
 /// among them (the server unready, its reason never updated). So after a
-/// failure the session is closed, which ends the lock.
+/// failure the session's advisory locks are released and it is closed.
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     let mut conn = acquire(pool).await.context("running registry migrations")?;
     // `run_direct` is what `run` calls with the connection it acquired; `run`
@@ -83,7 +83,12 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     // "Acquire is not general enough", which `run_direct` exists to avoid).
     let run = MIGRATOR.run_direct(None, &mut *conn, false).await;
     if run.is_err() {
-        // Whether the close succeeds or not, the session is not reused.
+        // The unlock is done when its answer comes; a closed session's locks
+        // end only once its backend has exited, a moment after. Whether
+        // either succeeds or not, the session is not reused.
+        let _ = sqlx::query("SELECT pg_advisory_unlock_all()")
+            .execute(&mut *conn)
+            .await;
         let _ = conn.close().await;
     }
     run.context("running registry migrations")
