@@ -11,7 +11,9 @@
 //! links of an active key issued with a 5-minute TTL over the hour that ended
 //! 5 minutes ago, in place of an earlier run's: all expired, the newest of the
 //! registry, a part expiring in the current hour (a busy hour of short-lived
-//! links gone quiet). PRESIGND_BENCH_DROP=1 drops the database at the end.
+//! links gone quiet). PRESIGND_BENCH_KEEP_BURST=1 keeps the registry's burst
+//! and its statistics as they are (builds compared side by side on the same
+//! plans' inputs). PRESIGND_BENCH_DROP=1 drops the database at the end.
 //! Not a test: without `--bench` (as under `cargo test` or nextest) it does nothing.
 
 use presignd::domain::LinkState;
@@ -58,7 +60,9 @@ async fn main() -> anyhow::Result<()> {
     } else {
         generate(&pool, rows).await?;
     }
-    lay_burst(&pool, burst).await?;
+    if std::env::var_os("PRESIGND_BENCH_KEEP_BURST").is_none() {
+        lay_burst(&pool, burst).await?;
+    }
     let t = Instant::now();
     let folded = link_summary::fold(&pool).await?;
     let cells: i64 = sqlx::query_scalar("SELECT count(*) FROM link_rollup")
