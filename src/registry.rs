@@ -40,7 +40,23 @@ pub fn lazy_pool(
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(acquire_timeout)
-        .connect_lazy_with(session_settings(options))
+        .connect_lazy_with(session_settings(named(options, SESSIONS)))
+}
+
+/// What presignd's sessions are called in `pg_stat_activity`
+/// (application_name), unless the database URL names them: the read RPCs'
+/// pool `READ_SESSIONS`, every other pool `SESSIONS`. An operator sees at a
+/// glance which pool holds which connections.
+pub const SESSIONS: &str = "presignd";
+pub const READ_SESSIONS: &str = "presignd-read";
+
+/// `options` with application_name `name`, unless it names one already.
+fn named(options: PgConnectOptions, name: &str) -> PgConnectOptions {
+    if options.get_application_name().is_some() {
+        options
+    } else {
+        options.application_name(name)
+    }
 }
 
 /// The read RPCs' pool: a few connections of their own, each statement
@@ -56,7 +72,10 @@ pub fn read_pool(
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(acquire_timeout)
-        .connect_lazy_with(session_settings(options).options([("statement_timeout", timeout)]))
+        .connect_lazy_with(
+            session_settings(named(options, READ_SESSIONS))
+                .options([("statement_timeout", timeout)]),
+        )
 }
 
 /// The settings presignd's sessions run with. JIT off: every statement here

@@ -15,10 +15,10 @@ use tonic::Code;
 async fn issue_link_keeps_working_while_another_caller_floods_summaries(pool: PgPool) {
     // IssueLink's pool is small (6 connections, one of which LISTENs for key
     // changes); the acquire timeout leaves room for a machine busy with other
-    // tests. What keeps the flood off it here is the read quota: with the
-    // summaries moved onto IssueLink's pool by hand, this test still passed
-    // (10 summaries a second do not fill 6 connections). Which pool each read
-    // RPC uses is the replica tests' (tests/it/replica.rs).
+    // tests. The read quota keeps the flood small (10 summaries a second do
+    // not fill 6 connections: with the summaries moved onto IssueLink's pool
+    // by hand, IssueLink still answered), so which pool ran them is checked
+    // by their sessions' names.
     let config = test_config(&[
         "--db-max-connections=6",
         "--db-acquire-timeout-secs=3",
@@ -76,6 +76,10 @@ async fn issue_link_keeps_working_while_another_caller_floods_summaries(pool: Pg
     };
     let bucket = app.bucket.clone();
     let mut failures = Vec::new();
+    // Which of the server's pools ran the summaries, by their sessions' names
+    // (application_name; the test's own sessions have none).
+    let mut summary_sessions = BTreeMap::<String, i64>::new();
+    let mut read_sessions_at_most = 0;
     for i in 0..60 {
         let key = format!("during-flood/{i}");
         if let Err(st) = app
@@ -84,6 +88,29 @@ async fn issue_link_keeps_working_while_another_caller_floods_summaries(pool: Pg
         {
             failures.push(format!("{i}: {:?} {}", st.code(), st.message()));
         }
+        // The summary's statement, matched without this query's own text
+        // matching it (chr(34) is '"').
+        let ran_summary: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT application_name, count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND pid <> pg_backend_pid()
+               AND query LIKE '%AS ' || chr(34) || 'group' || chr(34) || '%'
+             GROUP BY 1",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        for (name, n) in ran_summary {
+            *summary_sessions.entry(name).or_default() += n;
+        }
+        let read_sessions: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND application_name = $1",
+        )
+        .bind(presignd::registry::READ_SESSIONS)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        read_sessions_at_most = read_sessions_at_most.max(read_sessions);
     }
     stop.store(true, Ordering::Relaxed);
     // Joined off the runtime: the flood's last requests need the server,
@@ -94,6 +121,15 @@ async fn issue_link_keeps_working_while_another_caller_floods_summaries(pool: Pg
     assert!(
         failures.is_empty(),
         "IssueLink failed during the flood: {failures:?}"
+    );
+    assert_eq!(
+        summary_sessions.keys().collect::<Vec<_>>(),
+        [presignd::registry::READ_SESSIONS],
+        "the summaries ran on the read RPCs' pool only (sessions seen: {summary_sessions:?})"
+    );
+    assert!(
+        read_sessions_at_most <= 1,
+        "the read pool stayed within --read-db-max-connections=1: {read_sessions_at_most} sessions"
     );
     assert!(
         codes.get("Ok").is_some_and(|n| *n > 0),
