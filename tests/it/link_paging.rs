@@ -646,3 +646,187 @@ async fn a_key_stopped_while_its_links_are_inserted_keeps_an_exact_window(pool: 
         assert_eq!(listed, expected, "{key}");
     }
 }
+
+/// A prefix's pages where a partition's newest links do not hold it, the
+/// shape in which each part of a slice (`link_queries::read_slice`) is
+/// planned on its own partition's statistics, walking or fetching and
+/// sorting: a burst of other links issued in the last hour over matches
+/// issued before it, in the same partitions; a prefix sprinkled through the
+/// burst, one dense in it, one among the burst's newest links only; each
+/// with a state too (the key's join in each part). Paging in pages of 7, 60
+/// and 700, and one page of 7 and of 60 from cursors all along, yields
+/// exactly what one scan of the table yields, in order.
+#[sqlx::test]
+async fn a_prefix_under_a_burst_of_other_links_pages_like_one_scan(pool: PgPool) {
+    use chrono::{Duration, DurationRound, Utc};
+    use presignd::domain::LinkState as State;
+    use presignd::paging::Cursor;
+    use presignd::registry::link_queries::{self, LinkFilter as Filter};
+    use presignd::registry::links::STATE_SQL;
+    use presignd::registry::partitions::{self, Table};
+
+    let now = Utc::now().duration_trunc(Duration::seconds(1)).unwrap();
+    let mut conn = pool.acquire().await.unwrap();
+    for name in partitions::list(&mut conn, Table::Links).await.unwrap() {
+        if name.starts_with("links_before_") {
+            sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE {name}")))
+                .execute(&mut *conn)
+                .await
+                .unwrap();
+        }
+    }
+    // Daily partitions from 3 days ago (migrations made the days ahead).
+    for n in -3..=0 {
+        let day = (now + Duration::days(n)).date_naive();
+        assert!(
+            partitions::create(&mut conn, Table::Links, day, 5_000)
+                .await
+                .unwrap()
+        );
+    }
+    drop(conn);
+    sqlx::raw_sql(
+        "INSERT INTO signers (name, backend) VALUES ('s', 'garage');
+         INSERT INTO signing_keys (key_id, signer, state, sealed_secret) VALUES
+             ('GKold', 's', 'pending', '\\x00'), ('GKlive', 's', 'pending', '\\x00');",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    // 12,000 links in the last hour, one every 0.3 s, expiring tomorrow or
+    // (one in four) the day after: 'burst/…', but every 150th 'sprinkled/…'
+    // (~7 among the 1,000 a part walks first, fewer than a page of 60),
+    // every 7th 'dense/…', and every 50th of the newest 1,000 'mixed/…' (a
+    // share that promises a page, then none). Under them, 600 links issued
+    // 1 to 21 hours ago, expiring in the same two partitions: 'under/…', one
+    // in three 'mixed/…'. One in four of those by a key since retired, one in
+    // five already expired.
+    sqlx::query(
+        "INSERT INTO links (id, key_id, signer, caller, method, bucket, object_key,
+                            issued_at, expires_at, signature_sha256)
+         SELECT gen_random_uuid(), CASE WHEN i % 4 = 0 AND i >= 12000 THEN 'GKold' ELSE 'GKlive' END,
+                's', 'svc', 'GET', 'b',
+                CASE WHEN i >= 12000 AND i % 3 = 0 THEN 'mixed/' || i
+                     WHEN i >= 12000 THEN 'under/' || i
+                     WHEN i < 1000 AND i % 50 = 0 THEN 'mixed/' || i
+                     WHEN i % 150 = 0 THEN 'sprinkled/' || i
+                     WHEN i % 7 = 0 THEN 'dense/' || i
+                     ELSE 'burst/' || i END,
+                at, CASE WHEN i % 5 = 0 AND i >= 12000 THEN at + interval '1 minute'
+                         WHEN i >= 12000 THEN $1 + (1 + i % 2) * interval '1 day'
+                         WHEN i % 4 = 0 THEN $1 + interval '2 days 1 hour'
+                         ELSE $1 + interval '1 day 1 hour' END,
+                sha256(i::text::bytea)
+         FROM (SELECT i, CASE WHEN i < 12000 THEN $1 - i * interval '300 milliseconds'
+                              ELSE $1 - interval '1 hour' - (i - 12000) * interval '2 minutes' END AS at
+               FROM generate_series(0, 12599) i) g",
+    )
+    .bind(now)
+    .execute(&pool)
+    .await
+    .unwrap();
+    {
+        use presignd::registry::keys;
+        let mut tx = pool.begin().await.unwrap();
+        for (key, retire) in [("GKold", true), ("GKlive", false)] {
+            assert!(keys::activate(&mut *tx, key).await.unwrap());
+            if retire {
+                presignd::keys::lock_for_state_change(&mut tx, key)
+                    .await
+                    .unwrap();
+                assert!(keys::retire(&mut tx, key).await.unwrap());
+            }
+        }
+        tx.commit().await.unwrap();
+    }
+    sqlx::query("ANALYZE links").execute(&pool).await.unwrap();
+
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        id: uuid::Uuid,
+        object_key: String,
+        issued_at: chrono::DateTime<Utc>,
+        state: State,
+    }
+    let all: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT l.id, l.object_key, l.issued_at, {STATE_SQL} AS state
+         FROM links l JOIN signing_keys k ON k.key_id = l.key_id
+         ORDER BY l.issued_at DESC, l.id DESC"
+    )))
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(all.len(), 12_600);
+    let mut cases = Vec::new();
+    for (prefix, states) in [
+        (
+            "under/",
+            &[None, Some(State::Active), Some(State::Expired)][..],
+        ),
+        ("sprinkled/", &[None, Some(State::Active)]),
+        ("dense/", &[None, Some(State::Active)]),
+        ("mixed/", &[None, Some(State::Active)]),
+    ] {
+        for &state in states {
+            let filter = Filter {
+                object_key_prefix: Some(prefix.into()),
+                state,
+                ..Filter::default()
+            };
+            let expected: Vec<&Row> = all
+                .iter()
+                .filter(|r| r.object_key.starts_with(prefix) && state.is_none_or(|s| r.state == s))
+                .collect();
+            cases.push((filter, expected));
+        }
+    }
+    // Enough of each to page through.
+    for (filter, expected) in &cases {
+        assert!(expected.len() > 40, "{filter:?}: {} links", expected.len());
+    }
+    let cursors: Vec<Cursor> = all
+        .iter()
+        .step_by(131)
+        .map(|r| Cursor {
+            at: r.issued_at,
+            id: r.id,
+        })
+        .collect();
+    for (filter, expected) in &cases {
+        let expected: Vec<uuid::Uuid> = expected.iter().map(|r| r.id).collect();
+        for size in [7, 60, 700] {
+            let mut listed = Vec::new();
+            let mut after: Option<Cursor> = None;
+            loop {
+                let page = link_queries::list_page(&pool, filter, after, size)
+                    .await
+                    .unwrap();
+                listed.extend(page.iter().map(|l| l.id));
+                match page.last() {
+                    Some(last) if page.len() as i64 == size => after = Some(last.into()),
+                    _ => break,
+                }
+            }
+            assert_eq!(listed, expected, "{filter:?}, pages of {size}");
+        }
+        for cursor in &cursors {
+            for size in [7, 60] {
+                let wanted: Vec<uuid::Uuid> = all
+                    .iter()
+                    .filter(|r| (r.issued_at, r.id) < (cursor.at, cursor.id))
+                    .filter(|r| expected.contains(&r.id))
+                    .take(size)
+                    .map(|r| r.id)
+                    .collect();
+                let page = link_queries::list_page(&pool, filter, Some(*cursor), size as i64)
+                    .await
+                    .unwrap();
+                let listed: Vec<uuid::Uuid> = page.iter().map(|l| l.id).collect();
+                assert_eq!(
+                    listed, wanted,
+                    "{filter:?}, a page of {size} after {cursor:?}"
+                );
+            }
+        }
+    }
+}
