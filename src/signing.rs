@@ -5,17 +5,17 @@
 //! policy signed with the same cached day key). A pure adapter: which key signs, and when, is the key
 //! lifecycle's (`crate::keys`). `multipart`: the multipart calls presignd
 //! makes itself (Create, Complete, Abort), signed the same way and sent with
-//! reqwest.
+//! reqwest. `signed`: what they all return (a `Presigned` request, a
+//! `SignError`).
 
 mod form;
 mod multipart;
 mod presign;
+mod signed;
 mod sigv4;
 
 pub use form::{SIGNATURE_FIELD, SignedForm};
 pub use multipart::{CompletedPart, Store, StoreError, xml_field};
-pub use presign::{
-    Presigned, S3Target, SESSION_KEY_REFUSED, SignError, SigningKey, is_session_key_id,
-    signature_of,
-};
+pub use presign::{S3Target, SESSION_KEY_REFUSED, SigningKey, is_session_key_id, signature_of};
+pub use signed::{Presigned, SignError};
 pub use sigv4::Multipart;

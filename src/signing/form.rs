@@ -3,7 +3,8 @@
 //! browser posts the returned fields and the file, multipart/form-data, to the
 //! bucket's URL; the store checks the signature, the expiry and each condition.
 
-use super::presign::{SignError, SigningKey};
+use super::presign::SigningKey;
+use super::signed::SignError;
 use super::sigv4;
 use crate::domain::{FormSpec, KeyCondition, TypeCondition};
 use base64::Engine;

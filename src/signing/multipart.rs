@@ -6,7 +6,8 @@
 //! upload id or the error's `<Code>`. No URL is logged: errors name the
 //! operation, the status and the store's code and message only.
 
-use super::presign::{SignError, SigningKey};
+use super::presign::SigningKey;
+use super::signed::SignError;
 use super::sigv4::Multipart;
 use std::time::SystemTime;
 

@@ -1,10 +1,10 @@
 //! One access key, ready to presign. The secret lives only inside the
 //! `QuerySigner` (whose key is never printed).
 
+use super::signed::{Presigned, SignError};
 use super::sigv4::{self, Endpoint, Multipart, QuerySigner, Request};
 use crate::domain::{LinkSpec, Method};
 use crate::secret::SecretString;
-use std::ops::Range;
 use std::time::SystemTime;
 
 /// Where links point: an S3 endpoint, the region links are signed for unless
@@ -14,45 +14,6 @@ pub struct S3Target {
     pub endpoint: String,
     pub region: String,
     pub path_style: bool,
-}
-
-/// A presigned request. `url` is a bearer credential: it is returned to the
-/// caller and dropped, never stored nor logged.
-pub struct Presigned {
-    pub url: String,
-    pub headers: Vec<(String, String)>,
-    signature: Range<usize>,
-}
-
-impl std::fmt::Debug for Presigned {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Presigned(<redacted>)")
-    }
-}
-
-impl Presigned {
-    pub(super) fn new(
-        url: String,
-        headers: Vec<(String, String)>,
-        signature: Range<usize>,
-    ) -> Self {
-        Self {
-            url,
-            headers,
-            signature,
-        }
-    }
-
-    /// The hex `X-Amz-Signature` of the URL.
-    pub fn signature(&self) -> &str {
-        &self.url[self.signature.clone()]
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum SignError {
-    #[error("presigning failed: {0}")]
-    Presign(String),
 }
 
 /// The `X-Amz-Signature` query parameter of a presigned URL.

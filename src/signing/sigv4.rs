@@ -21,7 +21,7 @@
 //!   `uploads` without a value, signed as `uploads=`), with its own HTTP
 //!   method (POST, PUT, DELETE) and no bound header but `host`.
 
-use super::presign::{Presigned, SignError};
+use super::signed::{Presigned, SignError};
 use crate::domain::Method;
 use crate::secret::SecretString;
 use arc_swap::ArcSwap;
