@@ -568,7 +568,25 @@ async fn a_key_stopped_while_its_links_are_inserted_keeps_an_exact_window(pool: 
                 })
             })
             .collect();
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        // Stop it once the writers are under way: a batch of theirs
+        // committed (a fixed sleep was not always enough on a loaded
+        // machine: CI once saw none within 300 ms).
+        let started = std::time::Instant::now();
+        loop {
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM links WHERE key_id = $1")
+                .bind(key)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            if n > 0 {
+                break;
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(60),
+                "{key}: the writers inserted nothing in 60 s"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
         let mut tx = pool.begin().await.unwrap();
         presignd::keys::lock_for_state_change(&mut tx, key)
             .await
