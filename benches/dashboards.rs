@@ -583,9 +583,16 @@ async fn measure(pool: &PgPool) -> anyhow::Result<()> {
             object_key_prefix: Some("svc-02/".into()),
             ..f()
         };
+        // An expiry window: a range no roll-up cell answers either.
+        let next_hour = LinkFilter {
+            expires_after: Some(chrono::Utc::now()),
+            expires_before: Some(chrono::Utc::now() + chrono::Duration::hours(1)),
+            ..f()
+        };
         for (label, filter) in [
             ("by signer, scan", f()),
             ("by signer, key prefix (scan)", prefix),
+            ("by signer, expiring in the next hour (scan)", next_hour),
         ] {
             let (median, max, groups) = time(5, || {
                 link_summary::summarize_scan(pool, &filter, GroupBy::Signer)

@@ -12,11 +12,12 @@
 //! state's or an expiry window's condition on it is tested in the index, and
 //! only the rows that pass it are read. That index is ascending (0021: new
 //! links land on its rightmost leaf, which keeps it dense) and a listing
-//! scans it backwards. An object key prefix
-//! and an expiry window are ranges of their own indexes (0006): when few links
-//! match, the planner fetches them and sorts instead, which is why such a page
-//! is planned for its parameters every time (`list_page`), and a prefix's page
-//! per day of expiry (`read_slice`).
+//! scans it backwards. An object key prefix is a range of its own index
+//! (0006): when few links match, the planner fetches them and sorts instead,
+//! which is why such a page is planned for its parameters every time
+//! (`list_page`), and a prefix's page per day of expiry (`read_slice`). An
+//! expiry window prunes the partitions (the table is partitioned by
+//! expires_at) and is tested in `links_by_issued`; its own index went (0022).
 
 use super::error::{During, Error};
 use super::links::{LinkRow, select_sql};

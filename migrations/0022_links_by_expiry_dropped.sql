@@ -1,0 +1,13 @@
+-- `links_by_expiry` (expires_at) goes (issue 12: every link inserted an
+-- entry into it, one of the indexes each insert maintains). It served one
+-- thing: an expiry window's links (ListLinks' and SummarizeLinks'
+-- `expires_after` / `expires_before`) fetched by range. Since 0020 the walk's
+-- index `links_by_issued` ends with expires_at, so a listing tests the window
+-- inside the index and reads only the links in it; the window prunes the
+-- partitions to its days of expiry (the table is partitioned by expires_at,
+-- 0010), and the implied bound on issued_at (a link lives at most 7 days)
+-- bounds the walk. What each of those reads costs without it is measured in
+-- docs/BENCHMARKS.md. Every reader that starts with a key keeps
+-- `links_by_key_expiry` (key_id, expires_at).
+-- Dropping an index is a catalog change: no rewrite, an instant's lock.
+DROP INDEX links_by_expiry;
