@@ -75,30 +75,10 @@ async fn paging_across_partitions_yields_exactly_what_one_scan_does(pool: PgPool
     use presignd::paging::Cursor;
     use presignd::registry::link_queries::{self, LinkFilter as Filter};
     use presignd::registry::links::STATE_SQL;
-    use presignd::registry::partitions::{self, Table};
 
     let now = Utc::now().duration_trunc(Duration::seconds(1)).unwrap();
-    // Daily partitions back to 32 days ago instead of the table as it was
-    // before the upgrade (MINVALUE to tomorrow), as a registry that has run
-    // for a month has.
-    let mut conn = pool.acquire().await.unwrap();
-    for name in partitions::list(&mut conn, Table::Links).await.unwrap() {
-        if name.starts_with("links_before_") {
-            sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE {name}")))
-                .execute(&mut *conn)
-                .await
-                .unwrap();
-        }
-    }
-    for n in -32..=0 {
-        let day = (now + Duration::days(n)).date_naive();
-        assert!(
-            partitions::create(&mut conn, Table::Links, day, 5_000)
-                .await
-                .unwrap()
-        );
-    }
-    drop(conn);
+    // As a registry that has run for a month has.
+    daily_partitions_since(&pool, now, 32).await;
     sqlx::raw_sql(
         "INSERT INTO signers (name, backend) VALUES ('s', 'garage'), ('t', 'garage'), ('u', 'garage');
          INSERT INTO signing_keys (key_id, signer, state, sealed_secret) VALUES
@@ -426,18 +406,7 @@ async fn paging_across_partitions_yields_exactly_what_one_scan_does(pool: PgPool
                 assert!(expected.len() > 14, "{name}: too few links to page");
             }
             for size in [7, 60] {
-                let mut listed = Vec::new();
-                let mut after: Option<Cursor> = None;
-                loop {
-                    let page = link_queries::list_page(&pool, filter, after, size)
-                        .await
-                        .unwrap();
-                    listed.extend(page.iter().map(|l| l.id));
-                    match page.last() {
-                        Some(last) if page.len() as i64 == size => after = Some(last.into()),
-                        _ => break,
-                    }
-                }
+                let listed = page_through(&pool, filter, size).await;
                 assert_eq!(listed, expected, "{name}, pages of {size}, {pass}");
             }
             // One page from each cursor: every 23rd link's, and each
@@ -484,18 +453,7 @@ async fn paging_across_partitions_yields_exactly_what_one_scan_does(pool: PgPool
             key_id: Some("GKdead".into()),
             ..f()
         }] {
-            let mut listed = Vec::new();
-            let mut after: Option<Cursor> = None;
-            loop {
-                let page = link_queries::list_page(&pool, &filter, after, 60)
-                    .await
-                    .unwrap();
-                listed.extend(page.iter().map(|l| l.id));
-                match page.last() {
-                    Some(last) if page.len() == 60 => after = Some(last.into()),
-                    _ => break,
-                }
-            }
+            let listed = page_through(&pool, &filter, 60).await;
             let missing: Vec<&Row> = all
                 .iter()
                 .filter(|r| r.key_id == "GKdead" && !listed.contains(&r.id))
@@ -519,7 +477,7 @@ async fn paging_across_partitions_yields_exactly_what_one_scan_does(pool: PgPool
 #[sqlx::test]
 async fn a_key_stopped_while_its_links_are_inserted_keeps_an_exact_window(pool: PgPool) {
     use chrono::{Duration, DurationRound, Utc};
-    use presignd::registry::link_queries::{self, LinkFilter as Filter};
+    use presignd::registry::link_queries::LinkFilter as Filter;
     use presignd::registry::links::{self, NewLink};
 
     sqlx::raw_sql(
@@ -649,18 +607,7 @@ async fn a_key_stopped_while_its_links_are_inserted_keeps_an_exact_window(pool: 
             key_id: Some(key.into()),
             ..Filter::default()
         };
-        let mut listed = Vec::new();
-        let mut after = None;
-        loop {
-            let page = link_queries::list_page(&pool, &filter, after, 7)
-                .await
-                .unwrap();
-            listed.extend(page.iter().map(|l| l.id));
-            match page.last() {
-                Some(last) if page.len() == 7 => after = Some(last.into()),
-                _ => break,
-            }
-        }
+        let listed = page_through(&pool, &filter, 7).await;
         assert_eq!(listed, expected, "{key}");
     }
 }
@@ -681,28 +628,9 @@ async fn a_prefix_under_a_burst_of_other_links_pages_like_one_scan(pool: PgPool)
     use presignd::paging::Cursor;
     use presignd::registry::link_queries::{self, LinkFilter as Filter};
     use presignd::registry::links::STATE_SQL;
-    use presignd::registry::partitions::{self, Table};
 
     let now = Utc::now().duration_trunc(Duration::seconds(1)).unwrap();
-    let mut conn = pool.acquire().await.unwrap();
-    for name in partitions::list(&mut conn, Table::Links).await.unwrap() {
-        if name.starts_with("links_before_") {
-            sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE {name}")))
-                .execute(&mut *conn)
-                .await
-                .unwrap();
-        }
-    }
-    // Daily partitions from 3 days ago (migrations made the days ahead).
-    for n in -3..=0 {
-        let day = (now + Duration::days(n)).date_naive();
-        assert!(
-            partitions::create(&mut conn, Table::Links, day, 5_000)
-                .await
-                .unwrap()
-        );
-    }
-    drop(conn);
+    daily_partitions_since(&pool, now, 3).await;
     sqlx::raw_sql(
         "INSERT INTO signers (name, backend) VALUES ('s', 'garage');
          INSERT INTO signing_keys (key_id, signer, state, sealed_secret) VALUES
@@ -813,18 +741,7 @@ async fn a_prefix_under_a_burst_of_other_links_pages_like_one_scan(pool: PgPool)
     for (filter, expected) in &cases {
         let expected: Vec<uuid::Uuid> = expected.iter().map(|r| r.id).collect();
         for size in [7, 60, 700] {
-            let mut listed = Vec::new();
-            let mut after: Option<Cursor> = None;
-            loop {
-                let page = link_queries::list_page(&pool, filter, after, size)
-                    .await
-                    .unwrap();
-                listed.extend(page.iter().map(|l| l.id));
-                match page.last() {
-                    Some(last) if page.len() as i64 == size => after = Some(last.into()),
-                    _ => break,
-                }
-            }
+            let listed = page_through(&pool, filter, size).await;
             assert_eq!(listed, expected, "{filter:?}, pages of {size}");
         }
         for cursor in &cursors {
@@ -847,4 +764,50 @@ async fn a_prefix_under_a_burst_of_other_links_pages_like_one_scan(pool: PgPool)
             }
         }
     }
+}
+
+/// Daily partitions of `links` from `days` days before `now` on, instead of
+/// the table as it was before the upgrade (MINVALUE to tomorrow); the
+/// migrations made the days ahead.
+async fn daily_partitions_since(pool: &PgPool, now: chrono::DateTime<chrono::Utc>, days: i64) {
+    use presignd::registry::partitions::{self, Table};
+    let mut conn = pool.acquire().await.unwrap();
+    for name in partitions::list(&mut conn, Table::Links).await.unwrap() {
+        if name.starts_with("links_before_") {
+            sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE {name}")))
+                .execute(&mut *conn)
+                .await
+                .unwrap();
+        }
+    }
+    for n in -days..=0 {
+        let day = (now + chrono::Duration::days(n)).date_naive();
+        assert!(
+            partitions::create(&mut conn, Table::Links, day, 5_000)
+                .await
+                .unwrap()
+        );
+    }
+}
+
+/// Every link of `filter`, paged through in pages of `size`.
+async fn page_through(
+    pool: &PgPool,
+    filter: &presignd::registry::link_queries::LinkFilter,
+    size: i64,
+) -> Vec<uuid::Uuid> {
+    use presignd::paging::Cursor;
+    let mut listed = Vec::new();
+    let mut after: Option<Cursor> = None;
+    loop {
+        let page = presignd::registry::link_queries::list_page(pool, filter, after, size)
+            .await
+            .unwrap();
+        listed.extend(page.iter().map(|l| l.id));
+        match page.last() {
+            Some(last) if page.len() as i64 == size => after = Some(last.into()),
+            _ => break,
+        }
+    }
+    listed
 }
