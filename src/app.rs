@@ -111,7 +111,12 @@ impl App {
             None => read_pool.clone(),
         };
         let retention = config.retention()?;
-        let pool = registry::lazy_pool(db, config.db_max_connections, config.db_acquire_timeout());
+        let pool = registry::lazy_pool(
+            db,
+            config.db_max_connections,
+            config.db_min_connections()?,
+            config.db_acquire_timeout(),
+        );
         let audit = Auditor::new(
             pool.clone(),
             config.audit_denials_per_sec,
@@ -237,6 +242,7 @@ impl App {
                 readiness: readiness.clone(),
                 policy: self.policy.clone(),
                 buckets: self.config.buckets.clone(),
+                warm_connections: self.pool.options().get_min_connections(),
             }
             .run(),
         );

@@ -90,6 +90,15 @@ pub struct Config {
     #[arg(long, env = "PRESIGND_DB_MAX_CONNECTIONS", default_value_t = 16)]
     pub db_max_connections: u32,
 
+    /// Registry connections opened before the server reports SERVING and kept
+    /// open (a broken one is replaced): a burst on a server that just started
+    /// finds them ready instead of waiting for connections to open, which on
+    /// a loaded host can take longer than --db-acquire-timeout-secs. Default:
+    /// --db-max-connections (a pool of fixed size); lower it where
+    /// PostgreSQL's max_connections is scarce.
+    #[arg(long, env = "PRESIGND_DB_MIN_CONNECTIONS")]
+    pub db_min_connections: Option<u32>,
+
     /// Registry connections of the read RPCs (GetLink, ListLinks, SummarizeLinks,
     /// LookupLink, KeyService's listings): a pool of their own, so they never
     /// take IssueLink's.
@@ -453,6 +462,19 @@ impl Config {
         )
     }
 
+    /// `--db-min-connections`, `--db-max-connections` when unset; more than
+    /// the pool may hold is refused.
+    pub fn db_min_connections(&self) -> anyhow::Result<u32> {
+        let max = self.db_max_connections;
+        match self.db_min_connections {
+            None => Ok(max),
+            Some(min) if min <= max => Ok(min),
+            Some(min) => bail!(
+                "--db-min-connections (PRESIGND_DB_MIN_CONNECTIONS) is {min}, more than --db-max-connections (PRESIGND_DB_MAX_CONNECTIONS) {max}: lower it, or raise the maximum"
+            ),
+        }
+    }
+
     pub fn db_acquire_timeout(&self) -> Duration {
         Duration::from_secs(self.db_acquire_timeout_secs.max(1))
     }
@@ -682,6 +704,25 @@ mod tests {
         let m = matches(&["t", "--config", path.to_str().unwrap()]);
         let e = Config::from_matches(&m).unwrap_err().to_string();
         assert!(e.contains("s3_regoin"), "{e}");
+    }
+
+    #[test]
+    fn the_minimum_connections_default_to_the_maximum_and_never_pass_it() {
+        let c = Config::from_matches(&matches(&["t", "--db-max-connections=7"])).unwrap();
+        assert_eq!(c.db_min_connections().unwrap(), 7, "a pool of fixed size");
+        let c = Config::from_matches(&matches(&["t", "--db-min-connections=3"])).unwrap();
+        assert_eq!(c.db_min_connections().unwrap(), 3);
+        let c = Config::from_matches(&matches(&[
+            "t",
+            "--db-min-connections=9",
+            "--db-max-connections=8",
+        ]))
+        .unwrap();
+        let e = format!("{:#}", c.db_min_connections().unwrap_err());
+        assert!(
+            e.contains("--db-min-connections") && e.contains("9") && e.contains("8"),
+            "{e}"
+        );
     }
 
     #[test]

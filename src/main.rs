@@ -69,7 +69,7 @@ async fn main() -> anyhow::Result<()> {
         Some(("migrate", _)) => {
             let config = config.expect("parsed above");
             let options = config.database_options()?;
-            let pool = registry::lazy_pool(options, 2, config.db_acquire_timeout());
+            let pool = registry::lazy_pool(options, 2, 0, config.db_acquire_timeout());
             registry::migrate(&pool).await?;
             let report = lifecycle::prepare(&pool, chrono::Utc::now()).await?;
             println!(
@@ -90,7 +90,7 @@ async fn main() -> anyhow::Result<()> {
             );
             let new = seal::MasterKey::parse(text.expose()).context("--new-master-key-file")?;
             let options = config.database_options()?;
-            let pool = registry::lazy_pool(options, 2, config.db_acquire_timeout());
+            let pool = registry::lazy_pool(options, 2, 0, config.db_acquire_timeout());
             let n = reseal::reseal(&pool, &old, &new).await?;
             println!("resealed {n} secret(s); restart every replica with the new master key");
             Ok(())

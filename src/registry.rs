@@ -32,13 +32,17 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// A pool that connects lazily: the service starts (NOT_SERVING) even while
 /// Postgres is down, and a request fails fast with UNAVAILABLE instead of hanging.
+/// Once `min_connections` are open (`warm`), the pool keeps that many: one
+/// closed (broken, or past its lifetime) is replaced.
 pub fn lazy_pool(
     options: PgConnectOptions,
     max_connections: u32,
+    min_connections: u32,
     acquire_timeout: Duration,
 ) -> PgPool {
     PgPoolOptions::new()
         .max_connections(max_connections)
+        .min_connections(min_connections)
         .acquire_timeout(acquire_timeout)
         .connect_lazy_with(session_settings(named(options, SESSIONS)))
 }
@@ -117,6 +121,27 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
 /// session (a session lock).
 pub async fn acquire(pool: &PgPool) -> Result<sqlx::pool::PoolConnection<sqlx::Postgres>, Error> {
     pool.acquire().await.during("acquire")
+}
+
+/// Opens `connections` of `pool` before any request needs them, and hands
+/// them back idle. One at a time: connections opened together share the
+/// CPU, and on a loaded host each then took longer than the acquire timeout
+/// (the pool gives up on it, and no connection ever opens); alone, each
+/// opens in its own time. An acquisition that times out is tried again
+/// until `within` has passed. All are held until the last is open, so each
+/// is a connection of its own. The first error, if any; `pool.size()` says
+/// how many are open.
+pub async fn warm(pool: &PgPool, connections: u32, within: Duration) -> Result<(), Error> {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut held = Vec::with_capacity(connections as usize);
+    while held.len() < connections as usize {
+        match pool.acquire().await {
+            Ok(conn) => held.push(conn),
+            Err(sqlx::Error::PoolTimedOut) if tokio::time::Instant::now() < deadline => {}
+            Err(e) => return Err(e).during("warm"),
+        }
+    }
+    Ok(())
 }
 
 pub async fn ping(pool: &PgPool) -> Result<(), Error> {

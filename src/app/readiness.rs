@@ -38,7 +38,14 @@ pub(super) struct ReadinessTask {
     pub policy: PolicyHandle,
     /// `--buckets`.
     pub buckets: Vec<String>,
+    /// Registry connections opened before SERVING (`--db-min-connections`).
+    pub warm_connections: u32,
 }
+
+/// How long opening `--db-min-connections` may hold SERVING back. Past it the
+/// server serves with what is open (the rest open on demand): fewer
+/// connections are slower to start with, not a reason to refuse work.
+const WARM_WITHIN: Duration = Duration::from_secs(10);
 
 /// Sets the overall status and each of our services'.
 pub(super) async fn set_status(health: &HealthReporter, status: ServingStatus) {
@@ -129,7 +136,31 @@ impl ReadinessTask {
         // fails is refused by IssueLink and named in health answers; it does
         // not hold readiness (the other buckets work).
         self.keys.preflight_all().await;
+        self.warm_registry().await;
         Ok(())
+    }
+
+    /// Opens `--db-min-connections` before SERVING: the first burst of calls
+    /// would otherwise each wait for a connection to open.
+    async fn warm_registry(&self) {
+        let wanted = self.warm_connections;
+        let started = std::time::Instant::now();
+        let warmed = registry::warm(&self.pool, wanted, WARM_WITHIN).await;
+        let took_ms = started.elapsed().as_millis() as u64;
+        match warmed {
+            Ok(()) => tracing::info!(
+                connections = self.pool.size(),
+                took_ms,
+                "registry connections open"
+            ),
+            Err(e) => tracing::warn!(
+                error = %e,
+                open = self.pool.size(),
+                wanted,
+                took_ms,
+                "could not open every registry connection of --db-min-connections before serving; the rest open on demand"
+            ),
+        }
     }
 
     /// The preflight follows the policy: when a reload swaps one in (new

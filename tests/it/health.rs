@@ -47,6 +47,27 @@ async fn a_ready_server_reports_serving_with_a_key_provisioned(pool: PgPool) {
     assert_eq!(active, 1, "one active key for the default signer");
 }
 
+/// SERVING comes with `--db-min-connections` open: a burst of calls on a
+/// server that just started finds its connections ready. Opened one per call
+/// instead, on a loaded host, they took longer than the acquire timeout and
+/// the calls failed UNAVAILABLE (`retries::concurrent_retries_...` did).
+#[sqlx::test]
+async fn a_server_turns_serving_with_its_minimum_of_connections_open(pool: PgPool) {
+    // The default minimum: the maximum (a pool of fixed size).
+    let config = test_config(&["--db-min-connections", "--db-max-connections=5"]);
+    let app = spawn_app_with(config, (*pool.connect_options()).clone()).await;
+    app.wait_for(ServingStatus::Serving).await;
+    let open: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND application_name = $1",
+    )
+    .bind(presignd::registry::SESSIONS)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(open, 5, "sessions of presignd's pool once SERVING");
+}
+
 #[tokio::test]
 async fn a_server_whose_registry_is_unreachable_is_not_serving_and_issues_nothing() {
     // A port nothing listens on: the registry is unreachable from the start.

@@ -127,6 +127,10 @@ pub fn test_config(extra: &[&str]) -> Config {
         format!("--s3-region={}", env("GARAGE_REGION")),
         format!("--buckets={}", env("PRESIGND_TEST_BUCKETS")),
         "--db-acquire-timeout-secs=1".into(),
+        // The recorder's two workers' connections, open before SERVING; not
+        // the default (all 16): tests run side by side on one PostgreSQL,
+        // some with several servers each, within its 100 connections.
+        "--db-min-connections=2".into(),
         "--health-interval-secs=1".into(),
         // Tests page and summarize fast; the read quota has its own test.
         "--read-rate-per-sec=0".into(),

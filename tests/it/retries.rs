@@ -174,17 +174,17 @@ async fn a_retry_gets_byte_for_byte_the_same_url_which_the_store_serves(pool: Pg
 #[sqlx::test]
 async fn concurrent_retries_record_one_link_and_all_get_it(pool: PgPool) {
     // Small batches on several workers: the retries meet both within one
-    // batch and across concurrent transactions. The 24 calls hit a pool with
-    // no connection open yet, and each retry told its id is taken looks its
-    // link up on a connection of its own: on a loaded machine (CI) opening
-    // those took longer than the tests' 1 s acquire timeout (UNAVAILABLE,
-    // "pool timed out"; reproduced 10 of 10 under 4 CPU hogs), so this test
-    // waits as long as the server's default does, and more.
+    // batch and across concurrent transactions. Each retry told its id is
+    // taken looks its link up on a connection of its own. With the pool's
+    // connections opened one per call instead of before SERVING (the
+    // default, --db-min-connections = --db-max-connections), a loaded
+    // machine (CI) took longer than the 1 s acquire timeout to open them
+    // (UNAVAILABLE, "pool timed out"; 10 of 10 under 4 CPU hogs).
     let app = spawn_app_with(
         test_config(&[
             "--record-workers=4",
             "--record-batch-max=3",
-            "--db-acquire-timeout-secs=10",
+            "--db-min-connections",
         ]),
         (*pool.connect_options()).clone(),
     )
