@@ -197,7 +197,8 @@ const FIRST_SLICE: TimeDelta = TimeDelta::days(1);
 /// last slice has no lower end). Some pages need no walk (`Probe`): a key id
 /// the roll-up holds no cell of has no link, a prefix no object key has
 /// matches nothing, and a cursor below the floor an ACTIVE state or an expiry
-/// window implies has nothing after it. Before each slice the walk skips to
+/// window implies has nothing after it. A walk that comes back short stops
+/// at the oldest link, and EXPIRED's at the live keys' oldest (`keys_floor`). Before each slice the walk skips to
 /// the newest instant a matching link can have (`newest_below`): a stopped
 /// key's links are all in its window (signing_keys.signed_from/until, 0019),
 /// REVOKED's in the dead keys' windows or marked. The slices tile what is
@@ -244,6 +245,7 @@ pub async fn list_page(
     let mut top: Option<DateTime<Utc>> = after.map(|c| c.at + TICK);
     let mut width = FIRST_SLICE;
     let mut checked_prefix = false;
+    let mut checked_keys = false;
     loop {
         // Skip to the newest instant a matching link can have: the end of a
         // stopped key's window, the newest link a revocation marked.
@@ -270,9 +272,27 @@ pub async fn list_page(
         if floor.is_none() {
             floor = Some(oldest_issued(&mut tx, filter).await?);
         }
-        if floor_of(&probe, floor).is_some_and(|f| f.is_none_or(|f| f >= lo)) {
+        let below = |floor| floor_of(&probe, floor).is_some_and(|f| f.is_none_or(|f| f >= lo));
+        if below(floor) {
             // Nothing was issued before this slice.
             break;
+        }
+        // Nor, for EXPIRED, before the live keys' oldest link: read once,
+        // and only when the oldest link does not end the walk already.
+        if let Some(set) = keys
+            .as_ref()
+            .filter(|_| filter.state == Some(LinkState::Expired))
+            && !std::mem::replace(&mut checked_keys, true)
+        {
+            let of_keys = keys_floor(&mut tx, set).await?;
+            floor = floor.map(|f| match (f, of_keys) {
+                (Some(f), Some(k)) => Some(f.max(k)),
+                // No link at all, or none of a live key.
+                _ => None,
+            });
+            if below(floor) {
+                break;
+            }
         }
         if let Probe::Prefix { .. } = &probe
             && !std::mem::replace(&mut checked_prefix, true)
@@ -577,6 +597,45 @@ async fn oldest_issued(
             .and_then(|t| t.checked_sub_signed(lifetime)),
     ];
     Ok(oldest.map(|o| implied.into_iter().flatten().fold(o, DateTime::max)))
+}
+
+/// The oldest issued_at of a link of the (live) keys in `set`, None if they
+/// have none: a key that stopped signing from its window, each other one
+/// (active, pending) from its oldest link (a probe of each partition's
+/// links_by_key_issued per key, with a generic plan made once per
+/// connection: 2-3 ms at 77 partitions). An EXPIRED page whose walk goes
+/// past the live keys' links (links that old are all of deleted or
+/// inactive keys, so REVOKED) stops there instead of walking every older
+/// day: at 6M links over 60 days, 6 slices planned, 31-35 ms, for no row
+/// (docs/BENCHMARKS.md). Not for ACTIVE: its 7 days bound it already, and
+/// closer.
+async fn keys_floor(conn: &mut PgConnection, set: &KeySet) -> Result<Option<DateTime<Utc>>, Error> {
+    let mut oldest: Option<DateTime<Utc>> = None;
+    let mut unknown: Vec<&str> = Vec::new();
+    for (key, window) in set.keys.iter().zip(&set.windows) {
+        match window {
+            Window::Within(from, _) => oldest = Some(oldest.map_or(*from, |o| o.min(*from))),
+            Window::Empty => {}
+            Window::Unknown => unknown.push(key),
+        }
+    }
+    if unknown.is_empty() {
+        return Ok(oldest);
+    }
+    generic_plans(conn, true).await?;
+    let probed: Result<Option<DateTime<Utc>>, Error> = sqlx::query_scalar(
+        "SELECT min(x.oldest) FROM unnest($1::text[]) AS k (key_id),
+         LATERAL (SELECT min(l.issued_at) AS oldest FROM links l WHERE l.key_id = k.key_id) x",
+    )
+    .bind(&unknown)
+    .fetch_one(&mut *conn)
+    .await
+    .during("link_queries::keys_floor");
+    generic_plans(conn, false).await?;
+    Ok(match (oldest, probed?) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    })
 }
 
 /// The links of `filter` in `slice` after `after`, newest first, in one

@@ -766,6 +766,148 @@ async fn a_prefix_under_a_burst_of_other_links_pages_like_one_scan(pool: PgPool)
     }
 }
 
+/// EXPIRED's walk stops below the oldest link of a live key (`keys_floor`):
+/// the retired key's window is its first link, an active key's its oldest
+/// link. An active key that has signed for longer than its signer's rotated
+/// keys still has its old expired links listed from every depth; below every
+/// live key's link, only dead keys' links (REVOKED), a page is empty. Pages
+/// from cursors at every depth, and paged through, against one scan.
+#[sqlx::test]
+async fn expired_pages_stop_at_the_live_keys_oldest_link_and_not_before(pool: PgPool) {
+    use chrono::{Duration, DurationRound, Utc};
+    use presignd::domain::LinkState as State;
+    use presignd::paging::Cursor;
+    use presignd::registry::link_queries::{self, LinkFilter as Filter};
+    use presignd::registry::links::STATE_SQL;
+
+    let now = Utc::now().duration_trunc(Duration::seconds(1)).unwrap();
+    daily_partitions_since(&pool, now, 36).await;
+    sqlx::raw_sql(
+        "INSERT INTO signers (name, backend) VALUES ('rot', 'garage'), ('long', 'garage');
+         INSERT INTO signing_keys (key_id, signer, state, sealed_secret) VALUES
+             ('GKgone', 'rot', 'pending', '\\x00'), ('GKold', 'rot', 'pending', '\\x00'),
+             ('GKlive', 'rot', 'pending', '\\x00'), ('GKlong', 'long', 'pending', '\\x00');",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    // 420 links, one every 2 hours back from now over 35 days, each living an
+    // hour (all but the newest expired). One in three is GKlong's, down to 25
+    // days back; the others are signer rot's: GKlive's for the newest 100,
+    // GKold's (since retired) for the next 100, then GKgone's (since
+    // deleted). Below GKlong's oldest link, every link is GKgone's: REVOKED.
+    sqlx::query(
+        "INSERT INTO links (id, key_id, signer, caller, method, bucket, object_key,
+                            issued_at, expires_at, signature_sha256)
+         SELECT gen_random_uuid(), k, CASE WHEN k = 'GKlong' THEN 'long' ELSE 'rot' END,
+                'svc', 'GET', 'b', 'o/' || i, at, at + interval '1 hour', sha256(i::text::bytea)
+         FROM (SELECT i, $1 - i * interval '2 hours' AS at,
+                      CASE WHEN i % 3 = 0 AND i < 300 THEN 'GKlong'
+                           WHEN i < 100 THEN 'GKlive' WHEN i < 200 THEN 'GKold'
+                           ELSE 'GKgone' END AS k
+               FROM generate_series(0, 419) i) g",
+    )
+    .bind(now)
+    .execute(&pool)
+    .await
+    .unwrap();
+    {
+        use presignd::registry::keys;
+        let mut tx = pool.begin().await.unwrap();
+        for (key, end) in [
+            ("GKgone", "deleted"),
+            ("GKold", "retired"),
+            ("GKlive", "active"),
+            ("GKlong", "active"),
+        ] {
+            assert!(keys::activate(&mut *tx, key).await.unwrap());
+            presignd::keys::lock_for_state_change(&mut tx, key)
+                .await
+                .unwrap();
+            match end {
+                "retired" => assert!(keys::retire(&mut tx, key).await.unwrap()),
+                "deleted" => {
+                    keys::deactivate(&mut tx, key, None).await.unwrap();
+                    keys::mark_deleted(&mut *tx, key).await.unwrap();
+                }
+                _ => {}
+            }
+        }
+        tx.commit().await.unwrap();
+    }
+
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        id: uuid::Uuid,
+        key_id: String,
+        issued_at: chrono::DateTime<Utc>,
+        state: State,
+    }
+    let all: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT l.id, l.key_id, l.issued_at, {STATE_SQL} AS state
+         FROM links l JOIN signing_keys k ON k.key_id = l.key_id
+         ORDER BY l.issued_at DESC, l.id DESC"
+    )))
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let expired: Vec<&Row> = all.iter().filter(|r| r.state == State::Expired).collect();
+    // What the test is about: expired links of the active GKlong older than
+    // the retired GKold's window, and dead keys' links below GKlong's oldest.
+    let old_from: chrono::DateTime<Utc> =
+        sqlx::query_scalar("SELECT signed_from FROM signing_keys WHERE key_id = 'GKold'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    let long_oldest = expired
+        .iter()
+        .filter(|r| r.key_id == "GKlong")
+        .map(|r| r.issued_at)
+        .min()
+        .unwrap();
+    assert!(
+        expired.iter().filter(|r| r.issued_at < old_from).count() > 20,
+        "GKlong's expired links below GKold's window"
+    );
+    assert!(
+        all.iter()
+            .filter(|r| r.issued_at < long_oldest)
+            .all(|r| r.key_id == "GKgone" && r.state == State::Revoked)
+    );
+
+    let filter = Filter {
+        state: Some(State::Expired),
+        ..Default::default()
+    };
+    let ids = |rows: &[&Row]| rows.iter().map(|r| r.id).collect::<Vec<_>>();
+    for size in [5, 60] {
+        assert_eq!(
+            page_through(&pool, &filter, size).await,
+            ids(&expired),
+            "paged through in pages of {size}"
+        );
+    }
+    for cursor in all.iter().step_by(7).map(|r| Cursor {
+        at: r.issued_at,
+        id: r.id,
+    }) {
+        let wanted: Vec<&Row> = expired
+            .iter()
+            .filter(|r| (r.issued_at, r.id) < (cursor.at, cursor.id))
+            .take(5)
+            .copied()
+            .collect();
+        let page = link_queries::list_page(&pool, &filter, Some(cursor), 5)
+            .await
+            .unwrap();
+        assert_eq!(
+            page.iter().map(|l| l.id).collect::<Vec<_>>(),
+            ids(&wanted),
+            "one page after {cursor:?}"
+        );
+    }
+}
+
 /// Daily partitions of `links` from `days` days before `now` on, instead of
 /// the table as it was before the upgrade (MINVALUE to tomorrow); the
 /// migrations made the days ahead.
