@@ -66,6 +66,8 @@ pub struct App {
     read_pool: sqlx::PgPool,
     /// The dashboards' pool: the replica's (--read-database-url) or `read_pool`.
     replica_pool: sqlx::PgPool,
+    /// Every registry pool by its name in `presignd_registry_connections`.
+    pools: Vec<(&'static str, sqlx::PgPool)>,
     retention: crate::lifecycle::Retention,
     tls: Option<LiveTls>,
     budgets: KeyBudgets,
@@ -101,15 +103,15 @@ impl App {
         );
         // GetLink, ListLinks and SummarizeLinks read from the replica when one
         // is configured: a read pool of the same size and timeouts, there.
-        let replica_pool = match config.read_database()? {
-            Some(replica) => registry::read_pool(
+        let replica = config.read_database()?.map(|replica| {
+            registry::read_pool(
                 replica,
                 config.read_db_max_connections,
                 config.db_acquire_timeout(),
                 config.read_statement_timeout(),
-            ),
-            None => read_pool.clone(),
-        };
+            )
+        });
+        let replica_pool = replica.clone().unwrap_or_else(|| read_pool.clone());
         let retention = config.retention()?;
         let pool = registry::lazy_pool(
             db,
@@ -164,6 +166,11 @@ impl App {
             .await
             .with_context(|| format!("binding the metrics listener {}", config.metrics_listen))?;
         let metrics_port = metrics_listener.local_addr()?.port();
+        let pools = [("primary", &pool), ("read", &read_pool)]
+            .into_iter()
+            .chain(replica.as_ref().map(|r| ("replica", r)))
+            .map(|(name, p)| (name, p.clone()))
+            .collect();
         Ok(Self {
             config,
             listener,
@@ -180,6 +187,7 @@ impl App {
             audit,
             read_pool,
             replica_pool,
+            pools,
             retention,
             tls,
             budgets,
@@ -316,13 +324,19 @@ impl App {
 
         let probe = readiness.clone();
         let scraped = self.keys.clone();
+        let pools = self.pools.clone();
+
         let metrics_server = tokio::spawn(metrics::serve(
             self.metrics_listener,
             move || match probe.reason() {
                 Some(reason) => Err(reason),
                 None => Ok(probe.degraded()),
             },
-            move || metrics::set_bucket_readiness(&scraped.bucket_readiness()),
+            move || {
+                metrics::set_bucket_readiness(&scraped.bucket_readiness());
+                let pools: Vec<_> = pools.iter().map(|(name, pool)| (*name, pool)).collect();
+                metrics::set_registry_connections(&pools);
+            },
         ));
         let outstanding = tokio::spawn(metrics::keep_registry_gauges_fresh(
             self.pool.clone(),

@@ -58,6 +58,8 @@ impl Denial {
 }
 pub const STUCK_REVOCATIONS: &str = "presignd_revocations_stuck";
 pub const BUCKET_READY: &str = "presignd_bucket_ready";
+pub const REGISTRY_CONNECTIONS: &str = "presignd_registry_connections";
+pub const REGISTRY_CONNECTIONS_MAX: &str = "presignd_registry_connections_max";
 
 /// IssueLink's latency buckets, in seconds, around the 3 ms p99 target.
 const ISSUE_LINK_BUCKETS: &[f64] = &[
@@ -149,6 +151,14 @@ fn install() -> PrometheusHandle {
     describe_gauge!(
         BUCKET_READY,
         "1 when the signer's active key may sign for the bucket (the preflight proved it), 0 when IssueLink refuses the bucket; set at each scrape"
+    );
+    describe_gauge!(
+        REGISTRY_CONNECTIONS,
+        "Registry connections open, by pool (primary: IssueLink, keys, revocations; read: the read RPCs; replica: --read-database-url) and state (in_use, idle); set at each scrape"
+    );
+    describe_gauge!(
+        REGISTRY_CONNECTIONS_MAX,
+        "The most connections each registry pool opens (--db-max-connections, --read-db-max-connections)"
     );
     describe_gauge!(
         SIGNERS_WITHOUT_ACTIVE_KEY,
@@ -247,6 +257,22 @@ pub fn set_bucket_readiness(pairs: &[(String, String, Result<(), String>)]) {
     for (signer, bucket, outcome) in pairs {
         let v = if outcome.is_ok() { 1.0 } else { 0.0 };
         gauge!(BUCKET_READY, "signer" => signer.clone(), "bucket" => bucket.clone()).set(v);
+    }
+}
+
+/// Each registry pool's connections, open and in use or idle, and its
+/// maximum: `in_use` at the maximum with none idle is a pool that makes
+/// calls wait (UNAVAILABLE "pool timed out" past the acquire timeout).
+/// Set at each scrape. `pools`: (name, pool), names from the code.
+pub fn set_registry_connections(pools: &[(&'static str, &PgPool)]) {
+    handle();
+    for (name, pool) in pools {
+        let (open, idle) = (pool.size(), pool.num_idle() as u32);
+        gauge!(REGISTRY_CONNECTIONS, "pool" => *name, "state" => "idle").set(idle as f64);
+        gauge!(REGISTRY_CONNECTIONS, "pool" => *name, "state" => "in_use")
+            .set(open.saturating_sub(idle) as f64);
+        gauge!(REGISTRY_CONNECTIONS_MAX, "pool" => *name)
+            .set(pool.options().get_max_connections() as f64);
     }
 }
 

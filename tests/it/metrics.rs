@@ -121,6 +121,56 @@ async fn issuing_links_counts_each_under_its_method_and_signer(pool: PgPool) {
     );
 }
 
+/// Each registry pool's connections, in use and idle, and its maximum: a
+/// server that turned SERVING has its minimum open (by default all of
+/// --db-max-connections); the read RPCs' pool opens on demand.
+#[sqlx::test]
+async fn the_registry_pools_connections_are_exported(pool: PgPool) {
+    let config = test_config(&[
+        "--db-min-connections",
+        "--db-max-connections=5",
+        "--read-db-max-connections=3",
+    ]);
+    let app = spawn_app_with(config, (*pool.connect_options()).clone()).await;
+    app.wait_for(tonic_health::pb::health_check_response::ServingStatus::Serving)
+        .await;
+    let text = scrape(&app).await;
+    let open = |pool| {
+        ["idle", "in_use"]
+            .iter()
+            .map(|state| {
+                sample(
+                    &text,
+                    "presignd_registry_connections",
+                    &[("pool", pool), ("state", state)],
+                )
+            })
+            .sum::<f64>()
+    };
+    assert_eq!(open("primary"), 5.0, "{text}");
+    let max = |pool| {
+        sample(
+            &text,
+            "presignd_registry_connections_max",
+            &[("pool", pool)],
+        )
+    };
+    assert_eq!((max("primary"), max("read")), (5.0, 3.0), "{text}");
+    // The key-change listener holds one of the primary's for good.
+    assert!(
+        sample(
+            &text,
+            "presignd_registry_connections",
+            &[("pool", "primary"), ("state", "in_use")]
+        ) >= 1.0,
+        "{text}"
+    );
+    assert!(
+        !text.contains("pool=\"replica\""),
+        "no replica configured, no replica series: {text}"
+    );
+}
+
 #[sqlx::test]
 async fn the_outstanding_links_gauge_follows_the_registry(pool: PgPool) {
     let mut app = spawn_app_signing_as(&pool, "metrics-gauge").await;

@@ -236,6 +236,7 @@ fn the_dashboard_covers_what_operators_asked_for() {
         "presignd_key_budget_links_ratio",
         "presignd_bucket_ready",
         "presignd_revocation_watchers",
+        "presignd_registry_connections",
     ] {
         assert!(all.contains(needed), "the dashboard shows {needed}");
     }

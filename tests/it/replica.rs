@@ -79,6 +79,24 @@ async fn the_three_dashboard_reads_go_to_the_replica_and_the_rest_to_the_primary
         .list_audit_events(proto::ListAuditEventsRequest::default())
         .await
         .expect("ListAuditEvents reads the primary");
+    // The replica's pool has series of its own (no connection open: every
+    // attempt was refused).
+    let text = crate::metrics::scrape(&app).await;
+    let replica = [("pool", "replica")];
+    assert_eq!(
+        crate::metrics::sample(&text, "presignd_registry_connections_max", &replica),
+        4.0,
+        "--read-db-max-connections: {text}"
+    );
+    assert_eq!(
+        crate::metrics::sample(&text, "presignd_registry_connections", &replica),
+        0.0,
+        "{text}"
+    );
+    assert!(
+        text.contains("presignd_registry_connections{pool=\"replica\",state=\"idle\"} 0"),
+        "{text}"
+    );
 }
 
 /// Through the dev stack's streaming replica (`deploy/dev/stack.sh replica`,
