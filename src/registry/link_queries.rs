@@ -284,10 +284,10 @@ pub async fn list_page(
             .filter(|_| filter.state == Some(LinkState::Expired))
             && !std::mem::replace(&mut checked_keys, true)
         {
-            let of_keys = keys_floor(&mut tx, set, lo).await?;
+            let of_keys = keys_floor(&mut tx, set).await?;
             floor = floor.map(|f| match (f, of_keys) {
                 (Some(f), Some(k)) => Some(f.max(k)),
-                // No link at all, or none of a live key below this slice.
+                // No link at all, or no EXPIRED one of a live key.
                 _ => None,
             });
             if below(floor) {
@@ -599,36 +599,34 @@ async fn oldest_issued(
     Ok(oldest.map(|o| implied.into_iter().flatten().fold(o, DateTime::max)))
 }
 
-/// The oldest issued_at before `below` of a link of the (live) keys in
-/// `set`, None if they have none there: a key that stopped signing from its
-/// window, each other one (active, pending) from its links (per key, one
-/// probe of each partition that can hold a link issued before `below`, with
-/// a generic plan made once per connection: 1-3 ms at 77 partitions). An
-/// EXPIRED page whose walk goes past the live keys' links (links that old
-/// are all of deleted or inactive keys, so REVOKED) stops there instead of
-/// walking every older day: at 6M links over 60 days, 6 slices planned,
-/// 28-35 ms, for no row (docs/BENCHMARKS.md). Not for ACTIVE: its 7 days
-/// bound it already, and closer.
+/// A bound below every EXPIRED link of the (live) keys in `set`: the oldest
+/// issued_at of their links that expire before tomorrow (UTC), None if they
+/// have none. A key that stopped signing gives its window's start; each
+/// other one (active, pending) is probed: per key, one descent of the key's
+/// index in each partition of today and before (the later ones are pruned
+/// when the statement starts), with a generic plan made once per
+/// connection (1-3 ms at 77 partitions, 60M links). An EXPIRED page whose
+/// walk goes past the live keys' links (links that old are all of deleted
+/// or inactive keys, so REVOKED) stops there instead of walking every
+/// older day: at 60M links over 60 days, 20-30 ms for no row before, 8 ms
+/// after (docs/BENCHMARKS.md). Not for ACTIVE: its 7 days bound it already,
+/// and closer.
 ///
-/// Only links issued before `below` (the walk has read the rest): where a
-/// partition's statistics are stale (it filled since they were taken) the
-/// cached plan may walk its links in issued_at order for the key instead of
-/// descending the key's index, and the bound keeps that walk to the links
-/// issued before the slice, not the partition's newest (why a generic plan
-/// for a key's links is unsafe in general: docs/ARCHITECTURE.md, listing).
-async fn keys_floor(
-    conn: &mut PgConnection,
-    set: &KeySet,
-    below: DateTime<Utc>,
-) -> Result<Option<DateTime<Utc>>, Error> {
+/// Why this bound, measured at 60M links: without one, the generic plan
+/// walks `links_by_issued` for a key in the partitions that were empty when
+/// it was made (days ahead, and a partition then filling can still be
+/// planned that way: a key absent from it reads all of it); with `issued_at
+/// < the slice` it walked `links_by_issued` everywhere (27 s). With this
+/// one, every partition descends the key's index, and every link in the
+/// partitions kept passes it, so a descent stops at its first entry. (Why
+/// a generic plan for a key's links needs care: docs/ARCHITECTURE.md.)
+async fn keys_floor(conn: &mut PgConnection, set: &KeySet) -> Result<Option<DateTime<Utc>>, Error> {
     let mut oldest: Option<DateTime<Utc>> = None;
     let mut unknown: Vec<&str> = Vec::new();
     for (key, window) in set.keys.iter().zip(&set.windows) {
         match window {
-            Window::Within(from, _) if *from < below => {
-                oldest = Some(oldest.map_or(*from, |o| o.min(*from)))
-            }
-            Window::Within(..) | Window::Empty => {}
+            Window::Within(from, _) => oldest = Some(oldest.map_or(*from, |o| o.min(*from))),
+            Window::Empty => {}
             Window::Unknown => unknown.push(key),
         }
     }
@@ -636,14 +634,14 @@ async fn keys_floor(
         return Ok(oldest);
     }
     generic_plans(conn, true).await?;
-    let probed: Result<Option<DateTime<Utc>>, Error> = sqlx::query_scalar(AssertSqlSafe(format!(
+    let probed: Result<Option<DateTime<Utc>>, Error> = sqlx::query_scalar(
         "SELECT min(x.oldest) FROM unnest($1::text[]) AS k (key_id),
          LATERAL (SELECT min(l.issued_at) AS oldest FROM links l
-                  WHERE l.key_id = k.key_id AND l.issued_at < $2
-                    AND l.expires_at < $2 + make_interval(secs => {MAX_LIFETIME_SECS})) x"
-    )))
+                  WHERE l.key_id = k.key_id
+                    AND l.expires_at < (date_trunc('day', now() AT TIME ZONE 'UTC')
+                                        + interval '1 day') AT TIME ZONE 'UTC') x",
+    )
     .bind(&unknown)
-    .bind(below)
     .fetch_one(&mut *conn)
     .await
     .during("link_queries::keys_floor");
