@@ -57,14 +57,7 @@ async fn a_server_turns_serving_with_its_minimum_of_connections_open(pool: PgPoo
     let config = test_config(&["--db-min-connections", "--db-max-connections=5"]);
     let app = spawn_app_with(config, (*pool.connect_options()).clone()).await;
     app.wait_for(ServingStatus::Serving).await;
-    let open: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM pg_stat_activity
-             WHERE datname = current_database() AND application_name = $1",
-    )
-    .bind(presignd::registry::SESSIONS)
-    .fetch_one(&pool)
-    .await
-    .unwrap();
+    let open = sessions_named(&pool, presignd::registry::SESSIONS).await;
     assert_eq!(open, 5, "sessions of presignd's pool once SERVING");
 }
 

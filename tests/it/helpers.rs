@@ -609,3 +609,17 @@ pub fn new_link(key_id: &str, signer: &str, caller: &str) -> presignd::registry:
         request: None,
     }
 }
+
+/// How many sessions of this test's database are named `name`
+/// (`application_name`: presignd names its pools' sessions,
+/// `registry::SESSIONS` and `READ_SESSIONS`).
+pub async fn sessions_named(pool: &PgPool, name: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND application_name = $1",
+    )
+    .bind(name)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}

@@ -74,7 +74,6 @@ async fn paging_across_partitions_yields_exactly_what_one_scan_does(pool: PgPool
     use presignd::domain::LinkState as State;
     use presignd::paging::Cursor;
     use presignd::registry::link_queries::{self, LinkFilter as Filter};
-    use presignd::registry::links::STATE_SQL;
 
     let now = Utc::now().duration_trunc(Duration::seconds(1)).unwrap();
     // As a registry that has run for a month has.
@@ -126,36 +125,23 @@ async fn paging_across_partitions_yields_exactly_what_one_scan_does(pool: PgPool
     .unwrap();
 
     // Each key signs in turn (one active key per signer), then stops the way
-    // the service stops it: under its state-change lock, which records its
-    // window. GKempty signed nothing and is discarded while pending.
-    {
-        use presignd::registry::keys;
-        let mut tx = pool.begin().await.unwrap();
-        for (key, end) in [
+    // the service stops it. GKempty signed nothing and is discarded while
+    // pending.
+    sign_then_stop(
+        &pool,
+        &[
             ("GKgone", "deleted"),
             ("GKdead", "inactive"),
             ("GKold", "retired"),
             ("GKlive", "active"),
             ("GKt2", "deleted"),
             ("GKt1", "inactive"),
-        ] {
-            assert!(keys::activate(&mut *tx, key).await.unwrap());
-            presignd::keys::lock_for_state_change(&mut tx, key)
-                .await
-                .unwrap();
-            match end {
-                "retired" => assert!(keys::retire(&mut tx, key).await.unwrap()),
-                "inactive" => keys::deactivate(&mut tx, key, None).await.unwrap(),
-                "deleted" => {
-                    keys::deactivate(&mut tx, key, None).await.unwrap();
-                    keys::mark_deleted(&mut *tx, key).await.unwrap();
-                }
-                _ => {}
-            }
-        }
-        keys::mark_deleted(&mut *tx, "GKempty").await.unwrap();
-        tx.commit().await.unwrap();
-    }
+        ],
+    )
+    .await;
+    presignd::registry::keys::mark_deleted(&pool, "GKempty")
+        .await
+        .unwrap();
     type KeyWindow = (
         String,
         Option<chrono::DateTime<Utc>>,
@@ -188,26 +174,7 @@ async fn paging_across_partitions_yields_exactly_what_one_scan_does(pool: PgPool
     .unwrap();
     assert_eq!(unknown, ["GKlive", "GKraw"]);
 
-    #[derive(sqlx::FromRow)]
-    struct Row {
-        id: uuid::Uuid,
-        key_id: String,
-        caller: String,
-        bucket: String,
-        object_key: String,
-        issued_at: chrono::DateTime<Utc>,
-        expires_at: chrono::DateTime<Utc>,
-        state: State,
-    }
-    let all: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT l.id, l.key_id, l.caller, l.bucket, l.object_key, l.issued_at, l.expires_at,
-                {STATE_SQL} AS state
-         FROM links l JOIN signing_keys k ON k.key_id = l.key_id
-         ORDER BY l.issued_at DESC, l.id DESC"
-    )))
-    .fetch_all(&pool)
-    .await
-    .unwrap();
+    let all = scan(&pool).await;
     assert_eq!(all.len(), 700);
 
     let f = Filter::default;
@@ -627,7 +594,6 @@ async fn a_prefix_under_a_burst_of_other_links_pages_like_one_scan(pool: PgPool)
     use presignd::domain::LinkState as State;
     use presignd::paging::Cursor;
     use presignd::registry::link_queries::{self, LinkFilter as Filter};
-    use presignd::registry::links::STATE_SQL;
 
     let now = Utc::now().duration_trunc(Duration::seconds(1)).unwrap();
     daily_partitions_since(&pool, now, 3).await;
@@ -687,21 +653,7 @@ async fn a_prefix_under_a_burst_of_other_links_pages_like_one_scan(pool: PgPool)
     }
     sqlx::query("ANALYZE links").execute(&pool).await.unwrap();
 
-    #[derive(sqlx::FromRow)]
-    struct Row {
-        id: uuid::Uuid,
-        object_key: String,
-        issued_at: chrono::DateTime<Utc>,
-        state: State,
-    }
-    let all: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT l.id, l.object_key, l.issued_at, {STATE_SQL} AS state
-         FROM links l JOIN signing_keys k ON k.key_id = l.key_id
-         ORDER BY l.issued_at DESC, l.id DESC"
-    )))
-    .fetch_all(&pool)
-    .await
-    .unwrap();
+    let all = scan(&pool).await;
     assert_eq!(all.len(), 12_600);
     let mut cases = Vec::new();
     for (prefix, states) in [
@@ -778,7 +730,6 @@ async fn expired_pages_stop_at_the_live_keys_oldest_link_and_not_before(pool: Pg
     use presignd::domain::LinkState as State;
     use presignd::paging::Cursor;
     use presignd::registry::link_queries::{self, LinkFilter as Filter};
-    use presignd::registry::links::STATE_SQL;
 
     let now = Utc::now().duration_trunc(Duration::seconds(1)).unwrap();
     daily_partitions_since(&pool, now, 36).await;
@@ -811,46 +762,18 @@ async fn expired_pages_stop_at_the_live_keys_oldest_link_and_not_before(pool: Pg
     .execute(&pool)
     .await
     .unwrap();
-    {
-        use presignd::registry::keys;
-        let mut tx = pool.begin().await.unwrap();
-        for (key, end) in [
+    sign_then_stop(
+        &pool,
+        &[
             ("GKgone", "deleted"),
             ("GKold", "retired"),
             ("GKlive", "active"),
             ("GKlong", "active"),
-        ] {
-            assert!(keys::activate(&mut *tx, key).await.unwrap());
-            presignd::keys::lock_for_state_change(&mut tx, key)
-                .await
-                .unwrap();
-            match end {
-                "retired" => assert!(keys::retire(&mut tx, key).await.unwrap()),
-                "deleted" => {
-                    keys::deactivate(&mut tx, key, None).await.unwrap();
-                    keys::mark_deleted(&mut *tx, key).await.unwrap();
-                }
-                _ => {}
-            }
-        }
-        tx.commit().await.unwrap();
-    }
+        ],
+    )
+    .await;
 
-    #[derive(sqlx::FromRow)]
-    struct Row {
-        id: uuid::Uuid,
-        key_id: String,
-        issued_at: chrono::DateTime<Utc>,
-        state: State,
-    }
-    let all: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT l.id, l.key_id, l.issued_at, {STATE_SQL} AS state
-         FROM links l JOIN signing_keys k ON k.key_id = l.key_id
-         ORDER BY l.issued_at DESC, l.id DESC"
-    )))
-    .fetch_all(&pool)
-    .await
-    .unwrap();
+    let all = scan(&pool).await;
     let expired: Vec<&Row> = all.iter().filter(|r| r.state == State::Expired).collect();
     // What the test is about: expired links of the active GKlong older than
     // the retired GKold's window, and dead keys' links below GKlong's oldest.
@@ -906,6 +829,59 @@ async fn expired_pages_stop_at_the_live_keys_oldest_link_and_not_before(pool: Pg
             "one page after {cursor:?}"
         );
     }
+}
+
+/// A link as one scan of the registry reads it, with its state.
+#[derive(sqlx::FromRow)]
+struct Row {
+    id: uuid::Uuid,
+    key_id: String,
+    caller: String,
+    bucket: String,
+    object_key: String,
+    issued_at: chrono::DateTime<chrono::Utc>,
+    expires_at: chrono::DateTime<chrono::Utc>,
+    state: presignd::domain::LinkState,
+}
+
+/// Every link, in ListLinks' order (newest first), with its state: what
+/// the pages are compared with.
+async fn scan(pool: &PgPool) -> Vec<Row> {
+    use presignd::registry::links::STATE_SQL;
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT l.id, l.key_id, l.caller, l.bucket, l.object_key, l.issued_at, l.expires_at,
+                {STATE_SQL} AS state
+         FROM links l JOIN signing_keys k ON k.key_id = l.key_id
+         ORDER BY l.issued_at DESC, l.id DESC"
+    )))
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+/// Activates each key in turn, then stops it the way the service does:
+/// under its state-change lock, which records its window (0019). `end`:
+/// "retired", "inactive", "deleted", or "active" (left signing).
+async fn sign_then_stop(pool: &PgPool, keys: &[(&str, &str)]) {
+    use presignd::registry::keys;
+    let mut tx = pool.begin().await.unwrap();
+    for (key, end) in keys {
+        assert!(keys::activate(&mut *tx, key).await.unwrap());
+        presignd::keys::lock_for_state_change(&mut tx, key)
+            .await
+            .unwrap();
+        match *end {
+            "retired" => assert!(keys::retire(&mut tx, key).await.unwrap()),
+            "inactive" => keys::deactivate(&mut tx, key, None).await.unwrap(),
+            "deleted" => {
+                keys::deactivate(&mut tx, key, None).await.unwrap();
+                keys::mark_deleted(&mut *tx, key).await.unwrap();
+            }
+            "active" => {}
+            other => panic!("no such end: {other}"),
+        }
+    }
+    tx.commit().await.unwrap();
 }
 
 /// Daily partitions of `links` from `days` days before `now` on, instead of

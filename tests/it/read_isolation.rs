@@ -102,14 +102,7 @@ async fn issue_link_keeps_working_while_another_caller_floods_summaries(pool: Pg
         for (name, n) in ran_summary {
             *summary_sessions.entry(name).or_default() += n;
         }
-        let read_sessions: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity
-             WHERE datname = current_database() AND application_name = $1",
-        )
-        .bind(presignd::registry::READ_SESSIONS)
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+        let read_sessions = sessions_named(&pool, presignd::registry::READ_SESSIONS).await;
         read_sessions_at_most = read_sessions_at_most.max(read_sessions);
     }
     stop.store(true, Ordering::Relaxed);
