@@ -831,6 +831,53 @@ async fn expired_pages_stop_at_the_live_keys_oldest_link_and_not_before(pool: Pg
     }
 }
 
+/// The live keys' floor counts today's partition: a link of a key still
+/// signing, issued 7 days ago and expired a second ago, lies in today's
+/// partition, far below a page's first slice. EXPIRED lists it (a floor read
+/// from the days before today only would end the walk without it).
+#[sqlx::test]
+async fn an_expired_link_in_todays_partition_is_below_the_first_slice_and_listed(pool: PgPool) {
+    use chrono::{Duration, DurationRound, Utc};
+    use presignd::domain::LinkState as State;
+    use presignd::registry::link_queries::LinkFilter as Filter;
+
+    let now = Utc::now().duration_trunc(Duration::seconds(1)).unwrap();
+    daily_partitions_since(&pool, now, 9).await;
+    sqlx::raw_sql(
+        "INSERT INTO signers (name, backend) VALUES ('s', 'garage');
+         INSERT INTO signing_keys (key_id, signer, state, sealed_secret)
+         VALUES ('GKonly', 's', 'pending', '\\x00');",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO links (id, key_id, signer, caller, method, bucket, object_key,
+                            issued_at, expires_at, signature_sha256)
+         VALUES (gen_random_uuid(), 'GKonly', 's', 'svc', 'GET', 'b', 'old',
+                 $1 - interval '7 days', $1 - interval '1 second', sha256('old'))",
+    )
+    .bind(now)
+    .execute(&pool)
+    .await
+    .unwrap();
+    sign_then_stop(&pool, &[("GKonly", "active")]).await;
+    let all = scan(&pool).await;
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].state, State::Expired);
+    let filter = Filter {
+        state: Some(State::Expired),
+        ..Default::default()
+    };
+    for size in [1, 5] {
+        assert_eq!(
+            page_through(&pool, &filter, size).await,
+            [all[0].id],
+            "pages of {size}"
+        );
+    }
+}
+
 /// A link as one scan of the registry reads it, with its state.
 #[derive(sqlx::FromRow)]
 struct Row {
