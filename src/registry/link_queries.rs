@@ -198,10 +198,11 @@ const FIRST_SLICE: TimeDelta = TimeDelta::days(1);
 /// the roll-up holds no cell of has no link, a prefix no object key has
 /// matches nothing, and a cursor below the floor an ACTIVE state or an expiry
 /// window implies has nothing after it. A walk that comes back short stops
-/// at the oldest link, and EXPIRED's at the live keys' oldest (`keys_floor`). Before each slice the walk skips to
-/// the newest instant a matching link can have (`newest_below`): a stopped
-/// key's links are all in its window (signing_keys.signed_from/until, 0019),
-/// REVOKED's in the dead keys' windows or marked. The slices tile what is
+/// at the oldest link, and EXPIRED's at the live keys' oldest
+/// (`keys_floor`). Before each slice the walk skips to the newest instant a
+/// matching link can have (`newest_below`): a stopped key's links are all in
+/// its window (signing_keys.signed_from/until, 0019), REVOKED's in the dead
+/// keys' windows or marked. The slices tile what is
 /// left of issued_at without overlap, skipping only what holds no match, and
 /// all run in one snapshot with the key states, windows and roll-up they
 /// depend on, so the page is exactly what one query would return.
@@ -608,8 +609,8 @@ async fn oldest_issued(
 /// connection (1-3 ms at 77 partitions, 60M links). An EXPIRED page whose
 /// walk goes past the live keys' links (links that old are all of deleted
 /// or inactive keys, so REVOKED) stops there instead of walking every
-/// older day: at 60M links over 60 days, 20-30 ms for no row before, 8 ms
-/// after (docs/BENCHMARKS.md). Not for ACTIVE: its 7 days bound it already,
+/// older day: at 60M links over 60 days, 19-30 ms for no row before, 5-6
+/// ms after (docs/BENCHMARKS.md). Not for ACTIVE: its 7 days bound it already,
 /// and closer.
 ///
 /// Why this bound, measured at 60M links: without one, the generic plan
