@@ -223,7 +223,9 @@ pub async fn list_page(
     };
     let probe = Probe::of(&mut tx, filter).await?;
     let mut rows: Vec<LinkRow> = Vec::new();
-    if probe.is_empty() {
+    // A prefix no object key has: one probe (0.3 ms at 77 partitions) instead
+    // of planning a slice's parts first (7 ms at 6M links over 60 days).
+    if probe.is_empty() || !probe.prefix_exists(&mut tx).await? {
         tx.commit().await.during(WHAT)?;
         return Ok(rows);
     }
@@ -245,7 +247,6 @@ pub async fn list_page(
     // instant included: its ties with a smaller id come after it); None: now.
     let mut top: Option<DateTime<Utc>> = after.map(|c| c.at + TICK);
     let mut width = FIRST_SLICE;
-    let mut checked_prefix = false;
     let mut checked_keys = false;
     loop {
         // Skip to the newest instant a matching link can have: the end of a
@@ -294,12 +295,6 @@ pub async fn list_page(
             if below(floor) {
                 break;
             }
-        }
-        if let Probe::Prefix { .. } = &probe
-            && !std::mem::replace(&mut checked_prefix, true)
-            && !probe.prefix_exists(&mut tx).await?
-        {
-            break;
         }
         top = Some(lo);
         width = width * 2;
