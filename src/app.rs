@@ -64,10 +64,9 @@ pub struct App {
     audit: Auditor,
     /// The read RPCs' own pool (`registry::read_pool`).
     read_pool: sqlx::PgPool,
-    /// The dashboards' pool: the replica's (--read-database-url) or `read_pool`.
-    replica_pool: sqlx::PgPool,
-    /// Every registry pool by its name in `presignd_registry_connections`.
-    pools: Vec<(&'static str, sqlx::PgPool)>,
+    /// The replica's pool (--read-database-url), if one is configured: the
+    /// dashboards read there, else from `read_pool`.
+    replica: Option<sqlx::PgPool>,
     retention: crate::lifecycle::Retention,
     tls: Option<LiveTls>,
     budgets: KeyBudgets,
@@ -111,7 +110,6 @@ impl App {
                 config.read_statement_timeout(),
             )
         });
-        let replica_pool = replica.clone().unwrap_or_else(|| read_pool.clone());
         let retention = config.retention()?;
         let pool = registry::lazy_pool(
             db,
@@ -166,11 +164,6 @@ impl App {
             .await
             .with_context(|| format!("binding the metrics listener {}", config.metrics_listen))?;
         let metrics_port = metrics_listener.local_addr()?.port();
-        let pools = [("primary", &pool), ("read", &read_pool)]
-            .into_iter()
-            .chain(replica.as_ref().map(|r| ("replica", r)))
-            .map(|(name, p)| (name, p.clone()))
-            .collect();
         Ok(Self {
             config,
             listener,
@@ -186,8 +179,7 @@ impl App {
             policy,
             audit,
             read_pool,
-            replica_pool,
-            pools,
+            replica,
             retention,
             tls,
             budgets,
@@ -282,7 +274,10 @@ impl App {
         };
         let dashboard = Dashboard {
             pool: self.read_pool.clone(),
-            replica: self.replica_pool.clone(),
+            replica: self
+                .replica
+                .clone()
+                .unwrap_or_else(|| self.read_pool.clone()),
             tokens: PageTokens::new(&self.master_key),
             reads: ReadLimits::new(RateSpec::new(
                 self.config.read_rate_per_sec,
@@ -324,7 +319,14 @@ impl App {
 
         let probe = readiness.clone();
         let scraped = self.keys.clone();
-        let pools = self.pools.clone();
+        // Each registry pool by its name in `presignd_registry_connections`.
+        let pools: Vec<(&'static str, sqlx::PgPool)> = [
+            ("primary", self.pool.clone()),
+            ("read", self.read_pool.clone()),
+        ]
+        .into_iter()
+        .chain(self.replica.clone().map(|r| ("replica", r)))
+        .collect();
 
         let metrics_server = tokio::spawn(metrics::serve(
             self.metrics_listener,
@@ -334,7 +336,6 @@ impl App {
             },
             move || {
                 metrics::set_bucket_readiness(&scraped.bucket_readiness());
-                let pools: Vec<_> = pools.iter().map(|(name, pool)| (*name, pool)).collect();
                 metrics::set_registry_connections(&pools);
             },
         ));

@@ -264,7 +264,7 @@ pub fn set_bucket_readiness(pairs: &[(String, String, Result<(), String>)]) {
 /// maximum: `in_use` at the maximum with none idle is a pool that makes
 /// calls wait (UNAVAILABLE "pool timed out" past the acquire timeout).
 /// Set at each scrape. `pools`: (name, pool), names from the code.
-pub fn set_registry_connections(pools: &[(&'static str, &PgPool)]) {
+pub fn set_registry_connections(pools: &[(&'static str, PgPool)]) {
     handle();
     for (name, pool) in pools {
         let (open, idle) = (pool.size(), pool.num_idle() as u32);

@@ -605,8 +605,8 @@ async fn oldest_issued(
 /// walk goes past the live keys' links (links that old are all of deleted
 /// or inactive keys, so REVOKED) stops there instead of walking every
 /// older day: at 60M links over 60 days, 19-30 ms for no row before, 5-6
-/// ms after (docs/BENCHMARKS.md). Not for ACTIVE: its 7 days bound it already,
-/// and closer.
+/// ms after (docs/BENCHMARKS.md). Not for ACTIVE: its 7 days bound it
+/// already, and closer.
 ///
 /// Why this bound, measured at 60M links: without one, the generic plan
 /// walks `links_by_issued` for a key in the partitions that were empty when
@@ -617,15 +617,17 @@ async fn oldest_issued(
 /// partitions kept passes it, so a descent stops at its first entry. (Why
 /// a generic plan for a key's links needs care: docs/ARCHITECTURE.md.)
 async fn keys_floor(conn: &mut PgConnection, set: &KeySet) -> Result<Option<DateTime<Utc>>, Error> {
-    let mut oldest: Option<DateTime<Utc>> = None;
-    let mut unknown: Vec<&str> = Vec::new();
-    for (key, window) in set.keys.iter().zip(&set.windows) {
-        match window {
-            Window::Within(from, _) => oldest = Some(oldest.map_or(*from, |o| o.min(*from))),
-            Window::Empty => {}
-            Window::Unknown => unknown.push(key),
-        }
-    }
+    let windows = || set.keys.iter().zip(&set.windows);
+    let oldest = windows()
+        .filter_map(|(_, w)| match w {
+            Window::Within(from, _) => Some(*from),
+            _ => None,
+        })
+        .min();
+    let unknown: Vec<&str> = windows()
+        .filter(|(_, w)| **w == Window::Unknown)
+        .map(|(key, _)| key.as_str())
+        .collect();
     if unknown.is_empty() {
         return Ok(oldest);
     }
@@ -642,10 +644,7 @@ async fn keys_floor(conn: &mut PgConnection, set: &KeySet) -> Result<Option<Date
     .await
     .during("link_queries::keys_floor");
     generic_plans(conn, false).await?;
-    Ok(match (oldest, probed?) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    })
+    Ok([oldest, probed?].into_iter().flatten().min())
 }
 
 /// The links of `filter` in `slice` after `after`, newest first, in one
