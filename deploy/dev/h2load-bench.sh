@@ -7,7 +7,8 @@
 # then IssueLink, closed loop; the rows committed must equal the requests
 # answered (gRPC errors are HTTP 200: h2load's "succeeded" alone proves
 # nothing), and the CPU per committed link of the server and of the scratch
-# database's PostgreSQL backends (utime+stime from /proc). Then an open loop
+# database's PostgreSQL backends (utime+stime from /proc), links a commit
+# (the group commit's batch, from pg_stat_database) and WAL a link. Then an open loop
 # at half the best IssueLink rate (p50/p99/p99.9 from h2load's log), and the
 # server's resident memory. The scratch database is dropped on exit.
 # Usage: deploy/dev/h2load-bench.sh   (env: N=IssueLinks per round [150000],
@@ -45,7 +46,11 @@ cleanup() {
     rm -rf "$WORK"
 }
 trap cleanup EXIT
-for _ in $(seq 100); do curl -sf -o /dev/null "http://$PRESIGND_METRICS_LISTEN/metrics" && break; sleep 0.2; done
+# Ready (health SERVING): keys loaded, the registry's connections open.
+for _ in $(seq 150); do
+    curl -sf "http://$PRESIGND_METRICS_LISTEN/metrics" | grep -q '^presignd_ready 1' && break
+    sleep 0.2
+done
 
 # gRPC frames: a zero byte, a 4-byte big-endian length, the message. The
 # IssueLink request: bucket presignd-dev, key bench/object.bin, GET, 300 s.
@@ -72,6 +77,8 @@ ISSUE="$URL/presignd.v1.LinkService/IssueLink"
 NOOP="$URL/grpc.health.v1.Health/Check"
 
 rows() { psql "$DATABASE_URL" -Atc "SELECT count(*) FROM links"; }
+commits() { psql "$ADMIN" -Atc "SELECT xact_commit FROM pg_stat_database WHERE datname = '$DB'"; }
+wal() { psql "$ADMIN" -Atc "SELECT pg_current_wal_lsn()"; }
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 backends() {
     for p in $(psql "$DATABASE_URL" -Atc "SELECT pid FROM pg_stat_activity WHERE datname = '$DB' AND pid <> pg_backend_pid()"); do
@@ -89,8 +96,10 @@ best=0
 for round in $(seq "$ROUNDS"); do
     noop=$(h2load -n $((N * 4)) -c 16 -m 4 "${H[@]}" -d "$WORK/health.bin" "$NOOP" | rate)
     before=$(rows); backends >"$WORK/b0"; s0=$(ticks "$SERVER")
+    c0=$(commits); w0=$(wal)
     out=$(h2load -n "$N" -c 16 -m 4 "${H[@]}" -d "$WORK/issue.bin" "$ISSUE")
-    s1=$(ticks "$SERVER"); backends >"$WORK/b1"; after=$(rows)
+    s1=$(ticks "$SERVER"); backends >"$WORK/b1"; w1=$(wal); after=$(rows)
+    sleep 1; c1=$(commits) # the statistics reach pg_stat_database within ~0.5 s
     committed=$((after - before)); answered=$(echo "$out" | ok); r=$(echo "$out" | rate)
     if [ "$committed" != "$answered" ]; then
         echo "round $round: $answered answered OK but $committed rows committed" >&2
@@ -101,6 +110,8 @@ for round in $(seq "$ROUNDS"); do
         "ratio $(awk -v a="$r" -v b="$noop" 'BEGIN { printf "%.2f", a / b }');" \
         "CPU per link: server $(per_link $((s1 - s0)) "$committed") us," \
         "Postgres $(per_link "$(backend_ticks "$WORK/b0" "$WORK/b1")" "$committed") us;" \
+        "~$((committed / (c1 - c0))) links a commit;" \
+        "WAL $(psql "$ADMIN" -Atc "SELECT round(pg_wal_lsn_diff('$w1', '$w0') / $committed)") B a link;" \
         "load $(cut -d' ' -f1 /proc/loadavg)"
 done
 per_conn=$(awk -v b="$best" 'BEGIN { printf "%d", b / 2 / 16 }')

@@ -128,6 +128,12 @@ impl ReadinessTask {
         // signer: the others become ready, and the maintenance loop retries it.
         let stuck = self.revocations.resume_all().await?;
         maintenance::report_stuck(&self.readiness, &self.signers, &stuck);
+        // Before any key is loaded: IssueLink is refused until then (no
+        // active key, UNAVAILABLE at once), and the warm-up holds every
+        // connection it opens until the last is open. After, a burst arriving
+        // while it held them (seconds on a loaded host) found none for its
+        // commits and failed after --db-acquire-timeout-secs.
+        self.warm_registry().await;
         self.keys.load_active_keys().await?;
         for signer in &self.signers {
             self.keys.ensure_active_key(signer.as_str()).await?;
@@ -136,7 +142,6 @@ impl ReadinessTask {
         // fails is refused by IssueLink and named in health answers; it does
         // not hold readiness (the other buckets work).
         self.keys.preflight_all().await;
-        self.warm_registry().await;
         Ok(())
     }
 

@@ -61,6 +61,66 @@ async fn a_server_turns_serving_with_its_minimum_of_connections_open(pool: PgPoo
     assert_eq!(open, 5, "sessions of presignd's pool once SERVING");
 }
 
+/// The warm-up holds each connection it opens until the last is open, so it
+/// runs before any key is loaded: meanwhile IssueLink is refused at once as
+/// starting. Run after the keys (as it was), a call in that window was
+/// admitted, and when the warm-up held every connection it found none for
+/// its commit and failed "pool timed out" after --db-acquire-timeout-secs
+/// (the first IssueLinks of a bench started on a loaded host did). Here the database admits 8 sessions more
+/// than it has, fewer than --db-min-connections, so the warm-up holds what
+/// it opened and waits for the rest.
+#[sqlx::test]
+async fn while_the_registry_warms_issue_link_is_refused_at_once_as_starting(pool: PgPool) {
+    let (db, others): (String, i64) = sqlx::query_as(
+        "SELECT current_database()::text,
+                (SELECT count(*) FROM pg_stat_activity WHERE datname = current_database())",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let limit = others + 8;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "ALTER DATABASE \"{db}\" CONNECTION LIMIT {limit}"
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let config = test_config(&[
+        "--db-max-connections=12",
+        "--db-min-connections=12",
+        "--db-acquire-timeout-secs=1",
+    ]);
+    let mut app = spawn_app_with(config, (*pool.connect_options()).clone()).await;
+    let mut waited = 0;
+    // The warm-up holds what the database admits: more than the one
+    // connection each other step of the start uses at a time (and the
+    // key-change listener's).
+    while sessions_named(&pool, presignd::registry::SESSIONS).await < 5 {
+        waited += 1;
+        assert!(waited < 400, "the server's warm-up never held 5 sessions");
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert_eq!(app.health().await, ServingStatus::NotServing as i32);
+    let status = app
+        .issue(link_request(&test_bucket(), "k", Method::Get, 60))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("starting"), "{status:?}");
+    // Once the database admits them, the warm-up opens the rest and the
+    // server turns SERVING.
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "ALTER DATABASE \"{db}\" CONNECTION LIMIT -1"
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
+    app.wait_for(ServingStatus::Serving).await;
+    app.issue(link_request(&test_bucket(), "k", Method::Get, 60))
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn a_server_whose_registry_is_unreachable_is_not_serving_and_issues_nothing() {
     // A port nothing listens on: the registry is unreachable from the start.
