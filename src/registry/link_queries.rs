@@ -5,8 +5,8 @@
 //! Filters are bound parameters (`QueryBuilder::push_bind`); the only SQL text
 //! chosen at run time comes from enums. Listing walks `(issued_at DESC, id DESC)`
 //! and an equality filter picks the index that starts with its column (bucket,
-//! caller, key_id, signer: migrations 0001 and 0003), so a page reads about
-//! `limit` index entries however deep the cursor is, unless the filters left on
+//! caller, key_id: migrations 0001 and 0003), so a page reads about `limit`
+//! index entries however deep the cursor is, unless the filters left on
 //! top (state, prefix, expiry window) reject most rows. Without an equality
 //! filter the walk's index, `links_by_issued`, ends with expires_at (0020): a
 //! state's or an expiry window's condition on it is tested in the index, and
@@ -18,6 +18,9 @@
 //! (`list_page`), and a prefix's page per day of expiry (`read_slice`). An
 //! expiry window prunes the partitions (the table is partitioned by
 //! expires_at) and is tested in `links_by_issued`; its own index went (0022).
+//! A signer is its keys (a link's signer is its key's): its page merges one
+//! walk of `links_by_key_issued` per key that signed in the slice
+//! (`read_slice`), and its own index went (0023).
 
 use super::error::{During, Error};
 use super::links::{LinkRow, select_sql};
@@ -201,8 +204,9 @@ const FIRST_SLICE: TimeDelta = TimeDelta::days(1);
 /// at the oldest link, and EXPIRED's at the live keys' oldest
 /// (`keys_floor`). Before each slice the walk skips to the newest instant a
 /// matching link can have (`newest_below`): a stopped key's links are all in
-/// its window (signing_keys.signed_from/until, 0019), REVOKED's in the dead
-/// keys' windows or marked. The slices tile what is
+/// its window (signing_keys.signed_from/until, 0019), a signer's in its
+/// keys' windows, REVOKED's in the dead keys' windows or marked. The slices
+/// tile what is
 /// left of issued_at without overlap, skipping only what holds no match, and
 /// all run in one snapshot with the key states, windows and roll-up they
 /// depend on, so the page is exactly what one query would return.
@@ -222,10 +226,18 @@ pub async fn list_page(
         None => None,
     };
     let probe = Probe::of(&mut tx, filter).await?;
+    // A signer's links are its keys' (a key id in the filter is walked alone).
+    let signer = match (&filter.signer, &filter.key_id) {
+        (Some(signer), None) => Some(signer_keys(&mut tx, signer).await?),
+        _ => None,
+    };
     let mut rows: Vec<LinkRow> = Vec::new();
     // A prefix no object key has: one probe (0.3 ms at 77 partitions) instead
     // of planning a slice's parts first (7 ms at 6M links over 60 days).
-    if probe.is_empty() || !probe.prefix_exists(&mut tx).await? {
+    if probe.is_empty()
+        || signer.as_ref().is_some_and(|s| s.keys.is_empty())
+        || !probe.prefix_exists(&mut tx).await?
+    {
         tx.commit().await.during(WHAT)?;
         return Ok(rows);
     }
@@ -251,7 +263,8 @@ pub async fn list_page(
     loop {
         // Skip to the newest instant a matching link can have: the end of a
         // stopped key's window, the newest link a revocation marked.
-        let Some(hi) = newest_below(&mut tx, &probe, keys.as_ref(), top).await? else {
+        let Some(hi) = newest_below(&mut tx, &probe, signer.as_ref(), keys.as_ref(), top).await?
+        else {
             break;
         };
         top = hi;
@@ -267,7 +280,11 @@ pub async fn list_page(
             hi: top,
         };
         let need = limit - rows.len() as i64;
-        rows.extend(read_slice(&mut tx, filter, keys.as_ref(), after, slice, need).await?);
+        let sets = Sets {
+            state: keys.as_ref(),
+            signer: signer.as_ref(),
+        };
+        rows.extend(read_slice(&mut tx, filter, sets, after, slice, need).await?);
         if rows.len() as i64 >= limit || last {
             break;
         }
@@ -435,15 +452,21 @@ async fn keys_of(conn: &mut PgConnection, state: LinkState) -> Result<KeySet, Er
     .fetch_all(conn)
     .await
     .during("link_queries::keys_of")?;
-    let windows = rows
-        .iter()
-        .map(|r| Window::of(r.known, r.signed_from, r.signed_until))
-        .collect();
-    Ok(KeySet {
-        dead,
-        keys: rows.into_iter().map(|r| r.key_id).collect(),
-        windows,
-    })
+    Ok(KeySet::of(dead, rows))
+}
+
+/// The keys of `signer`, each with its window (0019). Every link's signer is
+/// its key's: `links_record` checks it (0017), and the issuer has always
+/// taken both from the key.
+async fn signer_keys(conn: &mut PgConnection, signer: &str) -> Result<KeySet, Error> {
+    let rows: Vec<KeyWindow> = sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT key_id, {WINDOW_SQL} FROM signing_keys WHERE signer = $1 ORDER BY key_id"
+    )))
+    .bind(signer)
+    .fetch_all(conn)
+    .await
+    .during("link_queries::signer_keys")?;
+    Ok(KeySet::of(false, rows))
 }
 
 /// A key's window as a query reads it, for `Window::of`: `signed_from`,
@@ -469,6 +492,44 @@ struct KeySet {
     windows: Vec<Window>,
 }
 
+impl KeySet {
+    fn of(dead: bool, rows: Vec<KeyWindow>) -> Self {
+        let windows = rows
+            .iter()
+            .map(|r| Window::of(r.known, r.signed_from, r.signed_until))
+            .collect();
+        Self {
+            dead,
+            keys: rows.into_iter().map(|r| r.key_id).collect(),
+            windows,
+        }
+    }
+
+    /// The exclusive upper end of where its keys' links below `top` can be
+    /// (`Window::newest_below`), None if nowhere.
+    fn newest_below(&self, top: Option<DateTime<Utc>>) -> Option<Option<DateTime<Utc>>> {
+        let mut newest = None;
+        for w in &self.windows {
+            let Some(t) = w.newest_below(top) else {
+                continue;
+            };
+            if t == top {
+                return Some(top);
+            }
+            newest = newest.max(Some(t));
+        }
+        newest
+    }
+}
+
+/// The key sets a slice is read with: the state's (its condition on key_id)
+/// and the signer's (one part per key).
+#[derive(Clone, Copy)]
+struct Sets<'a> {
+    state: Option<&'a KeySet>,
+    signer: Option<&'a KeySet>,
+}
+
 /// Where a key's links are in issued_at (signing_keys.signed_from,
 /// signed_until: recorded when it stopped signing, exact).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -490,6 +551,17 @@ impl Window {
         }
     }
 
+    /// Whether it can hold a link issued in `slice`.
+    fn meets(self, slice: &Slice) -> bool {
+        match self {
+            Self::Unknown => true,
+            Self::Empty => false,
+            Self::Within(from, until) => {
+                slice.hi.is_none_or(|hi| from < hi) && slice.lo.is_none_or(|lo| until >= lo)
+            }
+        }
+    }
+
     /// The exclusive upper end of where its links below `top` (exclusive;
     /// None: no end) can be; None if none can be.
     fn newest_below(self, top: Option<DateTime<Utc>>) -> Option<Option<DateTime<Utc>>> {
@@ -507,12 +579,14 @@ const TICK: TimeDelta = TimeDelta::microseconds(1);
 
 /// The exclusive upper end of where a link matching the page's filter can be
 /// below `top` (None: no end), None if nowhere: the key's window for a key
-/// id; for REVOKED, the newest of the dead keys' windows and of the links a
-/// revocation marked (one probe of each partition's links_marked_by_revocation,
-/// only when the windows leave a gap to jump).
+/// id, the newest of its keys' windows for a signer; for REVOKED, the newest
+/// of the dead keys' windows and of the links a revocation marked (one probe
+/// of each partition's links_marked_by_revocation, only when the windows
+/// leave a gap to jump).
 async fn newest_below(
     conn: &mut PgConnection,
     probe: &Probe,
+    signer: Option<&KeySet>,
     keys: Option<&KeySet>,
     top: Option<DateTime<Utc>>,
 ) -> Result<Option<Option<DateTime<Utc>>>, Error> {
@@ -523,18 +597,17 @@ async fn newest_below(
         },
         _ => top,
     };
+    let top = match signer.map(|s| s.newest_below(top)) {
+        Some(None) => return Ok(None),
+        Some(Some(t)) => t,
+        None => top,
+    };
     let Some(set) = keys.filter(|s| s.dead) else {
         return Ok(Some(top));
     };
-    let mut newest: Option<Option<DateTime<Utc>>> = None;
-    for w in &set.windows {
-        let Some(t) = w.newest_below(top) else {
-            continue;
-        };
-        if t == top {
-            return Ok(Some(top));
-        }
-        newest = newest.max(Some(t));
+    let newest = set.newest_below(top);
+    if newest == Some(top) {
+        return Ok(newest);
     }
     // A marked link below `top` but above the dead keys' windows?
     let sql = match top {
@@ -650,7 +723,10 @@ async fn keys_floor(conn: &mut PgConnection, set: &KeySet) -> Result<Option<Date
 /// The links of `filter` in `slice` after `after`, newest first, in one
 /// statement. With an object key prefix and no equality filter, a UNION ALL
 /// of one part per day of expiry the slice can reach (`expiry_days`), each
-/// ordered and limited on its own, merged in order.
+/// ordered and limited on its own, merged in order; with a signer (and no
+/// key id), one part per key of the signer that can have a link in the
+/// slice, each walking `links_by_key_issued`, merged the same way (the
+/// signer's own index went in 0023: every link inserted an entry into it).
 ///
 /// Why parts: on the partitioned table the planner merges one index walk in
 /// issued_at order per partition, and never sorts a partition's few matches
@@ -669,11 +745,30 @@ async fn keys_floor(conn: &mut PgConnection, set: &KeySet) -> Result<Option<Date
 async fn read_slice(
     conn: &mut PgConnection,
     filter: &LinkFilter,
-    keys: Option<&KeySet>,
+    sets: Sets<'_>,
     after: Option<Cursor>,
     slice: Slice,
     limit: i64,
 ) -> Result<Vec<LinkRow>, Error> {
+    // A signer's keys that can have a link here: in the state's set too
+    // (REVOKED's includes the marked links of any key), their window meeting
+    // the slice. None of them: nothing to read.
+    let signer_keys: Option<Vec<&str>> = sets.signer.map(|s| {
+        s.keys
+            .iter()
+            .zip(&s.windows)
+            .filter(|(key, w)| {
+                w.meets(&slice)
+                    && sets
+                        .state
+                        .is_none_or(|set| set.dead || set.keys.contains(key))
+            })
+            .map(|(key, _)| key.as_str())
+            .collect()
+    });
+    if signer_keys.as_ref().is_some_and(|k| k.is_empty()) {
+        return Ok(Vec::new());
+    }
     // expires_at in (issued_at, issued_at + 7 days] (0003's checks; an hour
     // more in case the session's time zone has a daylight saving change).
     let ceiling = slice
@@ -690,12 +785,22 @@ async fn read_slice(
         Some(_) if !equality => expiry_days(slice.lo, ceiling, Utc::now()),
         _ => Vec::new(),
     };
-    let parts = parts(&days);
+    // One part per key of the signer, each a walk of its key's index in
+    // issued_at order; past MAX_KEY_PARTS keys (a signer rotating every hour
+    // or so), one part for all of them, left to the planner.
+    let (keys_of_parts, keys_in_all): (Vec<Option<&str>>, Option<Vec<&str>>) = match signer_keys {
+        Some(keys) if keys.len() <= MAX_KEY_PARTS => (keys.into_iter().map(Some).collect(), None),
+        keys => (vec![None], keys),
+    };
+    let parts: Vec<(Part, Option<&str>)> = parts(&days)
+        .into_iter()
+        .flat_map(|p| keys_of_parts.iter().map(move |k| (p, *k)))
+        .collect();
     let mut q = QueryBuilder::new("");
     if parts.len() > 1 {
         q.push("SELECT * FROM (");
     }
-    for (n, (from, until)) in parts.iter().enumerate() {
+    for (n, ((from, until), key)) in parts.iter().enumerate() {
         if n > 0 {
             q.push(" UNION ALL ");
         }
@@ -703,12 +808,20 @@ async fn read_slice(
             q.push("(");
         }
         q.push(select_sql(""));
-        push_slice(&mut q, filter, keys, after, &slice, ceiling);
+        push_slice(&mut q, filter, sets.state, after, &slice, ceiling);
         if let Some(from) = from {
             q.push(" AND l.expires_at >= ").push_bind(*from);
         }
         if let Some(until) = until {
             q.push(" AND l.expires_at < ").push_bind(*until);
+        }
+        if let Some(key) = key {
+            q.push(" AND l.key_id = ").push_bind(key.to_string());
+        }
+        if let Some(keys) = &keys_in_all {
+            q.push(" AND l.key_id = ANY(")
+                .push_bind(keys.iter().map(|k| k.to_string()).collect::<Vec<_>>())
+                .push(")");
         }
         q.push(" ORDER BY l.issued_at DESC, l.id DESC LIMIT ")
             .push_bind(limit);
@@ -776,6 +889,10 @@ fn push_slice(
     }
 }
 
+/// A signer's page reads at most this many of its keys' walks in one slice
+/// (each planned: ~9 partitions).
+const MAX_KEY_PARTS: usize = 8;
+
 /// At most this many days of expiry get a part of their own; the rest of a
 /// slice's range is in its first part (no lower end) or its last (no upper).
 const PART_DAYS: i64 = 10;
@@ -820,12 +937,37 @@ fn parts(days: &[DateTime<Utc>]) -> Vec<Part> {
 
 #[cfg(test)]
 mod tests {
-    use super::{PART_DAYS, expiry_days, parts, prefix_successor};
+    use super::{PART_DAYS, Slice, TICK, Window, expiry_days, parts, prefix_successor};
     use chrono::{DateTime, TimeDelta, Timelike, Utc};
     use proptest::prelude::*;
 
     fn at(secs: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(secs, 0).unwrap()
+    }
+
+    /// A key is read in a slice [lo, hi) exactly when its window [from,
+    /// until] shares an instant with it: a link at `until` = lo, or at
+    /// `from` one tick below hi, is in the slice (a signer's page would lose
+    /// it otherwise); an open end meets everything on that side.
+    #[test]
+    fn a_window_meets_a_slice_exactly_when_they_share_an_instant() {
+        let (lo, hi) = (at(1_000), at(2_000));
+        let slice = Slice {
+            lo: Some(lo),
+            hi: Some(hi),
+        };
+        let within = |from, until| Window::Within(from, until).meets(&slice);
+        assert!(within(at(0), lo));
+        assert!(!within(at(0), lo - TICK));
+        assert!(within(hi - TICK, at(3_000)));
+        assert!(!within(hi, at(3_000)));
+        assert!(within(lo + TICK, hi - TICK));
+        assert!(within(at(0), at(3_000)));
+        assert!(Window::Unknown.meets(&slice));
+        assert!(!Window::Empty.meets(&slice));
+        let open = Slice { lo: None, hi: None };
+        assert!(Window::Within(at(0), at(0)).meets(&open));
+        assert!(!Window::Empty.meets(&open));
     }
 
     proptest! {

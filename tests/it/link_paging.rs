@@ -301,9 +301,79 @@ async fn paging_across_partitions_yields_exactly_what_one_scan_does(pool: PgPool
             Box::new(|r| r.state == State::Revoked && r.key_id == "GKold"),
         ),
         (
+            "a signer: its keys' windows, one still signing",
+            Filter {
+                signer: Some("s".into()),
+                ..f()
+            },
+            Box::new(|r| r.signer == "s"),
+        ),
+        (
+            "a signer whose keys all stopped",
+            Filter {
+                signer: Some("t".into()),
+                ..f()
+            },
+            Box::new(|r| r.signer == "t"),
+        ),
+        (
+            "a signer, active",
+            Filter {
+                state: Some(State::Active),
+                signer: Some("s".into()),
+                ..f()
+            },
+            Box::new(|r| r.state == State::Active && r.signer == "s"),
+        ),
+        (
+            "a signer, revoked (its live keys' marked links too)",
+            Filter {
+                state: Some(State::Revoked),
+                signer: Some("s".into()),
+                ..f()
+            },
+            Box::new(|r| r.state == State::Revoked && r.signer == "s"),
+        ),
+        (
+            "a signer, one caller and a prefix",
+            Filter {
+                signer: Some("s".into()),
+                caller: Some("svc-1".into()),
+                object_key_prefix: Some("o/".into()),
+                ..f()
+            },
+            Box::new(|r| r.signer == "s" && r.caller == "svc-1"),
+        ),
+        (
+            "a signer and one of its keys",
+            Filter {
+                signer: Some("t".into()),
+                key_id: Some("GKt1".into()),
+                ..f()
+            },
+            Box::new(|r| r.key_id == "GKt1"),
+        ),
+        (
             "nothing",
             Filter {
                 key_id: Some("GKnone".into()),
+                ..f()
+            },
+            Box::new(|_| false),
+        ),
+        (
+            "nothing: a signer with no key",
+            Filter {
+                signer: Some("nobody".into()),
+                ..f()
+            },
+            Box::new(|_| false),
+        ),
+        (
+            "nothing: a signer and another signer's key",
+            Filter {
+                signer: Some("s".into()),
+                key_id: Some("GKt1".into()),
                 ..f()
             },
             Box::new(|_| false),
@@ -432,6 +502,35 @@ async fn paging_across_partitions_yields_exactly_what_one_scan_does(pool: PgPool
             assert!(missing.iter().all(|r| r.issued_at == lost), "{filter:?}");
         }
     }
+
+    // A signer's pages rely on its keys' windows too: with GKt2's one tick
+    // short at its start, the page after its oldest link's instant (the
+    // oldest of signer t's, listed above) loses that link.
+    let from = windows.iter().find(|w| w.0 == "GKt2").unwrap().1.unwrap();
+    sqlx::query("UPDATE signing_keys SET signed_from = $2 WHERE key_id = $1")
+        .bind("GKt2")
+        .bind(from + tick)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let signer_t = Filter {
+        signer: Some("t".into()),
+        ..f()
+    };
+    let after = Cursor {
+        at: from,
+        id: greatest,
+    };
+    let oldest: Vec<uuid::Uuid> = all
+        .iter()
+        .filter(|r| r.signer == "t" && (r.issued_at, r.id) < (after.at, after.id))
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(oldest.len(), 1, "GKt2's oldest link is signer t's oldest");
+    let page = link_queries::list_page(&pool, &signer_t, Some(after), 7)
+        .await
+        .unwrap();
+    assert!(page.is_empty(), "a narrowed window lost no link: {page:?}");
 }
 
 /// A key stopped (deactivated, or retired) while batches of its links are
@@ -883,6 +982,7 @@ async fn an_expired_link_in_todays_partition_is_below_the_first_slice_and_listed
 struct Row {
     id: uuid::Uuid,
     key_id: String,
+    signer: String,
     caller: String,
     bucket: String,
     object_key: String,
@@ -891,13 +991,93 @@ struct Row {
     state: presignd::domain::LinkState,
 }
 
+/// A signer's page merges one walk per key that signed in the slice
+/// (link_queries::read_slice), up to a number of keys; a signer with more
+/// keys signing in one slice (here 10, all in the same two days, rotated
+/// and stopped in every way, one still signing) is read in one walk for
+/// all of them. Both page like one scan, by state too, and beside the
+/// other signer's links interleaved with them.
+#[sqlx::test]
+async fn a_signer_with_more_keys_in_a_slice_than_walks_pages_like_one_scan(pool: PgPool) {
+    use chrono::{Duration, DurationRound, Utc};
+    use presignd::domain::LinkState as State;
+    use presignd::registry::link_queries::LinkFilter as Filter;
+
+    let now = Utc::now().duration_trunc(Duration::seconds(1)).unwrap();
+    daily_partitions_since(&pool, now, 3).await;
+    sqlx::raw_sql(
+        "INSERT INTO signers (name, backend) VALUES ('many', 'garage'), ('few', 'garage');
+         INSERT INTO signing_keys (key_id, signer, state, sealed_secret)
+         SELECT 'GKm' || n, 'many', 'pending', '\\x00'::bytea FROM generate_series(0, 9) n
+         UNION ALL SELECT 'GKf0', 'few', 'pending', '\\x00'::bytea
+         UNION ALL SELECT 'GKf1', 'few', 'pending', '\\x00'::bytea;",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    // 600 links over the last two days, one every ~5 minutes: signer many's
+    // ten keys in turn, every third link signer few's.
+    sqlx::query(
+        "INSERT INTO links (id, key_id, signer, caller, method, bucket, object_key,
+                            issued_at, expires_at, signature_sha256)
+         SELECT gen_random_uuid(),
+                CASE WHEN i % 3 = 0 THEN 'GKf' || (i / 300) ELSE 'GKm' || (i % 10) END,
+                CASE WHEN i % 3 = 0 THEN 'few' ELSE 'many' END,
+                'svc', 'GET', 'b', 'o/' || i, at, at + interval '1 day', sha256(i::text::bytea)
+         FROM (SELECT i, $1 - i * interval '287 seconds' AS at
+               FROM generate_series(0, 599) i) g",
+    )
+    .bind(now)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let ends = ["retired", "inactive", "deleted"];
+    let mut keys: Vec<(String, &str)> = (0..9).map(|n| (format!("GKm{n}"), ends[n % 3])).collect();
+    keys.push(("GKm9".into(), "active"));
+    keys.push(("GKf1".into(), "inactive"));
+    keys.push(("GKf0".into(), "active"));
+    let keys: Vec<(&str, &str)> = keys.iter().map(|(k, e)| (k.as_str(), *e)).collect();
+    sign_then_stop(&pool, &keys).await;
+
+    let all = scan(&pool).await;
+    type Wanted = Box<dyn Fn(&Row) -> bool>;
+    let signer = |name: &str, state: Option<State>| Filter {
+        signer: Some(name.into()),
+        state,
+        ..Default::default()
+    };
+    let cases: Vec<(Filter, Wanted)> = vec![
+        (signer("many", None), Box::new(|r| r.signer == "many")),
+        (
+            signer("many", Some(State::Active)),
+            Box::new(|r| r.signer == "many" && r.state == State::Active),
+        ),
+        (
+            signer("many", Some(State::Revoked)),
+            Box::new(|r| r.signer == "many" && r.state == State::Revoked),
+        ),
+        (signer("few", None), Box::new(|r| r.signer == "few")),
+    ];
+    for (filter, wanted) in &cases {
+        let expected: Vec<uuid::Uuid> = all.iter().filter(|r| wanted(r)).map(|r| r.id).collect();
+        assert!(expected.len() > 30, "{filter:?}: too few links to page");
+        for size in [7, 60] {
+            assert_eq!(
+                page_through(&pool, filter, size).await,
+                expected,
+                "{filter:?}, pages of {size}"
+            );
+        }
+    }
+}
+
 /// Every link, in ListLinks' order (newest first), with its state: what
 /// the pages are compared with.
 async fn scan(pool: &PgPool) -> Vec<Row> {
     use presignd::registry::links::STATE_SQL;
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT l.id, l.key_id, l.caller, l.bucket, l.object_key, l.issued_at, l.expires_at,
-                {STATE_SQL} AS state
+        "SELECT l.id, l.key_id, l.signer, l.caller, l.bucket, l.object_key, l.issued_at,
+                l.expires_at, {STATE_SQL} AS state
          FROM links l JOIN signing_keys k ON k.key_id = l.key_id
          ORDER BY l.issued_at DESC, l.id DESC"
     )))

@@ -262,6 +262,38 @@ async fn a_registry_with_data_from_the_first_migration_upgrades_to_the_last_inta
             "{table}: {definition}"
         );
     }
+    // The indexes every insert into links maintains, and the two partial ones:
+    // 0022 dropped links_by_expiry, 0023 links_by_signer_issued (a signer's
+    // page walks its keys' index); on every partition too.
+    let indexes: Vec<String> = sqlx::query_scalar(
+        "SELECT indexrelid::regclass::text FROM pg_index
+         WHERE indrelid = 'links'::regclass ORDER BY 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        indexes,
+        [
+            "links_by_bucket_issued",
+            "links_by_caller_issued",
+            "links_by_issued",
+            "links_by_key_expiry",
+            "links_by_key_issued",
+            "links_by_object_key",
+            "links_marked_by_revocation",
+            "links_one_replacement",
+            "links_pkey",
+        ]
+    );
+    let per_partition: Vec<i64> = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_inherits p JOIN pg_index i ON i.indrelid = p.inhrelid
+         WHERE p.inhparent = 'links'::regclass GROUP BY p.inhrelid",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(per_partition, vec![indexes.len() as i64; partitions.len()]);
     // 0012: links recorded before it kept no bound headers (ReissueLinks
     // skips them); revocations before it quarantined nothing.
     let (recorded, quarantined): (i64, i64) = sqlx::query_as(

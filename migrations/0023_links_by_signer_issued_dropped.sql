@@ -1,0 +1,14 @@
+-- `links_by_signer_issued` (signer, issued_at DESC, id DESC) goes (issue 12:
+-- every link inserted an entry into it, one of the indexes each insert
+-- maintains). It served one reader: ListLinks filtered by signer. A link's
+-- signer is its key's (`links_record` checks it, 0017), so a signer's links
+-- are its keys' links: a page merges one walk of `links_by_key_issued` per
+-- key of the signer that signed in the slice it reads
+-- (`link_queries::read_slice`; a stopped key's window, 0019, says which).
+-- Summaries by signer read the roll-up and, for the current hour,
+-- `links_by_key_expiry` per key. Measured (docs/BENCHMARKS.md): 131 bytes
+-- less WAL a link, 51 (built in bulk) to 90 (grown by IssueLink) bytes less
+-- index, about 3.5 µs less of PostgreSQL's CPU; the signer's pages stay
+-- under 10 ms at 6M links over 60 days.
+-- Dropping an index is a catalog change: no rewrite, an instant's lock.
+DROP INDEX links_by_signer_issued;
