@@ -110,7 +110,7 @@ for round in $(seq "$ROUNDS"); do
         "ratio $(awk -v a="$r" -v b="$noop" 'BEGIN { printf "%.2f", a / b }');" \
         "CPU per link: server $(per_link $((s1 - s0)) "$committed") us," \
         "Postgres $(per_link "$(backend_ticks "$WORK/b0" "$WORK/b1")" "$committed") us;" \
-        "~$((committed / (c1 - c0))) links a commit;" \
+        "~$(( c1 > c0 ? committed / (c1 - c0) : 0 )) links a commit;" \
         "WAL $(psql "$ADMIN" -Atc "SELECT round(pg_wal_lsn_diff('$w1', '$w0') / $committed)") B a link;" \
         "load $(cut -d' ' -f1 /proc/loadavg)"
 done

@@ -100,12 +100,7 @@ async fn while_the_registry_warms_issue_link_is_refused_at_once_as_starting(pool
         assert!(waited < 400, "the server's warm-up never held 5 sessions");
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
-    assert_eq!(app.health().await, ServingStatus::NotServing as i32);
-    let status = app
-        .issue(link_request(&test_bucket(), "k", Method::Get, 60))
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    let status = refused_while_not_serving(&mut app).await;
     assert!(status.message().contains("starting"), "{status:?}");
     // Once the database admits them, the warm-up opens the rest and the
     // server turns SERVING.
@@ -132,12 +127,19 @@ async fn a_server_whose_registry_is_unreachable_is_not_serving_and_issues_nothin
         .unwrap();
     let mut app = spawn_app_with(test_config(&[]), db).await;
 
+    refused_while_not_serving(&mut app).await;
+}
+
+/// The server reports NOT_SERVING and refuses an IssueLink UNAVAILABLE (the
+/// answer is returned).
+async fn refused_while_not_serving(app: &mut TestApp) -> tonic::Status {
     assert_eq!(app.health().await, ServingStatus::NotServing as i32);
     let status = app
         .issue(link_request(&test_bucket(), "k", Method::Get, 60))
         .await
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    status
 }
 
 #[sqlx::test]
