@@ -260,6 +260,10 @@ pub async fn list_page(
     let mut top: Option<DateTime<Utc>> = after.map(|c| c.at + TICK);
     let mut width = FIRST_SLICE;
     let mut checked_keys = false;
+    let sets = Sets {
+        state: keys.as_ref(),
+        signer: signer.as_ref(),
+    };
     loop {
         // Skip to the newest instant a matching link can have: the end of a
         // stopped key's window, the newest link a revocation marked.
@@ -280,10 +284,6 @@ pub async fn list_page(
             hi: top,
         };
         let need = limit - rows.len() as i64;
-        let sets = Sets {
-            state: keys.as_ref(),
-            signer: signer.as_ref(),
-        };
         rows.extend(read_slice(&mut tx, filter, sets, after, slice, need).await?);
         if rows.len() as i64 >= limit || last {
             break;

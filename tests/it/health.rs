@@ -66,9 +66,10 @@ async fn a_server_turns_serving_with_its_minimum_of_connections_open(pool: PgPoo
 /// starting. Run after the keys (as it was), a call in that window was
 /// admitted, and when the warm-up held every connection it found none for
 /// its commit and failed "pool timed out" after --db-acquire-timeout-secs
-/// (the first IssueLinks of a bench started on a loaded host did). Here the database admits 8 sessions more
-/// than it has, fewer than --db-min-connections, so the warm-up holds what
-/// it opened and waits for the rest.
+/// (the first IssueLinks of a bench started on a loaded host did). Here the
+/// database admits 8 sessions more than it has, fewer than
+/// --db-min-connections, so the warm-up holds what it opened and waits for
+/// the rest.
 #[sqlx::test]
 async fn while_the_registry_warms_issue_link_is_refused_at_once_as_starting(pool: PgPool) {
     let (db, others): (String, i64) = sqlx::query_as(
@@ -78,38 +79,41 @@ async fn while_the_registry_warms_issue_link_is_refused_at_once_as_starting(pool
     .fetch_one(&pool)
     .await
     .unwrap();
-    let limit = others + 8;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "ALTER DATABASE \"{db}\" CONNECTION LIMIT {limit}"
-    )))
-    .execute(&pool)
-    .await
-    .unwrap();
+    let connection_limit = |limit: i64| {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "ALTER DATABASE \"{db}\" CONNECTION LIMIT {limit}"
+        )))
+        .execute(&pool)
+    };
+    connection_limit(others + 8).await.unwrap();
     let config = test_config(&[
         "--db-max-connections=12",
         "--db-min-connections=12",
         "--db-acquire-timeout-secs=1",
     ]);
     let mut app = spawn_app_with(config, (*pool.connect_options()).clone()).await;
-    let mut waited = 0;
     // The warm-up holds what the database admits: more than the one
     // connection each other step of the start uses at a time (and the
     // key-change listener's).
-    while sessions_named(&pool, presignd::registry::SESSIONS).await < 5 {
-        waited += 1;
-        assert!(waited < 400, "the server's warm-up never held 5 sessions");
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
+    let held = wait_for_count(
+        &pool,
+        &format!(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND application_name = '{}'",
+            presignd::registry::SESSIONS
+        ),
+        5,
+    )
+    .await;
+    assert!(
+        held >= 5,
+        "the server's warm-up never held 5 sessions: {held}"
+    );
     let status = refused_while_not_serving(&mut app).await;
     assert!(status.message().contains("starting"), "{status:?}");
     // Once the database admits them, the warm-up opens the rest and the
     // server turns SERVING.
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "ALTER DATABASE \"{db}\" CONNECTION LIMIT -1"
-    )))
-    .execute(&pool)
-    .await
-    .unwrap();
+    connection_limit(-1).await.unwrap();
     app.wait_for(ServingStatus::Serving).await;
     app.issue(link_request(&test_bucket(), "k", Method::Get, 60))
         .await
