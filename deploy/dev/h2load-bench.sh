@@ -12,7 +12,8 @@
 # at half the best IssueLink rate (p50/p99/p99.9 from h2load's log), and the
 # server's resident memory. The scratch database is dropped on exit.
 # Usage: deploy/dev/h2load-bench.sh   (env: N=IssueLinks per round [150000],
-#   ROUNDS [2], PRESIGND_RECORD_WORKERS, BIN=a presignd binary [release build])
+#   ROUNDS [2], PRESIGND_RECORD_WORKERS, BIN=a presignd binary [release build],
+#   EXTRA_SQL=SQL run on the scratch database after `presignd migrate`)
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
@@ -38,6 +39,8 @@ source "$HERE/serve-env.sh"
 serve_env "$BIN" 127.0.0.1:50071 127.0.0.1:9481 bench "$TOKEN" presignd-dev
 export RUST_LOG="${RUST_LOG:-warn}"
 "$BIN" migrate >/dev/null
+# A/B of a schema setting on the same binary: SQL run once migrated.
+[ -n "${EXTRA_SQL:-}" ] && psql "$DATABASE_URL" -qc "$EXTRA_SQL"
 "$BIN" serve 2>"$WORK/server.log" &
 SERVER=$!
 cleanup() {

@@ -212,3 +212,77 @@ async fn a_key_is_never_deleted(pool: PgPool) {
         .unwrap();
     assert_eq!(left, 5);
 }
+
+/// The plans PostgreSQL makes on one connection, as `debug_print_plan`
+/// reports them to the client (a LOG notice "plan:" each, which sqlx traces).
+#[derive(Clone, Default)]
+struct Plans(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Plans {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Plans {
+    fn made(&self) -> usize {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .matches("plan:")
+            .count()
+    }
+}
+
+/// Migration 0024: `links_record` plans its statements once per connection,
+/// not at every batch. Without it the first five batches plan every
+/// statement and each batch after them still plans one (the plan cache keeps
+/// a plan made for that batch's arrays: ~6% of PostgreSQL's CPU under
+/// IssueLink). Here a batch of a size not seen before plans nothing. Fails
+/// (`[.., 1, 1, 1, 1]`) if the function's statements go back to custom plans.
+#[sqlx::test]
+async fn a_batch_plans_nothing_once_its_statements_are_planned(pool: PgPool) {
+    seed_fixture(&pool).await;
+    let plans = Plans::default();
+    let writer = plans.clone();
+    let _traced = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(
+                "sqlx::postgres::notice=trace",
+            ))
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish(),
+    );
+    let mut conn = pool.acquire().await.unwrap();
+    sqlx::raw_sql("SET client_min_messages = log; SET debug_print_plan = on")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let (mut per_batch, mut ids) = (Vec::new(), Vec::new());
+    for size in 1..=10 {
+        let rows: Vec<NewLink> = (0..size)
+            .map(|_| link("GKALPHA1", "alpha", "svc-a"))
+            .collect();
+        let before = plans.made();
+        let written = links::record(&mut *conn, &["GKALPHA1"], &rows.iter().collect::<Vec<_>>())
+            .await
+            .unwrap();
+        assert_eq!(written.active_keys, ["GKALPHA1"]);
+        per_batch.push(plans.made() - before);
+        ids.extend(rows.iter().map(|r| r.id));
+    }
+    assert!(per_batch[0] > 0, "the first batch plans: {per_batch:?}");
+    assert_eq!(
+        per_batch[6..],
+        [0; 4],
+        "plans made per batch: {per_batch:?}"
+    );
+    assert_eq!(
+        recorded(&pool, &ids).await.len(),
+        55,
+        "every row of the ten batches is written"
+    );
+}

@@ -1,0 +1,14 @@
+-- `links_record` (0017) plans its statements once per connection (issue 12).
+-- PL/pgSQL caches each statement's plan, but a statement with parameters
+-- (here, the batch's arrays) goes through the plan cache's choice between a
+-- generic plan and one planned for the values at hand ("custom"): custom for
+-- the first five executions, then custom still wherever the generic plan
+-- looks costlier. Each of the first five batches of a connection planned
+-- every statement, and each batch after them one statement (test
+-- `group_commit::a_batch_plans_nothing_once_its_statements_are_planned`):
+-- under IssueLink, `pg_plan_query` below `GetCachedPlan` was about 6% of the
+-- backends' CPU (perf, docs/BENCHMARKS.md). No statement of the function gains from knowing its
+-- arrays' contents: each reads the batch whole, and its keys by primary key.
+-- The setting holds for the call only (the roll-up trigger it fires
+-- included) and leaves every other query of the session as it was.
+ALTER FUNCTION links_record SET plan_cache_mode = force_generic_plan;
