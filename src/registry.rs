@@ -129,19 +129,54 @@ pub async fn acquire(pool: &PgPool) -> Result<sqlx::pool::PoolConnection<sqlx::P
 /// (the pool gives up on it, and no connection ever opens); alone, each
 /// opens in its own time. An acquisition that times out is tried again
 /// until `within` has passed. All are held until the last is open, so each
-/// is a connection of its own. The first error, if any; `pool.size()` says
-/// how many are open.
+/// is a connection of its own. The first error, if any (where the database
+/// refuses another session, its own answer: sqlx retries "too many
+/// connections" until the acquire times out, and says only that); `pool.size()`
+/// says how many are open.
 pub async fn warm(pool: &PgPool, connections: u32, within: Duration) -> Result<(), Error> {
     let deadline = tokio::time::Instant::now() + within;
     let mut held = Vec::with_capacity(connections as usize);
-    while held.len() < connections as usize {
+    let warmed = loop {
+        if held.len() >= connections as usize {
+            break Ok(());
+        }
         match pool.acquire().await {
             Ok(conn) => held.push(conn),
             Err(sqlx::Error::PoolTimedOut) if tokio::time::Instant::now() < deadline => {}
-            Err(e) => return Err(e).during("warm"),
+            Err(sqlx::Error::PoolTimedOut) => break Err(refusal(pool).await),
+            Err(e) => break Err(e),
         }
+    };
+    give_back(pool, held).await;
+    warmed.during("warm")
+}
+
+/// Why the pool could not open another connection: the database's answer to
+/// one more, or the pool's timeout if it accepts it now.
+async fn refusal(pool: &PgPool) -> sqlx::Error {
+    use sqlx::Connection;
+    match sqlx::PgConnection::connect_with(&pool.connect_options()).await {
+        Ok(conn) => {
+            let _ = conn.close().await;
+            sqlx::Error::PoolTimedOut
+        }
+        Err(e) => e,
     }
-    Ok(())
+}
+
+/// Hands `held` back and waits (up to a second) until the pool has them
+/// idle. A dropped connection goes back through a task of its own (sqlx pings
+/// it first), and an acquisition that finds none idle meanwhile opens a new
+/// one instead: where the database admits no more sessions (fewer than
+/// `--db-min-connections`), it failed after the acquire timeout, every start
+/// attempt failed so, and the server never turned ready.
+async fn give_back(pool: &PgPool, held: Vec<sqlx::pool::PoolConnection<sqlx::Postgres>>) {
+    let back = pool.num_idle() + held.len();
+    drop(held);
+    let until = tokio::time::Instant::now() + Duration::from_secs(1);
+    while pool.num_idle() < back && tokio::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
 }
 
 pub async fn ping(pool: &PgPool) -> Result<(), Error> {

@@ -163,7 +163,9 @@ impl ReadinessTask {
                 open = self.pool.size(),
                 wanted,
                 took_ms,
-                "could not open every registry connection of --db-min-connections before serving; the rest open on demand"
+                "could not open every registry connection of --db-min-connections before serving; the rest open on demand. \
+                 If the database refused them (too many connections), it admits fewer sessions than --db-min-connections: \
+                 lower it and --db-max-connections, or raise the database's max_connections or the role's or database's CONNECTION LIMIT"
             ),
         }
     }

@@ -1,6 +1,7 @@
 //! Health follows readiness; reflection works without proto files.
 
 use crate::helpers::*;
+use presignd::config::Config;
 use presignd::proto::Method;
 use sqlx::PgPool;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -72,26 +73,8 @@ async fn a_server_turns_serving_with_its_minimum_of_connections_open(pool: PgPoo
 /// the rest.
 #[sqlx::test]
 async fn while_the_registry_warms_issue_link_is_refused_at_once_as_starting(pool: PgPool) {
-    let (db, others): (String, i64) = sqlx::query_as(
-        "SELECT current_database()::text,
-                (SELECT count(*) FROM pg_stat_activity WHERE datname = current_database())",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
-    let connection_limit = |limit: i64| {
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "ALTER DATABASE \"{db}\" CONNECTION LIMIT {limit}"
-        )))
-        .execute(&pool)
-    };
-    connection_limit(others + 8).await.unwrap();
-    let config = test_config(&[
-        "--db-max-connections=12",
-        "--db-min-connections=12",
-        "--db-acquire-timeout-secs=1",
-    ]);
-    let mut app = spawn_app_with(config, (*pool.connect_options()).clone()).await;
+    let limit = SessionLimit::of_8_more(&pool).await;
+    let mut app = spawn_app_with(limit.config(), (*pool.connect_options()).clone()).await;
     // The warm-up holds what the database admits: more than the one
     // connection each other step of the start uses at a time (and the
     // key-change listener's).
@@ -113,11 +96,106 @@ async fn while_the_registry_warms_issue_link_is_refused_at_once_as_starting(pool
     assert!(status.message().contains("starting"), "{status:?}");
     // Once the database admits them, the warm-up opens the rest and the
     // server turns SERVING.
-    connection_limit(-1).await.unwrap();
+    limit.lift(&pool).await;
     app.wait_for(ServingStatus::Serving).await;
     app.issue(link_request(&test_bucket(), "k", Method::Get, 60))
         .await
         .unwrap();
+}
+
+/// A database that never admits --db-min-connections sessions: the warm-up
+/// gives up (after 10 s) and the server serves with what is open. It never
+/// turned ready before: the warm-up handed its connections back by dropping
+/// them, the next step's acquisition found none idle yet, tried to open one,
+/// was refused "too many connections" until its timeout, and every start
+/// attempt failed so.
+#[sqlx::test]
+async fn a_database_admitting_fewer_sessions_than_the_minimum_is_served_with_what_it_admits(
+    pool: PgPool,
+) {
+    let limit = SessionLimit::of_8_more(&pool).await;
+    // The server takes every session the database admits: this test's own.
+    let mut ours = pool.acquire().await.unwrap();
+    let mut app = spawn_app_with(limit.config(), (*pool.connect_options()).clone()).await;
+    app.wait_for(ServingStatus::Serving).await;
+    for n in 0..20 {
+        app.issue(link_request(
+            &test_bucket(),
+            &format!("k{n}"),
+            Method::Get,
+            60,
+        ))
+        .await
+        .unwrap();
+    }
+    let links: i64 = sqlx::query_scalar("SELECT count(*) FROM links")
+        .fetch_one(&mut *ours)
+        .await
+        .unwrap();
+    assert_eq!(links, 20);
+}
+
+/// The warm-up's error names the database's refusal ("too many
+/// connections"), which sqlx retries until the acquire times out and then
+/// reports only as a timeout; and it hands back every connection it opened.
+#[sqlx::test]
+async fn a_warm_up_the_database_refuses_says_so_and_leaves_its_connections_idle(pool: PgPool) {
+    SessionLimit::of_8_more(&pool).await;
+    let server = presignd::registry::lazy_pool(
+        (*pool.connect_options()).clone(),
+        12,
+        12,
+        std::time::Duration::from_millis(300),
+    );
+    let err = presignd::registry::warm(&server, 12, std::time::Duration::from_secs(1))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("too many connections"), "{err}");
+    assert!(server.size() >= 5, "{} open", server.size());
+    assert_eq!(server.num_idle(), server.size() as usize);
+}
+
+/// The test database admitting 8 sessions more than it has when made, fewer
+/// than the server's `config()` asks for (--db-min-connections=12).
+struct SessionLimit {
+    db: String,
+}
+
+impl SessionLimit {
+    async fn of_8_more(pool: &PgPool) -> Self {
+        let (db, others): (String, i64) = sqlx::query_as(
+            "SELECT current_database()::text,
+                    (SELECT count(*) FROM pg_stat_activity WHERE datname = current_database())",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        let limit = Self { db };
+        limit.set(pool, others + 8).await;
+        limit
+    }
+
+    fn config(&self) -> Config {
+        test_config(&[
+            "--db-max-connections=12",
+            "--db-min-connections=12",
+            "--db-acquire-timeout-secs=1",
+        ])
+    }
+
+    async fn lift(&self, pool: &PgPool) {
+        self.set(pool, -1).await;
+    }
+
+    async fn set(&self, pool: &PgPool, limit: i64) {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "ALTER DATABASE \"{}\" CONNECTION LIMIT {limit}",
+            self.db
+        )))
+        .execute(pool)
+        .await
+        .unwrap();
+    }
 }
 
 #[tokio::test]
