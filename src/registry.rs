@@ -152,15 +152,20 @@ pub async fn warm(pool: &PgPool, connections: u32, within: Duration) -> Result<(
 }
 
 /// Why the pool could not open another connection: the database's answer to
-/// one more, or the pool's timeout if it accepts it now.
+/// one more, or the pool's timeout if it accepts it now or does not answer
+/// within the acquire timeout (an unreachable host would hold a bare
+/// connect for minutes).
 async fn refusal(pool: &PgPool) -> sqlx::Error {
     use sqlx::Connection;
-    match sqlx::PgConnection::connect_with(&pool.connect_options()).await {
-        Ok(conn) => {
+    let options = pool.connect_options();
+    let one_more = sqlx::PgConnection::connect_with(&options);
+    match tokio::time::timeout(pool.options().get_acquire_timeout(), one_more).await {
+        Ok(Ok(conn)) => {
             let _ = conn.close().await;
             sqlx::Error::PoolTimedOut
         }
-        Err(e) => e,
+        Ok(Err(e)) => e,
+        Err(_) => sqlx::Error::PoolTimedOut,
     }
 }
 
