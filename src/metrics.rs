@@ -23,6 +23,8 @@ mod process;
 
 pub const LINKS_ISSUED: &str = "presignd_links_issued_total";
 pub const ISSUE_LINK_SECONDS: &str = "presignd_issue_link_duration_seconds";
+pub const LINK_COMMIT_SECONDS: &str = "presignd_link_commit_duration_seconds";
+pub const LINK_COMMIT_LINKS: &str = "presignd_link_commit_links";
 pub const OUTSTANDING_LINKS: &str = "presignd_outstanding_links";
 pub const REVOCATIONS: &str = "presignd_revocations_total";
 pub const REGISTRY_ERRORS: &str = "presignd_registry_errors_total";
@@ -66,6 +68,9 @@ const ISSUE_LINK_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
 
+/// Links a group commit holds (`--record-batch-max` bounds them).
+const LINK_COMMIT_SIZES: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
+
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// The process's recorder, installed on first use.
@@ -78,6 +83,15 @@ fn install() -> PrometheusHandle {
         .set_buckets_for_metric(Matcher::Full(ISSUE_LINK_SECONDS.into()), ISSUE_LINK_BUCKETS)
         .and_then(|b| {
             b.set_buckets_for_metric(Matcher::Full(GRPC_SECONDS.into()), ISSUE_LINK_BUCKETS)
+        })
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full(LINK_COMMIT_SECONDS.into()),
+                ISSUE_LINK_BUCKETS,
+            )
+        })
+        .and_then(|b| {
+            b.set_buckets_for_metric(Matcher::Full(LINK_COMMIT_LINKS.into()), LINK_COMMIT_SIZES)
         })
         .expect("the bucket list is not empty");
     let handle = match builder.install_recorder() {
@@ -97,6 +111,16 @@ fn install() -> PrometheusHandle {
         ISSUE_LINK_SECONDS,
         Unit::Seconds,
         "IssueLink latency from validated request to committed link, by outcome"
+    );
+    describe_histogram!(
+        LINK_COMMIT_SECONDS,
+        Unit::Seconds,
+        "The group commit's statement (links_record): from sending a batch to its commit, one observation a batch"
+    );
+    describe_histogram!(
+        LINK_COMMIT_LINKS,
+        Unit::Count,
+        "Links a group commit carried (the rows waiting when a recorder worker took them)"
     );
     describe_gauge!(
         REVOCATION_WATCHERS,
@@ -197,6 +221,14 @@ pub fn record_issued(method: &str, signer: &str) {
 pub fn record_issue_latency(elapsed: Duration, outcome: &'static str) {
     handle();
     histogram!(ISSUE_LINK_SECONDS, "outcome" => outcome).record(elapsed.as_secs_f64());
+}
+
+/// One group commit of `links` rows (`issuance::Recorder`): how long its
+/// statement took, committed or not, and how many links it carried.
+pub fn record_link_commit(elapsed: Duration, links: usize) {
+    handle();
+    histogram!(LINK_COMMIT_SECONDS).record(elapsed.as_secs_f64());
+    histogram!(LINK_COMMIT_LINKS).record(links as f64);
 }
 
 /// The `operation` label values of `presignd_registry_errors_total`.

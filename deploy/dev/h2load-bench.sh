@@ -9,8 +9,9 @@
 # nothing), and the CPU per committed link of the server and of the scratch
 # database's PostgreSQL backends (utime+stime from /proc), links a commit
 # (the group commit's batch, from pg_stat_database) and WAL a link. Then an open loop
-# at half the best IssueLink rate (p50/p99/p99.9 from h2load's log), and the
-# server's resident memory. The scratch database is dropped on exit.
+# at half the best IssueLink rate (p50/p99/p99.9 from h2load's log, and the
+# share within 2/3/5/10 ms by the server's own histogram), and the server's
+# resident memory. The scratch database is dropped on exit.
 # Usage: deploy/dev/h2load-bench.sh   (env: N=IssueLinks per round [150000],
 #   ROUNDS [2], PRESIGND_RECORD_WORKERS, BIN=a presignd binary [release build],
 #   EXTRA_SQL=SQL run on the scratch database after `presignd migrate`)
@@ -119,9 +120,28 @@ for round in $(seq "$ROUNDS"); do
 done
 per_conn=$(awk -v b="$best" 'BEGIN { printf "%d", b / 2 / 16 }')
 rm -f "$WORK/lat.tsv"
+# The server's own IssueLink latency (validated request to committed link,
+# presignd_issue_link_duration_seconds) over the open loop, beside h2load's.
+# And the group commits' (presignd_link_commit_duration_seconds): a request
+# waits for the commit under way, then for its own.
+latency_buckets() {
+    curl -sf "http://$PRESIGND_METRICS_LISTEN/metrics" >"$WORK/metrics"
+    sed -n 's/^presignd_issue_link_duration_seconds_bucket{outcome="ok",le="\([^"]*\)"} \([0-9]*\)$/\1 \2/p' "$WORK/metrics" >"$1"
+    sed -n 's/^presignd_link_commit_duration_seconds_bucket{le="\([^"]*\)"} \([0-9]*\)$/\1 \2/p' "$WORK/metrics" >"$2"
+}
+within() {
+    awk -v who="$3" 'NR == FNR { a[$1] = $2; next } { d[$1] = $2 - a[$1]; n = d[$1] }
+        END { printf "  %s: %.1f%% within 1 ms, %.1f%% within 2 ms, %.1f%% within 3 ms, %.1f%% within 5 ms, %.1f%% within 10 ms (%d)\n",
+            who, 100 * d["0.001"] / n, 100 * d["0.002"] / n, 100 * d["0.003"] / n, 100 * d["0.005"] / n, 100 * d["0.01"] / n, n }' "$1" "$2"
+}
+latency_buckets "$WORK/h0" "$WORK/k0"; c0=$(commits); r0=$(rows)
 h2load -c 16 -m 8 --rps "$per_conn" -D 20 "${H[@]}" -d "$WORK/issue.bin" \
     --log-file="$WORK/lat.tsv" "$ISSUE" >/dev/null
+latency_buckets "$WORK/h1" "$WORK/k1"; r1=$(rows); sleep 1; c1=$(commits)
 sort -n -k3 "$WORK/lat.tsv" | awk -v rate=$((per_conn * 16)) '{ a[NR] = $3 } END {
     printf "open loop at %d/s (half the best): %d requests, p50 %.2f ms, p99 %.2f ms, p99.9 %.2f ms\n",
         rate, NR, a[int(NR * 0.5)] / 1000, a[int(NR * 0.99)] / 1000, a[int(NR * 0.999)] / 1000 }'
+within "$WORK/h0" "$WORK/h1" "the server's own IssueLink (request to commit)"
+within "$WORK/k0" "$WORK/k1" "its group commits (links_record's statement)"
+echo "  ~$(( c1 > c0 ? (r1 - r0) / (c1 - c0) : 0 )) links a commit over the open loop"
 echo "server resident memory: $(awk '/^VmRSS/ { print $2 / 1024 " MB" }' "/proc/$SERVER/status") after $(rows) links"

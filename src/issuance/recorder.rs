@@ -111,6 +111,7 @@ async fn work(pool: PgPool, rx: Arc<Mutex<mpsc::Receiver<Pending>>>, max_batch: 
                 }
             }
         }
+        let started = std::time::Instant::now();
         let mut outcome = commit(&pool, &mut held, &batch).await;
         if let Err(e) = &outcome
             && e.is_lock_conflict()
@@ -119,6 +120,7 @@ async fn work(pool: PgPool, rx: Arc<Mutex<mpsc::Receiver<Pending>>>, max_batch: 
             tracing::warn!(error = %e, rows = batch.len(), "link batch aborted by a lock conflict; retrying it");
             outcome = commit(&pool, &mut held, &batch).await;
         }
+        crate::metrics::record_link_commit(started.elapsed(), batch.len());
         for p in batch {
             let recorded = match &outcome {
                 Ok(c) if !c.active_keys.contains(&p.link.key_id) => Ok(Recorded::KeyNotActive),

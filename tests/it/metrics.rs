@@ -74,6 +74,10 @@ async fn issuing_links_counts_each_under_its_method_and_signer(pool: PgPool) {
         "presignd_issue_link_duration_seconds_count",
         &[("outcome", "ok")],
     );
+    let (commits_before, committed_before) = (
+        sample(&text, "presignd_link_commit_duration_seconds_count", &[]),
+        sample(&text, "presignd_link_commit_links_sum", &[]),
+    );
 
     let bucket = app.bucket.clone();
     for method in [Method::Get, Method::Get, Method::Put] {
@@ -110,6 +114,17 @@ async fn issuing_links_counts_each_under_its_method_and_signer(pool: PgPool) {
         "a histogram with buckets, not a summary: {text}"
     );
     assert!(text.contains("# TYPE presignd_issue_link_duration_seconds histogram"));
+    // The group commits that carried them: one at least (each link here was
+    // awaited before the next was asked for), and their links among those
+    // the commits carried.
+    assert!(
+        sample(&text, "presignd_link_commit_duration_seconds_count", &[]) >= commits_before + 1.0
+    );
+    assert!(sample(&text, "presignd_link_commit_links_sum", &[]) >= committed_before + 3.0);
+    assert!(
+        text.contains("presignd_link_commit_links_bucket{le=\"16\"}"),
+        "links a commit in buckets: {text}"
+    );
     // Buckets are labels only of the preflight's gauge, where they come from
     // the configuration (bounded); never of a per-request series.
     assert!(
