@@ -98,7 +98,9 @@ per_link() { awk -v t="$1" -v n="$2" 'BEGIN { printf "%.1f", t * 1e6 / 100 / n }
 h2load -n 2000 -c 16 -m 4 "${H[@]}" -d "$WORK/issue.bin" "$ISSUE" >/dev/null
 best=0
 for round in $(seq "$ROUNDS"); do
+    n0=$(ticks "$SERVER")
     noop=$(h2load -n $((N * 4)) -c 16 -m 4 "${H[@]}" -d "$WORK/health.bin" "$NOOP" | rate)
+    noop_cpu=$(per_link $(($(ticks "$SERVER") - n0)) $((N * 4)))
     before=$(rows); backends >"$WORK/b0"; s0=$(ticks "$SERVER")
     c0=$(commits); w0=$(wal)
     out=$(h2load -n "$N" -c 16 -m 4 "${H[@]}" -d "$WORK/issue.bin" "$ISSUE")
@@ -110,7 +112,7 @@ for round in $(seq "$ROUNDS"); do
         exit 1
     fi
     awk -v r="$r" -v b="$best" 'BEGIN { exit !(r > b) }' && best=$r
-    echo "round $round: no-op $noop/s; IssueLink $r/s ($committed links committed);" \
+    echo "round $round: no-op $noop/s (server $noop_cpu us a call); IssueLink $r/s ($committed links committed);" \
         "ratio $(awk -v a="$r" -v b="$noop" 'BEGIN { printf "%.2f", a / b }');" \
         "CPU per link: server $(per_link $((s1 - s0)) "$committed") us," \
         "Postgres $(per_link "$(backend_ticks "$WORK/b0" "$WORK/b1")" "$committed") us;" \
