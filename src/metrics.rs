@@ -9,13 +9,14 @@
 
 use crate::telemetry::rpc::{GRPC_REQUESTS, GRPC_SECONDS};
 use metrics::{
-    Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+    Counter, Histogram, Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge,
+    histogram,
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use sqlx::PgPool;
-use std::collections::BTreeMap;
 use std::collections::BTreeSet;
-use std::sync::{Mutex, OnceLock};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{LazyLock, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 use tokio::net::TcpListener;
 
@@ -211,24 +212,59 @@ fn install() -> PrometheusHandle {
     handle
 }
 
+/// `presignd_links_issued_total`'s handles by signer and method, made once
+/// (the macro builds and looks up its key at every call; signers come from
+/// the configuration, methods are five).
+type IssuedCounters = HashMap<String, HashMap<String, Counter>>;
+static ISSUED: LazyLock<RwLock<IssuedCounters>> = LazyLock::new(Default::default);
+
 pub fn record_issued(method: &str, signer: &str) {
-    handle();
-    counter!(LINKS_ISSUED, "method" => method.to_owned(), "signer" => signer.to_owned())
-        .increment(1);
+    let made = ISSUED
+        .read()
+        .expect("issued counters")
+        .get(signer)
+        .and_then(|m| m.get(method))
+        .cloned();
+    let counter = made.unwrap_or_else(|| {
+        handle();
+        let made =
+            counter!(LINKS_ISSUED, "method" => method.to_owned(), "signer" => signer.to_owned());
+        ISSUED
+            .write()
+            .expect("issued counters")
+            .entry(signer.to_owned())
+            .or_default()
+            .insert(method.to_owned(), made.clone());
+        made
+    });
+    counter.increment(1);
 }
 
 /// `outcome`: "ok" or "error".
 pub fn record_issue_latency(elapsed: Duration, outcome: &'static str) {
-    handle();
-    histogram!(ISSUE_LINK_SECONDS, "outcome" => outcome).record(elapsed.as_secs_f64());
+    static OK: OnceLock<Histogram> = OnceLock::new();
+    static ERROR: OnceLock<Histogram> = OnceLock::new();
+    let made = if outcome == "ok" { &OK } else { &ERROR };
+    made.get_or_init(|| {
+        handle();
+        histogram!(ISSUE_LINK_SECONDS, "outcome" => outcome)
+    })
+    .record(elapsed.as_secs_f64());
 }
 
 /// One group commit of `links` rows (`issuance::Recorder`): how long its
 /// statement took, committed or not, and how many links it carried.
 pub fn record_link_commit(elapsed: Duration, links: usize) {
-    handle();
-    histogram!(LINK_COMMIT_SECONDS).record(elapsed.as_secs_f64());
-    histogram!(LINK_COMMIT_LINKS).record(links as f64);
+    static SECONDS: OnceLock<Histogram> = OnceLock::new();
+    static LINKS: OnceLock<Histogram> = OnceLock::new();
+    let made = |h: &'static OnceLock<Histogram>, name: &'static str| {
+        h.get_or_init(|| {
+            handle();
+            histogram!(name)
+        })
+    };
+    made(&SECONDS, LINK_COMMIT_SECONDS).record(elapsed.as_secs_f64());
+    made(&LINKS, LINK_COMMIT_LINKS).record(links as f64);
 }
 
 /// The `operation` label values of `presignd_registry_errors_total`.

@@ -8,10 +8,10 @@
 //! fill. Never a URL, a signature or a token: a note holds a caller name and a
 //! link id only.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 use tonic::Code;
@@ -53,13 +53,66 @@ pub fn note<T>(req: &tonic::Request<T>, f: impl FnOnce(&RpcNote)) {
 /// (`package.Service/Method`), every other path is `unknown`.
 #[derive(Clone)]
 pub struct RpcLayer {
-    methods: Arc<HashSet<String>>,
+    methods: Arc<Methods>,
+}
+
+/// Each method's label and metric handles, made once: the metrics macros
+/// build a key (its labels copied into Strings) and look it up in the
+/// recorder at every call, about 3% of the server's CPU under IssueLink
+/// with `metrics::record_issued`'s (perf, docs/BENCHMARKS.md).
+struct Methods {
+    known: HashMap<String, Arc<MethodMetrics>>,
+    unknown: Arc<MethodMetrics>,
+}
+
+struct MethodMetrics {
+    name: Arc<str>,
+    seconds: OnceLock<metrics::Histogram>,
+    /// By gRPC code (0..=16), made at the first call ending with it: a
+    /// method's series exist only for the codes it answered.
+    requests: [OnceLock<metrics::Counter>; 17],
+}
+
+impl MethodMetrics {
+    fn new(name: &str) -> Arc<Self> {
+        Arc::new(Self {
+            name: Arc::from(name),
+            seconds: OnceLock::new(),
+            requests: std::array::from_fn(|_| OnceLock::new()),
+        })
+    }
+
+    fn record(&self, code: Code, elapsed: std::time::Duration) {
+        let name = code_name(code);
+        self.requests[(code as usize).min(16)]
+            .get_or_init(|| {
+                crate::metrics::handle();
+                metrics::counter!(GRPC_REQUESTS, "method" => self.name.to_string(), "code" => name)
+            })
+            .increment(1);
+        self.seconds
+            .get_or_init(|| {
+                crate::metrics::handle();
+                metrics::histogram!(GRPC_SECONDS, "method" => self.name.to_string())
+            })
+            .record(elapsed.as_secs_f64());
+    }
 }
 
 impl RpcLayer {
     pub fn new(methods: impl IntoIterator<Item = String>) -> Self {
+        let known = methods
+            .into_iter()
+            .map(|m| {
+                let metrics = MethodMetrics::new(&m);
+                (m, metrics)
+            })
+            .collect();
         Self {
-            methods: Arc::new(methods.into_iter().collect()),
+            methods: Arc::new(Methods {
+                known,
+                unknown: MethodMetrics::new(UNKNOWN),
+            }),
         }
     }
 }
@@ -78,7 +131,7 @@ impl<S> tower::Layer<S> for RpcLayer {
 #[derive(Clone)]
 pub struct RpcService<S> {
     inner: S,
-    methods: Arc<HashSet<String>>,
+    methods: Arc<Methods>,
 }
 
 impl<S, B, RB> tower::Service<http::Request<B>> for RpcService<S>
@@ -97,10 +150,12 @@ where
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         let path = req.uri().path().trim_start_matches('/');
-        let method: Arc<str> = match self.methods.get(path) {
-            Some(m) => Arc::from(m.as_str()),
-            None => Arc::from(UNKNOWN),
-        };
+        let method = self
+            .methods
+            .known
+            .get(path)
+            .unwrap_or(&self.methods.unknown)
+            .clone();
         let note = RpcNote::default();
         req.extensions_mut().insert(note.clone());
         let deadline = req
@@ -147,14 +202,13 @@ fn code_of(headers: &http::HeaderMap) -> Code {
         .map_or(Code::Ok, Code::from)
 }
 
-fn finished(method: &str, code: Code, elapsed: std::time::Duration, note: &RpcNote) {
+fn finished(method: &MethodMetrics, code: Code, elapsed: std::time::Duration, note: &RpcNote) {
     let name = code_name(code);
-    metrics::counter!(GRPC_REQUESTS, "method" => method.to_owned(), "code" => name).increment(1);
-    metrics::histogram!(GRPC_SECONDS, "method" => method.to_owned()).record(elapsed.as_secs_f64());
+    method.record(code, elapsed);
     let note = note.0.lock().expect("rpc note");
     tracing::info!(
         target: "presignd::rpc",
-        rpc = method,
+        rpc = &*method.name,
         caller = note.caller.as_deref(),
         code = name,
         latency_ms = (elapsed.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
