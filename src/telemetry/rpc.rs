@@ -8,6 +8,7 @@
 //! fill. Never a URL, a signature or a token: a note holds a caller name and a
 //! link id only.
 
+use crate::metrics::{GRPC_REQUESTS, GRPC_SECONDS};
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -17,8 +18,6 @@ use std::time::Instant;
 use tonic::Code;
 use tonic::codegen::http;
 
-pub const GRPC_REQUESTS: &str = "presignd_grpc_requests_total";
-pub const GRPC_SECONDS: &str = "presignd_grpc_request_duration_seconds";
 /// The method label of a path that names no RPC of ours (bounded labels).
 const UNKNOWN: &str = "unknown";
 
