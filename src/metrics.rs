@@ -246,7 +246,15 @@ pub fn record_issued(method: &str, signer: &str) {
 pub fn record_issue_latency(elapsed: Duration, outcome: &'static str) {
     static OK: OnceLock<Histogram> = OnceLock::new();
     static ERROR: OnceLock<Histogram> = OnceLock::new();
-    let made = if outcome == "ok" { &OK } else { &ERROR };
+    let made = match outcome {
+        "ok" => &OK,
+        "error" => &ERROR,
+        other => {
+            handle();
+            histogram!(ISSUE_LINK_SECONDS, "outcome" => other).record(elapsed.as_secs_f64());
+            return;
+        }
+    };
     made.get_or_init(|| {
         handle();
         histogram!(ISSUE_LINK_SECONDS, "outcome" => outcome)
