@@ -355,6 +355,8 @@ impl App {
         if let Some(age) = self.config.max_connection_age() {
             server = server.max_connection_age(age);
         }
+        // The recorder before the RPC layer, which keeps the handles it makes.
+        metrics::handle();
         let router = server
             .layer(RpcLayer::new(rpc_methods()?))
             .layer(tower::util::MapRequestLayer::new(

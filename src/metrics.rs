@@ -7,6 +7,7 @@
 //! Labels take only bounded values: method, signer, key id, mode, outcome,
 //! operation. Never an object key, a URL or a caller name.
 
+use crate::telemetry::rpc::{GRPC_REQUESTS, GRPC_SECONDS};
 use metrics::{
     Counter, Histogram, Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge,
     histogram,
@@ -23,9 +24,6 @@ mod process;
 
 pub const LINKS_ISSUED: &str = "presignd_links_issued_total";
 pub const ISSUE_LINK_SECONDS: &str = "presignd_issue_link_duration_seconds";
-/// The RPC layer's (`telemetry::rpc`), every RPC.
-pub const GRPC_REQUESTS: &str = "presignd_grpc_requests_total";
-pub const GRPC_SECONDS: &str = "presignd_grpc_request_duration_seconds";
 pub const LINK_COMMIT_SECONDS: &str = "presignd_link_commit_duration_seconds";
 pub const LINK_COMMIT_LINKS: &str = "presignd_link_commit_links";
 pub const OUTSTANDING_LINKS: &str = "presignd_outstanding_links";

@@ -8,7 +8,6 @@
 //! fill. Never a URL, a signature or a token: a note holds a caller name and a
 //! link id only.
 
-use crate::metrics::{GRPC_REQUESTS, GRPC_SECONDS};
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -17,7 +16,8 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 use tonic::Code;
 use tonic::codegen::http;
-
+pub const GRPC_REQUESTS: &str = "presignd_grpc_requests_total";
+pub const GRPC_SECONDS: &str = "presignd_grpc_request_duration_seconds";
 /// The method label of a path that names no RPC of ours (bounded labels).
 const UNKNOWN: &str = "unknown";
 
@@ -85,20 +85,19 @@ impl MethodMetrics {
         let name = code_name(code);
         self.requests[(code as usize).min(16)]
             .get_or_init(|| {
-                crate::metrics::handle();
                 metrics::counter!(GRPC_REQUESTS, "method" => self.name.to_string(), "code" => name)
             })
             .increment(1);
         self.seconds
-            .get_or_init(|| {
-                crate::metrics::handle();
-                metrics::histogram!(GRPC_SECONDS, "method" => self.name.to_string())
-            })
+            .get_or_init(|| metrics::histogram!(GRPC_SECONDS, "method" => self.name.to_string()))
             .record(elapsed.as_secs_f64());
     }
 }
 
 impl RpcLayer {
+    /// The process's metrics recorder must be installed first
+    /// (`crate::metrics::handle`, which the app calls before serving): a
+    /// handle made before it records nowhere, and these are kept.
     pub fn new(methods: impl IntoIterator<Item = String>) -> Self {
         let known = methods
             .into_iter()
