@@ -253,10 +253,10 @@ pub fn record_issue_latency(elapsed: Duration, outcome: &'static str) {
             return;
         }
     };
-    made.get_or_init(|| {
-        handle();
-        histogram!(ISSUE_LINK_SECONDS, "outcome" => outcome)
-    })
+    kept(
+        made,
+        || histogram!(ISSUE_LINK_SECONDS, "outcome" => outcome),
+    )
     .record(elapsed.as_secs_f64());
 }
 
@@ -265,14 +265,20 @@ pub fn record_issue_latency(elapsed: Duration, outcome: &'static str) {
 pub fn record_link_commit(elapsed: Duration, links: usize) {
     static SECONDS: OnceLock<Histogram> = OnceLock::new();
     static LINKS: OnceLock<Histogram> = OnceLock::new();
-    let made = |h: &'static OnceLock<Histogram>, name: &'static str| {
-        h.get_or_init(|| {
-            handle();
-            histogram!(name)
-        })
-    };
-    made(&SECONDS, LINK_COMMIT_SECONDS).record(elapsed.as_secs_f64());
-    made(&LINKS, LINK_COMMIT_LINKS).record(links as f64);
+    kept(&SECONDS, || histogram!(LINK_COMMIT_SECONDS)).record(elapsed.as_secs_f64());
+    kept(&LINKS, || histogram!(LINK_COMMIT_LINKS)).record(links as f64);
+}
+
+/// The handle in `slot`, made (by `make`, once the recorder is installed)
+/// at its first use: the macros build and look up their key at every call.
+fn kept(
+    slot: &'static OnceLock<Histogram>,
+    make: impl FnOnce() -> Histogram,
+) -> &'static Histogram {
+    slot.get_or_init(|| {
+        handle();
+        make()
+    })
 }
 
 /// The `operation` label values of `presignd_registry_errors_total`.

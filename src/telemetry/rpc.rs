@@ -16,6 +16,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 use tonic::Code;
 use tonic::codegen::http;
+
 pub const GRPC_REQUESTS: &str = "presignd_grpc_requests_total";
 pub const GRPC_SECONDS: &str = "presignd_grpc_request_duration_seconds";
 /// The method label of a path that names no RPC of ours (bounded labels).
