@@ -298,6 +298,11 @@ impl KeyManager {
         )
     }
 
+    /// Some signer has an active key loaded: IssueLink admits its requests.
+    pub fn signs_anything(&self) -> bool {
+        !self.keyring.is_empty()
+    }
+
     /// Loads every active key from the registry into the keyring.
     pub async fn load_active_keys(&self) -> anyhow::Result<()> {
         for row in registry::keys::all_active(&self.pool).await? {

@@ -132,8 +132,14 @@ impl ReadinessTask {
         // active key, UNAVAILABLE at once), and the warm-up holds every
         // connection it opens until the last is open. After, a burst arriving
         // while it held them (seconds on a loaded host) found none for its
-        // commits and failed after --db-acquire-timeout-secs.
-        self.warm_registry().await;
+        // commits and failed after --db-acquire-timeout-secs. So only while
+        // no key is loaded: a start retried after a signer's key was (another
+        // signer's failed) has IssueLink admitted, and a warm-up then would
+        // hold the connections its commits wait for (up to 10 s where the
+        // database admits fewer than --db-min-connections).
+        if !self.keys.signs_anything() {
+            self.warm_registry().await;
+        }
         self.keys.load_active_keys().await?;
         for signer in &self.signers {
             self.keys.ensure_active_key(signer.as_str()).await?;

@@ -25,6 +25,11 @@ impl Keyring {
         map.values().map(|k| k.key_id.clone()).collect()
     }
 
+    /// No signer has an active key: IssueLink refuses every request.
+    pub fn is_empty(&self) -> bool {
+        self.active.read().expect("keyring lock").is_empty()
+    }
+
     pub fn install(&self, key: SigningKey) {
         let mut map = self.active.write().expect("keyring lock");
         map.insert(key.signer.clone(), Arc::new(key));

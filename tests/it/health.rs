@@ -155,6 +155,83 @@ async fn a_warm_up_the_database_refuses_says_so_and_leaves_its_connections_idle(
     assert_eq!(server.num_idle(), server.size() as usize);
 }
 
+/// A start that fails after one signer's key was loaded (another signer's
+/// key could not be made) is retried while IssueLink admits the first
+/// signer's requests. The retries do not warm the registry again: a warm-up
+/// holds every session the database admits, for up to 10 s where it admits
+/// fewer than --db-min-connections, and the admitted requests' commits
+/// waited for one and failed (UNAVAILABLE after --db-acquire-timeout-secs).
+#[sqlx::test]
+async fn a_start_retried_once_a_key_is_loaded_leaves_issue_link_its_connections(pool: PgPool) {
+    // The registry refuses the key of `other`, every attempt; a sequence
+    // (not rolled back with the refused insert) counts the attempts.
+    sqlx::raw_sql(
+        "CREATE SEQUENCE other_key_attempts;
+         CREATE FUNCTION refuse_other_key() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             PERFORM nextval('other_key_attempts');
+             RAISE EXCEPTION 'test: no key for signer other';
+         END $$;
+         CREATE TRIGGER refuse_other_key BEFORE INSERT ON signing_keys
+             FOR EACH ROW WHEN (NEW.signer = 'other') EXECUTE FUNCTION refuse_other_key();",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let attempts = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM other_key_attempts",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    let limit = SessionLimit::of_8_more(&pool).await;
+    let config = limit.config_with(&["--signers=default,other"]);
+    let mut app = spawn_app_with(config, (*pool.connect_options()).clone()).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    // The first attempt warms (10 s: the database refuses the 12), loads
+    // default's key, and fails on other's.
+    while attempts().await < 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no start attempt reached other's key"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // From here default's links are admitted; each must be committed while
+    // the start is retried (three retries at least: the first comes 200 ms
+    // after the failure). They come 1.5 s apart, longer than the recorder
+    // keeps an idle connection (1 s): each commit takes one from the pool.
+    let mut issued: i64 = 0;
+    while attempts().await < 4 || issued < 6 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the start was not retried"
+        );
+        app.issue(link_request(
+            &test_bucket(),
+            &format!("k{issued}"),
+            Method::Get,
+            60,
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("link {issued} refused while the start was retried: {e:?}"));
+        issued += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    }
+    assert_ne!(
+        app.health().await,
+        ServingStatus::Serving as i32,
+        "other has no key"
+    );
+    let links: i64 = sqlx::query_scalar("SELECT count(*) FROM links")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(links, issued);
+}
+
 /// The test database admitting 8 sessions more than it has when made, fewer
 /// than the server's `config()` asks for (--db-min-connections=12).
 struct SessionLimit {
@@ -176,11 +253,17 @@ impl SessionLimit {
     }
 
     fn config(&self) -> Config {
-        test_config(&[
+        self.config_with(&[])
+    }
+
+    fn config_with(&self, extra: &[&str]) -> Config {
+        let mut flags = vec![
             "--db-max-connections=12",
             "--db-min-connections=12",
             "--db-acquire-timeout-secs=1",
-        ])
+        ];
+        flags.extend_from_slice(extra);
+        test_config(&flags)
     }
 
     async fn lift(&self, pool: &PgPool) {
