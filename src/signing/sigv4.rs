@@ -266,6 +266,19 @@ impl QuerySigner {
         Ok(Presigned::new(s.url, headers, s.signature))
     }
 
+    /// A bound of a URL's length, so it is allocated once: each part encoded
+    /// at most 3 bytes a byte, and the query's fixed names and values (~320
+    /// bytes; 256 in all was short of a GET's, and the URL grew once a link).
+    /// A multipart call's own query (an upload id) may exceed it.
+    fn url_bound(&self, ep: &Endpoint, req: &Request<'_>, region: &str) -> usize {
+        let encoded = req.bucket.len()
+            + req.key.len()
+            + req.content_disposition.map_or(0, str::len)
+            + self.access_key.len()
+            + region.len();
+        400 + ep.scheme_sep.len() + ep.authority.len() + ep.base_path.len() + 3 * encoded
+    }
+
     pub(super) fn sign(
         &self,
         ep: &Endpoint,
@@ -285,9 +298,7 @@ impl QuerySigner {
         let virtual_hosted = ep.virtual_hosted(req.bucket);
 
         // The URL up to the query; the path part is also the canonical URI.
-        let mut url = String::with_capacity(
-            256 + 3 * (req.key.len() + req.content_disposition.map_or(0, str::len)),
-        );
+        let mut url = String::with_capacity(self.url_bound(ep, req, region));
         url.push_str(&ep.scheme_sep);
         if virtual_hosted {
             url.push_str(req.bucket);
@@ -724,6 +735,50 @@ mod tests {
             [(15_851, "us-east-1".into())],
             "older days go"
         );
+    }
+
+    /// The URL is written into the one allocation `url_bound` sizes: it
+    /// never grows (a grown String's capacity is a doubling, not the bound).
+    #[test]
+    fn a_url_fits_the_allocation_made_for_it() {
+        let (signer, aws) = aws_example();
+        let path_style = Endpoint::parse("http://127.0.0.1:3900/base", true).unwrap();
+        let every_class = "a b/c+d%e?f#g&h=i;j:k@l$m,n'o(p)q*r!s~t_u-v.w/ü/日本/\u{1F600}/%2F";
+        for ep in [&aws, &path_style] {
+            for (method, key, content_type, disposition) in [
+                (Method::Get, "test.txt", None, None),
+                (
+                    Method::Get,
+                    every_class,
+                    None,
+                    Some("attachment; filename=\"ü b.txt\""),
+                ),
+                (
+                    Method::Put,
+                    every_class,
+                    Some("text/plain; charset=utf-8"),
+                    None,
+                ),
+                (Method::Head, every_class, None, None),
+                (Method::Delete, every_class, None, None),
+            ] {
+                let req = Request {
+                    method,
+                    bucket: "examplebucket",
+                    key,
+                    content_type,
+                    content_disposition: disposition,
+                    x_id: true,
+                    time: 1_369_353_600,
+                    expires_secs: 604_800,
+                    multipart: None,
+                };
+                let signed = signer.sign(ep, &req, "ap-southeast-2").unwrap();
+                let bound = signer.url_bound(ep, &req, "ap-southeast-2");
+                assert!(signed.url.len() <= bound, "{} > {bound}", signed.url.len());
+                assert_eq!(signed.url.capacity(), bound, "{method:?} {key}: grew");
+            }
+        }
     }
 
     #[test]
