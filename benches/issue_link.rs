@@ -32,10 +32,14 @@
 //! drop, around the 5 s mark: the same split without a drop). The server
 //! listens on ports the system picks (gRPC and metrics).
 
+#[path = "support/proc_stat.rs"]
+mod proc_stat;
+
 use clap::Parser;
 use presignd::app::App;
 use presignd::config::Config;
 use presignd::proto::{self, link_service_client::LinkServiceClient};
+use proc_stat::{TICK_US, cpu_ticks};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, Executor, PgConnection};
 use std::sync::Arc;
@@ -237,32 +241,17 @@ async fn open_loop(rpc: Rpc, channels: &[Channel], bucket: &str, rate: f64) -> R
     }
 }
 
-/// Clock ticks of CPU (user + system) of one /proc stat file.
-fn cpu_ticks(stat: &str) -> u64 {
-    std::fs::read_to_string(stat)
-        .ok()
-        .and_then(|s| {
-            let rest = s.rsplit_once(')')?.1;
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            // Fields 14 and 15 (utime, stime), counted from the state (field 3).
-            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-        })
-        .unwrap_or(0)
-}
-
-const TICK_US: f64 = 10_000.0; // USER_HZ = 100 on Linux
-
 fn server_ticks(tids: &std::sync::Mutex<Vec<u32>>) -> u64 {
     tids.lock()
         .unwrap()
         .iter()
-        .map(|t| cpu_ticks(&format!("/proc/self/task/{t}/stat")))
+        .map(|t| cpu_ticks(&format!("/proc/self/task/{t}/stat")).unwrap_or(0))
         .sum()
 }
 
 fn postgres_ticks(pids: &[i32]) -> u64 {
     pids.iter()
-        .map(|p| cpu_ticks(&format!("/proc/{p}/stat")))
+        .map(|p| cpu_ticks(&format!("/proc/{p}/stat")).unwrap_or(0))
         .sum()
 }
 

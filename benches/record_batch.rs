@@ -24,9 +24,13 @@
 //! it CPU at its next batch (cold caches): compare COPY with the UNNEST way
 //! run with BENCH_GAP_MS=44 too (docs/BENCHMARKS.md).
 
+#[path = "support/proc_stat.rs"]
+mod proc_stat;
+
 use chrono::{DateTime, Utc};
 use presignd::domain::KeyState;
 use presignd::registry::{self, keys, links, signers};
+use proc_stat::{TICK_US, cpu_ticks};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, Executor, PgConnection};
 use std::time::Instant;
@@ -167,18 +171,11 @@ async fn record_copy(
     Ok(())
 }
 
-/// Clock ticks of CPU (user + system) of a process, from /proc.
-fn cpu_ticks(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            let f: Vec<&str> = s.rsplit_once(')')?.1.split_whitespace().collect();
-            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-        })
+/// Clock ticks of CPU (user + system) of a backend.
+fn backend_ticks(pid: i32) -> u64 {
+    cpu_ticks(&format!("/proc/{pid}/stat"))
         .expect("the backend's /proc stat (run the bench on the database's machine)")
 }
-
-const TICK_US: f64 = 10_000.0; // USER_HZ = 100 on Linux
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -238,7 +235,7 @@ async fn main() -> anyhow::Result<()> {
                     (b, rows)
                 })
                 .collect();
-            let t0 = cpu_ticks(pid);
+            let t0 = backend_ticks(pid);
             let start = Instant::now();
             for (b, rows) in &work {
                 if !gap.is_zero() {
@@ -251,7 +248,7 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
             let wall = start.elapsed();
-            let cpu = (cpu_ticks(pid) - t0) as f64 * TICK_US;
+            let cpu = (backend_ticks(pid) - t0) as f64 * TICK_US;
             let (rows,): (i64,) = sqlx::query_as("SELECT count(*) FROM links")
                 .fetch_one(&mut conn)
                 .await?;
