@@ -23,6 +23,13 @@
 //! holds it until the delayed ACK. The backend idles meanwhile, which costs
 //! it CPU at its next batch (cold caches): compare COPY with the UNNEST way
 //! run with BENCH_GAP_MS=44 too (docs/BENCHMARKS.md).
+//!
+//! A/B of a candidate `links_record` (a migration not yet written):
+//! BENCH_CANDIDATE_SQL names a file run on the scratch database once it is
+//! migrated, which defines `links_record` in each schema BENCH_CANDIDATES
+//! lists (comma-separated). Each candidate then runs in turn with the
+//! migrated function, on a connection whose search_path puts its schema
+//! first, and COPY is left out.
 
 #[path = "support/proc_stat.rs"]
 mod proc_stat;
@@ -60,6 +67,24 @@ ALTER FUNCTION bench_copy_checks SET plan_cache_mode = force_generic_plan";
 const COPY: &str = "COPY links (id, key_id, signer, caller, method, bucket, object_key, labels,
     issued_at, expires_at, signature_sha256, content_type, content_disposition,
     replaces_link_id, object_key_is_prefix) FROM STDIN (FORMAT binary)";
+
+/// How a run writes its batches.
+enum Way {
+    /// `links::record`: the migrated `links_record`, or a candidate's (its schema).
+    Unnest(Option<String>),
+    /// Binary COPY after `bench_copy_checks`.
+    Copy,
+}
+
+impl std::fmt::Display for Way {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Way::Unnest(None) => f.write_str("UNNEST (links_record)"),
+            Way::Unnest(Some(schema)) => write!(f, "UNNEST ({schema}.links_record)"),
+            Way::Copy => f.write_str("COPY (binary)"),
+        }
+    }
+}
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -214,6 +239,23 @@ async fn main() -> anyhow::Result<()> {
     signers::upsert(&pool, SIGNER, "garage").await?;
     keys::insert(&pool, KEY, SIGNER, KeyState::Active, b"unused").await?;
     pool.execute(CHECKS).await?;
+    let mut ways = vec![Way::Unnest(None)];
+    match std::env::var("BENCH_CANDIDATE_SQL") {
+        Ok(file) => {
+            let sql = std::fs::read_to_string(&file)
+                .map_err(|e| anyhow::anyhow!("BENCH_CANDIDATE_SQL {file}: {e}"))?;
+            pool.execute(sqlx::AssertSqlSafe(sql)).await?;
+            let schemas = std::env::var("BENCH_CANDIDATES").map_err(|_| {
+                anyhow::anyhow!("BENCH_CANDIDATES must name the schemas BENCH_CANDIDATE_SQL fills")
+            })?;
+            ways.extend(
+                schemas
+                    .split(',')
+                    .map(|s| Way::Unnest(Some(s.trim().to_owned()))),
+            );
+        }
+        Err(_) => ways.push(Way::Copy),
+    }
     pool.close().await;
 
     println!(
@@ -222,8 +264,14 @@ async fn main() -> anyhow::Result<()> {
     println!("| run | PostgreSQL CPU a link | wall a batch |");
     println!("|---|---|---|");
     for round in 1..=rounds {
-        for way in ["UNNEST (links_record)", "COPY (binary)"] {
+        for way in &ways {
             let mut conn = PgConnection::connect_with(&options).await?;
+            if let Way::Unnest(Some(schema)) = way {
+                conn.execute(sqlx::AssertSqlSafe(format!(
+                    "SET search_path = {schema}, public"
+                )))
+                .await?;
+            }
             conn.execute("TRUNCATE links").await?;
             let (pid,): (i32,) = sqlx::query_as("SELECT pg_backend_pid()")
                 .fetch_one(&mut conn)
@@ -241,10 +289,9 @@ async fn main() -> anyhow::Result<()> {
                 if !gap.is_zero() {
                     tokio::time::sleep(gap).await;
                 }
-                if way.starts_with("UNNEST") {
-                    record_unnest(&mut conn, b).await?;
-                } else {
-                    record_copy(&mut conn, b, rows).await?;
+                match way {
+                    Way::Unnest(_) => record_unnest(&mut conn, b).await?,
+                    Way::Copy => record_copy(&mut conn, b, rows).await?,
                 }
             }
             let wall = start.elapsed();
