@@ -10,8 +10,9 @@
 # database's PostgreSQL backends (utime+stime from /proc), links a commit
 # (the group commit's batch, from pg_stat_database) and WAL a link. Then an open loop
 # at half the best IssueLink rate (p50/p99/p99.9 from h2load's log, and the
-# share within 2/3/5/10 ms by the server's own histogram), and the server's
-# resident memory. The scratch database is dropped on exit.
+# share within 2/3/5/10 ms by the server's own histogram), twice: as h2load
+# paces it (bursts) and from 16 staggered processes (spread); and the
+# server's resident memory. The scratch database is dropped on exit.
 # Usage: deploy/dev/h2load-bench.sh   (env: N=IssueLinks per round [150000],
 #   ROUNDS [2], PRESIGND_RECORD_WORKERS, BIN=a presignd binary [release build],
 #   EXTRA_SQL=SQL run on the scratch database after `presignd migrate`)
@@ -121,7 +122,6 @@ for round in $(seq "$ROUNDS"); do
         "load $(cut -d' ' -f1 /proc/loadavg)"
 done
 per_conn=$(awk -v b="$best" 'BEGIN { printf "%d", b / 2 / 16 }')
-rm -f "$WORK/lat.tsv"
 # The server's own IssueLink latency (validated request to committed link,
 # presignd_issue_link_duration_seconds) over the open loop, beside h2load's.
 # And the group commits' (presignd_link_commit_duration_seconds): a request
@@ -136,14 +136,53 @@ within() {
         END { printf "  %s: %.1f%% within 1 ms, %.1f%% within 2 ms, %.1f%% within 3 ms, %.1f%% within 5 ms, %.1f%% within 10 ms (%d)\n",
             who, 100 * d["0.001"] / n, 100 * d["0.002"] / n, 100 * d["0.003"] / n, 100 * d["0.005"] / n, 100 * d["0.01"] / n, n }' "$1" "$2"
 }
-latency_buckets "$WORK/h0" "$WORK/k0"; c0=$(commits); r0=$(rows)
-h2load -c 16 -m 8 --rps "$per_conn" -D 20 "${H[@]}" -d "$WORK/issue.bin" \
-    --log-file="$WORK/lat.tsv" "$ISSUE" >/dev/null
-latency_buckets "$WORK/h1" "$WORK/k1"; r1=$(rows); sleep 1; c1=$(commits)
-sort -n -k3 "$WORK/lat.tsv" | awk -v rate=$((per_conn * 16)) '{ a[NR] = $3 } END {
-    printf "open loop at %d/s (half the best): %d requests, p50 %.2f ms, p99 %.2f ms, p99.9 %.2f ms\n",
-        rate, NR, a[int(NR * 0.5)] / 1000, a[int(NR * 0.99)] / 1000, a[int(NR * 0.999)] / 1000 }'
-within "$WORK/h0" "$WORK/h1" "the server's own IssueLink (request to commit)"
-within "$WORK/k0" "$WORK/k1" "its group commits (links_record's statement)"
-echo "  ~$(( c1 > c0 ? (r1 - r0) / (c1 - c0) : 0 )) links a commit over the open loop"
+percentiles() {
+    sort -n -k3 "$1" | awk -v what="$2" '{ a[NR] = $3 } END {
+        printf "%s: %d requests, p50 %.2f ms, p99 %.2f ms, p99.9 %.2f ms\n",
+            what, NR, a[int(NR * 0.5)] / 1000, a[int(NR * 0.99)] / 1000, a[int(NR * 0.999)] / 1000 }'
+}
+# How the requests arrived: runs of starts less than 200 us apart (h2load's
+# log, first column, in us), their mean size.
+bursts() {
+    sort -n "$1" | awk 'NR > 1 && $1 - t > 200 { runs++ } { t = $1 } END {
+        printf "  arrivals: %.1f requests a burst on average (starts < 200 us apart)\n", NR / (runs + 1) }'
+}
+# open_loop WHAT LOG COMMAND...: runs the command (h2load writing LOG) and
+# reports h2load's percentiles, the arrivals, the server's own histograms
+# and links a commit over it.
+open_loop() {
+    local what="$1" log="$2"
+    shift 2
+    latency_buckets "$WORK/h0" "$WORK/k0"; c0=$(commits); r0=$(rows)
+    "$@"
+    latency_buckets "$WORK/h1" "$WORK/k1"; r1=$(rows); sleep 1; c1=$(commits)
+    percentiles "$log" "$what"
+    bursts "$log"
+    within "$WORK/h0" "$WORK/h1" "the server's own IssueLink (request to commit)"
+    within "$WORK/k0" "$WORK/k1" "its group commits (links_record's statement)"
+    echo "  ~$(( c1 > c0 ? (r1 - r0) / (c1 - c0) : 0 )) links a commit over the open loop"
+}
+paced() {
+    h2load -c 16 -m 8 --rps "$per_conn" -D 20 "${H[@]}" -d "$WORK/issue.bin" \
+        --log-file="$WORK/lat.tsv" "$ISSUE" >/dev/null
+}
+# h2load's --rps fires its connections' timers together: the loop above
+# sends its requests in bursts of up to one a stream in flight (48-64 within
+# 200 us measured, docs/BENCHMARKS.md), and a burst's latency is its last
+# commit's. The same rate spread: 16 h2load processes of one connection
+# each, started evenly across one interval, arrive as 16 independent
+# callers would.
+spread() {
+    local pids=() i
+    for i in $(seq 0 15); do
+        (sleep "$(awk -v i="$i" -v r="$per_conn" 'BEGIN { printf "%.6f", i / 16 / r }')"
+         h2load -c 1 -m 8 --rps "$per_conn" -D 20 "${H[@]}" -d "$WORK/issue.bin" \
+             --log-file="$WORK/spread$i.tsv" "$ISSUE" >/dev/null) &
+        pids+=($!)
+    done
+    wait "${pids[@]}"
+    cat "$WORK"/spread*.tsv >"$WORK/spread.tsv"
+}
+open_loop "open loop at $((per_conn * 16))/s (half the best), paced by h2load" "$WORK/lat.tsv" paced
+open_loop "open loop at $((per_conn * 16))/s, spread over 16 staggered h2load processes" "$WORK/spread.tsv" spread
 echo "server resident memory: $(awk '/^VmRSS/ { print $2 / 1024 " MB" }' "/proc/$SERVER/status") after $(rows) links"
