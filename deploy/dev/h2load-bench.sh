@@ -166,12 +166,11 @@ paced() {
     h2load -c 16 -m 8 --rps "$per_conn" -D 20 "${H[@]}" -d "$WORK/issue.bin" \
         --log-file="$WORK/lat.tsv" "$ISSUE" >/dev/null
 }
-# h2load's --rps fires its connections' timers together: the loop above
-# sends its requests in bursts of up to one a stream in flight (48-64 within
-# 200 us measured, docs/BENCHMARKS.md), and a burst's latency is its last
-# commit's. The same rate spread: 16 h2load processes of one connection
-# each, started evenly across one interval, arrive as 16 independent
-# callers would.
+# h2load's --rps fires its connections' timers together: the paced loop
+# sends its requests in bursts (51-65 starting within 200 us on average,
+# docs/BENCHMARKS.md), and a burst's latency is its last commit's. The same
+# rate spread: 16 h2load processes of one connection each, started evenly
+# across one interval, arrive as 16 independent callers would.
 spread() {
     local pids=() i
     for i in $(seq 0 15); do
@@ -181,7 +180,7 @@ spread() {
         pids+=($!)
     done
     wait "${pids[@]}"
-    cat "$WORK"/spread*.tsv >"$WORK/spread.tsv"
+    cat "$WORK"/spread[0-9]*.tsv >"$WORK/spread.tsv"
 }
 open_loop "open loop at $((per_conn * 16))/s (half the best), paced by h2load" "$WORK/lat.tsv" paced
 open_loop "open loop at $((per_conn * 16))/s, spread over 16 staggered h2load processes" "$WORK/spread.tsv" spread
