@@ -34,6 +34,8 @@
 
 #[path = "support/proc_stat.rs"]
 mod proc_stat;
+#[path = "support/scratch_db.rs"]
+mod scratch_db;
 
 use clap::Parser;
 use presignd::app::App;
@@ -281,12 +283,7 @@ async fn main() -> anyhow::Result<()> {
     let db = existing.clone().unwrap_or_else(|| DB.to_owned());
     if existing.is_none() {
         let mut c = PgConnection::connect_with(&admin).await?;
-        c.execute(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {DB} WITH (FORCE)"
-        )))
-        .await?;
-        c.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {DB}")))
-            .await?;
+        scratch_db::recreate(&mut c, DB).await?;
     }
     let bucket = env("PRESIGND_TEST_BUCKETS")
         .split(',')

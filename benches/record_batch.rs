@@ -33,6 +33,8 @@
 
 #[path = "support/proc_stat.rs"]
 mod proc_stat;
+#[path = "support/scratch_db.rs"]
+mod scratch_db;
 
 use chrono::{DateTime, Utc};
 use presignd::domain::KeyState;
@@ -220,12 +222,7 @@ async fn main() -> anyhow::Result<()> {
         .map_err(|_| anyhow::anyhow!("DATABASE_URL is not set (source deploy/dev/.state/env)"))?
         .parse()?;
     let mut a = PgConnection::connect_with(&admin).await?;
-    a.execute(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {DB} WITH (FORCE)"
-    )))
-    .await?;
-    a.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {DB}")))
-        .await?;
+    scratch_db::recreate(&mut a, DB).await?;
     let options = admin
         .clone()
         .database(DB)
@@ -311,9 +308,6 @@ async fn main() -> anyhow::Result<()> {
             );
         }
     }
-    a.execute(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {DB} WITH (FORCE)"
-    )))
-    .await?;
+    scratch_db::remove(&mut a, DB).await?;
     Ok(())
 }
