@@ -519,29 +519,62 @@ fn virtual_hostable_label(label: &str) -> bool {
 }
 
 /// Bytes that stay as they are: RFC 3986's unreserved set.
-fn unreserved(b: u8) -> bool {
+const fn unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }
 
 const HEX: &[u8; 16] = b"0123456789ABCDEF";
 
+/// `unreserved`, one lookup a byte.
+const KEEP: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        t[b] = unreserved(b as u8);
+        b += 1;
+    }
+    t
+};
+
+/// `%00%01...%FF`: byte b's escape is `ESCAPES[3 * b..3 * b + 3]`.
+const ESCAPES: &str = {
+    const BYTES: [u8; 768] = {
+        let mut t = [0u8; 768];
+        let mut b = 0;
+        while b < 256 {
+            t[3 * b] = b'%';
+            t[3 * b + 1] = HEX[b >> 4];
+            t[3 * b + 2] = HEX[b & 15];
+            b += 1;
+        }
+        t
+    };
+    match std::str::from_utf8(&BYTES) {
+        Ok(s) => s,
+        Err(_) => panic!("escapes are ASCII"),
+    }
+};
+
 /// Percent-encodes `s` onto `out`: every byte but the unreserved ones (and '/'
-/// if `keep_slash`), upper-case hex, as the SDK does.
+/// if `keep_slash`), upper-case hex, as the SDK does. The runs between
+/// escapes are copied as they are: unreserved bytes are ASCII, so a run's
+/// ends are character boundaries.
 fn encode(out: &mut String, s: &str, keep_slash: bool) {
-    let bytes = s.as_bytes();
     let mut clean = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        if unreserved(b) || (keep_slash && b == b'/') {
+    for (i, &b) in s.as_bytes().iter().enumerate() {
+        if KEEP[b as usize] || (keep_slash && b == b'/') {
             continue;
         }
-        // Only unreserved ASCII lies between encoded bytes.
-        out.push_str(ascii(&bytes[clean..i]));
-        out.push('%');
-        out.push(HEX[(b >> 4) as usize] as char);
-        out.push(HEX[(b & 15) as usize] as char);
+        if clean < i {
+            out.push_str(&s[clean..i]);
+        }
+        let e = 3 * b as usize;
+        out.push_str(&ESCAPES[e..e + 3]);
         clean = i + 1;
     }
-    out.push_str(ascii(&bytes[clean..]));
+    if clean < s.len() {
+        out.push_str(&s[clean..]);
+    }
 }
 
 /// A header value as SigV4 signs it: trimmed, each run of spaces one space.
