@@ -174,11 +174,19 @@ impl Multipart<'_> {
     }
 }
 
+/// What a signer derives once per UTC day and region.
 struct DayKey {
     day: u64,
     region: Box<str>,
+    /// `YYYYMMDD` of the day.
+    date: [u8; 8],
     /// HMAC already keyed with the day's signing key: a clone is one copy.
     mac: HmacSha256,
+    /// X-Amz-Credential's value as the URL carries it:
+    /// `AKID%2F20130524%2Fus-east-1%2Fs3%2Faws4_request`.
+    credential: Box<str>,
+    /// The string to sign's scope line: `20130524/us-east-1/s3/aws4_request\n`.
+    scope: Box<str>,
 }
 
 /// Day keys kept at most: one per region a key signs for, today and yesterday.
@@ -211,29 +219,40 @@ impl QuerySigner {
         }
     }
 
-    fn day_mac(&self, day: u64, date: &[u8; 8], region: &str) -> HmacSha256 {
+    /// The day's key for `region`, derived on its first use that day.
+    fn day_key(&self, day: u64, region: &str) -> Arc<DayKey> {
         if let Some(k) = self
             .days
             .load()
             .iter()
             .find(|k| k.day == day && &*k.region == region)
         {
-            return k.mac.clone();
+            return k.clone();
         }
         let hmac = |key: &[u8], data: &[u8]| -> [u8; 32] {
             let mut m = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
             m.update(data);
             m.finalize().into_bytes().into()
         };
-        let k = hmac(self.k_secret.expose().as_bytes(), date);
+        let (date, _) = amz_date(day * 86_400);
+        let k = hmac(self.k_secret.expose().as_bytes(), &date);
         let k = hmac(&k, region.as_bytes());
         let k = hmac(&k, SERVICE.as_bytes());
         let k = hmac(&k, b"aws4_request");
-        let mac = HmacSha256::new_from_slice(&k).expect("HMAC takes any key length");
+        let mut credential = String::new();
+        encode(&mut credential, &self.access_key, false);
+        credential.push_str("%2F");
+        credential.push_str(ascii(&date));
+        credential.push_str("%2F");
+        encode(&mut credential, region, false);
+        credential.push_str("%2Fs3%2Faws4_request");
         let new = Arc::new(DayKey {
             day,
             region: region.into(),
-            mac: mac.clone(),
+            date,
+            mac: HmacSha256::new_from_slice(&k).expect("HMAC takes any key length"),
+            credential: credential.into(),
+            scope: format!("{}/{region}/{SERVICE}/aws4_request\n", ascii(&date)).into(),
         });
         // Keys of days before yesterday go (the clock moved on); a signer
         // asked for many regions starts over rather than grow without bound.
@@ -249,7 +268,7 @@ impl QuerySigner {
             kept.push(new.clone());
             kept
         });
-        mac
+        new
     }
 
     pub(super) fn presign(
@@ -293,8 +312,8 @@ impl QuerySigner {
                 "a POST is signed as a form (sign_policy), not as a URL".into(),
             ));
         }
-        let day = req.time / 86_400;
-        let (date, datetime) = amz_date(req.time);
+        let day_key = self.day_key(req.time / 86_400, region);
+        let datetime = amz_datetime(&day_key.date, req.time % 86_400);
         let virtual_hosted = ep.virtual_hosted(req.bucket);
 
         // The URL up to the query; the path part is also the canonical URI.
@@ -376,12 +395,8 @@ impl QuerySigner {
         url.push_str("X-Amz-Algorithm=");
         url.push_str(ALGORITHM);
         url.push_str("&X-Amz-Credential=");
-        encode(&mut url, &self.access_key, false);
-        url.push_str("%2F");
-        url.push_str(ascii(&date));
-        url.push_str("%2F");
-        encode(&mut url, region, false);
-        url.push_str("%2Fs3%2Faws4_request&X-Amz-Date=");
+        url.push_str(&day_key.credential);
+        url.push_str("&X-Amz-Date=");
         url.push_str(ascii(&datetime));
         url.push_str("&X-Amz-Expires=");
         push_u64(&mut url, req.expires_secs);
@@ -432,15 +447,12 @@ impl QuerySigner {
         creq.push_str("\nUNSIGNED-PAYLOAD");
 
         // The string to sign, straight into the day's HMAC.
-        let mut mac = self.day_mac(day, &date, region);
+        let mut mac = day_key.mac.clone();
         mac.update(ALGORITHM.as_bytes());
         mac.update(b"\n");
         mac.update(&datetime);
         mac.update(b"\n");
-        mac.update(&date);
-        mac.update(b"/");
-        mac.update(region.as_bytes());
-        mac.update(b"/s3/aws4_request\n");
+        mac.update(day_key.scope.as_bytes());
         let mut hex = [0u8; 64];
         hex_into(&Sha256::digest(creq.as_bytes()), &mut hex);
         mac.update(&hex);
@@ -476,8 +488,7 @@ impl QuerySigner {
 
     /// The hex signature of `policy_b64` as of `time` for `region`.
     pub(super) fn sign_policy(&self, time: u64, region: &str, policy_b64: &str) -> String {
-        let (date, _) = amz_date(time);
-        let mut mac = self.day_mac(time / 86_400, &date, region);
+        let mut mac = self.day_key(time / 86_400, region).mac.clone();
         mac.update(policy_b64.as_bytes());
         let mut hex = [0u8; 64];
         hex_into(&mac.finalize().into_bytes(), &mut hex);
@@ -621,26 +632,32 @@ fn ascii(b: &[u8]) -> &str {
 
 /// `YYYYMMDD` and `YYYYMMDDTHHMMSSZ` of `secs` since the epoch (UTC).
 fn amz_date(secs: u64) -> ([u8; 8], [u8; 16]) {
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = civil_from_days(days as i64);
+    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
     let mut date = [0u8; 8];
-    let digits = |out: &mut [u8], mut v: u64| {
-        for slot in out.iter_mut().rev() {
-            *slot = b'0' + (v % 10) as u8;
-            v /= 10;
-        }
-    };
     digits(&mut date[0..4], y as u64);
     digits(&mut date[4..6], m as u64);
     digits(&mut date[6..8], d as u64);
+    (date, amz_datetime(&date, secs % 86_400))
+}
+
+/// `YYYYMMDDTHHMMSSZ` of the day `date`, `secs` seconds into it.
+fn amz_datetime(date: &[u8; 8], secs: u64) -> [u8; 16] {
     let mut dt = [0u8; 16];
-    dt[..8].copy_from_slice(&date);
+    dt[..8].copy_from_slice(date);
     dt[8] = b'T';
-    digits(&mut dt[9..11], rem / 3600);
-    digits(&mut dt[11..13], rem % 3600 / 60);
-    digits(&mut dt[13..15], rem % 60);
+    digits(&mut dt[9..11], secs / 3600);
+    digits(&mut dt[11..13], secs % 3600 / 60);
+    digits(&mut dt[13..15], secs % 60);
     dt[15] = b'Z';
-    (date, dt)
+    dt
+}
+
+/// `v` in decimal, right-aligned and zero-padded in `out`.
+fn digits(out: &mut [u8], mut v: u64) {
+    for slot in out.iter_mut().rev() {
+        *slot = b'0' + (v % 10) as u8;
+        v /= 10;
+    }
 }
 
 /// Howard Hinnant's days-to-civil: (year, month, day) of a day since 1970-01-01.
@@ -751,18 +768,21 @@ mod tests {
     #[test]
     fn the_day_key_is_derived_once_per_day_and_region() {
         let (signer, _) = aws_example();
-        let (date, _) = amz_date(1_369_353_600);
-        let _ = signer.day_mac(15_849, &date, "us-east-1");
-        let first = Arc::as_ptr(&signer.days.load()[0]);
-        let _ = signer.day_mac(15_849, &date, "us-east-1");
-        assert_eq!(first, Arc::as_ptr(&signer.days.load()[0]), "reused");
-        let _ = signer.day_mac(15_849, &date, "eu-west-3");
+        let first = signer.day_key(15_849, "us-east-1");
+        assert_eq!(ascii(&first.date), "20130524");
+        assert_eq!(
+            &*first.credential,
+            "AKIAIOSFODNN7EXAMPLE%2F20130524%2Fus-east-1%2Fs3%2Faws4_request"
+        );
+        assert_eq!(&*first.scope, "20130524/us-east-1/s3/aws4_request\n");
+        let again = signer.day_key(15_849, "us-east-1");
+        assert!(Arc::ptr_eq(&first, &again), "reused");
+        let _ = signer.day_key(15_849, "eu-west-3");
         assert_eq!(
             cached(&signer),
             [(15_849, "eu-west-3".into()), (15_849, "us-east-1".into())]
         );
-        let (next, _) = amz_date(1_369_353_600 + 2 * 86_400);
-        let _ = signer.day_mac(15_851, &next, "us-east-1");
+        let _ = signer.day_key(15_851, "us-east-1");
         assert_eq!(
             cached(&signer),
             [(15_851, "us-east-1".into())],
