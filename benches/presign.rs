@@ -5,6 +5,8 @@
 //! * `aws_sigv4`: the aws-sigv4 crate alone on the same request (the whole HMAC
 //!   key chain per URL, as the SDK does), URL included;
 //! * `ours`: `SigningKey::presign` (src/signing/sigv4.rs), URL included;
+//! * `ours_two_threads`: the same on two threads at once, one key (an
+//!   iteration is a URL on each);
 //! * `floor`: one SHA-256 of a canonical request of the same size and one HMAC
 //!   of the string to sign with an already keyed HMAC: the hashes alone.
 //!
@@ -190,6 +192,24 @@ fn presign(c: &mut Criterion) {
     });
     g.bench_function("ours", |b| {
         b.iter(|| ours.presign(black_box(&spec), black_box(time())).unwrap())
+    });
+    // Two threads signing with the one key at once, as the server's runtime
+    // threads do: one iteration is a URL on each, so it shows what the
+    // signer's shared state (the cached day keys) costs when both use it.
+    g.bench_function("ours_two_threads", |b| {
+        b.iter_custom(|iters| {
+            let start = std::time::Instant::now();
+            std::thread::scope(|s| {
+                for _ in 0..2 {
+                    s.spawn(|| {
+                        for _ in 0..iters {
+                            black_box(ours.presign(black_box(&spec), black_box(time())).unwrap());
+                        }
+                    });
+                }
+            });
+            start.elapsed()
+        })
     });
     g.bench_function("floor", |b| {
         b.iter(|| floor(black_box(&creq), black_box(&mac)))

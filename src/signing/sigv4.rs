@@ -201,6 +201,11 @@ pub(super) struct QuerySigner {
     days: ArcSwap<Vec<Arc<DayKey>>>,
 }
 
+/// The key of `day` for `region` among `days`, if it was derived.
+fn cached<'a>(days: &'a [Arc<DayKey>], day: u64, region: &str) -> Option<&'a Arc<DayKey>> {
+    days.iter().find(|k| k.day == day && &*k.region == region)
+}
+
 /// A canonical request and the URL that carries its signature.
 pub(super) struct Signed {
     pub url: String,
@@ -221,14 +226,14 @@ impl QuerySigner {
 
     /// The day's key for `region`, derived on its first use that day.
     fn day_key(&self, day: u64, region: &str) -> Arc<DayKey> {
-        if let Some(k) = self
-            .days
-            .load()
-            .iter()
-            .find(|k| k.day == day && &*k.region == region)
-        {
-            return k.clone();
+        match cached(&self.days.load(), day, region) {
+            Some(k) => k.clone(),
+            None => self.derive(day, region),
         }
+    }
+
+    /// Derives the day's key for `region` and caches it.
+    fn derive(&self, day: u64, region: &str) -> Arc<DayKey> {
         let hmac = |key: &[u8], data: &[u8]| -> [u8; 32] {
             let mut m = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
             m.update(data);
@@ -312,7 +317,17 @@ impl QuerySigner {
                 "a POST is signed as a form (sign_policy), not as a URL".into(),
             ));
         }
-        let day_key = self.day_key(req.time / 86_400, region);
+        // Borrowed from the cache, not cloned: an Arc's count would be one
+        // more cache line the runtime's threads pass around for every URL.
+        let days = self.days.load();
+        let derived;
+        let day_key: &DayKey = match cached(&days, req.time / 86_400, region) {
+            Some(k) => k,
+            None => {
+                derived = self.derive(req.time / 86_400, region);
+                &derived
+            }
+        };
         let datetime = amz_datetime(&day_key.date, req.time % 86_400);
         let virtual_hosted = ep.virtual_hosted(req.bucket);
 
