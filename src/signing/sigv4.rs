@@ -201,9 +201,23 @@ pub(super) struct QuerySigner {
     days: ArcSwap<Vec<Arc<DayKey>>>,
 }
 
-/// The key of `day` for `region` among `days`, if it was derived.
-fn cached<'a>(days: &'a [Arc<DayKey>], day: u64, region: &str) -> Option<&'a Arc<DayKey>> {
-    days.iter().find(|k| k.day == day && &*k.region == region)
+/// A day key as `QuerySigner::day_key` gives it: borrowed from the cache,
+/// so a URL touches no count (an Arc's would be one more cache line the
+/// runtime's threads pass around for every URL), or just derived.
+enum DayKeyRef {
+    Cached(arc_swap::Guard<Arc<Vec<Arc<DayKey>>>>, usize),
+    Derived(Arc<DayKey>),
+}
+
+impl std::ops::Deref for DayKeyRef {
+    type Target = DayKey;
+
+    fn deref(&self) -> &DayKey {
+        match self {
+            Self::Cached(days, i) => &days[*i],
+            Self::Derived(key) => key,
+        }
+    }
 }
 
 /// A canonical request and the URL that carries its signature.
@@ -225,10 +239,14 @@ impl QuerySigner {
     }
 
     /// The day's key for `region`, derived on its first use that day.
-    fn day_key(&self, day: u64, region: &str) -> Arc<DayKey> {
-        match cached(&self.days.load(), day, region) {
-            Some(k) => k.clone(),
-            None => self.derive(day, region),
+    fn day_key(&self, day: u64, region: &str) -> DayKeyRef {
+        let days = self.days.load();
+        match days
+            .iter()
+            .position(|k| k.day == day && &*k.region == region)
+        {
+            Some(i) => DayKeyRef::Cached(days, i),
+            None => DayKeyRef::Derived(self.derive(day, region)),
         }
     }
 
@@ -317,17 +335,7 @@ impl QuerySigner {
                 "a POST is signed as a form (sign_policy), not as a URL".into(),
             ));
         }
-        // Borrowed from the cache, not cloned: an Arc's count would be one
-        // more cache line the runtime's threads pass around for every URL.
-        let days = self.days.load();
-        let derived;
-        let day_key: &DayKey = match cached(&days, req.time / 86_400, region) {
-            Some(k) => k,
-            None => {
-                derived = self.derive(req.time / 86_400, region);
-                &derived
-            }
-        };
+        let day_key = self.day_key(req.time / 86_400, region);
         let datetime = amz_datetime(&day_key.date, req.time % 86_400);
         let virtual_hosted = ep.virtual_hosted(req.bucket);
 
@@ -791,7 +799,7 @@ mod tests {
         );
         assert_eq!(&*first.scope, "20130524/us-east-1/s3/aws4_request\n");
         let again = signer.day_key(15_849, "us-east-1");
-        assert!(Arc::ptr_eq(&first, &again), "reused");
+        assert!(std::ptr::eq(&*first, &*again), "reused");
         let _ = signer.day_key(15_849, "eu-west-3");
         assert_eq!(
             cached(&signer),
