@@ -2,7 +2,7 @@
 # IssueLink measured from outside the process, as /work/shared/MEASURED.md
 # measures the landed main: the release `presignd serve` (configured as
 # deploy/dev/run.sh configures it) on a scratch database of the dev stack,
-# h2load (Debian's nghttp2-client; needed by no test) as the client, 16
+# h2load (Debian's nghttp2-client, installed if missing) as the client, 16
 # connections x 4 streams. Per round: the no-op (grpc.health.v1.Health/Check)
 # then IssueLink, closed loop; the rows committed must equal the requests
 # answered (gRPC errors are HTTP 200: h2load's "succeeded" alone proves
@@ -19,7 +19,13 @@
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
-command -v h2load >/dev/null || { echo "h2load missing: apt-get install nghttp2-client" >&2; exit 1; }
+# h2load is the client (no test needs it): installed here on a fresh machine,
+# as stack.sh installs the stack's tools.
+if ! command -v h2load >/dev/null; then
+    echo "[h2load-bench] installing nghttp2-client (h2load)" >&2
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nghttp2-client >/dev/null; } ||
+        { echo "h2load is missing and could not be installed: apt-get install nghttp2-client (as root)" >&2; exit 1; }
+fi
 N="${N:-150000}"
 ROUNDS="${ROUNDS:-2}"
 if [ -z "${BIN:-}" ]; then
