@@ -1,5 +1,7 @@
 //! Invariant 5 after a full run with secrets and URLs in play (links of every
-//! method, a refused token, a failed admin call, a REVOKE rotation): neither the
+//! method, an upload form, multipart part URLs, URLs given to LookupLink and
+//! VerifyLink whole, altered and malformed, a refused token, a failed admin
+//! call, a REVOKE rotation, its repair by ReissueLinks): neither the
 //! captured logs (every level, every crate) nor a pg_dump of the registry holds
 //! a secret (Garage key secrets, the Garage admin token, the master key, bearer
 //! tokens, the database password), a signature or a URL.
@@ -87,6 +89,90 @@ async fn no_secret_signature_or_url_reaches_the_logs_or_the_database(pool: PgPoo
             .unwrap()
             .into_inner(),
     );
+    // The other credentials presignd hands out: an upload form (its policy
+    // and signature) and a multipart upload's part URLs.
+    let form = app
+        .links
+        .issue_upload_form(proto::IssueUploadFormRequest {
+            bucket: bucket.clone(),
+            object_key: unique_key("secrets-form"),
+            content_length_range: Some(proto::ContentLengthRange { min: 1, max: 1024 }),
+            ttl: Some(prost_types::Duration {
+                seconds: 600,
+                nanos: 0,
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let upload = app
+        .links
+        .start_multipart_upload(proto::StartMultipartUploadRequest {
+            bucket: bucket.clone(),
+            object_key: unique_key("secrets-multipart"),
+            size: Some(proto::start_multipart_upload_request::Size::PartCount(2)),
+            ttl: Some(prost_types::Duration {
+                seconds: 600,
+                nanos: 0,
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(upload.parts.len(), 2);
+    // URLs given to presignd: LookupLink and VerifyLink take them as input,
+    // whole, altered, and malformed (refused naming `url`).
+    let altered = tampered(&issued[1].url);
+    let malformed = issued[1]
+        .url
+        .replace("X-Amz-Credential", "X-Amz-Kredential");
+    let mut given = vec![altered.clone(), malformed.clone()];
+    app.links
+        .lookup_link(proto::LookupLinkRequest {
+            url: issued[1].url.clone(),
+        })
+        .await
+        .unwrap();
+    app.links
+        .lookup_link(proto::LookupLinkRequest {
+            url: upload.parts[0].url.clone(),
+        })
+        .await
+        .unwrap();
+    let refused = app
+        .links
+        .lookup_link(proto::LookupLinkRequest {
+            url: malformed.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    let unknown = app
+        .links
+        .lookup_link(proto::LookupLinkRequest {
+            url: altered.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound, "{unknown:?}");
+    for url in [issued[1].url.clone(), altered.clone()] {
+        app.links
+            .verify_link(proto::VerifyLinkRequest {
+                link: Some(proto::verify_link_request::Link::Url(url)),
+            })
+            .await
+            .unwrap();
+    }
+    let refused = app
+        .links
+        .verify_link(proto::VerifyLinkRequest {
+            link: Some(proto::verify_link_request::Link::Url(malformed)),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
     let wrong = format!("{TOKEN}-but-wrong");
     let mut stranger = LinkServiceClient::with_interceptor(
         app.channel.clone(),
@@ -117,7 +203,25 @@ async fn no_secret_signature_or_url_reaches_the_logs_or_the_database(pool: PgPoo
             ..Default::default()
         })
         .await;
-    assert_eq!(report.links_revoked, issued.len() as u64);
+    // The form and the two part URLs are links too.
+    assert_eq!(report.links_revoked, issued.len() as u64 + 3);
+    // Repair after the revocation hands out fresh URLs: not the form's nor
+    // the parts' (skipped), every other killed link's.
+    let reissued = app
+        .links
+        .reissue_links(proto::ReissueLinksRequest {
+            revocation_id: report.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (reissued.links.len(), reissued.skipped.len()),
+        (issued.len(), 3),
+        "{reissued:?}"
+    );
+    given.extend(reissued.links.iter().map(|r| r.url.clone()));
     issued.push(
         app.issue(link_request(&bucket, &key, Method::Get, 60))
             .await
@@ -172,6 +276,17 @@ async fn no_secret_signature_or_url_reaches_the_logs_or_the_database(pool: PgPoo
         secrets.push(("URL query".into(), query));
         secrets.push(("URL".into(), link.url.clone()));
     }
+    for url in given.iter().chain(upload.parts.iter().map(|p| &p.url)) {
+        secrets.push(("URL".into(), url.clone()));
+        if let Some(sig) = presignd::signing::signature_of(url) {
+            secrets.push(("signature".into(), sig.to_owned()));
+        }
+    }
+    for field in &form.fields {
+        if ["policy", "x-amz-signature"].contains(&field.name.as_str()) {
+            secrets.push((format!("form's {}", field.name), field.value.clone()));
+        }
+    }
     let markers = ["X-Amz-Signature", "X-Amz-Credential", "x-amz-signature"];
 
     let dump = pg_dump(&pool).await;
@@ -193,4 +308,12 @@ async fn no_secret_signature_or_url_reaches_the_logs_or_the_database(pool: PgPoo
             assert!(!text.contains(m), "{what} contain {m}");
         }
     }
+}
+
+/// `url` with its signature's last hex digit changed: still matched to its
+/// link by LookupLink and VerifyLink, refused by the store.
+fn tampered(url: &str) -> String {
+    let sig = presignd::signing::signature_of(url).expect("a presigned URL");
+    let last = if sig.ends_with('0') { "1" } else { "0" };
+    url.replace(sig, &format!("{}{last}", &sig[..sig.len() - 1]))
 }
