@@ -442,3 +442,89 @@ async fn each_caller_gets_exactly_what_its_policy_allows(pool: PgPool) {
         .count();
     assert_eq!(links.len(), granted, "{links:?}");
 }
+
+/// Every method of presignd.v1's `service`, from the descriptor set the
+/// server is built from (a method added later is covered without a word
+/// here): its path and whether it streams its answer.
+fn methods_of(service: &str) -> Vec<(String, bool)> {
+    use prost::Message;
+    let set = prost_types::FileDescriptorSet::decode(proto::FILE_DESCRIPTOR_SET).unwrap();
+    set.file
+        .iter()
+        .filter(|f| f.package() == "presignd.v1")
+        .flat_map(|f| &f.service)
+        .filter(|s| s.name() == service)
+        .flat_map(|s| &s.method)
+        .map(|m| {
+            (
+                format!("/presignd.v1.{service}/{}", m.name()),
+                m.server_streaming(),
+            )
+        })
+        .collect()
+}
+
+/// Calls `path` with an empty request (every field unset: the answer must
+/// come before any field is judged) as `token` (None: no authorization
+/// header); the error it ends with.
+async fn refusal(
+    channel: tonic::transport::Channel,
+    path: &str,
+    streaming: bool,
+    token: Option<&str>,
+) -> Status {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let mut req = Request::new(());
+    if let Some(t) = token {
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {t}").parse().unwrap());
+    }
+    let at = tonic::codegen::http::uri::PathAndQuery::try_from(path).unwrap();
+    let codec = tonic_prost::ProstCodec::<(), ()>::default();
+    if streaming {
+        match grpc.server_streaming(req, at, codec).await {
+            Err(s) => s,
+            Ok(mut answers) => answers
+                .get_mut()
+                .message()
+                .await
+                .expect_err(&format!("{path} streamed an answer")),
+        }
+    } else {
+        grpc.unary(req, at, codec)
+            .await
+            .expect_err(&format!("{path} answered"))
+    }
+}
+
+#[sqlx::test]
+async fn every_key_service_method_refuses_non_admins_and_every_method_the_unauthenticated(
+    pool: PgPool,
+) {
+    let app = spawn_app(&pool).await;
+    let key_service = methods_of("KeyService");
+    let link_service = methods_of("LinkService");
+    assert!(
+        key_service.len() >= 8 && link_service.len() >= 12,
+        "the descriptor set lists the services: {key_service:?} {link_service:?}"
+    );
+    for (path, streaming) in &key_service {
+        let s = refusal(app.channel.clone(), path, *streaming, Some(TOKEN_B)).await;
+        assert_eq!(s.code(), Code::PermissionDenied, "{path}: {s:?}");
+        assert!(
+            s.message().contains("KeyService is for admins"),
+            "{path}: {s:?}"
+        );
+    }
+    for (path, streaming) in key_service.iter().chain(&link_service) {
+        let s = refusal(app.channel.clone(), path, *streaming, None).await;
+        assert_eq!(s.code(), Code::Unauthenticated, "{path}: {s:?}");
+    }
+    // Refused before anything was done.
+    let revocations: i64 = sqlx::query_scalar("SELECT count(*) FROM revocations")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(revocations, 0);
+}
