@@ -541,6 +541,179 @@ async fn an_upgrade_records_each_stopped_keys_window_from_its_links(pool: PgPool
     }
 }
 
+/// The tables and columns of 0012-0016 (replacements, request ids, upload
+/// forms, multipart uploads, revocation events), filled at 0016, through
+/// every later migration (0017's `links_record`, the index changes): every
+/// row intact, and what each row promised still holds. A request id claimed
+/// before the upgrade is not claimed again, a link replaced before it is not
+/// replaced twice, the open upload is found and expires, the revocation's
+/// event is delivered and the next one comes after it.
+#[sqlx::test(migrations = false)]
+async fn rows_of_0012_to_0016_upgrade_to_the_last_intact_and_keep_their_promises(pool: PgPool) {
+    use presignd::registry::links::{self, LinkRequest};
+    use presignd::registry::{link_requests, revocation_events, uploads};
+
+    migrate_to(&pool, 16).await;
+    let (killed, replacement, requested, form, part) = (
+        "01000000-0000-7000-8000-000000000001",
+        "01000000-0000-7000-8000-000000000002",
+        "01000000-0000-7000-8000-000000000003",
+        "01000000-0000-7000-8000-000000000004",
+        "01000000-0000-7000-8000-000000000005",
+    );
+    let upload = "01000000-0000-7000-8000-0000000000aa";
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        r#"INSERT INTO signers (name, backend) VALUES ('alpha', 'garage');
+         INSERT INTO signing_keys (key_id, signer, state, sealed_secret) VALUES
+             ('GKold', 'alpha', 'inactive', '\x01'), ('GKnew', 'alpha', 'active', '\x02');
+         INSERT INTO revocations (id, signer, mode, requested_by, reason, old_key_id,
+                                  new_key_id, state, next_step, blast_radius, links_revoked,
+                                  steps, finished_at, quarantined_link_ids)
+         VALUES ('{REVOCATION}', 'alpha', 'revoke', 'ops', 'upgrade test', 'GKold', 'GKnew',
+                 'succeeded', 'done', '{{"count": 1}}', 1, '[]', now(), '{{{part}}}');
+         INSERT INTO links (id, key_id, signer, caller, method, bucket, object_key, labels,
+                            issued_at, expires_at, signature_sha256, revocation_id,
+                            content_type, headers_recorded, replaces_link_id,
+                            object_key_is_prefix)
+         SELECT l.id::uuid, l.key_id, 'alpha', 'svc-a', l.method, 'b', l.object_key,
+                l.labels::jsonb, date_trunc('second', now()) - interval '1 minute',
+                date_trunc('second', now()) + interval '1 hour', sha256(l.id::bytea),
+                l.revocation_id::uuid, l.content_type, true, l.replaces::uuid, l.prefix
+         FROM (VALUES
+             ('{killed}', 'GKold', 'GET', 'a.txt', '{{}}', '{REVOCATION}', NULL, NULL, false),
+             ('{replacement}', 'GKnew', 'GET', 'a.txt', '{{}}', NULL, NULL, '{killed}', false),
+             ('{requested}', 'GKnew', 'PUT', 'b.txt', '{{}}', NULL, 'text/plain', NULL, false),
+             ('{form}', 'GKnew', 'POST', 'uploads/', '{{}}', NULL, NULL, NULL, true),
+             ('{part}', 'GKnew', 'PUT', 'big.bin', '{{"presignd.upload": "{upload}"}}', NULL,
+              NULL, NULL, false)
+         ) l (id, key_id, method, object_key, labels, revocation_id, content_type, replaces,
+              prefix);
+         INSERT INTO link_requests (caller, request_id, link_id, expires_at, request_sha256)
+         SELECT 'svc-a', 'req-1', id, expires_at, sha256('req-1') FROM links
+         WHERE id = '{requested}';
+         INSERT INTO multipart_uploads (id, upload_id, bucket, object_key, signer, key_id,
+                                        caller, part_count, part_size, total_size,
+                                        created_at, expires_at)
+         VALUES ('{upload}', 'store-upload-1', 'b', 'big.bin', 'alpha', 'GKnew', 'svc-a', 1,
+                 5242880, 5242880, now(), now() + interval '1 hour');
+         INSERT INTO revocation_events (revocation_id, caller, signer, key_id, links,
+                                        quarantined, earliest_expiry)
+         VALUES ('{REVOCATION}', 'svc-a', 'alpha', 'GKold', 1, 0, now() + interval '1 hour');"#
+    )))
+    .execute(&pool)
+    .await
+    .expect("0016's data");
+
+    const TABLES: [&str; 5] = [
+        "SELECT row_to_json(t)::text FROM (SELECT id, key_id, method, object_key, labels, issued_at, expires_at, signature_sha256, revocation_id, content_type, content_disposition, headers_recorded, replaces_link_id, object_key_is_prefix FROM links ORDER BY id) t",
+        "SELECT row_to_json(t)::text FROM (SELECT * FROM link_requests ORDER BY caller, request_id) t",
+        "SELECT row_to_json(t)::text FROM (SELECT * FROM multipart_uploads ORDER BY id) t",
+        "SELECT row_to_json(t)::text FROM (SELECT * FROM revocation_events ORDER BY seq) t",
+        "SELECT row_to_json(t)::text FROM (SELECT id, quarantined_link_ids FROM revocations ORDER BY id) t",
+    ];
+    let mut before = Vec::new();
+    for table in TABLES {
+        before.push(rows(&pool, table).await);
+    }
+    assert_eq!(
+        before.iter().map(Vec::len).collect::<Vec<_>>(),
+        [5, 1, 1, 1, 1]
+    );
+    presignd::registry::migrate(&pool)
+        .await
+        .expect("to the last migration");
+    let mut after = Vec::new();
+    for table in TABLES {
+        after.push(rows(&pool, table).await);
+    }
+    assert_eq!(before, after, "every row is intact");
+
+    let uuid = |s: &str| uuid::Uuid::parse_str(s).unwrap();
+    // The states as listed: the dead key's link revoked, the others active.
+    let listed: BTreeMap<uuid::Uuid, LinkState> =
+        link_queries::list_page(&pool, &LinkFilter::default(), None, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|l| (l.id, l.state))
+            .collect();
+    assert_eq!(
+        listed,
+        BTreeMap::from([
+            (uuid(killed), LinkState::Revoked),
+            (uuid(replacement), LinkState::Active),
+            (uuid(requested), LinkState::Active),
+            (uuid(form), LinkState::Active),
+            (uuid(part), LinkState::Active),
+        ])
+    );
+    // The request id claimed at 0016 names its link, and 0017's function does
+    // not claim it again; a second replacement of the replaced link is not
+    // written either; a plain row of the same batch is.
+    let found = link_requests::find(&pool, "svc-a", "req-1")
+        .await
+        .unwrap()
+        .expect("the claim survives the upgrade");
+    assert_eq!(found.link.id, uuid(requested));
+    let mut again = crate::helpers::new_link("GKnew", "alpha", "svc-a");
+    again.request = Some(LinkRequest {
+        id: "req-1".into(),
+        sha256: Sha256::digest(b"req-1").into(),
+    });
+    let second = presignd::registry::links::NewLink {
+        replaces_link_id: Some(uuid(killed)),
+        expires_at: found.link.expires_at,
+        ..crate::helpers::new_link("GKnew", "alpha", "svc-a")
+    };
+    let plain = crate::helpers::new_link("GKnew", "alpha", "svc-a");
+    let written = links::record(&pool, &["GKnew"], &[&again, &second, &plain])
+        .await
+        .unwrap();
+    assert_eq!(written.active_keys, ["GKnew"]);
+    assert!(written.claimed.is_empty(), "{:?}", written.claimed);
+    let inserted: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT id FROM links WHERE id = ANY ($1)")
+        .bind([again.id, second.id, plain.id])
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(inserted, [plain.id]);
+    // The open upload is found, and expires with its part URLs.
+    let open = uploads::get(&pool, uuid(upload))
+        .await
+        .unwrap()
+        .expect("the upload survives the upgrade");
+    assert_eq!((open.state.as_str(), open.part_count), ("open", 1));
+    let expired = uploads::expired_open(&pool, Utc::now() + Duration::hours(2), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        expired.iter().map(|u| u.id).collect::<Vec<_>>(),
+        [uuid(upload)]
+    );
+    // The revocation's event is delivered, and the next one comes after it.
+    let events = revocation_events::after(&pool, Some("svc-a"), 0, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        events
+            .iter()
+            .map(|e| (e.revocation_id, e.links))
+            .collect::<Vec<_>>(),
+        [(uuid(REVOCATION), 1)]
+    );
+    sqlx::query(
+        "INSERT INTO revocation_events (revocation_id, caller, signer, key_id, links,
+                                        quarantined, earliest_expiry)
+         VALUES ($1, 'svc-b', 'alpha', 'GKold', 2, 0, now())",
+    )
+    .bind(uuid(REVOCATION))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let latest = revocation_events::latest(&pool).await.unwrap();
+    assert!(latest > events[0].seq, "{latest} after {}", events[0].seq);
+}
+
 /// A migration run that fails after taking sqlx's migration lock (here: a
 /// landed migration's recorded checksum no longer matches) leaves no lock
 /// behind. The server's readiness task retries `registry::migrate` on its
