@@ -10,7 +10,7 @@
 use crate::api::{KeyApi, LinkApi};
 use crate::audit::Auditor;
 use crate::auth::Authenticator;
-use crate::backend::aws::{AwsBackend, AwsSettings};
+use crate::backend::aws::{self, AwsBackend, AwsSettings};
 use crate::backend::{KeyBackend, garage::GarageBackend};
 use crate::config::Config;
 use crate::dashboard::Dashboard;
@@ -426,6 +426,7 @@ async fn backend(config: &Config) -> anyhow::Result<Arc<dyn KeyBackend>> {
                 region: config.aws_region.clone(),
                 iam_endpoint: config.aws_iam_endpoint.clone(),
                 user_prefix: config.aws_iam_user_prefix.clone(),
+                attempt_timeout: aws::IAM_ATTEMPT_TIMEOUT,
             })
             .await,
         )),

@@ -9,6 +9,20 @@ use aws_sdk_iam::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_iam::types::StatusType;
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
 use chrono::{DateTime, Utc};
+use std::time::Duration;
+
+/// How long one IAM request may take, as the Garage backend's admin calls:
+/// the SDK sets no limit but on connecting, so an IAM (or a proxy) that
+/// takes the connection and never answers would hold a revocation's step
+/// for ever. Past it the request fails as unavailable, and the step is
+/// retried, then resumed later, as for any outage.
+pub const IAM_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The SDK's connect timeout (its default, which a timeout config replaces).
+const IAM_CONNECT_TIMEOUT: Duration = Duration::from_millis(3100);
+
+/// Attempts the SDK's standard retry makes of one call (its default).
+const IAM_ATTEMPTS: u32 = 3;
 
 pub struct AwsBackend {
     iam: aws_sdk_iam::Client,
@@ -22,6 +36,8 @@ pub struct AwsSettings {
     /// An IAM endpoint other than AWS's (tests use moto).
     pub iam_endpoint: Option<String>,
     pub user_prefix: String,
+    /// How long one request may take (`IAM_ATTEMPT_TIMEOUT`; tests shorten it).
+    pub attempt_timeout: Duration,
 }
 
 fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(
@@ -57,7 +73,14 @@ impl AwsBackend {
             .build_https();
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .region(aws_config::Region::new(settings.region))
-            .http_client(http);
+            .http_client(http)
+            .timeout_config(
+                aws_config::timeout::TimeoutConfig::builder()
+                    .connect_timeout(IAM_CONNECT_TIMEOUT.min(settings.attempt_timeout))
+                    .operation_attempt_timeout(settings.attempt_timeout)
+                    .operation_timeout(settings.attempt_timeout * IAM_ATTEMPTS)
+                    .build(),
+            );
         if let Some(endpoint) = settings.iam_endpoint {
             loader = loader.endpoint_url(endpoint);
         }

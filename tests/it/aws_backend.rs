@@ -205,3 +205,40 @@ async fn an_iam_key_whose_creation_never_committed_is_deleted_and_the_recorded_o
         .unwrap();
     assert_eq!(intents, 0);
 }
+
+/// An IAM endpoint that takes the connection and never answers (a hung IAM,
+/// a proxy black-holing its traffic): the call ends as unavailable, which a
+/// revocation's step retries and then resumes later, instead of holding the
+/// step for ever. With no timeout the SDK waits on the socket indefinitely.
+#[tokio::test]
+async fn an_iam_that_never_answers_is_unavailable_not_a_hang() {
+    use presignd::backend::KeyBackend;
+    use presignd::backend::aws::{AwsBackend, AwsSettings};
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", silent.local_addr().unwrap());
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((conn, _)) = silent.accept().await {
+            held.push(conn);
+        }
+    });
+    let backend = AwsBackend::new(AwsSettings {
+        region: "us-east-1".into(),
+        iam_endpoint: Some(endpoint),
+        user_prefix: "presignd-".into(),
+        attempt_timeout: std::time::Duration::from_millis(300),
+    })
+    .await;
+    let outcome = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        backend.deactivate_key("silent", "AKIASILENT"),
+    )
+    .await
+    .expect("the call ends although IAM never answers");
+    let e = outcome.expect_err("no answer is no success");
+    assert!(
+        e.is_transient() && e.to_string().contains("UpdateAccessKey: timed out"),
+        "{e}"
+    );
+    holder.abort();
+}
