@@ -266,6 +266,7 @@ impl App {
                 self.pool.clone(),
                 self.config.record_workers,
                 self.config.record_batch_max,
+                self.config.record_timeout(),
             ),
             policy: self.policy.clone(),
             limits: RateLimits::default(),

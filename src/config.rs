@@ -298,6 +298,15 @@ pub struct Config {
     #[arg(long, env = "PRESIGND_RECORD_BATCH_MAX", default_value_t = 256)]
     pub record_batch_max: usize,
 
+    /// Seconds a batch of link rows may wait for its commit's answer (a
+    /// commit takes milliseconds; a key's state change can hold it a few
+    /// seconds). Past it the batch's requests get UNAVAILABLE, no URL leaves,
+    /// and its connection is closed: a registry that stops answering without
+    /// closing the connection (a network black hole, a frozen primary) does
+    /// not hold issuance until TCP gives up.
+    #[arg(long, env = "PRESIGND_RECORD_TIMEOUT_SECS", default_value_t = 10)]
+    pub record_timeout_secs: u64,
+
     /// Seconds between background upkeep runs: deleting keys a crash left
     /// created and unrecorded (key intents), retrying unfinished revocations,
     /// deactivating retired keys whose last link expired, and folding the link
@@ -485,6 +494,10 @@ impl Config {
 
     pub fn metrics_refresh(&self) -> Duration {
         Duration::from_secs(self.metrics_refresh_secs.max(1))
+    }
+
+    pub fn record_timeout(&self) -> Duration {
+        Duration::from_secs(self.record_timeout_secs.max(1))
     }
 
     pub fn read_statement_timeout(&self) -> Duration {

@@ -8,6 +8,12 @@
 //! A row carrying a request id claims it in the same transaction; a row whose
 //! id already names a live link is not inserted and is answered
 //! `RequestIdTaken`, the rest of the batch commits as usual.
+//!
+//! A commit whose answer does not come within the recorder's timeout is
+//! abandoned: its requests are answered unavailable (whether it committed is
+//! unknown, so no URL leaves) and its connection, mid-statement, is closed
+//! rather than returned to the pool. A registry that stops answering without
+//! closing the connection holds a worker that long, not until TCP gives up.
 
 use crate::registry::{self, links::NewLink};
 use sqlx::pool::PoolConnection;
@@ -50,12 +56,13 @@ pub struct Recorder {
 
 impl Recorder {
     /// Starts `workers` batch writers on `pool`, each committing up to
-    /// `max_batch` links at a time. They stop when every `Recorder` is dropped.
-    pub fn start(pool: PgPool, workers: usize, max_batch: usize) -> Self {
+    /// `max_batch` links at a time and waiting at most `timeout` for a
+    /// commit's answer. They stop when every `Recorder` is dropped.
+    pub fn start(pool: PgPool, workers: usize, max_batch: usize, timeout: Duration) -> Self {
         let (queue, rx) = mpsc::channel::<Pending>(max_batch * workers.max(1) * 4);
         let rx = Arc::new(Mutex::new(rx));
         for _ in 0..workers.max(1) {
-            tokio::spawn(work(pool.clone(), rx.clone(), max_batch.max(1)));
+            tokio::spawn(work(pool.clone(), rx.clone(), max_batch.max(1), timeout));
         }
         Self { queue }
     }
@@ -79,7 +86,12 @@ impl Recorder {
 /// of its backend, per batch). It hands it back after `HOLD_IDLE` without a
 /// row, and after an error, so a broken connection is checked (and replaced)
 /// by the pool's ping before its next use.
-async fn work(pool: PgPool, rx: Arc<Mutex<mpsc::Receiver<Pending>>>, max_batch: usize) {
+async fn work(
+    pool: PgPool,
+    rx: Arc<Mutex<mpsc::Receiver<Pending>>>,
+    max_batch: usize,
+    timeout: Duration,
+) {
     let mut held: Option<PoolConnection<Postgres>> = None;
     loop {
         let mut batch = Vec::with_capacity(max_batch);
@@ -112,13 +124,13 @@ async fn work(pool: PgPool, rx: Arc<Mutex<mpsc::Receiver<Pending>>>, max_batch: 
             }
         }
         let started = std::time::Instant::now();
-        let mut outcome = commit(&pool, &mut held, &batch).await;
+        let mut outcome = commit(&pool, &mut held, &batch, timeout).await;
         if let Err(e) = &outcome
             && e.is_lock_conflict()
         {
             // Nothing was committed and no URL has left: run the batch again once.
             tracing::warn!(error = %e, rows = batch.len(), "link batch aborted by a lock conflict; retrying it");
-            outcome = commit(&pool, &mut held, &batch).await;
+            outcome = commit(&pool, &mut held, &batch, timeout).await;
         }
         crate::metrics::record_link_commit(started.elapsed(), batch.len());
         for p in batch {
@@ -138,11 +150,13 @@ async fn work(pool: PgPool, rx: Arc<Mutex<mpsc::Receiver<Pending>>>, max_batch: 
 /// One statement, its own transaction: lock the batch's keys, claim its
 /// request ids, insert the rows whose key is still active (and whose id, if
 /// any, was claimed), commit. On the worker's held connection, taken from
-/// `pool` if it holds none; dropped (back to the pool) on an error.
+/// `pool` if it holds none; dropped (back to the pool) on an error, closed
+/// if the answer does not come within `timeout`.
 async fn commit(
     pool: &PgPool,
     held: &mut Option<PoolConnection<Postgres>>,
     batch: &[Pending],
+    timeout: Duration,
 ) -> Result<Committed, registry::Error> {
     let mut keys: Vec<&str> = batch.iter().map(|p| p.link.key_id.as_str()).collect();
     keys.sort_unstable();
@@ -156,13 +170,31 @@ async fn commit(
                 .map_err(|e| registry::Error::new("recorder", e))?,
         ),
     };
-    let written = match registry::links::record(&mut **conn, &keys, &rows).await {
-        Ok(w) => w,
-        Err(e) => {
-            *held = None;
-            return Err(e);
-        }
-    };
+    let written =
+        match tokio::time::timeout(timeout, registry::links::record(&mut **conn, &keys, &rows))
+            .await
+        {
+            Ok(Ok(w)) => w,
+            Ok(Err(e)) => {
+                *held = None;
+                return Err(e);
+            }
+            Err(_) => {
+                // Returned to the pool, a connection cut off mid-statement is
+                // pinged first, and that ping would wait as long as TCP does.
+                if let Some(mut conn) = held.take() {
+                    conn.close_on_drop();
+                }
+                let silence = std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no answer within {timeout:?}; whether the batch committed is unknown"),
+                );
+                return Err(registry::Error::new(
+                    "links::record",
+                    sqlx::Error::Io(silence),
+                ));
+            }
+        };
     Ok(Committed {
         active_keys: written.active_keys.into_iter().collect(),
         claimed: written.claimed.into_iter().collect(),

@@ -545,10 +545,13 @@ pub fn rotate_req(
     }
 }
 
-/// A TCP proxy a test closes to make an outage real (connections and all).
+/// A TCP proxy a test closes to make an outage real (connections and all),
+/// or freezes: a network black hole, where nothing is closed and nothing
+/// answers.
 pub struct Proxy {
     pub addr: SocketAddr,
     tasks: JoinSet<()>,
+    frozen: tokio::sync::watch::Sender<bool>,
 }
 
 impl Proxy {
@@ -559,6 +562,8 @@ impl Proxy {
 
     pub fn serve(listener: TcpListener, target: SocketAddr) -> Self {
         let addr = listener.local_addr().unwrap();
+        let (frozen, _) = tokio::sync::watch::channel(false);
+        let watch = frozen.clone();
         let mut tasks = JoinSet::new();
         tasks.spawn(async move {
             let mut conns = JoinSet::new();
@@ -566,15 +571,39 @@ impl Proxy {
                 let Ok((mut inbound, _)) = listener.accept().await else {
                     return;
                 };
+                let mut frozen = watch.subscribe();
                 conns.spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    if !*frozen.borrow_and_update()
+                        && let Ok(mut outbound) = TcpStream::connect(target).await
+                    {
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => return,
+                            _ = frozen.wait_for(|f| *f) => {}
+                        }
                     }
+                    // Frozen: held open, nothing forwarded, until thawed; then closed.
+                    let _ = frozen.wait_for(|f| !*f).await;
                 });
             }
             // Dropping `conns` (when this task is aborted) closes every connection.
         });
-        Self { addr, tasks }
+        Self {
+            addr,
+            tasks,
+            frozen,
+        }
+    }
+
+    /// Forwards nothing more, either way, and closes nothing: connections,
+    /// open ones and new ones, stay open and silent.
+    pub fn freeze(&self) {
+        self.frozen.send_replace(true);
+    }
+
+    /// The network is back: the connections frozen are closed (as a peer
+    /// that restarted would reset them), new ones are forwarded.
+    pub fn thaw(&self) {
+        self.frozen.send_replace(false);
     }
 
     /// Closes the listener and every proxied connection.

@@ -55,3 +55,54 @@ async fn issue_link_is_unavailable_and_health_not_serving_while_postgres_is_unre
         .await
         .expect("works again");
 }
+
+/// Postgres stops answering without closing anything (a network black hole,
+/// a frozen primary): IssueLink answers UNAVAILABLE once the recorder's
+/// timeout passes, instead of waiting as long as TCP does, no URL leaves,
+/// and issuance resumes when the network is back. One recorder worker, and
+/// the second link asked for right after the first: its batch is committed
+/// on the connection the worker holds, which the freeze cut off.
+#[sqlx::test]
+async fn issue_link_is_unavailable_when_postgres_stops_answering_and_recovers(pool: PgPool) {
+    let options = (*pool.connect_options()).clone();
+    let target: SocketAddr = format!("{}:{}", options.get_host(), options.get_port())
+        .parse()
+        .unwrap();
+    let proxy = Proxy::start(target).await;
+    let via_proxy = options.port(proxy.addr.port());
+    let config = test_config(&["--record-workers=1", "--record-timeout-secs=1"]);
+    let mut app = spawn_app_with(config, via_proxy).await;
+    app.wait_for(ServingStatus::Serving).await;
+    let bucket = app.bucket.clone();
+    app.issue(link_request(&bucket, "k", Method::Get, 60))
+        .await
+        .expect("works while Postgres answers");
+
+    proxy.freeze();
+    let status = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        app.issue(link_request(&bucket, "k", Method::Get, 60)),
+    )
+    .await
+    .expect("IssueLink answers although Postgres does not")
+    .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().contains("no link was issued"),
+        "{status:?}"
+    );
+
+    proxy.thaw();
+    app.wait_for(ServingStatus::Serving).await;
+    app.issue(link_request(&bucket, "k", Method::Get, 60))
+        .await
+        .expect("works again");
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM links")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        count, 2,
+        "the link asked for while frozen was never recorded"
+    );
+}
