@@ -6,20 +6,28 @@
 use crate::helpers::*;
 use presignd::proto::Method;
 use sqlx::PgPool;
+use sqlx::postgres::PgConnectOptions;
 use std::net::SocketAddr;
 use tokio::net::TcpListener;
 use tonic_health::pb::health_check_response::ServingStatus;
 
-#[sqlx::test]
-async fn issue_link_is_unavailable_and_health_not_serving_while_postgres_is_unreachable(
-    pool: PgPool,
-) {
+/// A proxy to the test's database, its target, and the options that connect
+/// through it.
+async fn through_proxy(pool: &PgPool) -> (Proxy, SocketAddr, PgConnectOptions) {
     let options = (*pool.connect_options()).clone();
     let target: SocketAddr = format!("{}:{}", options.get_host(), options.get_port())
         .parse()
         .unwrap();
     let proxy = Proxy::start(target).await;
     let via_proxy = options.port(proxy.addr.port());
+    (proxy, target, via_proxy)
+}
+
+#[sqlx::test]
+async fn issue_link_is_unavailable_and_health_not_serving_while_postgres_is_unreachable(
+    pool: PgPool,
+) {
+    let (proxy, target, via_proxy) = through_proxy(&pool).await;
     let mut app = spawn_app_with(test_config(&[]), via_proxy).await;
     app.wait_for(ServingStatus::Serving).await;
     let bucket = app.bucket.clone();
@@ -64,12 +72,7 @@ async fn issue_link_is_unavailable_and_health_not_serving_while_postgres_is_unre
 /// on the connection the worker holds, which the freeze cut off.
 #[sqlx::test]
 async fn issue_link_is_unavailable_when_postgres_stops_answering_and_recovers(pool: PgPool) {
-    let options = (*pool.connect_options()).clone();
-    let target: SocketAddr = format!("{}:{}", options.get_host(), options.get_port())
-        .parse()
-        .unwrap();
-    let proxy = Proxy::start(target).await;
-    let via_proxy = options.port(proxy.addr.port());
+    let (proxy, _, via_proxy) = through_proxy(&pool).await;
     let config = test_config(&["--record-workers=1", "--record-timeout-secs=1"]);
     let mut app = spawn_app_with(config, via_proxy).await;
     app.wait_for(ServingStatus::Serving).await;

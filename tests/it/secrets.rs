@@ -91,16 +91,17 @@ async fn no_secret_signature_or_url_reaches_the_logs_or_the_database(pool: PgPoo
     );
     // The other credentials presignd hands out: an upload form (its policy
     // and signature) and a multipart upload's part URLs.
+    let ten_minutes = Some(prost_types::Duration {
+        seconds: 600,
+        nanos: 0,
+    });
     let form = app
         .links
         .issue_upload_form(proto::IssueUploadFormRequest {
             bucket: bucket.clone(),
             object_key: unique_key("secrets-form"),
             content_length_range: Some(proto::ContentLengthRange { min: 1, max: 1024 }),
-            ttl: Some(prost_types::Duration {
-                seconds: 600,
-                nanos: 0,
-            }),
+            ttl: ten_minutes,
             ..Default::default()
         })
         .await
@@ -112,10 +113,7 @@ async fn no_secret_signature_or_url_reaches_the_logs_or_the_database(pool: PgPoo
             bucket: bucket.clone(),
             object_key: unique_key("secrets-multipart"),
             size: Some(proto::start_multipart_upload_request::Size::PartCount(2)),
-            ttl: Some(prost_types::Duration {
-                seconds: 600,
-                nanos: 0,
-            }),
+            ttl: ten_minutes,
             ..Default::default()
         })
         .await
