@@ -545,6 +545,15 @@ pub fn rotate_req(
     }
 }
 
+/// `url` (a presigned URL, its signature last) with the first digit of its
+/// signature changed: the same link to LookupLink and VerifyLink (by bucket,
+/// key, access key and X-Amz-Date), a signature mismatch to the store.
+pub fn with_signature_altered(url: &str) -> String {
+    let (head, signature) = url.split_once("X-Amz-Signature=").expect("a presigned URL");
+    let flipped = if signature.starts_with('0') { "1" } else { "0" };
+    format!("{head}X-Amz-Signature={flipped}{}", &signature[1..])
+}
+
 /// A TCP proxy a test closes to make an outage real (connections and all),
 /// or freezes: a network black hole, where nothing is closed and nothing
 /// answers.

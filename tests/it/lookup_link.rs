@@ -71,13 +71,7 @@ async fn a_url_with_one_signature_character_changed_is_not_found(pool: PgPool) {
         ))
         .await
         .unwrap();
-    let (head, signature) = issued.url.split_once("X-Amz-Signature=").unwrap();
-    let mut altered = signature.to_owned().into_bytes();
-    altered[0] = if altered[0] == b'0' { b'1' } else { b'0' };
-    let altered = format!(
-        "{head}X-Amz-Signature={}",
-        String::from_utf8(altered).unwrap()
-    );
+    let altered = with_signature_altered(&issued.url);
     assert_ne!(altered, issued.url);
     let status = lookup(&mut app, &altered).await.unwrap_err();
     assert_eq!(status.code(), Code::NotFound, "{status:?}");
