@@ -40,11 +40,48 @@ pub fn lazy_pool(
     min_connections: u32,
     acquire_timeout: Duration,
 ) -> PgPool {
-    PgPoolOptions::new()
+    released_within(PgPoolOptions::new(), RELEASE_WITHIN)
         .max_connections(max_connections)
         .min_connections(min_connections)
         .acquire_timeout(acquire_timeout)
         .connect_lazy_with(session_settings(named(options, SESSIONS)))
+}
+
+/// How long a connection handed back to the main pool may take to answer
+/// (`released_within`): its statements (lookups, a key's or a revocation's
+/// steps) have no statement timeout, and the longest legitimate one is well
+/// under this.
+pub const RELEASE_WITHIN: Duration = Duration::from_secs(30);
+
+/// `options` with a bound on how long a connection handed back to the pool
+/// may take to show it still answers; past it, the connection is closed
+/// instead of kept. sqlx pings every connection handed back, with no bound:
+/// one whose caller gave up mid-statement (a client's deadline) just as the
+/// database went silent (a failover behind the same address, a network
+/// black hole) would keep its place in the pool until TCP gives up, many
+/// minutes later, and a few such places are a whole read pool. Bounded, the
+/// place is free again within `within`, and the next request opens a
+/// connection to wherever the address now leads. `within` is the pool's
+/// longest legitimate statement and more: a live connection whose abandoned
+/// statement is still running answers once it ends, and keeps its place
+/// meanwhile, as before. (sqlx's own ping follows this one; on a live
+/// connection each is a round trip.)
+fn released_within(options: PgPoolOptions, within: Duration) -> PgPoolOptions {
+    use sqlx::Connection;
+    options.after_release(move |conn, _| {
+        Box::pin(async move {
+            match tokio::time::timeout(within, conn.ping()).await {
+                Ok(answer) => answer.map(|()| true),
+                Err(_) => Err(sqlx::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "a registry connection handed back did not answer a ping within {} ms; closed",
+                        within.as_millis()
+                    ),
+                ))),
+            }
+        })
+    })
 }
 
 /// What presignd's sessions are called in `pg_stat_activity`
@@ -73,7 +110,9 @@ pub fn read_pool(
     statement_timeout: Duration,
 ) -> PgPool {
     let timeout = format!("{}ms", statement_timeout.as_millis());
-    PgPoolOptions::new()
+    // A statement ends within its timeout; its cancellation's answer then
+    // comes within a round trip, well within an acquire timeout more.
+    released_within(PgPoolOptions::new(), statement_timeout + acquire_timeout)
         .max_connections(max_connections)
         .acquire_timeout(acquire_timeout)
         .connect_lazy_with(

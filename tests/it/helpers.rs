@@ -561,6 +561,9 @@ pub struct Proxy {
     pub addr: SocketAddr,
     tasks: JoinSet<()>,
     frozen: tokio::sync::watch::Sender<bool>,
+    /// Bumped by `strand`: a connection accepted under an earlier value is
+    /// silent for good.
+    stranded: tokio::sync::watch::Sender<u64>,
 }
 
 impl Proxy {
@@ -572,7 +575,9 @@ impl Proxy {
     pub fn serve(listener: TcpListener, target: SocketAddr) -> Self {
         let addr = listener.local_addr().unwrap();
         let (frozen, _) = tokio::sync::watch::channel(false);
+        let (stranded, _) = tokio::sync::watch::channel(0u64);
         let watch = frozen.clone();
+        let strand = stranded.clone();
         let mut tasks = JoinSet::new();
         tasks.spawn(async move {
             let mut conns = JoinSet::new();
@@ -581,13 +586,20 @@ impl Proxy {
                     return;
                 };
                 let mut frozen = watch.subscribe();
+                let mut stranded = strand.subscribe();
+                let generation = *stranded.borrow_and_update();
                 conns.spawn(async move {
                     if !*frozen.borrow_and_update()
                         && let Ok(mut outbound) = TcpStream::connect(target).await
                     {
-                        tokio::select! {
+                        let for_good = tokio::select! {
                             _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => return,
-                            _ = frozen.wait_for(|f| *f) => {}
+                            _ = frozen.wait_for(|f| *f) => false,
+                            _ = stranded.wait_for(|g| *g != generation) => true,
+                        };
+                        if for_good {
+                            // Held open, silent, until the proxy stops.
+                            std::future::pending::<()>().await;
                         }
                     }
                     // Frozen: held open, nothing forwarded, until thawed; then closed.
@@ -600,7 +612,15 @@ impl Proxy {
             addr,
             tasks,
             frozen,
+            stranded,
         }
+    }
+
+    /// A failover behind an address that kept the old primary's connections:
+    /// the connections open now forward nothing more and are never closed
+    /// (their peer is gone, no reset ever comes), new ones are forwarded.
+    pub fn strand(&self) {
+        self.stranded.send_modify(|g| *g += 1);
     }
 
     /// Forwards nothing more, either way, and closes nothing: connections,

@@ -109,3 +109,99 @@ async fn issue_link_is_unavailable_when_postgres_stops_answering_and_recovers(po
         "the link asked for while frozen was never recorded"
     );
 }
+
+/// A failover that strands the old primary's connections: their peer is
+/// gone, nothing answers and no reset ever comes, while the address (a
+/// proxy, a virtual IP) reaches the new primary. A dashboard read caught
+/// mid-statement by it is given up by its caller; the connection it held
+/// must not keep its place in the pool (sqlx pings a connection handed back,
+/// with no bound): the next reads open a connection to the new primary and
+/// answer. One connection in the read pool, so a place kept is every place;
+/// a read statement's timeout of 2 s, so the connection handed back is
+/// given 4 s (that and an acquire timeout) to answer.
+#[sqlx::test]
+async fn a_read_caught_by_a_failover_does_not_keep_its_connection(pool: PgPool) {
+    let (proxy, _, via_proxy) = through_proxy(&pool).await;
+    let config = test_config(&[
+        "--read-db-max-connections=1",
+        "--read-statement-timeout-secs=2",
+    ]);
+    let mut app = spawn_app_with(config, via_proxy).await;
+    app.wait_for(ServingStatus::Serving).await;
+    let bucket = app.bucket.clone();
+    app.issue(link_request(&bucket, "k", Method::Get, 60))
+        .await
+        .expect("works while Postgres answers");
+    let list = |seconds| {
+        let mut request = tonic::Request::new(presignd::proto::ListLinksRequest {
+            filter: Some(Default::default()),
+            page_size: 10,
+            page_token: String::new(),
+        });
+        request.set_timeout(std::time::Duration::from_secs(seconds));
+        request
+    };
+    let page = app
+        .links
+        .list_links(list(10))
+        .await
+        .expect("lists")
+        .into_inner();
+    assert_eq!(page.links.len(), 1);
+
+    // The read's statement waits on a lock, so it is in flight when the
+    // failover comes.
+    let mut holder = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE links IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let mut links = app.links.clone();
+    let caught = tokio::spawn(async move { links.list_links(list(3)).await });
+    let waiting = "SELECT count(*) FROM pg_stat_activity
+                   WHERE datname = current_database() AND application_name = $1
+                     AND wait_event_type = 'Lock'";
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while sqlx::query_scalar::<_, i64>(waiting)
+        .bind(presignd::registry::READ_SESSIONS)
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+        == 0
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the read never reached its statement"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    proxy.strand();
+    holder.rollback().await.unwrap();
+    let status = caught.await.unwrap().unwrap_err();
+    assert!(
+        matches!(
+            status.code(),
+            tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+        ),
+        "{status:?}"
+    );
+
+    // Reads answer again, from a new connection, once the 4 s have passed,
+    // not when TCP gives up on the stranded one.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut last = None;
+    while tokio::time::Instant::now() < deadline {
+        match app.links.list_links(list(10)).await {
+            Ok(page) => {
+                assert_eq!(page.into_inner().links.len(), 1);
+                return;
+            }
+            Err(status) => {
+                assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+                last = Some(status);
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    panic!("reads did not recover from the failover: last {last:?}");
+}
