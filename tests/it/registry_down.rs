@@ -23,6 +23,17 @@ async fn through_proxy(pool: &PgPool) -> (Proxy, SocketAddr, PgConnectOptions) {
     (proxy, target, via_proxy)
 }
 
+/// The app on `db`, serving, with one link issued while Postgres answers.
+async fn serving_with_a_link(config: presignd::config::Config, db: PgConnectOptions) -> TestApp {
+    let mut app = spawn_app_with(config, db).await;
+    app.wait_for(ServingStatus::Serving).await;
+    let bucket = app.bucket.clone();
+    app.issue(link_request(&bucket, "k", Method::Get, 60))
+        .await
+        .expect("works while Postgres answers");
+    app
+}
+
 #[sqlx::test]
 async fn issue_link_is_unavailable_and_health_not_serving_while_postgres_is_unreachable(
     pool: PgPool,
@@ -74,12 +85,8 @@ async fn issue_link_is_unavailable_and_health_not_serving_while_postgres_is_unre
 async fn issue_link_is_unavailable_when_postgres_stops_answering_and_recovers(pool: PgPool) {
     let (proxy, _, via_proxy) = through_proxy(&pool).await;
     let config = test_config(&["--record-workers=1", "--record-timeout-secs=1"]);
-    let mut app = spawn_app_with(config, via_proxy).await;
-    app.wait_for(ServingStatus::Serving).await;
+    let mut app = serving_with_a_link(config, via_proxy).await;
     let bucket = app.bucket.clone();
-    app.issue(link_request(&bucket, "k", Method::Get, 60))
-        .await
-        .expect("works while Postgres answers");
 
     proxy.freeze();
     let status = tokio::time::timeout(
@@ -126,12 +133,7 @@ async fn a_read_caught_by_a_failover_does_not_keep_its_connection(pool: PgPool) 
         "--read-db-max-connections=1",
         "--read-statement-timeout-secs=2",
     ]);
-    let mut app = spawn_app_with(config, via_proxy).await;
-    app.wait_for(ServingStatus::Serving).await;
-    let bucket = app.bucket.clone();
-    app.issue(link_request(&bucket, "k", Method::Get, 60))
-        .await
-        .expect("works while Postgres answers");
+    let mut app = serving_with_a_link(config, via_proxy).await;
     let list = |seconds| {
         let mut request = tonic::Request::new(presignd::proto::ListLinksRequest {
             filter: Some(Default::default()),
