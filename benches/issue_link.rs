@@ -28,9 +28,10 @@
 //! day's partition of links is dropped as retention does
 //! (`registry::partitions::drop`, then `drop_retired`; a try that gives up
 //! at the lock timeout is tried again 250 ms later, as the maintenance loop
-//! tries again at its next tick), and both steps are timed; that loop's p99 is also given for the requests started in the
-//! second from the drop's start, before it and after it (with no day to
-//! drop, around the 5 s mark: the same split without a drop). The server
+//! tries again at its next tick), and both steps are timed; that loop's p99
+//! is also given for the requests started in the second from the drop's
+//! start, before it and after it (with no day to drop, around the 5 s mark:
+//! the same split without a drop). The server
 //! listens on ports the system picks (gRPC and metrics).
 
 #[path = "support/proc_stat.rs"]
@@ -543,9 +544,9 @@ impl Drop for ServerRuntime {
 /// 5 s from now, drops the oldest day's partition holding links as retention does
 /// (emptied, then the empty table dropped); returns its name, how many links
 /// it held, how long each step took (the emptying's successful try, which
-/// is when the drop began) and how many tries gave up. Only a day that ended before today
-/// (the partitions IssueLink writes to now are never dropped): None if no
-/// such day holds links (an empty registry).
+/// is when the drop began) and how many tries gave up. Only a day that
+/// ended before today (the partitions IssueLink writes to now are never
+/// dropped): None if no such day holds links (an empty registry).
 async fn drop_oldest_partition(
     db: PgConnectOptions,
 ) -> anyhow::Result<(Instant, Option<(String, i64, Duration, Duration, u32)>)> {

@@ -51,7 +51,7 @@ pub fn lazy_pool(
 /// (`released_within`): its statements (lookups, a key's or a revocation's
 /// steps) have no statement timeout, and the longest legitimate one is well
 /// under this.
-pub const RELEASE_WITHIN: Duration = Duration::from_secs(30);
+const RELEASE_WITHIN: Duration = Duration::from_secs(30);
 
 /// `options` with a bound on how long a connection handed back to the pool
 /// may take to show it still answers; past it, the connection is closed

@@ -160,23 +160,17 @@ async fn a_read_caught_by_a_failover_does_not_keep_its_connection(pool: PgPool) 
         .unwrap();
     let mut links = app.links.clone();
     let caught = tokio::spawn(async move { links.list_links(list(3)).await });
-    let waiting = "SELECT count(*) FROM pg_stat_activity
-                   WHERE datname = current_database() AND application_name = $1
-                     AND wait_event_type = 'Lock'";
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    while sqlx::query_scalar::<_, i64>(waiting)
-        .bind(presignd::registry::READ_SESSIONS)
-        .fetch_one(&pool)
-        .await
-        .unwrap()
-        == 0
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the read never reached its statement"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let waiting = format!(
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND application_name = '{}'
+           AND wait_event_type = 'Lock'",
+        presignd::registry::READ_SESSIONS
+    );
+    assert_eq!(
+        wait_for_count(&pool, &waiting, 1).await,
+        1,
+        "the read never reached its statement"
+    );
     proxy.strand();
     holder.rollback().await.unwrap();
     let status = caught.await.unwrap().unwrap_err();
