@@ -22,7 +22,7 @@ use super::link_queries::{LinkFilter, push_filter, state_necessary};
 use super::states::{KEY_DEAD, key_dead};
 use crate::domain::{KeyState, LinkState};
 use chrono::{DateTime, Utc};
-use sqlx::{AssertSqlSafe, PgConnection, PgExecutor, PgPool, Postgres, QueryBuilder};
+use sqlx::{Acquire, AssertSqlSafe, PgConnection, PgExecutor, PgPool, Postgres, QueryBuilder};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GroupBy {
@@ -80,14 +80,19 @@ fn per_state(state: LinkState) -> (&'static str, &'static str) {
 /// The summary of the links matching `filter`: from the roll-up unless the
 /// filter holds a range a cell cannot answer (`LinkFilter::has_ranges`).
 pub async fn summarize(
-    db: impl PgExecutor<'_>,
+    db: impl Acquire<'_, Database = Postgres>,
     filter: &LinkFilter,
     group_by: GroupBy,
 ) -> Result<Vec<SummaryRow>, Error> {
     if !filter.has_ranges() {
         summarize_rollup(db, filter, group_by).await
     } else {
-        summarize_scan(db, filter, group_by).await
+        summarize_scan(
+            &mut *db.acquire().await.during("link_summary::summarize")?,
+            filter,
+            group_by,
+        )
+        .await
     }
 }
 
@@ -186,11 +191,29 @@ fn close_summary(q: &mut QueryBuilder<Postgres>, having: &str) {
 /// a cell's is its links', whatever their state, which is the answer unless
 /// only expired links are wanted; then the current hour's latest expired link
 /// of each key and group is one probe of links_by_key_expiry back from now.
+///
+/// The hour's links are read between bounds bound as values: the statement's
+/// transaction's `now()` (read first, in the same transaction, so they are
+/// exactly its bounds) and the end of its hour. The planner prunes `links`'
+/// partitions by values, not by `now()`: with `now()` it kept and locked every
+/// partition for as long as the summary ran, seconds on 100M links under load
+/// (the gauge's refresh), and a retention drop gave up meanwhile
+/// (docs/BENCHMARKS.md). The statement is not kept prepared (`persistent`), so
+/// it is always planned with its values, never with a generic plan.
 pub async fn summarize_rollup(
-    db: impl PgExecutor<'_>,
+    db: impl Acquire<'_, Database = Postgres>,
     filter: &LinkFilter,
     group_by: GroupBy,
 ) -> Result<Vec<SummaryRow>, Error> {
+    const WHAT: &str = "link_summary::summarize_rollup";
+    let mut tx = db.begin().await.during(WHAT)?;
+    let (now, hour, hour_end): (DateTime<Utc>, DateTime<Utc>, DateTime<Utc>) = sqlx::query_as(
+        "SELECT now(), date_trunc('hour', now(), 'UTC'),
+                date_trunc('hour', now(), 'UTC') + interval '1 hour'",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .during(WHAT)?;
     let (mut q, having) = open_summary(filter);
     let g = group_by.column();
     let probe = filter.state == Some(LinkState::Expired);
@@ -211,9 +234,11 @@ pub async fn summarize_rollup(
                FROM signing_keys k
                JOIN LATERAL (SELECT * FROM links l
                              WHERE l.key_id = k.key_id AND l.revocation_id IS NULL
-                               AND l.expires_at > now()
-                               AND l.expires_at < date_trunc('hour', now(), 'UTC') + interval '1 hour'"
+                               AND l.expires_at > "
         ));
+        q.push_bind(now)
+            .push(" AND l.expires_at < ")
+            .push_bind(hour_end);
         push_columns_filter(&mut q, "l", filter);
         // OFFSET 0 keeps the sub-select per key: flattened, the planner may read
         // the whole of links_by_key_expiry for the hour instead of one range per key.
@@ -231,9 +256,11 @@ pub async fn summarize_rollup(
                SELECT p.grp, 'expired', 0,
                       (SELECT max(l.expires_at) FROM links l
                        WHERE l.key_id = p.key_id AND l.{g} = p.grp AND l.revocation_id IS NULL
-                         AND l.expires_at >= date_trunc('hour', now(), 'UTC')
-                         AND l.expires_at <= now()"
+                         AND l.expires_at >= "
         ));
+        q.push_bind(hour)
+            .push(" AND l.expires_at <= ")
+            .push_bind(now);
         push_columns_filter(&mut q, "l", filter);
         q.push(format!(
             ") FROM (SELECT DISTINCT c.key_id, c.{g} AS grp FROM {CELLS}
@@ -243,10 +270,14 @@ pub async fn summarize_rollup(
         q.push(") p");
     }
     close_summary(&mut q, &having);
-    q.build_query_as()
-        .fetch_all(db)
+    let rows = q
+        .build_query_as()
+        .persistent(false)
+        .fetch_all(&mut *tx)
         .await
-        .during("link_summary::summarize_rollup")
+        .during(WHAT)?;
+    tx.commit().await.during(WHAT)?;
+    Ok(rows)
 }
 
 /// A key whose links still work (active or retired) and how many of them are

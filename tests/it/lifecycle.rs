@@ -9,9 +9,10 @@
 use crate::fixture::seed_fixture;
 use crate::link_rollup::assert_rollup_equals_scan;
 use chrono::{DateTime, Days, Duration, NaiveDate, Utc};
+use presignd::domain::LinkState;
 use presignd::lifecycle::{self, Retention};
 use presignd::registry::link_queries::{self, LinkFilter};
-use presignd::registry::link_summary;
+use presignd::registry::link_summary::{self, GroupBy};
 use presignd::registry::links;
 use presignd::registry::partitions::{self, Table};
 use sqlx::PgPool;
@@ -448,4 +449,54 @@ fn an_audit_retention_under_90_days_is_refused() {
     let e = Retention::new(30, 89).unwrap_err().to_string();
     assert!(e.contains("at least 90"), "{e}");
     assert!(Retention::new(0, 90).is_ok());
+}
+
+/// A summary (SummarizeLinks, and the outstanding-links gauge at every
+/// refresh) locks the partitions of the current hour's links only, so a
+/// retention drop of an older day goes ahead while one runs. Planned with
+/// `now()`, which the planner cannot prune by, it locked every partition for
+/// as long as it ran: seconds on 100M links, and the drop gave up meanwhile
+/// (docs/BENCHMARKS.md, "Lifecycle at 100M links").
+#[sqlx::test]
+async fn a_summary_running_does_not_hold_off_a_retention_drop(pool: PgPool) {
+    seed_fixture(&pool).await;
+    let today = Utc::now().date_naive();
+    let day2 = today.checked_add_days(Days::new(2)).unwrap();
+    insert_link(&pool, midnight(day2) + Duration::hours(3)).await;
+    insert_link(&pool, Utc::now() + Duration::seconds(1)).await;
+
+    // The summaries' locks held as if they were still running: in one open
+    // transaction, every sub-select that reads links (the current hour's
+    // active links, the expired probe), and the gauge's count; each more
+    // times than PostgreSQL plans a prepared statement for its values before
+    // it may settle on a generic plan, which prunes only when it runs.
+    let mut running = pool.begin().await.unwrap();
+    for state in [None, Some(LinkState::Active), Some(LinkState::Expired)].repeat(7) {
+        for group_by in [GroupBy::Key, GroupBy::Bucket] {
+            let filter = LinkFilter {
+                state,
+                ..LinkFilter::default()
+            };
+            link_summary::summarize(&mut *running, &filter, group_by)
+                .await
+                .unwrap();
+        }
+    }
+    let gauge = link_summary::outstanding_per_key(&mut running)
+        .await
+        .unwrap();
+    assert!(gauge.iter().map(|k| k.links).sum::<i64>() >= 2, "{gauge:?}");
+
+    let name = Table::Links.partition_name(day2);
+    let mut conn = pool.acquire().await.unwrap();
+    let now = midnight(day2) + Duration::days(31);
+    let dropped = partitions::drop(&mut conn, Table::Links, &name, 200, now)
+        .await
+        .unwrap();
+    assert_eq!(
+        dropped.map(|d| d.rows),
+        Some(1),
+        "the drop of {name} waited for a summary's locks and gave up"
+    );
+    running.commit().await.unwrap();
 }
