@@ -13,7 +13,11 @@
 //! registry, a part expiring in the current hour (a busy hour of short-lived
 //! links gone quiet). PRESIGND_BENCH_KEEP_BURST=1 keeps the registry's burst
 //! and its statistics as they are (builds compared side by side on the same
-//! plans' inputs). PRESIGND_BENCH_DROP=1 drops the database at the end.
+//! plans' inputs). PRESIGND_BENCH_LIVE_HOUR=N lays N links of the same key
+//! issued with a 15-minute TTL and expiring evenly over the rest of the current
+//! hour, in place of an earlier run's (also kept by KEEP_BURST): a busy hour of
+//! short-lived links still live, which a summary reads link by link.
+//! PRESIGND_BENCH_DROP=1 drops the database at the end.
 //! Not a test: without `--bench` (as under `cargo test` or nextest) it does nothing.
 
 use presignd::domain::LinkState;
@@ -52,9 +56,16 @@ async fn main() -> anyhow::Result<()> {
     let admin: PgConnectOptions = url.parse()?;
 
     let pool = scratch_database(&admin, &name).await?;
-    let have: i64 = sqlx::query_scalar("SELECT count(*) FROM links WHERE caller <> 'svc-burst'")
-        .fetch_one(&pool)
-        .await?;
+    let live_hour: i64 = std::env::var("PRESIGND_BENCH_LIVE_HOUR")
+        .ok()
+        .map(|s| s.replace('_', "").parse())
+        .transpose()?
+        .unwrap_or(0);
+    let have: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM links WHERE caller NOT IN ('svc-burst', 'svc-live')",
+    )
+    .fetch_one(&pool)
+    .await?;
     if have == rows {
         println!("reusing {name}: {have} links");
     } else {
@@ -62,6 +73,7 @@ async fn main() -> anyhow::Result<()> {
     }
     if std::env::var_os("PRESIGND_BENCH_KEEP_BURST").is_none() {
         lay_burst(&pool, burst).await?;
+        lay_live_hour(&pool, live_hour).await?;
     }
     let t = Instant::now();
     let folded = link_summary::fold(&pool).await?;
@@ -326,6 +338,48 @@ async fn lay_burst(pool: &PgPool, n: i64) -> anyhow::Result<()> {
     pool.execute("VACUUM ANALYZE links").await?;
     println!(
         "burst of {n} links laid in {:.0?} ({gone} of an earlier run's deleted)",
+        started.elapsed()
+    );
+    Ok(())
+}
+
+/// `n` links of the active key BURST_KEY (caller svc-live), issued with a
+/// 15-minute TTL, expiring evenly from a minute from now to the end of the
+/// current hour; an earlier run's deleted first. Analyzed, not vacuumed: the
+/// pages stay as fresh as a live hour's (not all-visible).
+async fn lay_live_hour(pool: &PgPool, n: i64) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let gone = sqlx::query("DELETE FROM links WHERE caller = 'svc-live'")
+        .execute(pool)
+        .await?
+        .rows_affected();
+    if n == 0 && gone == 0 {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO links (id, key_id, signer, caller, method, bucket, object_key,
+                            issued_at, expires_at, signature_sha256)
+         SELECT (lpad(to_hex((extract(epoch FROM e - interval '15 minutes') * 1000)::bigint),
+                      12, '0')
+                 || '7' || substr(h, 1, 3) || '8' || substr(h, 4, 15))::uuid,
+                $2, $3, 'svc-live', 'GET', $4, 'svc-live/obj-' || i || '.bin',
+                e - interval '15 minutes', e, sha256(h::bytea)
+         FROM (SELECT i, md5('live' || i) AS h,
+                      now() + interval '1 minute'
+                      + (date_trunc('hour', now(), 'UTC') + interval '1 hour'
+                         - now() - interval '1 minute') * i / ($1 + 1) AS e
+               FROM generate_series(1, $1) AS i) gen",
+    )
+    .bind(n)
+    .bind(BURST_KEY)
+    .bind(BURST_SIGNER)
+    .bind(BURST_BUCKET)
+    .execute(pool)
+    .await?;
+    pool.execute("ANALYZE links").await?;
+    println!(
+        "live hour of {n} links laid in {:.0?}, expiring by the hour's end \
+         ({gone} of an earlier run's deleted)",
         started.elapsed()
     );
     Ok(())
