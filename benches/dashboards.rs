@@ -314,13 +314,11 @@ async fn lay_burst(pool: &PgPool, n: i64) -> anyhow::Result<()> {
         pool.execute(sqlx::AssertSqlSafe(format!("VACUUM FULL {partition}")))
             .await?;
     }
-    if n == 0 && gone == 0 {
-        return Ok(());
-    }
-    sqlx::query(
-        "INSERT INTO links (id, key_id, signer, caller, method, bucket, object_key,
-                            issued_at, expires_at, signature_sha256)
-         SELECT (lpad(to_hex((extract(epoch FROM issued_at) * 1000)::bigint), 12, '0')
+    if !lay_links(
+        pool,
+        n,
+        gone,
+        "SELECT (lpad(to_hex((extract(epoch FROM issued_at) * 1000)::bigint), 12, '0')
                  || '7' || substr(h, 1, 3) || '8' || substr(h, 4, 15))::uuid,
                 $2, $3, 'svc-burst', 'GET', $4,
                 'svc-burst/' || to_char(issued_at, 'YYYY/MM/DD') || '/obj-' || i || '.bin',
@@ -329,13 +327,10 @@ async fn lay_burst(pool: &PgPool, n: i64) -> anyhow::Result<()> {
                       now() - interval '65 minutes' + i * interval '1 hour' / $1 AS issued_at
                FROM generate_series(1, $1) AS i) gen",
     )
-    .bind(n)
-    .bind(BURST_KEY)
-    .bind(BURST_SIGNER)
-    .bind(BURST_BUCKET)
-    .execute(pool)
-    .await?;
-    pool.execute("VACUUM ANALYZE links").await?;
+    .await?
+    {
+        return Ok(());
+    }
     println!(
         "burst of {n} links laid in {:.0?} ({gone} of an earlier run's deleted)",
         started.elapsed()
@@ -354,13 +349,11 @@ async fn lay_live_hour(pool: &PgPool, n: i64) -> anyhow::Result<()> {
         .execute(pool)
         .await?
         .rows_affected();
-    if n == 0 && gone == 0 {
-        return Ok(());
-    }
-    sqlx::query(
-        "INSERT INTO links (id, key_id, signer, caller, method, bucket, object_key,
-                            issued_at, expires_at, signature_sha256)
-         SELECT (lpad(to_hex((extract(epoch FROM e - interval '15 minutes') * 1000)::bigint),
+    if !lay_links(
+        pool,
+        n,
+        gone,
+        "SELECT (lpad(to_hex((extract(epoch FROM e - interval '15 minutes') * 1000)::bigint),
                       12, '0')
                  || '7' || substr(h, 1, 3) || '8' || substr(h, 4, 15))::uuid,
                 $2, $3, 'svc-live', 'GET', $4, 'svc-live/obj-' || i || '.bin',
@@ -371,6 +364,30 @@ async fn lay_live_hour(pool: &PgPool, n: i64) -> anyhow::Result<()> {
                          - now() - interval '1 minute') * i / ($1 + 1) AS e
                FROM generate_series(1, $1) AS i) gen",
     )
+    .await?
+    {
+        return Ok(());
+    }
+    println!(
+        "live hour of {n} links laid in {:.0?}, expiring by the hour's end \
+         ({gone} of an earlier run's deleted)",
+        started.elapsed()
+    );
+    Ok(())
+}
+
+/// Inserts the `n` links `select` makes (binds: n, BURST_KEY, BURST_SIGNER,
+/// BURST_BUCKET), then vacuums and analyzes `links`; false, doing nothing, if
+/// there is nothing to lay and nothing was deleted (`gone`).
+async fn lay_links(pool: &PgPool, n: i64, gone: u64, select: &str) -> anyhow::Result<bool> {
+    if n == 0 && gone == 0 {
+        return Ok(false);
+    }
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO links (id, key_id, signer, caller, method, bucket, object_key,
+                            issued_at, expires_at, signature_sha256)
+         {select}"
+    )))
     .bind(n)
     .bind(BURST_KEY)
     .bind(BURST_SIGNER)
@@ -378,12 +395,7 @@ async fn lay_live_hour(pool: &PgPool, n: i64) -> anyhow::Result<()> {
     .execute(pool)
     .await?;
     pool.execute("VACUUM ANALYZE links").await?;
-    println!(
-        "live hour of {n} links laid in {:.0?}, expiring by the hour's end \
-         ({gone} of an earlier run's deleted)",
-        started.elapsed()
-    );
-    Ok(())
+    Ok(true)
 }
 
 async fn report(pool: &PgPool) -> anyhow::Result<()> {
