@@ -41,26 +41,14 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let url = std::env::var("DATABASE_URL").map_err(|_| anyhow::anyhow!("set DATABASE_URL"))?;
-    let rows: i64 = std::env::var("PRESIGND_BENCH_ROWS")
-        .ok()
-        .map(|s| s.replace('_', "").parse())
-        .transpose()?
-        .unwrap_or(10_000_000);
-    let burst: i64 = std::env::var("PRESIGND_BENCH_BURST")
-        .ok()
-        .map(|s| s.replace('_', "").parse())
-        .transpose()?
-        .unwrap_or(0);
+    let rows = env_count("PRESIGND_BENCH_ROWS")?.unwrap_or(10_000_000);
+    let burst = env_count("PRESIGND_BENCH_BURST")?.unwrap_or(0);
+    let live_hour = env_count("PRESIGND_BENCH_LIVE_HOUR")?.unwrap_or(0);
     let name =
         std::env::var("PRESIGND_BENCH_DB").unwrap_or_else(|_| "presignd_bench_dashboards".into());
     let admin: PgConnectOptions = url.parse()?;
 
     let pool = scratch_database(&admin, &name).await?;
-    let live_hour: i64 = std::env::var("PRESIGND_BENCH_LIVE_HOUR")
-        .ok()
-        .map(|s| s.replace('_', "").parse())
-        .transpose()?
-        .unwrap_or(0);
     let have: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM links WHERE caller NOT IN ('svc-burst', 'svc-live')",
     )
@@ -95,6 +83,16 @@ async fn main() -> anyhow::Result<()> {
         println!("dropped {name}");
     }
     Ok(())
+}
+
+/// A count from the environment variable `name`, `_` allowed between digits
+/// (10_000_000); None if it is not set.
+fn env_count(name: &str) -> anyhow::Result<Option<i64>> {
+    std::env::var(name)
+        .ok()
+        .map(|s| s.replace('_', "").parse())
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("{name}: {e}"))
 }
 
 async fn scratch_database(admin: &PgConnectOptions, name: &str) -> anyhow::Result<PgPool> {
@@ -208,10 +206,7 @@ async fn generate(pool: &PgPool, rows: i64) -> anyhow::Result<()> {
         .await?;
     }
     tx.execute("SELECT setseed(0.42)").await?;
-    let bulk: i64 = match std::env::var("PRESIGND_BENCH_BULK") {
-        Ok(v) => v.replace('_', "").parse()?,
-        Err(_) => (rows / 10).min(1_000_000),
-    };
+    let bulk = env_count("PRESIGND_BENCH_BULK")?.unwrap_or((rows / 10).min(1_000_000));
     let spread = rows - bulk;
     sqlx::query(
         "INSERT INTO links (id, key_id, signer, caller, method, bucket, object_key,
