@@ -4,10 +4,11 @@
 //! Two ways to the same answer:
 //! * `summarize_rollup` reads the roll-up of migration 0005: links counted per
 //!   cell (key, signer, bucket, caller, hour of expiry, marked), kept exact by
-//!   triggers. Every cell but the current hour's of a live key has one state
-//!   now (see `CELL_STATE`); the current hour is split by links read from
-//!   `links` by index range (`summarize_rollup`). It serves every filter on
-//!   those columns and on state.
+//!   triggers; the current and the next hour by minute of expiry (0025).
+//!   Every cell but the current minute's of a live key has one state now (see
+//!   `cell_state`); the current minute is split by links read from `links` by
+//!   index range (`summarize_rollup`). It serves every filter on those
+//!   columns and on state.
 //! * `summarize_scan` is one pass over every matching link, for the filters a
 //!   cell cannot answer (object key prefix, expiry window). It is also the
 //!   oracle the roll-up is tested against.
@@ -96,19 +97,39 @@ pub async fn summarize(
     }
 }
 
+/// The current hour (UTC) and the minute of it now, computed once per
+/// statement, not per cell.
+const HOUR_NOW: &str = "(SELECT date_trunc('hour', now(), 'UTC'))";
+const MINUTE_NOW: &str = "(SELECT extract(minute FROM now() AT TIME ZONE 'UTC')::smallint)";
+
+/// The live keys whose current hour still has a cell of a whole hour
+/// (minute -1) of unmarked links: written hours ahead and not yet counted by
+/// minute by a fold (`refine`), or by a presignd before 0025. Such a key's
+/// current hour is read as one hour, as before.
+const COARSE_KEYS: &str = "(SELECT key_id FROM link_rollup
+                            WHERE minute = -1 AND NOT marked
+                              AND expires_hour = (SELECT date_trunc('hour', now(), 'UTC'))
+                            UNION ALL
+                            SELECT key_id FROM link_rollup_delta
+                            WHERE minute = -1 AND NOT marked
+                              AND expires_hour = (SELECT date_trunc('hour', now(), 'UTC')))";
+
 /// The state every link of a roll-up cell `c` of key `k` is in now, with the
-/// current hour of a live key's unmarked links counted as expired (its links
-/// still active are moved out of it link by link: `summarize_rollup`). The
-/// same rules as `links::STATE_SQL`: a cell of an earlier hour holds links
-/// that expired before this hour began, one of a later hour links that expire
-/// after it ends. (The hour is a sub-select so it is computed once, not per cell.)
-const CELL_STATE: &str = concat!(
-    "CASE WHEN ",
-    key_dead!(),
-    " OR c.marked THEN 'revoked'
-    WHEN c.expires_hour <= (SELECT date_trunc('hour', now(), 'UTC')) THEN 'expired'
-    ELSE 'active' END"
-);
+/// current minute of a live key's unmarked links (its current hour, for a key
+/// in `COARSE_KEYS`) counted as expired: its links still active are moved out
+/// of it link by link (`summarize_rollup`). The same rules as
+/// `links::STATE_SQL`: a cell of an earlier hour or minute holds links that
+/// expired before this hour or minute began, one of a later hour or minute
+/// links that expire after it ends.
+fn cell_state() -> String {
+    format!(
+        "CASE WHEN {KEY_DEAD} OR c.marked THEN 'revoked'
+              WHEN c.expires_hour < {HOUR_NOW} THEN 'expired'
+              WHEN c.expires_hour > {HOUR_NOW} THEN 'active'
+              WHEN c.minute > {MINUTE_NOW} AND c.key_id NOT IN {COARSE_KEYS} THEN 'active'
+              ELSE 'expired' END"
+    )
+}
 
 /// A cell of the current hour of a live key's unmarked links.
 const CELL_CURRENT: &str = concat!(
@@ -118,10 +139,12 @@ const CELL_CURRENT: &str = concat!(
 );
 
 /// The roll-up's cells and the triggers' deltas not folded yet.
-const CELLS: &str = "(SELECT key_id, signer, bucket, caller, expires_hour, marked, links, latest
+const CELLS: &str = "(SELECT key_id, signer, bucket, caller, expires_hour, minute, marked, links,
+                             latest
                       FROM link_rollup
                       UNION ALL
-                      SELECT key_id, signer, bucket, caller, expires_hour, marked, links, latest
+                      SELECT key_id, signer, bucket, caller, expires_hour, minute, marked, links,
+                             latest
                       FROM link_rollup_delta) c
                      JOIN signing_keys k ON k.key_id = c.key_id";
 
@@ -182,12 +205,15 @@ fn close_summary(q: &mut QueryBuilder<Postgres>, having: &str) {
 
 /// The summary from the roll-up: a few rows per cell instead of one per link.
 ///
-/// The current hour's cells of a live key hold links of two states, expired
+/// The current minute's cells of a live key hold links of two states, expired
 /// up to now and active after. Such a cell counts as expired whole, and each
-/// of its links still active, read from `links` (the rest of the hour, at most
-/// the keys' outstanding links), moves one from expired to active. Counting
-/// the hour link by link instead read every link expiring in it: ~1.4 s after
-/// an hour of 2.2M short-lived links (docs/BENCHMARKS.md). The latest expiry:
+/// of its links still active, read from `links` (the rest of the minute),
+/// moves one from expired to active. Counting the hour link by link instead
+/// read every link expiring in it: ~1.4 s after an hour of 2.2M short-lived
+/// links; and moving the rest of the hour's, as before 0025, 0.5-0.9 s with
+/// 1.6-2.4M of them live (docs/BENCHMARKS.md). A key whose current hour still
+/// has a cell of the whole hour (`COARSE_KEYS`) counts all of the hour's
+/// cells as expired and moves the rest of the hour's live links. The latest expiry:
 /// a cell's is its links', whatever their state, which is the answer unless
 /// only expired links are wanted; then the current hour's latest expired link
 /// of each key and group is one probe of links_by_key_expiry back from now.
@@ -213,15 +239,21 @@ pub async fn summarize_rollup(
     // past ~0.5M live links in it, read the whole day's partition once per live
     // key (7 passes, 2.6-4.7 s with 3M live links on one key) where each key's
     // index range is read once (0.5 s; docs/BENCHMARKS.md, "A live hour").
-    let (now, hour, hour_end, _): (DateTime<Utc>, DateTime<Utc>, DateTime<Utc>, String) =
-        sqlx::query_as(
-            "SELECT now(), date_trunc('hour', now(), 'UTC'),
-                    date_trunc('hour', now(), 'UTC') + interval '1 hour',
-                    set_config('enable_seqscan', 'off', true)",
-        )
-        .fetch_one(&mut *tx)
-        .await
-        .during(WHAT)?;
+    // And no JIT: the deltas (no index) are still read by a sequential scan,
+    // which the setting then charges the planner's penalty (10^10), over any
+    // JIT threshold; compiling took ~0.1-0.2 s of a 2 ms summary wherever the
+    // session had not turned JIT off (`registry::session_settings` does;
+    // tests' pools did not).
+    type Bounds = (DateTime<Utc>, DateTime<Utc>, DateTime<Utc>, DateTime<Utc>, String);
+    let (now, hour, minute_end, hour_end, _): Bounds = sqlx::query_as(
+        "SELECT now(), date_trunc('hour', now(), 'UTC'),
+                date_trunc('minute', now(), 'UTC') + interval '1 minute',
+                date_trunc('hour', now(), 'UTC') + interval '1 hour',
+                set_config('enable_seqscan', 'off', true) || set_config('jit', 'off', true)",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .during(WHAT)?;
     let (mut q, having) = open_summary(filter);
     let g = group_by.column();
     let probe = filter.state == Some(LinkState::Expired);
@@ -230,24 +262,32 @@ pub async fn summarize_rollup(
         false => "c.latest".into(),
     };
     q.push(format!(
-        "SELECT c.{g} AS grp, {CELL_STATE} AS state, c.links, {latest}
-         FROM {CELLS} WHERE TRUE"
+        "SELECT c.{g} AS grp, {} AS state, c.links, {latest}
+         FROM {CELLS} WHERE TRUE",
+        cell_state()
     ));
     push_columns_filter(&mut q, "c", filter);
-    // The current hour's links still active (none can be revoked), counted
-    // per key and group where they are read: a row per link carried to the
-    // outer sum cost twice as much (docs/BENCHMARKS.md). Grouped, the
-    // sub-select stays per key (one range of links_by_key_expiry each).
+    // The current minute's links still active (the current hour's, for a
+    // key in COARSE_KEYS; none can be revoked), counted per key and group
+    // where they are read: a row per link carried to the outer sum cost twice
+    // as much (docs/BENCHMARKS.md). Grouped, the sub-select stays per key
+    // (one range of links_by_key_expiry each, up to the key's `split`).
     if filter.state != Some(LinkState::Revoked) {
         q.push(format!(
             " UNION ALL
                SELECT l.grp, m.state, m.links, m.latest
-               FROM signing_keys k
+               FROM (SELECT k.*, CASE WHEN k.key_id IN {COARSE_KEYS} THEN "
+        ));
+        q.push_bind(hour_end)
+            .push(" ELSE ")
+            .push_bind(minute_end)
+            .push(format!(
+                " END AS split FROM signing_keys k) k
                JOIN LATERAL (SELECT l.{g} AS grp, count(*) AS links, max(l.expires_at) AS latest
                              FROM links l
                              WHERE l.key_id = k.key_id AND l.revocation_id IS NULL
-                               AND l.expires_at > "
-        ));
+                               AND l.expires_at < k.split AND l.expires_at > "
+            ));
         q.push_bind(now)
             .push(" AND l.expires_at < ")
             .push_bind(hour_end);
@@ -346,11 +386,16 @@ const ROLLUP_LOCK: (i32, i32) = (0x7074, 1);
 
 /// Moves the triggers' deltas into `link_rollup`, and merges every cell whose
 /// state no longer depends on time (an earlier hour, marked, or of a dead key)
-/// into the cell of its day (UTC midnight): a day is a `links` partition, so
-/// retention drops exactly the cells of the days it drops (0011; before,
-/// such cells merged into one '-infinity' cell per key). One statement, so a summary sees the
-/// roll-up before or after it, never half. Returns None if another fold or a
-/// recount holds the lock (the next fold will do it), else the rows written.
+/// into the cell of its day (UTC midnight, minute -1): a day is a `links`
+/// partition, so retention drops exactly the cells of the days it drops
+/// (0011; before, such cells merged into one '-infinity' cell per key). One
+/// statement, so a summary sees the roll-up before or after it, never half.
+///
+/// First, `refine`: the current and the next hour of a live key counted by
+/// minute wherever an hour's cell of them is left (0025).
+///
+/// Returns None if another fold or a recount holds the lock (the next fold
+/// will do it), else the rows written.
 pub async fn fold(pool: &PgPool) -> Result<Option<u64>, Error> {
     let mut tx = pool.begin().await.during("link_summary::fold")?;
     let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1, $2)")
@@ -362,6 +407,7 @@ pub async fn fold(pool: &PgPool) -> Result<Option<u64>, Error> {
     if !locked {
         return Ok(None);
     }
+    let refined = refine(&mut tx).await?;
     const SETTLED: &str = concat!(
         "(a.expires_hour < date_trunc('hour', now(), 'UTC') OR a.marked OR ",
         key_dead!(),
@@ -370,23 +416,25 @@ pub async fn fold(pool: &PgPool) -> Result<Option<u64>, Error> {
     let written = sqlx::query(AssertSqlSafe(format!(
         "WITH moved AS (
              DELETE FROM link_rollup_delta
-             RETURNING key_id, signer, bucket, caller, expires_hour, marked, links, latest),
+             RETURNING key_id, signer, bucket, caller, expires_hour, minute, marked, links,
+                       latest),
          aged AS (
              DELETE FROM link_rollup a USING signing_keys k
              WHERE k.key_id = a.key_id AND {SETTLED}
-               AND a.expires_hour <> date_trunc('day', a.expires_hour, 'UTC')
-             RETURNING a.key_id, a.signer, a.bucket, a.caller, a.expires_hour, a.marked,
-                       a.links, a.latest)
+               AND (a.expires_hour <> date_trunc('day', a.expires_hour, 'UTC') OR a.minute <> -1)
+             RETURNING a.key_id, a.signer, a.bucket, a.caller, a.expires_hour, a.minute,
+                       a.marked, a.links, a.latest)
          INSERT INTO link_rollup AS t
-             (key_id, signer, bucket, caller, expires_hour, marked, links, latest)
+             (key_id, signer, bucket, caller, expires_hour, minute, marked, links, latest)
          SELECT a.key_id, a.signer, a.bucket, a.caller,
                 CASE WHEN {SETTLED} THEN date_trunc('day', a.expires_hour, 'UTC')
                      ELSE a.expires_hour END,
+                CASE WHEN {SETTLED} THEN -1 ELSE a.minute END,
                 a.marked, sum(a.links), max(a.latest)
          FROM (SELECT * FROM moved UNION ALL SELECT * FROM aged) a
          JOIN signing_keys k ON k.key_id = a.key_id
-         GROUP BY 1, 2, 3, 4, 5, 6
-         ON CONFLICT (key_id, signer, bucket, caller, expires_hour, marked)
+         GROUP BY 1, 2, 3, 4, 5, 6, 7
+         ON CONFLICT (key_id, signer, bucket, caller, expires_hour, minute, marked)
          DO UPDATE SET links = t.links + EXCLUDED.links,
                        latest = greatest(t.latest, EXCLUDED.latest)"
     )))
@@ -395,7 +443,68 @@ pub async fn fold(pool: &PgPool) -> Result<Option<u64>, Error> {
     .during("link_summary::fold")?
     .rows_affected();
     tx.commit().await.during("link_summary::fold")?;
-    Ok(Some(written))
+    Ok(Some(refined + written))
+}
+
+/// Counts by minute the current and the next hour (UTC) of every live key
+/// with an hour's cell (minute -1) of its unmarked links in them: the cells
+/// and deltas of those hours are replaced by deltas recounted from `links`
+/// (the next fold statement moves them). One statement: the deltas it deletes
+/// are exactly those of the links its snapshot sees, so links committed later
+/// bring their own and none is counted twice (as in 0005's recount). Marked
+/// cells, and a dead key's, are left as they are: their state does not
+/// depend on time, and at midnight their cell is the whole day's. Normally
+/// once an hour per key, as its next hour begins (the triggers write minutes
+/// from then on), reading that hour's links written so far.
+///
+/// The hours are bound as values (the transaction's `now()`, read first), so
+/// the plan reads and locks only their partitions (as `summarize_rollup`).
+async fn refine(tx: &mut PgConnection) -> Result<u64, Error> {
+    const WHAT: &str = "link_summary::refine";
+    let (hour, next, end): (DateTime<Utc>, DateTime<Utc>, DateTime<Utc>) = sqlx::query_as(
+        "SELECT h, h + interval '1 hour', h + interval '2 hours'
+         FROM (SELECT date_trunc('hour', now(), 'UTC') AS h) n",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .during(WHAT)?;
+    const HOURS: &str = "$1, $2";
+    sqlx::query(AssertSqlSafe(format!(
+        "WITH coarse AS (
+             SELECT DISTINCT c.key_id, c.expires_hour
+             FROM (SELECT key_id, expires_hour FROM link_rollup
+                   WHERE minute = -1 AND NOT marked AND expires_hour IN ({HOURS})
+                   UNION ALL
+                   SELECT key_id, expires_hour FROM link_rollup_delta
+                   WHERE minute = -1 AND NOT marked AND expires_hour IN ({HOURS})) c
+             JOIN signing_keys k ON k.key_id = c.key_id
+             WHERE NOT {KEY_DEAD}),
+         gone AS (
+             DELETE FROM link_rollup a USING coarse t
+             WHERE a.key_id = t.key_id AND a.expires_hour = t.expires_hour AND NOT a.marked),
+         gone_deltas AS (
+             DELETE FROM link_rollup_delta d USING coarse t
+             WHERE d.key_id = t.key_id AND d.expires_hour = t.expires_hour AND NOT d.marked)
+         INSERT INTO link_rollup_delta
+             (key_id, signer, bucket, caller, expires_hour, minute, marked, links, latest)
+         SELECT l.key_id, l.signer, l.bucket, l.caller, t.expires_hour,
+                extract(minute FROM l.expires_at AT TIME ZONE 'UTC')::smallint, false,
+                count(*), max(l.expires_at)
+         FROM coarse t
+         JOIN links l ON l.key_id = t.key_id AND l.revocation_id IS NULL
+                     AND l.expires_at >= t.expires_hour
+                     AND l.expires_at < t.expires_hour + interval '1 hour'
+                     AND l.expires_at >= $1 AND l.expires_at < $3
+         GROUP BY 1, 2, 3, 4, 5, 6"
+    )))
+    .bind(hour)
+    .bind(next)
+    .bind(end)
+    .persistent(false)
+    .execute(&mut *tx)
+    .await
+    .during(WHAT)
+    .map(|r| r.rows_affected())
 }
 
 /// The summary as one pass over every matching link.
