@@ -244,7 +244,13 @@ pub async fn summarize_rollup(
     // JIT threshold; compiling took ~0.1-0.2 s of a 2 ms summary wherever the
     // session had not turned JIT off (`registry::session_settings` does;
     // tests' pools did not).
-    type Bounds = (DateTime<Utc>, DateTime<Utc>, DateTime<Utc>, DateTime<Utc>, String);
+    type Bounds = (
+        DateTime<Utc>,
+        DateTime<Utc>,
+        DateTime<Utc>,
+        DateTime<Utc>,
+        String,
+    );
     let (now, hour, minute_end, hour_end, _): Bounds = sqlx::query_as(
         "SELECT now(), date_trunc('hour', now(), 'UTC'),
                 date_trunc('minute', now(), 'UTC') + interval '1 minute',

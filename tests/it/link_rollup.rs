@@ -4,10 +4,10 @@
 //! inserted during folds.
 
 use crate::fixture::seed_fixture;
-use presignd::domain::{KeyState, LinkState};
+use presignd::domain::LinkState;
 use presignd::registry::keys;
 use presignd::registry::link_queries::LinkFilter;
-use presignd::registry::link_summary::{self, GroupBy, Outstanding};
+use presignd::registry::link_summary::{self, GroupBy};
 use sqlx::PgPool;
 
 /// `n` links over the fixture's keys, buckets and callers, expiring from three
@@ -93,23 +93,50 @@ pub async fn assert_rollup_equals_scan(pool: &PgPool, when: &str) {
     }
     assert!(checked > 100, "{when}: the cases compared real groups");
 
-    // The outstanding-links gauge's counts, from the roll-up, equal the keys'
-    // by a pass over their links (what ListSigningKeys answers).
-    let mut gauge = link_summary::outstanding_per_key(&mut tx).await.unwrap();
-    let mut listed: Vec<Outstanding> = keys::list_with_outstanding(&mut *tx, None)
+    // ListSigningKeys' outstanding links and latest expiry per key, and the
+    // outstanding-links gauge's counts, both from the roll-up, equal a pass
+    // over every link.
+    type PerKey = (String, i64, Option<chrono::DateTime<chrono::Utc>>);
+    let oracle: Vec<PerKey> = sqlx::query_as(
+        "SELECT k.key_id, count(l.id), max(l.expires_at)
+         FROM signing_keys k
+         LEFT JOIN links l ON l.key_id = k.key_id AND l.expires_at > now()
+                          AND l.revocation_id IS NULL AND k.state IN ('active', 'retired')
+         GROUP BY k.key_id ORDER BY k.key_id",
+    )
+    .fetch_all(&mut *tx)
+    .await
+    .unwrap();
+    assert!(
+        oracle.iter().filter(|o| o.1 > 0).count() >= 2,
+        "{when}: keys with outstanding links compared: {oracle:?}"
+    );
+    let mut listed: Vec<PerKey> = keys::list_with_outstanding(&mut *tx, None)
         .await
         .unwrap()
         .into_iter()
-        .filter(|k| matches!(k.state, KeyState::Active | KeyState::Retired))
-        .map(|k| Outstanding {
-            signer: k.signer,
-            key_id: k.key_id,
-            links: k.outstanding_links,
+        .map(|k| (k.key_id, k.outstanding_links, k.latest_expiry))
+        .collect();
+    listed.sort();
+    assert_eq!(listed, oracle, "{when}: ListSigningKeys' outstanding links");
+    let mut gauge = link_summary::outstanding_per_key(&mut tx).await.unwrap();
+    gauge.sort_by(|a, b| a.key_id.cmp(&b.key_id));
+    let live: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT key_id, 0::bigint FROM signing_keys WHERE state IN ('active', 'retired')
+         ORDER BY key_id",
+    )
+    .fetch_all(&mut *tx)
+    .await
+    .unwrap();
+    let expected: Vec<(String, i64)> = live
+        .into_iter()
+        .map(|(key, _)| {
+            let n = oracle.iter().find(|o| o.0 == key).map_or(0, |o| o.1);
+            (key, n)
         })
         .collect();
-    gauge.sort_by(|a, b| a.key_id.cmp(&b.key_id));
-    listed.sort_by(|a, b| a.key_id.cmp(&b.key_id));
-    assert_eq!(gauge, listed, "{when}: the outstanding-links gauge");
+    let gauge: Vec<(String, i64)> = gauge.into_iter().map(|g| (g.key_id, g.links)).collect();
+    assert_eq!(gauge, expected, "{when}: the outstanding-links gauge");
     tx.rollback().await.unwrap();
 }
 
@@ -282,7 +309,8 @@ async fn an_hour_not_counted_by_minute_yet_is_summarized_exactly_and_refined_by_
     coarsen(&pool, "key_id = 'GKGAMMA1' AND bucket = 'photos'").await;
     add_links(&pool, 600, 0.7).await;
     coarsen(&pool, "key_id = 'GKALPHA1'").await;
-    let coarse_now = "SELECT count(*) FROM (SELECT key_id, minute, marked, expires_hour FROM link_rollup
+    let coarse_now =
+        "SELECT count(*) FROM (SELECT key_id, minute, marked, expires_hour FROM link_rollup
                                             UNION ALL
                                             SELECT key_id, minute, marked, expires_hour
                                             FROM link_rollup_delta) c
