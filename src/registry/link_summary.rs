@@ -277,37 +277,37 @@ pub async fn summarize_rollup(
     // key in COARSE_KEYS; none can be revoked), counted per key and group
     // where they are read: a row per link carried to the outer sum cost twice
     // as much (docs/BENCHMARKS.md). Grouped, the sub-select stays per key
-    // (one range of links_by_key_expiry each, up to the key's `split`).
+    // (one range of links_by_key_expiry each). Two branches, each with its
+    // range's bounds as values: the planner estimates a minute's links as
+    // few and reads each key's range; given a bound it could not estimate
+    // (per key, from COARSE_KEYS), it read a day's partition by caller order
+    // once per key (4 s, docs/BENCHMARKS.md).
     if filter.state != Some(LinkState::Revoked) {
-        q.push(format!(
-            " UNION ALL
-               SELECT l.grp, m.state, m.links, m.latest
-               FROM (SELECT k.*, CASE WHEN k.key_id IN {COARSE_KEYS} THEN "
-        ));
-        q.push_bind(hour_end)
-            .push(" ELSE ")
-            .push_bind(minute_end)
-            .push(format!(
-                " END AS split FROM signing_keys k) k
-               JOIN LATERAL (SELECT l.{g} AS grp, count(*) AS links, max(l.expires_at) AS latest
-                             FROM links l
-                             WHERE l.key_id = k.key_id AND l.revocation_id IS NULL
-                               AND l.expires_at < k.split AND l.expires_at > "
+        for (end, keys) in [(minute_end, "NOT IN"), (hour_end, "IN")] {
+            q.push(format!(
+                " UNION ALL
+                   SELECT l.grp, m.state, m.links, m.latest
+                   FROM signing_keys k
+                   JOIN LATERAL (SELECT l.{g} AS grp, count(*) AS links,
+                                        max(l.expires_at) AS latest
+                                 FROM links l
+                                 WHERE l.key_id = k.key_id AND l.revocation_id IS NULL
+                                   AND l.expires_at > "
             ));
-        q.push_bind(now)
-            .push(" AND l.expires_at < ")
-            .push_bind(hour_end);
-        push_columns_filter(&mut q, "l", filter);
-        q.push(format!(
-            " GROUP BY l.{g}) l ON TRUE
-               CROSS JOIN LATERAL (VALUES ('active', l.links, l.latest),
-                                          ('expired', -l.links, NULL::timestamptz)) m (state, links, latest)
-               WHERE NOT {KEY_DEAD}"
-        ));
-        // The keys the filter names alone: another key's hour is not read.
-        for (column, value) in [("key_id", &filter.key_id), ("signer", &filter.signer)] {
-            if let Some(v) = value {
-                q.push(format!(" AND k.{column} = ")).push_bind(v.clone());
+            q.push_bind(now).push(" AND l.expires_at < ").push_bind(end);
+            push_columns_filter(&mut q, "l", filter);
+            q.push(format!(
+                " GROUP BY l.{g}) l ON TRUE
+                   CROSS JOIN LATERAL (VALUES ('active', l.links, l.latest),
+                                              ('expired', -l.links, NULL::timestamptz))
+                                      m (state, links, latest)
+                   WHERE NOT {KEY_DEAD} AND k.key_id {keys} {COARSE_KEYS}"
+            ));
+            // The keys the filter names alone: another key's hour is not read.
+            for (column, value) in [("key_id", &filter.key_id), ("signer", &filter.signer)] {
+                if let Some(v) = value {
+                    q.push(format!(" AND k.{column} = ")).push_bind(v.clone());
+                }
             }
         }
     }
