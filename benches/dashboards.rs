@@ -686,21 +686,7 @@ async fn measure(pool: &PgPool) -> anyhow::Result<()> {
     }
     let (median, max, rows) = time(5, || keys::list_with_outstanding(pool, None)).await?;
     println!(
-        "| keys::list_with_outstanding (ListSigningKeys) | {} keys | {} / {} |",
-        rows.len(),
-        ms(median),
-        ms(max)
-    );
-    let (median, max, rows) = time(5, || async {
-        let mut conn = pool
-            .acquire()
-            .await
-            .map_err(|e| registry::Error::new("bench", e))?;
-        registry::link_summary::outstanding_per_key(&mut conn).await
-    })
-    .await?;
-    println!(
-        "| link_summary::outstanding_per_key (the metrics gauge, from the roll-up) | {} keys | {} / {} |",
+        "| keys::list_with_outstanding (ListSigningKeys, the outstanding-links gauge) | {} keys | {} / {} |",
         rows.len(),
         ms(median),
         ms(max)

@@ -7,6 +7,8 @@
 //! Labels take only bounded values: method, signer, key id, mode, outcome,
 //! operation. Never an object key, a URL or a caller name.
 
+use crate::domain::KeyState;
+use crate::registry::keys::KeySummaryRow;
 use crate::telemetry::rpc::{GRPC_REQUESTS, GRPC_SECONDS};
 use metrics::{
     Counter, Histogram, Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge,
@@ -475,15 +477,12 @@ pub async fn refresh_outstanding(
     // The same counts as ListSigningKeys, for the keys whose links still work,
     // from the roll-up: a pass over their links would cost IssueLink's
     // throughput a dip at every refresh on a big registry.
-    let mut conn = pool
-        .acquire()
-        .await
-        .map_err(|e| crate::registry::Error::new("metrics::refresh_outstanding", e))?;
-    let rows = crate::registry::link_summary::outstanding_per_key(&mut conn).await?;
+    let rows = crate::registry::keys::list_with_outstanding(pool, None).await?;
     let mut now = BTreeSet::new();
-    for row in rows {
+    let live = |k: &KeySummaryRow| matches!(k.state, KeyState::Active | KeyState::Retired);
+    for row in rows.into_iter().filter(live) {
         gauge!(OUTSTANDING_LINKS, "signer" => row.signer.clone(), "key_id" => row.key_id.clone())
-            .set(row.links as f64);
+            .set(row.outstanding_links as f64);
         now.insert((row.signer, row.key_id));
     }
     for (signer, key_id) in reported.difference(&now) {

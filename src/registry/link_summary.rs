@@ -15,13 +15,13 @@
 //!
 //! `fold` moves the triggers' deltas into `link_rollup` and merges the cells
 //! whose state no longer depends on time; the maintenance loop runs it.
-//! `outstanding_per_key` is the outstanding-links gauge's count, from the
-//! roll-up.
+//! `keys::list_with_outstanding` (ListSigningKeys, the outstanding-links
+//! gauge) is a summary of active links by key.
 
 use super::error::{During, Error};
 use super::link_queries::{LinkFilter, push_filter, state_necessary};
 use super::states::{KEY_DEAD, key_dead};
-use crate::domain::{KeyState, LinkState};
+use crate::domain::LinkState;
 use chrono::{DateTime, Utc};
 use sqlx::{Acquire, AssertSqlSafe, PgConnection, PgExecutor, PgPool, Postgres, QueryBuilder};
 
@@ -339,51 +339,6 @@ pub async fn summarize_rollup(
         .during(WHAT)?;
     tx.commit().await.during(WHAT)?;
     Ok(rows)
-}
-
-/// A key whose links still work (active or retired) and how many of them are
-/// outstanding: not expired, not revoked.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Outstanding {
-    pub signer: String,
-    pub key_id: String,
-    pub links: i64,
-}
-
-/// Every active or retired key with its outstanding links, from the roll-up
-/// (a summary by key of the active links): the counts of
-/// `keys::list_with_outstanding` (test: link_rollup). It reads the roll-up's
-/// cells and the live links of the current hour only, where that one reads
-/// every outstanding link: on 60M links with 2.3M outstanding, ~550 ms of a
-/// core, which halved IssueLink's throughput for ~2 s under load at every
-/// refresh of the gauge (docs/BENCHMARKS.md).
-pub async fn outstanding_per_key(conn: &mut PgConnection) -> Result<Vec<Outstanding>, Error> {
-    let keys: Vec<(String, String)> = sqlx::query_as(
-        "SELECT signer, key_id FROM signing_keys WHERE state IN ($1, $2) ORDER BY signer, key_id",
-    )
-    .bind(KeyState::Active)
-    .bind(KeyState::Retired)
-    .fetch_all(&mut *conn)
-    .await
-    .during("link_summary::outstanding_per_key")?;
-    let active = LinkFilter {
-        state: Some(LinkState::Active),
-        ..LinkFilter::default()
-    };
-    let counts: std::collections::HashMap<String, i64> =
-        summarize_rollup(&mut *conn, &active, GroupBy::Key)
-            .await?
-            .into_iter()
-            .map(|r| (r.group, r.active))
-            .collect();
-    Ok(keys
-        .into_iter()
-        .map(|(signer, key_id)| Outstanding {
-            links: counts.get(&key_id).copied().unwrap_or(0),
-            signer,
-            key_id,
-        })
-        .collect())
 }
 
 /// The lock a fold takes, and the roll-up triggers' recount (0005's

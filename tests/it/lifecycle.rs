@@ -482,10 +482,13 @@ async fn a_summary_running_does_not_hold_off_a_retention_drop(pool: PgPool) {
                 .unwrap();
         }
     }
-    let gauge = link_summary::outstanding_per_key(&mut running)
+    let gauge = presignd::registry::keys::list_with_outstanding(&mut *running, None)
         .await
         .unwrap();
-    assert!(gauge.iter().map(|k| k.links).sum::<i64>() >= 2, "{gauge:?}");
+    assert!(
+        gauge.iter().map(|k| k.outstanding_links).sum::<i64>() >= 2,
+        "{gauge:?}"
+    );
 
     let name = Table::Links.partition_name(day2);
     let mut conn = pool.acquire().await.unwrap();
