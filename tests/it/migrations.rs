@@ -208,7 +208,8 @@ async fn a_registry_with_data_from_the_first_migration_upgrades_to_the_last_inta
     .execute(&pool)
     .await
     .expect("0008's data");
-    // Folded as a presignd of 0008 did (today's fold needs today's columns).
+    // The deltas moved into the roll-up's cells, as a fold of then did (today's
+    // fold needs today's columns; the settled cells are left unmerged).
     sqlx::raw_sql(
         "WITH moved AS (DELETE FROM link_rollup_delta RETURNING *)
          INSERT INTO link_rollup AS t
