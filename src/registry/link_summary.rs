@@ -102,10 +102,13 @@ pub async fn summarize(
 const HOUR_NOW: &str = "(SELECT date_trunc('hour', now(), 'UTC'))";
 const MINUTE_NOW: &str = "(SELECT extract(minute FROM now() AT TIME ZONE 'UTC')::smallint)";
 
-/// The live keys whose current hour still has a cell of a whole hour
-/// (minute -1) of unmarked links: written hours ahead and not yet counted by
-/// minute by a fold (`refine`), or by a presignd before 0025. Such a key's
-/// current hour is read as one hour, as before.
+/// The keys whose current hour still has a cell of a whole hour (minute -1)
+/// of unmarked links: written hours ahead and not yet counted by minute by a
+/// fold (`refine`, which looks for the same cells in two hours), or by a
+/// presignd before 0025. Such a live key's current hour is read as one hour,
+/// as before (a dead key's links are revoked whatever their cell). Spelled
+/// inline where it is used: read once in a CTE instead, the summaries
+/// measured 30% slower (docs/BENCHMARKS.md, "A live hour counted by minute").
 const COARSE_KEYS: &str = "(SELECT key_id FROM link_rollup
                             WHERE minute = -1 AND NOT marked
                               AND expires_hour = (SELECT date_trunc('hour', now(), 'UTC'))
