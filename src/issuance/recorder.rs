@@ -108,20 +108,11 @@ async fn work(
             if taken == 0 {
                 return; // every sender is gone
             }
-            // Let the requests already running on this runtime hand in their
-            // rows before the batch goes: one pass of the scheduler (no
-            // timer, so no wait when nothing else is ready), then whatever
-            // arrived. Fewer, larger batches: the per-batch cost (a round
-            // trip, a commit) is spread over more links.
-            if batch.len() < max_batch {
-                tokio::task::yield_now().await;
-                while batch.len() < max_batch {
-                    match rx.try_recv() {
-                        Ok(p) => batch.push(p),
-                        Err(_) => break,
-                    }
-                }
-            }
+            // The batch goes at once with whatever was queued. A pass of the
+            // scheduler first (to let running requests hand in their rows)
+            // made batches ~10% fuller but put the commit behind every task
+            // the last answers woke: 13-20% fewer links a second in the
+            // closed loop (docs/BENCHMARKS.md, 2026-12-03).
         }
         let started = std::time::Instant::now();
         let mut outcome = commit(&pool, &mut held, &batch, timeout).await;
