@@ -15,6 +15,7 @@
 # server's resident memory. The scratch database is dropped on exit.
 # Usage: deploy/dev/h2load-bench.sh   (env: N=IssueLinks per round [150000],
 #   ROUNDS [2], PRESIGND_RECORD_WORKERS, BIN=a presignd binary [release build],
+#   PIN=1 the server on one CPU and PostgreSQL's backends on the other,
 #   EXTRA_SQL=SQL run on the scratch database after `presignd migrate`)
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -49,9 +50,25 @@ export RUST_LOG="${RUST_LOG:-warn}"
 "$BIN" migrate >/dev/null
 # A/B of a schema setting on the same binary: SQL run once migrated.
 [ -n "${EXTRA_SQL:-}" ] && psql "$DATABASE_URL" -qc "$EXTRA_SQL"
-"$BIN" serve 2>"$WORK/server.log" &
+# PIN=1: the server on CPU 0 and the cluster's new backends on CPU 1, as a
+# registry on a machine of its own would have them (h2load runs on either).
+# Left to the scheduler, the two share both cores; docs/BENCHMARKS.md
+# (2026-12-03) measures what that costs. The postmaster's CPUs are restored
+# on exit.
+PIN_SERVER=()
+PM=""
+if [ "${PIN:-0}" = 1 ]; then
+    [ "$(nproc)" -ge 2 ] || { echo "PIN=1 needs two CPUs" >&2; exit 1; }
+    port="$(echo "$DATABASE_URL" | sed -E 's|.*@[^/]*:([0-9]+)/.*|\1|')"
+    PM="$(head -1 "$(pg_lsclusters -h | awk -v p="$port" '$3 == p { print $6 }')/postmaster.pid")"
+    PM_CPUS="$(taskset -pc "$PM" | sed 's/.*: //')"
+    taskset -pc 1 "$PM" >/dev/null
+    PIN_SERVER=(taskset -c 0)
+fi
+"${PIN_SERVER[@]}" "$BIN" serve 2>"$WORK/server.log" &
 SERVER=$!
 cleanup() {
+    [ -n "$PM" ] && taskset -pc "$PM_CPUS" "$PM" >/dev/null
     kill "$SERVER" 2>/dev/null && wait "$SERVER" 2>/dev/null
     psql "$ADMIN" -qc "DROP DATABASE IF EXISTS $DB" || true
     rm -rf "$WORK"
