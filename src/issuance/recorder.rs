@@ -111,8 +111,8 @@ async fn work(
             // The batch goes at once with whatever was queued. A pass of the
             // scheduler first (to let running requests hand in their rows)
             // made batches ~10% fuller but put the commit behind every task
-            // the last answers woke: 13-20% fewer links a second in the
-            // closed loop (docs/BENCHMARKS.md, 2026-12-03).
+            // the last answers woke: 12% fewer links a second in the
+            // closed loop (medians; docs/BENCHMARKS.md, 2026-12-03).
         }
         let started = std::time::Instant::now();
         let mut outcome = commit(&pool, &mut held, &batch, timeout).await;
