@@ -53,8 +53,9 @@ export RUST_LOG="${RUST_LOG:-warn}"
 # PIN=1: the server on CPU 0 and the cluster's new backends on CPU 1, as a
 # registry on a machine of its own would have them (h2load runs on either).
 # Left to the scheduler, the two share both cores; docs/BENCHMARKS.md
-# (2026-12-03) measures what that costs. The postmaster's CPUs are restored
-# on exit.
+# (2026-12-03) measures what that costs. The no-op runs on the same pinned
+# server. The postmaster's CPUs are restored on exit (after a kill -9 of this
+# script: `taskset -pc 0-$(($(nproc) - 1)) <the postmaster's pid>`).
 PIN_SERVER=()
 PM=""
 if [ "${PIN:-0}" = 1 ]; then
