@@ -178,21 +178,25 @@ async fn a_start_retried_once_a_key_is_loaded_leaves_issue_link_its_connections(
     .execute(&pool)
     .await
     .unwrap();
-    let attempts = || async {
-        sqlx::query_scalar::<_, i64>(
+    async fn attempts(conn: &mut sqlx::PgConnection) -> i64 {
+        sqlx::query_scalar(
             "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM other_key_attempts",
         )
-        .fetch_one(&pool)
+        .fetch_one(conn)
         .await
         .unwrap()
-    };
+    }
     let limit = SessionLimit::of_8_more(&pool).await;
+    // The server takes every session the database admits, and keeps trying
+    // for more: this test's own is held, not left idle in the test pool
+    // (which closes it after 1 s idle, and then could not open one again).
+    let mut ours = pool.acquire().await.unwrap();
     let config = limit.config_with(&["--signers=default,other"]);
     let mut app = spawn_app_with(config, (*pool.connect_options()).clone()).await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
     // The first attempt warms (10 s: the database refuses the 12), loads
     // default's key, and fails on other's.
-    while attempts().await < 1 {
+    while attempts(&mut ours).await < 1 {
         assert!(
             std::time::Instant::now() < deadline,
             "no start attempt reached other's key"
@@ -204,7 +208,7 @@ async fn a_start_retried_once_a_key_is_loaded_leaves_issue_link_its_connections(
     // after the failure). They come 1.5 s apart, longer than the recorder
     // keeps an idle connection (1 s): each commit takes one from the pool.
     let mut issued: i64 = 0;
-    while attempts().await < 4 || issued < 6 {
+    while attempts(&mut ours).await < 4 || issued < 6 {
         assert!(
             std::time::Instant::now() < deadline,
             "the start was not retried"
@@ -226,7 +230,7 @@ async fn a_start_retried_once_a_key_is_loaded_leaves_issue_link_its_connections(
         "other has no key"
     );
     let links: i64 = sqlx::query_scalar("SELECT count(*) FROM links")
-        .fetch_one(&pool)
+        .fetch_one(&mut *ours)
         .await
         .unwrap();
     assert_eq!(links, issued);
