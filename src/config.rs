@@ -289,8 +289,9 @@ pub struct Config {
 
     /// Writers committing link rows in batches (group commit). Fewer writers
     /// make larger batches: Postgres's cost per batch is mostly fixed (0.2-0.6
-    /// ms of CPU, by the machine), so 2 cost it 40% less CPU per link than 4 (docs/BENCHMARKS.md);
-    /// two still overlap one batch's WAL flush with the next one's insert.
+    /// ms of CPU, by the machine), so 2 cost it 40% less CPU per link than 4
+    /// (docs/BENCHMARKS.md); two still overlap one batch's WAL flush with the
+    /// next one's insert.
     #[arg(long, env = "PRESIGND_RECORD_WORKERS", default_value_t = 2)]
     pub record_workers: usize,
 
