@@ -287,11 +287,13 @@ pub struct Config {
     #[arg(long, env = "PRESIGND_GARAGE_ADMIN_TOKEN_FILE")]
     pub garage_admin_token_file: Option<PathBuf>,
 
-    /// Writers committing link rows in batches (group commit). Fewer writers
-    /// make larger batches: Postgres's cost per batch is mostly fixed (0.2-0.6
-    /// ms of CPU, by the machine), so 2 cost it 40% less CPU per link than 4
-    /// (docs/BENCHMARKS.md); two still overlap one batch's WAL flush with the
-    /// next one's insert.
+    /// Writers committing link rows in batches (group commit). One commits
+    /// while another fills the next batch, which goes when that commit ends;
+    /// it goes alongside only once that commit has lasted 2 ms (a key's
+    /// state change, a stalled registry), so a third writer matters only when
+    /// two commits wait at once. Postgres's cost per batch is mostly fixed
+    /// (about 0.2 ms of CPU here), so fuller batches cost it less per link
+    /// (docs/BENCHMARKS.md).
     #[arg(long, env = "PRESIGND_RECORD_WORKERS", default_value_t = 2)]
     pub record_workers: usize,
 

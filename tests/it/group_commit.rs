@@ -2,9 +2,14 @@
 //! `links_record` function of migration 0017), against PostgreSQL: it waits
 //! for a key's state change and sees it, claims each request id once, writes
 //! only active keys' rows, and keeps one replacement per link.
+//! And the recorder's gate through the server: a commit that waits does not
+//! hold the next one back for long.
 
 use crate::fixture::seed_fixture;
-use crate::helpers::new_link as link;
+use crate::helpers::{
+    Auth, buckets, link_request, new_link as link, policy_config, spawn_app_with, with_token_b,
+};
+use presignd::proto::{Method, link_service_client::LinkServiceClient};
 use presignd::registry::{
     ErrorKind, keys,
     links::{self, LinkRequest, NewLink},
@@ -285,4 +290,84 @@ async fn a_batch_plans_nothing_once_its_statements_are_planned(pool: PgPool) {
         55,
         "every row of the ten batches is written"
     );
+}
+
+/// One commit is in flight at a time unless it is slow (the recorder's gate,
+/// `OVERLAP_AFTER`): a commit waiting on a key's state change (its issuance
+/// lock held exclusive, as a rotation holds it) holds the next batch back
+/// only that long. Another signer's link commits and answers meanwhile, and
+/// the waiting one once the lock goes. Fails if the recorder commits one
+/// batch at a time whatever the first one waits for.
+#[sqlx::test]
+async fn a_commit_waiting_on_a_key_does_not_hold_back_another_signers_link(pool: PgPool) {
+    let (config, _) = policy_config(crate::signers::POLICY, &["--signers=default,other"]);
+    let app = spawn_app_with(config, (*pool.connect_options()).clone()).await;
+    app.wait_for(tonic_health::pb::health_check_response::ServingStatus::Serving)
+        .await;
+    let bucket = buckets()[0].clone();
+    let key = app.km.active_key("default").unwrap().key_id.clone();
+
+    let mut change = pool.begin().await.unwrap();
+    keys::lock_issuance_exclusive(&mut change, &key)
+        .await
+        .unwrap();
+    let held = {
+        let (mut client, bucket) = (app.links.clone(), bucket.clone());
+        tokio::spawn(async move {
+            client
+                .issue_link(link_request(&bucket, "gate/held.bin", Method::Get, 600))
+                .await
+        })
+    };
+    // Its commit waits on our lock (polled, so no timing is assumed).
+    let mut waiting = 0_i64;
+    for _ in 0..400 {
+        waiting = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_locks
+             WHERE locktype = 'advisory' AND NOT granted AND classid = $1::oid",
+        )
+        .bind(links::ISSUANCE_LOCK_CLASS)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if waiting == 1 || held.is_finished() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert_eq!(
+        waiting, 1,
+        "the first link's commit waits on the key's lock"
+    );
+
+    // Well within the recorder's timeout (10 s), which would end the held
+    // commit (unavailable) and free the gate anyway.
+    let mut as_b = LinkServiceClient::with_interceptor(app.channel.clone(), with_token_b as Auth);
+    let theirs = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        as_b.issue_link(link_request(&bucket, "gate/other.bin", Method::Get, 600)),
+    )
+    .await
+    .expect("another signer's link waited for the commit held by a key's state change")
+    .unwrap()
+    .into_inner()
+    .link
+    .unwrap();
+    assert_eq!(theirs.signer, "other");
+    let theirs_id: Uuid = theirs.id.parse().unwrap();
+    assert_eq!(
+        recorded(&pool, &[theirs_id]).await,
+        [theirs_id],
+        "committed"
+    );
+    assert!(
+        !held.is_finished(),
+        "the first link still waits for the lock"
+    );
+
+    change.rollback().await.unwrap();
+    let mine = held.await.unwrap().unwrap().into_inner().link.unwrap();
+    assert_eq!(mine.signer, "default");
+    let mine_id: Uuid = mine.id.parse().unwrap();
+    assert_eq!(recorded(&pool, &[mine_id]).await, [mine_id]);
 }
