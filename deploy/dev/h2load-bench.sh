@@ -8,7 +8,9 @@
 # answered (gRPC errors are HTTP 200: h2load's "succeeded" alone proves
 # nothing), and the CPU per committed link of the server and of the scratch
 # database's PostgreSQL backends (utime+stime from /proc), links a commit
-# (the group commit's batch, from pg_stat_database) and WAL a link. Then an open loop
+# (the group commit's batch, from pg_stat_database), WAL a link, and the time
+# a link's server threads and backends spent runnable but waiting for a CPU
+# (/proc/<pid>/schedstat). Then an open loop
 # at half the best IssueLink rate (p50/p99/p99.9 from h2load's log, and the
 # share within 2/3/5/10 ms by the server's own histogram), twice: as h2load
 # paces it (bursts) and from 16 staggered processes (spread); and the
@@ -116,6 +118,11 @@ backends() {
 }
 # CPU ticks of the backends between two snapshots (a backend opened meanwhile counts from 0).
 backend_ticks() { awk 'NR == FNR { a[$1] = $2; next } { d += $2 - a[$1] } END { print d + 0 }' "$1" "$2"; }
+# Time runnable but waiting for a CPU (schedstat's second field, ns), "id ns"
+# lines: the server's threads; the backends listed in $1.
+queued_server() { for t in /proc/"$SERVER"/task/*; do echo "${t##*/} $(cut -d' ' -f2 "$t/schedstat" 2>/dev/null || echo 0)"; done; }
+queued_backends() { for p in $(cut -d' ' -f1 "$1"); do echo "$p $(cut -d' ' -f2 "/proc/$p/schedstat" 2>/dev/null || echo 0)"; done; }
+queued_us() { awk -v n="$3" 'NR == FNR { a[$1] = $2; next } { d += $2 - a[$1] } END { printf "%.1f", d / 1000 / n }' "$1" "$2"; }
 rate() { sed -n 's/^finished in .*, \([0-9.]*\) req\/s.*/\1/p'; }
 ok() { sed -n 's/^requests: .* \([0-9]*\) succeeded.*/\1/p'; }
 per_link() { awk -v t="$1" -v n="$2" 'BEGIN { printf "%.1f", t * 1e6 / 100 / n }'; }
@@ -127,9 +134,11 @@ for round in $(seq "$ROUNDS"); do
     noop=$(h2load -n $((N * 4)) -c 16 -m 4 "${H[@]}" -d "$WORK/health.bin" "$NOOP" | rate)
     noop_cpu=$(per_link $(($(ticks "$SERVER") - n0)) $((N * 4)))
     before=$(rows); backends >"$WORK/b0"; s0=$(ticks "$SERVER")
+    queued_server >"$WORK/qs0"; queued_backends "$WORK/b0" >"$WORK/qp0"
     c0=$(commits); w0=$(wal)
     out=$(h2load -n "$N" -c 16 -m 4 "${H[@]}" -d "$WORK/issue.bin" "$ISSUE")
     s1=$(ticks "$SERVER"); backends >"$WORK/b1"; w1=$(wal); after=$(rows)
+    queued_server >"$WORK/qs1"; queued_backends "$WORK/b1" >"$WORK/qp1"
     sleep 1; c1=$(commits) # the statistics reach pg_stat_database within ~0.5 s
     committed=$((after - before)); answered=$(echo "$out" | ok); r=$(echo "$out" | rate)
     if [ "$committed" != "$answered" ]; then
@@ -143,6 +152,8 @@ for round in $(seq "$ROUNDS"); do
         "Postgres $(per_link "$(backend_ticks "$WORK/b0" "$WORK/b1")" "$committed") us;" \
         "~$(( c1 > c0 ? committed / (c1 - c0) : 0 )) links a commit;" \
         "WAL $(psql "$ADMIN" -Atc "SELECT round(pg_wal_lsn_diff('$w1', '$w0') / $committed)") B a link;" \
+        "waiting for a CPU a link: server $(queued_us "$WORK/qs0" "$WORK/qs1" "$committed") us," \
+        "Postgres $(queued_us "$WORK/qp0" "$WORK/qp1" "$committed") us;" \
         "load $(cut -d' ' -f1 /proc/loadavg)"
 done
 per_conn=$(awk -v b="$best" 'BEGIN { printf "%d", b / 2 / 16 }')
