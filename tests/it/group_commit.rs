@@ -25,6 +25,27 @@ fn with_request(mut l: NewLink, id: &str, digest: u8) -> NewLink {
     l
 }
 
+/// How many advisory locks of the issuance class wait ungranted once one
+/// does or `task` has finished: polled, so no timing is assumed.
+async fn issuance_lock_waiters<T>(pool: &PgPool, task: &tokio::task::JoinHandle<T>) -> i64 {
+    let mut waiting = 0;
+    for _ in 0..400 {
+        waiting = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_locks
+             WHERE locktype = 'advisory' AND NOT granted AND classid = $1::oid",
+        )
+        .bind(links::ISSUANCE_LOCK_CLASS)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        if waiting == 1 || task.is_finished() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    waiting
+}
+
 async fn recorded(pool: &PgPool, ids: &[Uuid]) -> Vec<Uuid> {
     sqlx::query_scalar("SELECT id FROM links WHERE id = ANY ($1) ORDER BY id")
         .bind(ids)
@@ -52,23 +73,8 @@ async fn a_batch_waits_for_a_state_change_and_sees_it(pool: PgPool) {
         let pool = pool.clone();
         tokio::spawn(async move { links::record(&pool, &["GKALPHA1"], &[&row]).await })
     };
-    // The batch is queued behind our lock: one ungranted advisory lock of the
-    // issuance class (polled, so no timing is assumed).
-    let mut waiting = 0;
-    for _ in 0..200 {
-        waiting = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_locks
-             WHERE locktype = 'advisory' AND NOT granted AND classid = $1::oid",
-        )
-        .bind(links::ISSUANCE_LOCK_CLASS)
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-        if waiting == 1 || batch.is_finished() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
+    // The batch is queued behind our lock.
+    let waiting = issuance_lock_waiters(&pool, &batch).await;
     assert!(
         !batch.is_finished(),
         "the batch went ahead of the key's state change"
@@ -319,22 +325,8 @@ async fn a_commit_waiting_on_a_key_does_not_hold_back_another_signers_link(pool:
                 .await
         })
     };
-    // Its commit waits on our lock (polled, so no timing is assumed).
-    let mut waiting = 0_i64;
-    for _ in 0..400 {
-        waiting = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_locks
-             WHERE locktype = 'advisory' AND NOT granted AND classid = $1::oid",
-        )
-        .bind(links::ISSUANCE_LOCK_CLASS)
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-        if waiting == 1 || held.is_finished() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
+    // Its commit waits on our lock.
+    let waiting = issuance_lock_waiters(&pool, &held).await;
     assert_eq!(
         waiting, 1,
         "the first link's commit waits on the key's lock"
