@@ -10,7 +10,8 @@
 # database's PostgreSQL backends (utime+stime from /proc), links a commit
 # (the group commit's batch, from pg_stat_database), WAL a link, and the time
 # a link's server threads and backends spent runnable but waiting for a CPU
-# (/proc/<pid>/schedstat). Then an open loop
+# (/proc/<pid>/schedstat), and the cluster's WAL flushes with their mean time
+# (pg_stat_wal; stack.sh turns track_wal_io_timing on). Then an open loop
 # at half the best IssueLink rate (p50/p99/p99.9 from h2load's log, and the
 # share within 2/3/5/10 ms by the server's own histogram), twice: as h2load
 # paces it (bursts) and from 16 staggered processes (spread); and the
@@ -110,6 +111,13 @@ NOOP="$URL/grpc.health.v1.Health/Check"
 rows() { psql "$DATABASE_URL" -Atc "SELECT count(*) FROM links"; }
 commits() { psql "$ADMIN" -Atc "SELECT xact_commit FROM pg_stat_database WHERE datname = '$DB'"; }
 wal() { psql "$ADMIN" -Atc "SELECT pg_current_wal_lsn()"; }
+# The cluster's WAL flushes (pg_stat_wal; their time only if track_wal_io_timing is on).
+syncs() { psql "$ADMIN" -AtF' ' -c "SELECT wal_sync, wal_sync_time, current_setting('track_wal_io_timing') FROM pg_stat_wal"; }
+sync_report() {
+    awk 'NR == FNR { n = $1; t = $2; next } { n = $1 - n; t = $2 - t
+        if ($3 == "on" && n > 0) printf "%d WAL flushes, %.3f ms each", n, t / n
+        else printf "%d WAL flushes (their time: track_wal_io_timing is off)", n }' "$1" "$2"
+}
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 backends() {
     for p in $(psql "$DATABASE_URL" -Atc "SELECT pid FROM pg_stat_activity WHERE datname = '$DB' AND pid <> pg_backend_pid()"); do
@@ -135,11 +143,11 @@ for round in $(seq "$ROUNDS"); do
     noop_cpu=$(per_link $(($(ticks "$SERVER") - n0)) $((N * 4)))
     before=$(rows); backends >"$WORK/b0"; s0=$(ticks "$SERVER")
     queued_server >"$WORK/qs0"; queued_backends "$WORK/b0" >"$WORK/qp0"
-    c0=$(commits); w0=$(wal)
+    c0=$(commits); w0=$(wal); syncs >"$WORK/y0"
     out=$(h2load -n "$N" -c 16 -m 4 "${H[@]}" -d "$WORK/issue.bin" "$ISSUE")
     s1=$(ticks "$SERVER"); backends >"$WORK/b1"; w1=$(wal); after=$(rows)
     queued_server >"$WORK/qs1"; queued_backends "$WORK/b1" >"$WORK/qp1"
-    sleep 1; c1=$(commits) # the statistics reach pg_stat_database within ~0.5 s
+    sleep 1; c1=$(commits); syncs >"$WORK/y1" # the statistics reach pg_stat_* within ~0.5 s
     committed=$((after - before)); answered=$(echo "$out" | ok); r=$(echo "$out" | rate)
     if [ "$committed" != "$answered" ]; then
         echo "round $round: $answered answered OK but $committed rows committed" >&2
@@ -154,6 +162,7 @@ for round in $(seq "$ROUNDS"); do
         "WAL $(psql "$ADMIN" -Atc "SELECT round(pg_wal_lsn_diff('$w1', '$w0') / $committed)") B a link;" \
         "waiting for a CPU a link: server $(queued_us "$WORK/qs0" "$WORK/qs1" "$committed") us," \
         "Postgres $(queued_us "$WORK/qp0" "$WORK/qp1" "$committed") us;" \
+        "$(sync_report "$WORK/y0" "$WORK/y1");" \
         "load $(cut -d' ' -f1 /proc/loadavg)"
 done
 per_conn=$(awk -v b="$best" 'BEGIN { printf "%d", b / 2 / 16 }')

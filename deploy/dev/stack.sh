@@ -295,6 +295,9 @@ psql_admin <<SQL >/dev/null
 ALTER SYSTEM SET ssl = on;
 ALTER SYSTEM SET ssl_cert_file = '$PG_TLS_DIR/server.pem';
 ALTER SYSTEM SET ssl_key_file = '$PG_TLS_DIR/server.key';
+-- The WAL flushes' time in pg_stat_wal, which deploy/dev/h2load-bench.sh
+-- reports a round (one clock read around each flush).
+ALTER SYSTEM SET track_wal_io_timing = on;
 SELECT pg_reload_conf();
 SQL
 # The reload is asynchronous, and a certificate PostgreSQL cannot load is only
