@@ -7,7 +7,8 @@
 
 use crate::fixture::seed_fixture;
 use crate::helpers::{
-    Auth, buckets, link_request, new_link as link, policy_config, spawn_app_with, with_token_b,
+    Auth, buckets, link_request, new_link as link, policy_config, spawn_app_with, wait_for_count,
+    with_token_b,
 };
 use presignd::proto::{Method, link_service_client::LinkServiceClient};
 use presignd::registry::{
@@ -25,25 +26,14 @@ fn with_request(mut l: NewLink, id: &str, digest: u8) -> NewLink {
     l
 }
 
-/// How many advisory locks of the issuance class wait ungranted once one
-/// does or `task` has finished: polled, so no timing is assumed.
-async fn issuance_lock_waiters<T>(pool: &PgPool, task: &tokio::task::JoinHandle<T>) -> i64 {
-    let mut waiting = 0;
-    for _ in 0..400 {
-        waiting = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_locks
-             WHERE locktype = 'advisory' AND NOT granted AND classid = $1::oid",
-        )
-        .bind(links::ISSUANCE_LOCK_CLASS)
-        .fetch_one(pool)
-        .await
-        .unwrap();
-        if waiting == 1 || task.is_finished() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
-    waiting
+/// Counts the advisory locks of the issuance class that wait ungranted: the
+/// batches queued behind one a test holds (for `wait_for_count`).
+fn issuance_lock_waiters() -> String {
+    format!(
+        "SELECT count(*) FROM pg_locks
+         WHERE locktype = 'advisory' AND NOT granted AND classid = {}",
+        links::ISSUANCE_LOCK_CLASS
+    )
 }
 
 async fn recorded(pool: &PgPool, ids: &[Uuid]) -> Vec<Uuid> {
@@ -73,8 +63,8 @@ async fn a_batch_waits_for_a_state_change_and_sees_it(pool: PgPool) {
         let pool = pool.clone();
         tokio::spawn(async move { links::record(&pool, &["GKALPHA1"], &[&row]).await })
     };
-    // The batch is queued behind our lock.
-    let waiting = issuance_lock_waiters(&pool, &batch).await;
+    // The batch is queued behind our lock (polled, so no timing is assumed).
+    let waiting = wait_for_count(&pool, &issuance_lock_waiters(), 1).await;
     assert!(
         !batch.is_finished(),
         "the batch went ahead of the key's state change"
@@ -326,7 +316,7 @@ async fn a_commit_waiting_on_a_key_does_not_hold_back_another_signers_link(pool:
         })
     };
     // Its commit waits on our lock.
-    let waiting = issuance_lock_waiters(&pool, &held).await;
+    let waiting = wait_for_count(&pool, &issuance_lock_waiters(), 1).await;
     assert_eq!(
         waiting, 1,
         "the first link's commit waits on the key's lock"
