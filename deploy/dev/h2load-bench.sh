@@ -13,9 +13,11 @@
 # (/proc/<pid>/schedstat), and the cluster's WAL flushes with their mean time
 # (pg_stat_wal; stack.sh turns track_wal_io_timing on). Then an open loop
 # at half the best IssueLink rate (p50/p99/p99.9 from h2load's log, and the
-# share within 2/3/5/10 ms by the server's own histogram), twice: as h2load
-# paces it (bursts) and from 16 staggered processes (spread); and the
-# server's resident memory. The scratch database is dropped on exit.
+# share within 2/3/5/10 ms by the server's own histogram, and the time a
+# link's server threads and backends waited for a CPU), twice: as h2load
+# paces it (bursts) and from 16 staggered processes (spread); the no-op
+# spread at the same rate, for scale (a p99 no RPC of this machine beats);
+# and the server's resident memory. The scratch database is dropped on exit.
 # Usage: deploy/dev/h2load-bench.sh   (env: N=IssueLinks per round [150000],
 #   ROUNDS [2], PRESIGND_RECORD_WORKERS, BIN=a presignd binary [release build],
 #   PIN=1 the server on one CPU and PostgreSQL's backends on the other,
@@ -198,13 +200,17 @@ open_loop() {
     local what="$1" log="$2"
     shift 2
     latency_buckets "$WORK/h0" "$WORK/k0"; c0=$(commits); r0=$(rows)
+    backends >"$WORK/ob"; queued_server >"$WORK/oqs0"; queued_backends "$WORK/ob" >"$WORK/oqp0"
     "$@"
+    queued_server >"$WORK/oqs1"; queued_backends "$WORK/ob" >"$WORK/oqp1"
     latency_buckets "$WORK/h1" "$WORK/k1"; r1=$(rows); sleep 1; c1=$(commits)
     percentiles "$log" "$what"
     bursts "$log"
     within "$WORK/h0" "$WORK/h1" "the server's own IssueLink (request to commit)"
     within "$WORK/k0" "$WORK/k1" "its group commits (links_record's statement)"
-    echo "  ~$(( c1 > c0 ? (r1 - r0) / (c1 - c0) : 0 )) links a commit over the open loop"
+    echo "  ~$(( c1 > c0 ? (r1 - r0) / (c1 - c0) : 0 )) links a commit over the open loop;" \
+        "waiting for a CPU a link: server $(queued_us "$WORK/oqs0" "$WORK/oqs1" "$((r1 - r0))") us," \
+        "Postgres $(queued_us "$WORK/oqp0" "$WORK/oqp1" "$((r1 - r0))") us"
 }
 paced() {
     h2load -c 16 -m 8 --rps "$per_conn" -D 20 "${H[@]}" -d "$WORK/issue.bin" \
@@ -215,17 +221,22 @@ paced() {
 # docs/BENCHMARKS.md), and a burst's latency is its last commit's. The same
 # rate spread: 16 h2load processes of one connection each, started evenly
 # across one interval, arrive as 16 independent callers would.
+# spread BODY URL LOG: BODY's request to URL, h2load's log into LOG.
 spread() {
-    local pids=() i
+    local body="$1" url="$2" log="$3" pids=() i
+    rm -f "$WORK"/spread[0-9]*.tsv
     for i in $(seq 0 15); do
         (sleep "$(awk -v i="$i" -v r="$per_conn" 'BEGIN { printf "%.6f", i / 16 / r }')"
-         h2load -c 1 -m 8 --rps "$per_conn" -D 20 "${H[@]}" -d "$WORK/issue.bin" \
-             --log-file="$WORK/spread$i.tsv" "$ISSUE" >/dev/null) &
+         h2load -c 1 -m 8 --rps "$per_conn" -D 20 "${H[@]}" -d "$WORK/$body" \
+             --log-file="$WORK/spread$i.tsv" "$url" >/dev/null) &
         pids+=($!)
     done
     wait "${pids[@]}"
-    cat "$WORK"/spread[0-9]*.tsv >"$WORK/spread.tsv"
+    cat "$WORK"/spread[0-9]*.tsv >"$log"
 }
 open_loop "open loop at $((per_conn * 16))/s (half the best), paced by h2load" "$WORK/lat.tsv" paced
-open_loop "open loop at $((per_conn * 16))/s, spread over 16 staggered h2load processes" "$WORK/spread.tsv" spread
+open_loop "open loop at $((per_conn * 16))/s, spread over 16 staggered h2load processes" "$WORK/spread.tsv" \
+    spread issue.bin "$ISSUE" "$WORK/spread.tsv"
+spread health.bin "$NOOP" "$WORK/noop.tsv"
+percentiles "$WORK/noop.tsv" "the no-op at the same rate, spread"
 echo "server resident memory: $(awk '/^VmRSS/ { print $2 / 1024 " MB" }' "/proc/$SERVER/status") after $(rows) links"
