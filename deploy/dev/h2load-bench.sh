@@ -16,8 +16,8 @@
 # share within 2/3/5/10 ms by the server's own histogram, and the time a
 # link's server threads and backends waited for a CPU), twice: as h2load
 # paces it (bursts) and from 16 staggered processes (spread); the no-op
-# spread at the same rate, for scale (a p99 no RPC of this machine beats);
-# and the server's resident memory. The scratch database is dropped on exit.
+# spread at the same rate, for scale (the latency of an RPC that does
+# nothing, on the same cores); and the server's resident memory. The scratch database is dropped on exit.
 # Usage: deploy/dev/h2load-bench.sh   (env: N=IssueLinks per round [150000],
 #   ROUNDS [2], PRESIGND_RECORD_WORKERS, BIN=a presignd binary [release build],
 #   PIN=1 the server on one CPU and PostgreSQL's backends on the other,
