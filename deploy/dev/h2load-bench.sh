@@ -17,7 +17,8 @@
 # link's server threads and backends waited for a CPU), twice: as h2load
 # paces it (bursts) and from 16 staggered processes (spread); the no-op
 # spread at the same rate, for scale (the latency of an RPC that does
-# nothing, on the same cores); and the server's resident memory. The scratch database is dropped on exit.
+# nothing, on the same cores); and the server's resident memory. The
+# scratch database is dropped on exit.
 # Usage: deploy/dev/h2load-bench.sh   (env: N=IssueLinks per round [150000],
 #   ROUNDS [2], PRESIGND_RECORD_WORKERS, BIN=a presignd binary [release build],
 #   PIN=1 the server on one CPU and PostgreSQL's backends on the other,
@@ -133,6 +134,13 @@ backend_ticks() { awk 'NR == FNR { a[$1] = $2; next } { d += $2 - a[$1] } END { 
 queued_server() { for t in /proc/"$SERVER"/task/*; do echo "${t##*/} $(cut -d' ' -f2 "$t/schedstat" 2>/dev/null || echo 0)"; done; }
 queued_backends() { for p in $(cut -d' ' -f1 "$1"); do echo "$p $(cut -d' ' -f2 "/proc/$p/schedstat" 2>/dev/null || echo 0)"; done; }
 queued_us() { awk -v n="$3" 'NR == FNR { a[$1] = $2; next } { d += $2 - a[$1] } END { printf "%.1f", d / 1000 / n }' "$1" "$2"; }
+# queued NAME BACKENDS: a snapshot of both, named NAME; queued_report A B N:
+# what was waited between snapshots A and B, per link of N.
+queued() { queued_server >"$WORK/$1.qs"; queued_backends "$2" >"$WORK/$1.qp"; }
+queued_report() {
+    echo "waiting for a CPU a link: server $(queued_us "$WORK/$1.qs" "$WORK/$2.qs" "$3") us," \
+        "Postgres $(queued_us "$WORK/$1.qp" "$WORK/$2.qp" "$3") us"
+}
 rate() { sed -n 's/^finished in .*, \([0-9.]*\) req\/s.*/\1/p'; }
 ok() { sed -n 's/^requests: .* \([0-9]*\) succeeded.*/\1/p'; }
 per_link() { awk -v t="$1" -v n="$2" 'BEGIN { printf "%.1f", t * 1e6 / 100 / n }'; }
@@ -144,11 +152,11 @@ for round in $(seq "$ROUNDS"); do
     noop=$(h2load -n $((N * 4)) -c 16 -m 4 "${H[@]}" -d "$WORK/health.bin" "$NOOP" | rate)
     noop_cpu=$(per_link $(($(ticks "$SERVER") - n0)) $((N * 4)))
     before=$(rows); backends >"$WORK/b0"; s0=$(ticks "$SERVER")
-    queued_server >"$WORK/qs0"; queued_backends "$WORK/b0" >"$WORK/qp0"
+    queued c0 "$WORK/b0"
     c0=$(commits); w0=$(wal); syncs >"$WORK/y0"
     out=$(h2load -n "$N" -c 16 -m 4 "${H[@]}" -d "$WORK/issue.bin" "$ISSUE")
     s1=$(ticks "$SERVER"); backends >"$WORK/b1"; w1=$(wal); after=$(rows)
-    queued_server >"$WORK/qs1"; queued_backends "$WORK/b1" >"$WORK/qp1"
+    queued c1 "$WORK/b1"
     sleep 1; c1=$(commits); syncs >"$WORK/y1" # the statistics reach pg_stat_* within ~0.5 s
     committed=$((after - before)); answered=$(echo "$out" | ok); r=$(echo "$out" | rate)
     if [ "$committed" != "$answered" ]; then
@@ -162,8 +170,7 @@ for round in $(seq "$ROUNDS"); do
         "Postgres $(per_link "$(backend_ticks "$WORK/b0" "$WORK/b1")" "$committed") us;" \
         "~$(( c1 > c0 ? committed / (c1 - c0) : 0 )) links a commit;" \
         "WAL $(psql "$ADMIN" -Atc "SELECT round(pg_wal_lsn_diff('$w1', '$w0') / $committed)") B a link;" \
-        "waiting for a CPU a link: server $(queued_us "$WORK/qs0" "$WORK/qs1" "$committed") us," \
-        "Postgres $(queued_us "$WORK/qp0" "$WORK/qp1" "$committed") us;" \
+        "$(queued_report c0 c1 "$committed");" \
         "$(sync_report "$WORK/y0" "$WORK/y1");" \
         "load $(cut -d' ' -f1 /proc/loadavg)"
 done
@@ -200,17 +207,16 @@ open_loop() {
     local what="$1" log="$2"
     shift 2
     latency_buckets "$WORK/h0" "$WORK/k0"; c0=$(commits); r0=$(rows)
-    backends >"$WORK/ob"; queued_server >"$WORK/oqs0"; queued_backends "$WORK/ob" >"$WORK/oqp0"
+    backends >"$WORK/ob"; queued o0 "$WORK/ob"
     "$@"
-    queued_server >"$WORK/oqs1"; queued_backends "$WORK/ob" >"$WORK/oqp1"
+    queued o1 "$WORK/ob"
     latency_buckets "$WORK/h1" "$WORK/k1"; r1=$(rows); sleep 1; c1=$(commits)
     percentiles "$log" "$what"
     bursts "$log"
     within "$WORK/h0" "$WORK/h1" "the server's own IssueLink (request to commit)"
     within "$WORK/k0" "$WORK/k1" "its group commits (links_record's statement)"
     echo "  ~$(( c1 > c0 ? (r1 - r0) / (c1 - c0) : 0 )) links a commit over the open loop;" \
-        "waiting for a CPU a link: server $(queued_us "$WORK/oqs0" "$WORK/oqs1" "$((r1 - r0))") us," \
-        "Postgres $(queued_us "$WORK/oqp0" "$WORK/oqp1" "$((r1 - r0))") us"
+        "$(queued_report o0 o1 "$((r1 - r0))")"
 }
 paced() {
     h2load -c 16 -m 8 --rps "$per_conn" -D 20 "${H[@]}" -d "$WORK/issue.bin" \
