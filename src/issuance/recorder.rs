@@ -114,7 +114,7 @@ async fn work(
     let mut held: Option<PoolConnection<Postgres>> = None;
     loop {
         let mut batch = Vec::with_capacity(max_batch);
-        {
+        let in_flight = {
             let mut rx = rx.lock().await;
             let taken =
                 match tokio::time::timeout(HOLD_IDLE, rx.recv_many(&mut batch, max_batch)).await {
@@ -130,8 +130,10 @@ async fn work(
             // No pass of the scheduler before the batch goes: it made batches
             // ~10% fuller but put the commit behind every task the last
             // answers woke (docs/BENCHMARKS.md, 2026-12-03).
-        }
-        let in_flight = gate.enter();
+            // In flight before the queue is let go: the next worker to take
+            // it finds this commit under way and fills behind it.
+            gate.enter()
+        };
         let started = std::time::Instant::now();
         let mut outcome = commit(&pool, &mut held, &batch, timeout).await;
         if let Err(e) = &outcome
