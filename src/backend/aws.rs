@@ -6,7 +6,7 @@
 use super::{BackendError, BackendKey, KeyBackend, NewKey};
 use crate::secret::SecretString;
 use aws_sdk_iam::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_iam::types::StatusType;
+use aws_sdk_iam::types::{AccessKeyMetadata, StatusType};
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
 use chrono::{DateTime, Utc};
 use std::time::Duration;
@@ -94,6 +94,19 @@ impl AwsBackend {
     fn user(&self, signer: &str) -> String {
         format!("{}{signer}", self.user_prefix)
     }
+
+    /// The signer's user's access keys, as IAM lists them: at most two (IAM's
+    /// limit), so one page.
+    async fn access_keys(&self, signer: &str) -> Result<Vec<AccessKeyMetadata>, BackendError> {
+        Ok(self
+            .iam
+            .list_access_keys()
+            .user_name(self.user(signer))
+            .send()
+            .await
+            .map_err(|e| classify("ListAccessKeys", e))?
+            .access_key_metadata)
+    }
 }
 
 #[async_trait::async_trait]
@@ -154,15 +167,9 @@ impl KeyBackend for AwsBackend {
     ) -> Result<Vec<String>, BackendError> {
         // A minute of leeway for the clocks of Postgres (the intent's time) and IAM.
         let since = (since - chrono::Duration::minutes(1)).timestamp();
-        let out = self
-            .iam
-            .list_access_keys()
-            .user_name(self.user(signer))
-            .send()
-            .await
-            .map_err(|e| classify("ListAccessKeys", e))?;
-        Ok(out
-            .access_key_metadata
+        Ok(self
+            .access_keys(signer)
+            .await?
             .into_iter()
             .filter(|k| k.create_date.is_none_or(|d| d.secs() >= since))
             .filter_map(|k| k.access_key_id)
@@ -170,15 +177,9 @@ impl KeyBackend for AwsBackend {
     }
 
     async fn list_keys(&self, signer: &str) -> Result<Vec<BackendKey>, BackendError> {
-        let out = self
-            .iam
-            .list_access_keys()
-            .user_name(self.user(signer))
-            .send()
-            .await
-            .map_err(|e| classify("ListAccessKeys", e))?;
-        Ok(out
-            .access_key_metadata
+        Ok(self
+            .access_keys(signer)
+            .await?
             .into_iter()
             .filter_map(|k| {
                 Some(BackendKey {
