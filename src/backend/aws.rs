@@ -5,6 +5,7 @@
 
 use super::{BackendError, BackendKey, KeyBackend, NewKey};
 use crate::secret::SecretString;
+use aws_sdk_iam::config::retry::RetryConfig;
 use aws_sdk_iam::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_iam::types::{AccessKeyMetadata, StatusType};
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
@@ -116,10 +117,19 @@ impl KeyBackend for AwsBackend {
     }
 
     async fn create_key(&self, signer: &str, _name: &str) -> Result<NewKey, BackendError> {
+        // Sent once: an attempt whose answer is lost (a timeout, a reset) may
+        // have created a key, and the SDK's retry would create another and
+        // return only that one; recorded, it resolves the intent, and the
+        // first stays live, unknown to the registry (invariant 6). Failed,
+        // the call leaves its intent, and reconciliation deletes whatever
+        // IAM created under it.
+        let once = aws_sdk_iam::config::Builder::default().retry_config(RetryConfig::disabled());
         let out = self
             .iam
             .create_access_key()
             .user_name(self.user(signer))
+            .customize()
+            .config_override(once)
             .send()
             .await
             .map_err(|e| classify("CreateAccessKey", e))?;

@@ -242,3 +242,67 @@ async fn an_iam_that_never_answers_is_unavailable_not_a_hang() {
     );
     holder.abort();
 }
+
+/// CreateAccessKey is sent once, never retried by the SDK: IAM may have
+/// created the key of an attempt whose answer was lost (here, never sent),
+/// and a retry would create a second key and return only that one, leaving
+/// the first live and unknown to the registry once the intent is resolved
+/// (invariant 6). The failed call leaves its intent for reconciliation,
+/// which finds and deletes what IAM created. Idempotent calls (here
+/// UpdateAccessKey) keep the SDK's retries.
+#[tokio::test]
+async fn an_unanswered_create_access_key_is_sent_once_not_retried() {
+    use presignd::backend::KeyBackend;
+    use presignd::backend::aws::{AwsBackend, AwsSettings};
+    use tokio::io::AsyncReadExt;
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", silent.local_addr().unwrap());
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+    let sink = received.clone();
+    let holder = tokio::spawn(async move {
+        while let Ok((mut conn, _)) = silent.accept().await {
+            let sink = sink.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = conn.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    sink.lock().unwrap().extend_from_slice(&buf[..n]);
+                }
+            });
+        }
+    });
+    let backend = AwsBackend::new(AwsSettings {
+        region: "us-east-1".into(),
+        iam_endpoint: Some(endpoint),
+        user_prefix: "presignd-".into(),
+        attempt_timeout: std::time::Duration::from_millis(300),
+    })
+    .await;
+    let count = |action: &str| {
+        let bytes = received.lock().unwrap();
+        let needle = format!("Action={action}");
+        String::from_utf8_lossy(&bytes).matches(&needle).count()
+    };
+    let e = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        backend.create_key("silent", "presignd-silent-1"),
+    )
+    .await
+    .expect("the call ends although IAM never answers")
+    .expect_err("no answer is no success");
+    assert!(e.is_transient(), "{e}");
+    assert_eq!(count("CreateAccessKey"), 1, "one CreateAccessKey, no retry");
+
+    backend
+        .deactivate_key("silent", "AKIASILENT")
+        .await
+        .expect_err("no answer is no success");
+    assert!(
+        count("UpdateAccessKey") > 1,
+        "UpdateAccessKey (idempotent) keeps the SDK's retries: {}",
+        count("UpdateAccessKey")
+    );
+    holder.abort();
+}
