@@ -52,6 +52,10 @@ pub enum KeyError {
     /// open, or the S3 endpoint never accepted it.
     #[error("{0}")]
     Unusable(String),
+    /// The S3 endpoint could not be reached, or was busy, while the key was
+    /// being proven: proving it again later may pass.
+    #[error("{0}")]
+    StoreUnavailable(String),
 }
 
 /// How a new key is proven usable before it signs anything.
@@ -255,9 +259,15 @@ impl KeyManager {
             .open_secret(&row)
             .map_err(|e| KeyError::Unusable(format!("{e:#}")))?;
         let key = SigningKey::new(&self.target, key_id, &secret, &row.signer);
-        self.prove_usable(&key)
-            .await
-            .map_err(|e| KeyError::Unusable(e.to_string()))?;
+        self.prove_usable(&key).await.map_err(|e| {
+            if e.store_unavailable {
+                KeyError::StoreUnavailable(format!(
+                    "{e} (the endpoint unreachable or busy: the key is proven again later)"
+                ))
+            } else {
+                KeyError::Unusable(e.to_string())
+            }
+        })?;
         self.failpoints.check(Failpoint::AfterProbe);
         // Its buckets, before it signs: a bucket it may not use is refused by
         // IssueLink once it is active, and does not hold the rotation.
@@ -277,6 +287,7 @@ impl KeyManager {
                             key_id: key.key_id.clone(),
                             attempts: 0,
                             last: format!("the region of bucket {bucket}: {e}"),
+                            store_unavailable: false,
                         });
                     }
                 };

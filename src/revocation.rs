@@ -159,6 +159,9 @@ pub enum RevocationError {
     ShuttingDown(i64),
     #[error(transparent)]
     Backend(#[from] BackendError),
+    /// The S3 endpoint unreachable or busy while a new key was proven.
+    #[error("{0}")]
+    StoreUnavailable(String),
     #[error(transparent)]
     Registry(#[from] registry::Error),
     #[error("{0:#}")]
@@ -180,6 +183,7 @@ impl From<KeyError> for RevocationError {
             KeyError::Backend(e) => Self::Backend(e),
             KeyError::Registry(e) => Self::Registry(e),
             KeyError::Unusable(m) => Self::Other(anyhow::anyhow!(m)),
+            KeyError::StoreUnavailable(m) => Self::StoreUnavailable(m),
         }
     }
 }

@@ -253,6 +253,12 @@ impl From<RevocationError> for ApiError {
                         tracing::warn!(error = %m, "key backend unavailable");
                         Self::unavailable("key backend unavailable; retry shortly")
                     }
+                    StoreUnavailable(ref m) => {
+                        tracing::warn!(error = %m, "S3 endpoint unavailable");
+                        Self::unavailable(
+                            "the S3 endpoint is unreachable or busy; the revocation resumes by itself",
+                        )
+                    }
                     Registry(cause) => cause.into(),
                     ref other => {
                         tracing::error!(error = format!("{other:#}"), "revocation error");

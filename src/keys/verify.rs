@@ -15,6 +15,10 @@ pub struct NotUsable {
     pub key_id: String,
     pub attempts: u32,
     pub last: String,
+    /// The last attempt never had the key judged: the endpoint could not be
+    /// reached, or answered busy (429, 5xx). The key may be fine: proving
+    /// it again later may pass.
+    pub store_unavailable: bool,
 }
 
 /// What one probe answer says about the key.
@@ -118,10 +122,12 @@ pub async fn verify_usable(
 ) -> Result<(), NotUsable> {
     let attempts = attempts.max(1);
     let mut last = String::new();
-    let not_usable = |attempts, last| NotUsable {
+    let mut store_unavailable = false;
+    let not_usable = |attempts, last, store_unavailable| NotUsable {
         key_id: key.key_id.clone(),
         attempts,
         last,
+        store_unavailable,
     };
     for attempt in 1..=attempts {
         match key.presign_probe(bucket, region) {
@@ -134,18 +140,20 @@ pub async fn verify_usable(
                             "new key accepted; it may not read this bucket yet (AccessDenied for a missing object)");
                         return Ok(());
                     }
-                    ProbeAnswer::Refused(why) => return Err(not_usable(attempt, why)),
-                    ProbeAnswer::NotYet(why) => last = why,
+                    ProbeAnswer::Refused(why) => return Err(not_usable(attempt, why, false)),
+                    ProbeAnswer::NotYet(why) => {
+                        (last, store_unavailable) = (why, status == 429 || status >= 500);
+                    }
                 },
-                Err(e) => last = e,
+                Err(e) => (last, store_unavailable) = (e, true),
             },
-            Err(e) => last = e.to_string(),
+            Err(e) => (last, store_unavailable) = (e.to_string(), false),
         }
         if attempt < attempts {
             tokio::time::sleep(backoff(attempt)).await;
         }
     }
-    Err(not_usable(attempts, last))
+    Err(not_usable(attempts, last, store_unavailable))
 }
 
 #[cfg(test)]

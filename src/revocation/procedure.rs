@@ -88,6 +88,10 @@ impl From<KeyError> for StepError {
             KeyError::Backend(e) => e.into(),
             KeyError::Registry(e) => e.into(),
             KeyError::Unusable(m) => Self::Fatal(m),
+            // An outage of the store, not a verdict on the key: the step
+            // waits for it (an EMERGENCY's old key is dead already; failing
+            // would delete the replacement too and leave the signer none).
+            KeyError::StoreUnavailable(m) => Self::Retry(RevocationError::StoreUnavailable(m)),
         }
     }
 }

@@ -2,7 +2,8 @@
 //! by RevokeKey; RevokeKey on the active key counts exactly under concurrent
 //! issuance; a revocation outlives its caller; EMERGENCY hands out no dead
 //! link; the sweep goes on past a failure; an outage of Garage's admin API
-//! harms only the signer being revoked; presignctl's exit codes.
+//! harms only the signer being revoked, and one of the S3 endpoint holds an
+//! EMERGENCY's replacement until the store is back; presignctl's exit codes.
 
 use crate::helpers::Proxy;
 use crate::helpers::*;
@@ -404,6 +405,90 @@ async fn the_sweep_goes_on_past_a_key_it_cannot_deactivate_and_retries_it(pool: 
     assert!(again.deactivated.is_empty());
     assert_eq!(again.failed.len(), 1, "the failed key is tried again");
     assert_eq!(again.failed[0].0, first);
+}
+
+fn s3_target() -> SocketAddr {
+    let url = env("GARAGE_S3_URL");
+    let host_port = url.trim_start_matches("http://").trim_end_matches('/');
+    host_port.parse().expect("GARAGE_S3_URL is http://IP:PORT")
+}
+
+/// The S3 endpoint goes away during an EMERGENCY, once the old key is dead
+/// and its replacement created: proving the replacement waits for the store
+/// (the revocation RUNNING at verify_key, the replacement kept, pending),
+/// where it used to fail the revocation, deleting the replacement and
+/// leaving the signer no key at all. Once the store is back the maintenance
+/// loop finishes it, and the new key signs a link Garage serves.
+#[sqlx::test]
+async fn an_s3_outage_while_proving_an_emergency_replacement_waits_for_the_store(pool: PgPool) {
+    let proxy = Proxy::start(s3_target()).await;
+    let s3_url = format!("--s3-endpoint=http://{}", proxy.addr);
+    let extra = [
+        s3_url.as_str(),
+        "--key-verify-attempts=2",
+        "--maintenance-interval-secs=1",
+    ];
+    let mut app = spawn_app_with(test_config(&extra), (*pool.connect_options()).clone()).await;
+    app.wait_for(ServingStatus::Serving).await;
+    let old = app.km.active_key("default").unwrap().key_id.clone();
+
+    let addr = proxy.stop().await;
+    let report = app
+        .keys
+        .rotate_key(rotate_req(RotationMode::Emergency))
+        .await
+        .expect("a step to retry is no error of the call")
+        .into_inner();
+    assert_eq!(report.state, RevocationState::Running as i32, "{report:?}");
+    assert!(
+        report.error.contains("verify_key") && report.error.contains("unreachable or busy"),
+        "{}",
+        report.error
+    );
+    assert!(
+        garage_key_expired(&old).await,
+        "EMERGENCY killed the old key first"
+    );
+    let new: String = sqlx::query_scalar("SELECT new_key_id FROM revocations WHERE id = $1::uuid")
+        .bind(&report.id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let state: String = sqlx::query_scalar("SELECT state FROM signing_keys WHERE key_id = $1")
+        .bind(&new)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(state, "pending", "the replacement is kept, not deleted");
+    assert!(
+        !garage_key_expired(&new).await,
+        "the replacement stays live at Garage"
+    );
+
+    // The store is back: the maintenance loop proves the key and finishes.
+    let _proxy = Proxy::serve(TcpListener::bind(addr).await.unwrap(), s3_target());
+    let mut done = None;
+    for _ in 0..150 {
+        let r = app
+            .keys
+            .get_revocation(GetRevocationRequest {
+                id: report.id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if r.state != RevocationState::Running as i32 {
+            done = Some(r);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let done = done.expect("the revocation finishes once the store is back");
+    assert_eq!(done.state, RevocationState::Succeeded as i32, "{done:?}");
+    assert_eq!(app.km.active_key("default").unwrap().key_id, new);
+    let bucket = app.bucket.clone();
+    let (_, link) = put_sample(&mut app, &bucket).await;
+    assert_eq!(link.link.unwrap().key_id, new);
 }
 
 fn admin_target() -> SocketAddr {
