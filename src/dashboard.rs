@@ -107,8 +107,8 @@ pub struct Dashboard {
     /// replica (`--read-database-url`), else `pool` itself. A replica shows
     /// what it has replayed: a link just issued may be NOT_FOUND there for
     /// the replication lag. LookupLink (the incident path, next to a
-    /// revocation), KeyService's listings and everything that decides read
-    /// the primary.
+    /// revocation), VerifyLink (by id as by URL), KeyService's listings and
+    /// everything that decides read the primary.
     pub replica: PgPool,
     pub tokens: PageTokens,
     pub reads: ReadLimits,
@@ -121,8 +121,19 @@ impl Dashboard {
         Ok(self.reads.check(&caller.name)?)
     }
 
+    /// GetLink: on the replica.
     pub async fn get(&self, caller: &Caller, id: Uuid) -> Result<LinkRow, DashboardError> {
-        links::get(&self.replica, id)
+        self.get_from(&self.replica, caller, id).await
+    }
+
+    /// The link `id` as `pool` has it, if `caller` may see it.
+    async fn get_from(
+        &self,
+        pool: &PgPool,
+        caller: &Caller,
+        id: Uuid,
+    ) -> Result<LinkRow, DashboardError> {
+        links::get(pool, id)
             .await?
             .filter(|link| may_read(caller, link))
             .ok_or_else(|| DashboardError::NotFound(format!("no link {id}")))

@@ -104,7 +104,9 @@ impl Dashboard {
         subject: Subject<'_>,
     ) -> Result<Verification, DashboardError> {
         let (link, url, recorded_signature) = match subject {
-            Subject::Id(id) => (self.get(caller, id).await?, None, true),
+            // The primary, as for a URL: a verdict on a link just issued
+            // must not be NOT_FOUND for the replica's lag.
+            Subject::Id(id) => (self.get_from(&self.pool, caller, id).await?, None, true),
             Subject::Url(raw, url) => {
                 let (link, recorded) = self.link_of_url(caller, raw, &url).await?;
                 (link, Some(raw), recorded)

@@ -1,6 +1,6 @@
 //! Dashboards from a replica (`--read-database-url`): GetLink, ListLinks and
-//! SummarizeLinks read there; IssueLink, LookupLink, PlanRevocation and
-//! KeyService's listings stay on the primary. Shown first with a "replica"
+//! SummarizeLinks read there; IssueLink, LookupLink, VerifyLink,
+//! PlanRevocation and KeyService's listings stay on the primary. Shown first with a "replica"
 //! nobody answers at (the three fail UNAVAILABLE, the rest work), then, when
 //! `deploy/dev/stack.sh replica` runs one, through a real streaming replica.
 
@@ -60,6 +60,15 @@ async fn the_three_dashboard_reads_go_to_the_replica_and_the_rest_to_the_primary
         .expect("LookupLink reads the primary")
         .into_inner();
     assert_eq!(found.link.unwrap().id, id);
+    for link in [
+        proto::verify_link_request::Link::LinkId(id.clone()),
+        proto::verify_link_request::Link::Url(issued.url.clone()),
+    ] {
+        app.links
+            .verify_link(proto::VerifyLinkRequest { link: Some(link) })
+            .await
+            .expect("VerifyLink reads the primary, by id as by URL");
+    }
     let plan = app
         .keys
         .plan_revocation(proto::PlanRevocationRequest {
