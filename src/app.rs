@@ -94,9 +94,10 @@ impl App {
         let signers = config.signer_names()?;
         let budgets = config.key_budgets()?;
         let backend = backend(&config).await?;
+        let read_pool_size = config.read_pool_size()?;
         let read_pool = registry::read_pool(
             db.clone(),
-            config.read_db_max_connections,
+            read_pool_size,
             config.db_acquire_timeout(),
             config.read_statement_timeout(),
         );
@@ -105,7 +106,7 @@ impl App {
         let replica = config.read_database()?.map(|replica| {
             registry::read_pool(
                 replica,
-                config.read_db_max_connections,
+                read_pool_size,
                 config.db_acquire_timeout(),
                 config.read_statement_timeout(),
             )
@@ -113,7 +114,7 @@ impl App {
         let retention = config.retention()?;
         let pool = registry::lazy_pool(
             db,
-            config.db_max_connections,
+            config.db_pool_size()?,
             config.db_min_connections()?,
             config.db_acquire_timeout(),
         );

@@ -474,6 +474,24 @@ impl Config {
         )
     }
 
+    /// `--db-max-connections`: IssueLink's pool; 0 is refused (a pool holds
+    /// at least one connection).
+    pub fn db_pool_size(&self) -> anyhow::Result<u32> {
+        at_least_one(
+            self.db_max_connections,
+            "--db-max-connections (PRESIGND_DB_MAX_CONNECTIONS)",
+        )
+    }
+
+    /// `--read-db-max-connections`: the read RPCs' pool (and the replica's);
+    /// 0 is refused.
+    pub fn read_pool_size(&self) -> anyhow::Result<u32> {
+        at_least_one(
+            self.read_db_max_connections,
+            "--read-db-max-connections (PRESIGND_READ_DB_MAX_CONNECTIONS)",
+        )
+    }
+
     /// `--db-min-connections`, `--db-max-connections` when unset; more than
     /// the pool may hold is refused.
     pub fn db_min_connections(&self) -> anyhow::Result<u32> {
@@ -619,6 +637,14 @@ impl Config {
 /// A secret given inline or as a file (a Kubernetes secret mount, systemd
 /// LoadCredential): never both. Surrounding whitespace (a trailing newline) is
 /// not part of the secret.
+/// A pool size of at least one, or an error naming `flag`.
+fn at_least_one(size: u32, flag: &str) -> anyhow::Result<u32> {
+    if size == 0 {
+        bail!("{flag} is 0: a pool needs at least one connection");
+    }
+    Ok(size)
+}
+
 fn secret_setting(
     inline: &Option<SecretString>,
     file: &Option<PathBuf>,
@@ -738,6 +764,25 @@ mod tests {
         assert!(
             e.contains("--db-min-connections") && e.contains("9") && e.contains("8"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn a_pool_of_no_connections_is_refused_naming_its_flag() {
+        for flag in ["--db-max-connections", "--read-db-max-connections"] {
+            let c = Config::from_matches(&matches(&["t", &format!("{flag}=0")])).unwrap();
+            let e = format!(
+                "{:#}",
+                c.db_pool_size()
+                    .and(c.read_pool_size())
+                    .expect_err("0 is refused")
+            );
+            assert!(e.contains(flag) && e.contains("is 0"), "{e}");
+        }
+        let c = Config::from_matches(&matches(&["t"])).unwrap();
+        assert_eq!(
+            (c.db_pool_size().unwrap(), c.read_pool_size().unwrap()),
+            (16, 4)
         );
     }
 
