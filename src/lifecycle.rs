@@ -144,6 +144,29 @@ pub async fn prepare(pool: &PgPool, now: DateTime<Utc>) -> Result<Report, Error>
     run(pool, now, None).await
 }
 
+/// The maintenance loop's `step`, by the registry's clock: a machine whose
+/// clock jumped ahead would otherwise drop partitions and audit months still
+/// within retention, irreversibly (the request ids' expiry already goes by
+/// the registry's). `host_now`, this machine's clock, only to warn when the
+/// two differ by more than `CLOCK_SKEW_WARNING`.
+pub async fn tick(
+    pool: &PgPool,
+    host_now: DateTime<Utc>,
+    retention: Retention,
+) -> Result<Report, Error> {
+    let now = partitions::clock(pool).await?;
+    let skew = (host_now - now).abs();
+    if skew > CLOCK_SKEW_WARNING {
+        tracing::warn!(host = %host_now, registry = %now, skew_secs = skew.num_seconds(),
+            "this machine's clock differs from the registry's: partitions are created and dropped by the registry's; fix this machine's time (links are signed by it)");
+    }
+    step(pool, now, retention).await
+}
+
+/// How far this machine's clock may drift from the registry's before `tick`
+/// says so.
+pub const CLOCK_SKEW_WARNING: chrono::TimeDelta = chrono::TimeDelta::minutes(1);
+
 /// `prepare`, then drops what `retention` no longer keeps (partitions only
 /// when `now` is in its drop hours): the link
 /// partitions whose every link expired more than `link_days` ago, the

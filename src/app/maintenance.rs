@@ -5,9 +5,10 @@
 //! last link expired (GRACEFUL rotations; one failure does not stop the
 //! others), folds the link roll-up, and runs the registry's lifecycle
 //! (partitions ahead, retention, request ids whose link expired:
-//! `lifecycle::step`), and aborts the multipart uploads left open past their
-//! expiry (`issuance::abort_expired`). Beside it, the blast-radius budgets' check
-//! (`keep_budgets`), woken by issuance too.
+//! `lifecycle::tick`, by the registry's clock), and aborts the multipart
+//! uploads left open past their expiry (`issuance::abort_expired`). Beside
+//! it, the blast-radius budgets' check (`keep_budgets`), woken by issuance
+//! too.
 
 use crate::domain::SignerName;
 use crate::health::Readiness;
@@ -53,7 +54,7 @@ pub(super) async fn run(u: Upkeep) {
         if let Err(e) = registry::link_summary::fold(&u.pool).await {
             tracing::warn!(error = %e, "folding the link roll-up");
         }
-        if let Err(e) = lifecycle::step(&u.pool, chrono::Utc::now(), u.retention).await {
+        if let Err(e) = lifecycle::tick(&u.pool, chrono::Utc::now(), u.retention).await {
             tracing::warn!(error = %e, "creating partitions ahead, dropping expired ones");
         }
         if let Err(e) = issuance::abort_expired(&u.pool, &u.keys, chrono::Utc::now()).await {

@@ -404,6 +404,15 @@ fn is_lock_timeout(e: &sqlx::Error) -> bool {
         .is_some_and(|c| c == "55P03")
 }
 
+/// The registry's clock: what retention and the partitions ahead are
+/// judged by, whatever the clock of the machine asking.
+pub async fn clock(db: impl sqlx::PgExecutor<'_>) -> Result<DateTime<Utc>, Error> {
+    sqlx::query_scalar("SELECT now()")
+        .fetch_one(db)
+        .await
+        .during("partitions::clock")
+}
+
 /// The session lock (class 0x7074, id 2) one maintenance run holds, so
 /// replicas do not create or drop the same partitions at once. False if
 /// another run holds it.

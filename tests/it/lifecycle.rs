@@ -270,6 +270,48 @@ async fn retention_drops_whole_partitions_and_everything_retained_stays_exact(po
     );
 }
 
+/// The maintenance loop's run (`lifecycle::tick`) judges retention by the
+/// registry's clock: a machine whose clock jumped 40 days ahead drops
+/// nothing still retained (a link that expired yesterday, a 30-day
+/// retention), where a run by that clock (`step`) drops its day at once.
+#[sqlx::test]
+async fn a_machine_clock_far_ahead_drops_nothing_the_registry_still_keeps(pool: PgPool) {
+    seed_fixture(&pool).await;
+    let yesterday = Utc::now() - Duration::days(1);
+    let id = insert_link(&pool, yesterday).await;
+    let holder = partition_of(&pool, id).await;
+    let ahead = Utc::now() + Duration::days(40);
+    let retention = Retention::new(30, 400).unwrap();
+
+    let report = lifecycle::tick(&pool, ahead, retention).await.unwrap();
+    assert!(
+        report
+            .dropped
+            .iter()
+            .all(|d| !d.partition.starts_with("links")),
+        "{report:?}"
+    );
+    assert!(
+        links::get(&pool, id).await.unwrap().is_some(),
+        "the link of yesterday is retained"
+    );
+    let months: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_inherits WHERE inhparent = 'audit_events'::regclass",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(months > 0);
+
+    // What the machine's clock alone would have done.
+    let report = lifecycle::step(&pool, ahead, retention).await.unwrap();
+    assert!(
+        report.dropped.iter().any(|d| d.partition == holder),
+        "{report:?}"
+    );
+    assert!(links::get(&pool, id).await.unwrap().is_none());
+}
+
 /// A link partition goes in two steps: emptied (with its roll-up cells and
 /// its audit row) and renamed, then dropped (`partitions::drop`,
 /// `partitions::drop_retired`). A run stopped between them leaves an empty
