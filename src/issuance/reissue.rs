@@ -121,10 +121,17 @@ impl Issuer {
         let next_page_token = tokens.next_page(&page, &mut rows, |r| Cursor::from(r));
 
         let (wanted, mut skipped) = self.judge(caller, &rev.quarantined_link_ids, rows);
-        let recorded = self.record_replacements(&wanted).await?;
+        let (recorded, ran_out) = self.record_replacements(&wanted).await?;
         let mut replacements = Vec::with_capacity(recorded.len());
         for w in &wanted {
             let Some(link) = recorded.get(&w.original.id) else {
+                if ran_out.contains(&w.original.id) {
+                    skipped.push(Skipped {
+                        link_id: w.original.id,
+                        reason: SkipReason::Expiring,
+                        message: "its lifetime ran out while it was being reissued".into(),
+                    });
+                }
                 continue;
             };
             match self.sign_recorded(link).await? {
@@ -244,21 +251,25 @@ impl Issuer {
 
     /// The replacements of `wanted`, by original id: those recorded before
     /// (an earlier call) and those recorded now, committed before any URL is
-    /// signed. A key rotated between the keyring's read and the insert
-    /// refuses the rows; the signer is reloaded and they are tried once more.
+    /// signed; and the originals whose last second passed since `judge` (no
+    /// replacement: it would expire as it is issued). A key rotated between
+    /// the keyring's read and the insert refuses the rows; the signer is
+    /// reloaded and they are tried once more.
     async fn record_replacements(
         &self,
         wanted: &[Wanted],
-    ) -> Result<HashMap<Uuid, LinkRow>, IssueError> {
+    ) -> Result<(HashMap<Uuid, LinkRow>, Vec<Uuid>), IssueError> {
         let originals: Vec<(Uuid, DateTime<Utc>)> = wanted
             .iter()
             .map(|w| (w.original.id, w.original.expires_at))
             .collect();
         let mut found = HashMap::new();
+        let mut ran_out = Vec::new();
         for attempt in 0..2 {
             let missing: Vec<&Wanted> = wanted
                 .iter()
                 .filter(|w| !found.contains_key(&w.original.id))
+                .filter(|w| !ran_out.contains(&w.original.id))
                 .collect();
             if missing.is_empty() {
                 break;
@@ -268,10 +279,16 @@ impl Issuer {
                     self.keys.reload_signer(&w.signer).await?;
                 }
             }
-            let rows = missing
-                .iter()
-                .map(|w| self.new_replacement(w))
-                .collect::<Result<Vec<_>, _>>()?;
+            let mut rows = Vec::with_capacity(missing.len());
+            for w in &missing {
+                match self.new_replacement(w)? {
+                    Some(row) => rows.push(row),
+                    None => ran_out.push(w.original.id),
+                }
+            }
+            if rows.is_empty() {
+                continue;
+            }
             let mut keys: Vec<&str> = rows.iter().map(|r| r.key_id.as_str()).collect();
             keys.sort_unstable();
             keys.dedup();
@@ -286,25 +303,34 @@ impl Issuer {
                 .filter_map(|r| r.replaces_link_id.map(|orig| (orig, r)))
                 .collect();
         }
-        match wanted.iter().find(|w| !found.contains_key(&w.original.id)) {
+        let unrecorded = wanted
+            .iter()
+            .filter(|w| !ran_out.contains(&w.original.id))
+            .find(|w| !found.contains_key(&w.original.id));
+        match unrecorded {
             Some(w) => Err(IssueError::NoActiveKey(w.signer.clone())),
-            None => Ok(found),
+            None => Ok((found, ran_out)),
         }
     }
 
     /// A replacement row for `w`, signed now by its signer's active key (the
     /// signature only gives the row its hash; the URL is signed again from
-    /// the committed row).
-    fn new_replacement(&self, w: &Wanted) -> Result<NewLink, IssueError> {
+    /// the committed row). None if its original has no second left now (the
+    /// clock passed a second since `judge`, or the signer's reload took
+    /// seconds): a row expiring as it is issued would break `links_check`
+    /// and fail the whole page.
+    fn new_replacement(&self, w: &Wanted) -> Result<Option<NewLink>, IssueError> {
         let key = self
             .keys
             .active_key(&w.signer)
             .ok_or_else(|| IssueError::NoActiveKey(w.signer.clone()))?;
         let issued = now_in_seconds();
         let issued_at: DateTime<Utc> = issued.into();
-        let left = (w.original.expires_at - issued_at).num_seconds();
+        let Ok(ttl) = ttl_left((w.original.expires_at - issued_at).num_seconds()) else {
+            return Ok(None);
+        };
         let spec = LinkSpec {
-            ttl: ttl_left(left).unwrap_or(w.spec.ttl),
+            ttl,
             ..w.spec.clone()
         };
         let region = self
@@ -312,7 +338,7 @@ impl Issuer {
             .bucket_ready(&w.signer, &key.key_id, spec.bucket.as_str())?;
         let presigned = key.presign_in(&spec, &region, issued)?;
         let o = &w.original;
-        Ok(NewLink {
+        Ok(Some(NewLink {
             id: Uuid::now_v7(),
             key_id: key.key_id.clone(),
             signer: w.signer.clone(),
@@ -329,7 +355,7 @@ impl Issuer {
             content_disposition: o.content_disposition.clone(),
             replaces_link_id: Some(o.id),
             request: None,
-        })
+        }))
     }
 
     /// The URL of a recorded replacement, signed from its row: its key, its
@@ -390,4 +416,19 @@ fn spec_of(row: &LinkRow, secs: i64) -> Result<LinkSpec, FieldError> {
             .map(ContentDisposition::parse)
             .transpose()?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A replacement is built only with a second of its original's life left
+    /// (`new_replacement`): none at 0 or past, where a row would expire as it
+    /// is issued and break `links_check`, failing the whole page.
+    #[test]
+    fn a_replacement_needs_a_second_of_its_original_left() {
+        assert!(ttl_left(0).is_err());
+        assert!(ttl_left(-1).is_err());
+        assert_eq!(ttl_left(1).unwrap().as_secs(), 1);
+    }
 }
