@@ -104,6 +104,11 @@ pub trait KeyBackend: Send + Sync + 'static {
     /// Removes the key for good. Idempotent.
     async fn delete_key(&self, signer: &str, access_key_id: &str) -> Result<(), BackendError>;
 
+    /// Whether the key still signs working URLs: false once deactivated or
+    /// gone. Asked where the registry cannot know (a revocation cancelled
+    /// while its deactivation may have reached the backend).
+    async fn key_live(&self, signer: &str, access_key_id: &str) -> Result<bool, BackendError>;
+
     /// The signer's keys, where the backend limits how many a signer may have
     /// (empty where there is no such limit).
     async fn list_keys(&self, _signer: &str) -> Result<Vec<BackendKey>, BackendError> {

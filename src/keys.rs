@@ -460,6 +460,13 @@ impl KeyManager {
         unreachable!("the loop returns")
     }
 
+    /// Whether the backend still accepts `key_id` (false once deactivated or
+    /// gone): the registry cannot know it for a key whose deactivation may
+    /// have reached the backend without being recorded.
+    pub async fn live_at_backend(&self, signer: &str, key_id: &str) -> Result<bool, BackendError> {
+        self.backend.key_live(signer, key_id).await
+    }
+
     /// Deletes a replacement key that never signed (still `pending`) at the
     /// backend and marks it deleted. A backend that refuses is logged: the key
     /// then stays pending, and signs nothing.

@@ -142,6 +142,10 @@ pub enum RevocationError {
     KeyNotLive { key_id: String, state: KeyState },
     #[error("revocation {id} is {state}, not running: nothing to cancel")]
     NotRunning { id: Uuid, state: RevocationState },
+    #[error(
+        "revocation {id} has deactivated key {key_id} at the backend already (its links are dead); only recording it is left, which the revocation does when it resumes (the maintenance loop retries it): nothing to cancel"
+    )]
+    DeactivatedAlready { id: Uuid, key_id: String },
     #[error("revocation {0} not found")]
     NotFound(Uuid),
     #[error("revocation {id} failed: {message} (see GetRevocation {id} for the steps)")]

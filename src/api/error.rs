@@ -226,6 +226,9 @@ impl From<RevocationError> for ApiError {
             NotRunning { id, state } => refused("REVOCATION_NOT_RUNNING")
                 .with("revocation_id", id)
                 .with("state", state.as_str()),
+            DeactivatedAlready { id, key_id } => refused("KEY_DEACTIVATED")
+                .with("revocation_id", id)
+                .with("key_id", key_id),
             Failed { id, .. } => refused("REVOCATION_FAILED").with("revocation_id", id),
             CursorPruned { after, pruned } => refused("EVENTS_PRUNED")
                 .with("field", "after_sequence")

@@ -186,6 +186,13 @@ impl KeyBackend for AwsBackend {
             .collect())
     }
 
+    async fn key_live(&self, signer: &str, access_key_id: &str) -> Result<bool, BackendError> {
+        Ok(self.access_keys(signer).await?.iter().any(|k| {
+            k.access_key_id.as_deref() == Some(access_key_id)
+                && k.status == Some(StatusType::Active)
+        }))
+    }
+
     async fn list_keys(&self, signer: &str) -> Result<Vec<BackendKey>, BackendError> {
         Ok(self
             .access_keys(signer)

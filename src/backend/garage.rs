@@ -24,6 +24,9 @@ struct KeyInfo {
     access_key_id: String,
     name: String,
     secret_access_key: Option<String>,
+    /// Past its expiration (how `deactivate_key` deactivates it).
+    #[serde(default)]
+    expired: bool,
 }
 
 /// One entry of ListKeys.
@@ -239,6 +242,29 @@ impl KeyBackend for GarageBackend {
         )
         .await
         .map(|_| ())
+    }
+
+    async fn key_live(&self, _signer: &str, access_key_id: &str) -> Result<bool, BackendError> {
+        let endpoint = "GetKeyInfo";
+        let resp = self
+            .send(
+                reqwest::Method::GET,
+                endpoint,
+                &[("id", access_key_id)],
+                None,
+            )
+            .await?;
+        match resp.status() {
+            reqwest::StatusCode::NOT_FOUND => Ok(false),
+            s if s.is_success() => {
+                let key: KeyInfo = resp
+                    .json()
+                    .await
+                    .map_err(|e| BackendError::Unavailable(format!("garage {endpoint}: {e}")))?;
+                Ok(!key.expired)
+            }
+            _ => Err(error(endpoint, resp).await),
+        }
     }
 
     async fn delete_key(&self, _signer: &str, access_key_id: &str) -> Result<(), BackendError> {

@@ -5,8 +5,9 @@
 //! nothing), and the answer lists the signer's keys live afterwards.
 
 use super::rotate::validate_reason;
-use super::{RevocationError, Revocations};
-use crate::domain::RevocationState;
+use super::{RevocationError, Revocations, Step};
+use crate::backend::BackendError;
+use crate::domain::{KeyState, RevocationState};
 use crate::registry::keys::KeySummaryRow;
 use crate::registry::revocations::{RevocationRow, StepRecord};
 use crate::registry::{self, keys, revocations, signers};
@@ -37,6 +38,23 @@ impl Revocations {
                 id,
                 state: row.state,
             });
+        }
+        if let Some(old) = deactivation_under_way(&mut tx, &row).await? {
+            // Its deactivation may have reached the backend (a crash, or an
+            // answer lost, after the backend applied it): cancelled, the key
+            // would stay retired in the registry, its dead links reported
+            // active (invariant 2). The backend tells.
+            match self.keys.live_at_backend(&row.signer, &old).await {
+                Ok(true) => {}
+                Ok(false) => return Err(RevocationError::DeactivatedAlready { id, key_id: old }),
+                Err(e) => {
+                    return Err(RevocationError::Backend(BackendError::Unavailable(
+                        format!(
+                            "whether key {old} was deactivated cannot be told before the backend answers: {e}"
+                        ),
+                    )));
+                }
+            }
         }
         if let Some(new) = &row.new_key_id {
             self.keys.discard_pending(&mut tx, &row.signer, new).await?;
@@ -69,4 +87,22 @@ impl Revocations {
             live_keys,
         })
     }
+}
+
+/// The old key of a revocation whose next step deactivates it and that has
+/// stopped signing already (`retired`): its backend call may have been made.
+async fn deactivation_under_way(
+    conn: &mut sqlx::PgConnection,
+    row: &RevocationRow,
+) -> Result<Option<String>, RevocationError> {
+    let Some(old) = row.old_key_id.as_deref() else {
+        return Ok(None);
+    };
+    if row.next_step != Step::DeactivateOld.as_str() {
+        return Ok(None);
+    }
+    let retired = keys::get(&mut *conn, old)
+        .await?
+        .is_some_and(|k| k.state == KeyState::Retired);
+    Ok(retired.then(|| old.to_owned()))
 }

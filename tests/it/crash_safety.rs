@@ -348,3 +348,95 @@ async fn a_key_whose_creation_never_commits_is_deleted_by_the_maintenance_step(p
     assert_garage_matches_registry(&pool, &watched, "after reconciliation").await;
     assert_eq!(garage_key_info_status(&created).await, 404);
 }
+
+async fn key_state(pool: &PgPool, key_id: &str) -> String {
+    sqlx::query_scalar("SELECT state FROM signing_keys WHERE key_id = $1")
+        .bind(key_id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// A REVOKE at its last step, deactivate_old_key, with the old key retired:
+/// whether the backend call was made the registry cannot know, so a cancel
+/// asks Garage. Before the call, the key is live there and the cancel goes
+/// through. After a crash between Garage's deactivation and its record, the
+/// key is dead there: the cancel is refused (cancelled, the key would stay
+/// retired and its dead links be reported active: invariant 2), and the
+/// restart records the deactivation.
+#[sqlx::test]
+async fn a_cancel_after_the_old_key_died_at_the_backend_is_refused_and_the_revocation_finishes(
+    pool: PgPool,
+) {
+    let watched = Watched::new(unique_signer("cancel"));
+    let signer = watched.signer.clone();
+    let app = restart(&pool, &signer).await;
+    let revoke = || RotateRequest {
+        signer: SignerName::parse(&signer).unwrap(),
+        mode: Mode::Revoke,
+        reason: "cancel at the last step".into(),
+        expected_key_id: None,
+        dry_run: false,
+        requested_by: CALLER.into(),
+        quarantine_link_ids: Vec::new(),
+    };
+    // create_key, verify_key, activate_key: then deactivate_old_key is next.
+    let to_last_step = |app: &TestApp, id| {
+        let revocations = app.revocations.clone();
+        async move {
+            for _ in 0..3 {
+                revocations.try_advance(id).await.unwrap();
+            }
+            let row = revocations.get(id).await.unwrap();
+            assert_eq!(row.next_step, Step::DeactivateOld.as_str());
+            row.old_key_id.unwrap()
+        }
+    };
+
+    let Rotation::Ran(row) = app.revocations.start(revoke()).await.unwrap() else {
+        panic!("not a dry run")
+    };
+    let old = to_last_step(&app, row.id).await;
+    assert_eq!(key_state(&pool, &old).await, "retired");
+    let cancelled = app
+        .revocations
+        .cancel(row.id, "the key is not leaked after all", CALLER)
+        .await
+        .expect("the old key is live at Garage: cancelled");
+    assert_eq!(cancelled.revocation.state, RevocationState::Cancelled);
+    assert!(garage_key_live(&old).await);
+    assert!(cancelled.live_keys.iter().any(|k| k.key_id == old));
+
+    let Rotation::Ran(row) = app.revocations.start(revoke()).await.unwrap() else {
+        panic!("not a dry run")
+    };
+    let old = to_last_step(&app, row.id).await;
+    let reached = app.km.failpoints().arm(Failpoint::AfterBackendDeactivate);
+    let revocations = app.revocations.clone();
+    let id = row.id;
+    let crashed = tokio::spawn(async move { revocations.try_advance(id).await })
+        .await
+        .expect_err("the step crashed");
+    assert!(crashed.is_panic());
+    reached.await.unwrap();
+    assert!(!garage_key_live(&old).await, "Garage deactivated it");
+    assert_eq!(key_state(&pool, &old).await, "retired", "not recorded");
+    let Err(refused) = app.revocations.cancel(row.id, "too late", CALLER).await else {
+        panic!("the key is dead at Garage: too late to cancel")
+    };
+    assert!(
+        matches!(&refused, revocation::RevocationError::DeactivatedAlready { key_id, .. } if *key_id == old),
+        "{refused}"
+    );
+    assert_eq!(
+        app.revocations.get(row.id).await.unwrap().state,
+        RevocationState::Running
+    );
+    drop(app); // the crash
+
+    let app = restart(&pool, &signer).await;
+    let report = app.revocations.get(row.id).await.unwrap();
+    assert_eq!(report.state, RevocationState::Succeeded, "{report:?}");
+    assert_eq!(key_state(&pool, &old).await, "inactive");
+    assert_garage_matches_registry(&pool, &watched, "after the restart").await;
+}
