@@ -178,11 +178,14 @@ impl From<IssueError> for ApiError {
 }
 
 /// A bucket the preflight did not prove: FAILED_PRECONDITION naming the
-/// bucket and why (UNAVAILABLE while it is still being checked).
+/// bucket and why (UNAVAILABLE while it is still being checked, or when its
+/// check met an outage).
 fn bucket_refused(b: BucketRefused) -> ApiError {
     let message = format!("{b}; no link was issued");
     match b {
-        BucketRefused::Pending { .. } => ApiError::unavailable(message),
+        BucketRefused::Pending { .. } | BucketRefused::Unreachable { .. } => {
+            ApiError::unavailable(message)
+        }
         BucketRefused::NotPrepared { signer, bucket } => ApiError::FailedPrecondition(
             Refusal::new("BUCKET_NOT_PREPARED", message)
                 .with("bucket", bucket)

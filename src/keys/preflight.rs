@@ -37,6 +37,10 @@ pub struct BucketStatus {
     pub region: Arc<str>,
     /// Err: why the key may not sign for the bucket.
     pub outcome: Result<(), String>,
+    /// The failure was an outage, not a verdict: the store unreachable or
+    /// busy (429, 5xx) through every probe, or the backend unreachable
+    /// when the bucket had to be granted. Checked again on the next tick.
+    pub transient: bool,
     pub checked_at: DateTime<Utc>,
 }
 
@@ -55,6 +59,15 @@ pub enum BucketRefused {
         signer: String,
         bucket: String,
         key_id: String,
+    },
+    #[error(
+        "bucket {bucket} could not be checked for key {key_id} of signer {signer}, the store or the key backend being unreachable or busy ({cause}); retry shortly"
+    )]
+    Unreachable {
+        signer: String,
+        bucket: String,
+        key_id: String,
+        cause: String,
     },
     #[error("bucket {bucket} cannot be used by key {key_id} of signer {signer}: {cause}")]
     Failed {
@@ -99,6 +112,12 @@ impl KeyManager {
         {
             return match &s.outcome {
                 Ok(()) => Ok(s.region.clone()),
+                Err(cause) if s.transient => Err(BucketRefused::Unreachable {
+                    signer: signer.to_owned(),
+                    bucket: bucket.to_owned(),
+                    key_id: key_id.to_owned(),
+                    cause: cause.clone(),
+                }),
                 Err(cause) => Err(BucketRefused::Failed {
                     signer: signer.to_owned(),
                     bucket: bucket.to_owned(),
@@ -244,8 +263,12 @@ impl KeyManager {
         let granted = self
             .backend
             .allow_bucket(&key.signer, &key.key_id, bucket)
-            .await
-            .map_err(|e| format!("granting the bucket: {e}"));
+            .await;
+        let grant_outage = granted.as_ref().is_err_and(|e| e.is_transient());
+        let granted = granted.map_err(|e| format!("granting the bucket: {e}"));
+        // Whether the probes' last failure was an outage (no answer, 429,
+        // 5xx) or the store's refusal for want of a grant that failed so.
+        let mut outage = false;
         let outcome = async {
             region = self
                 .regions
@@ -261,7 +284,7 @@ impl KeyManager {
                 let (status, body) = match send_probe(&self.probe.http, &url).await {
                     Ok(answer) => answer,
                     Err(e) => {
-                        last = e;
+                        (last, outage) = (e, true);
                         tokio::time::sleep(backoff(attempt)).await;
                         continue;
                     }
@@ -286,9 +309,14 @@ impl KeyManager {
                             "region mismatch: signed for {region}, the store answered {why}"
                         ));
                     }
-                    ProbeAnswer::NotGranted(why) => return Err(format!("access denied: {why}")),
+                    ProbeAnswer::NotGranted(why) => {
+                        outage = grant_outage;
+                        return Err(format!("access denied: {why}"));
+                    }
                     ProbeAnswer::Refused(why) => return Err(why),
-                    ProbeAnswer::NotYet(why) => last = why,
+                    ProbeAnswer::NotYet(why) => {
+                        (last, outage) = (why, status == 429 || status >= 500);
+                    }
                 }
                 if attempt < PAIR_ATTEMPTS {
                     tokio::time::sleep(backoff(attempt)).await;
@@ -309,6 +337,7 @@ impl KeyManager {
         BucketStatus {
             bucket: bucket.to_owned(),
             region,
+            transient: outcome.is_err() && outage,
             outcome,
             checked_at: Utc::now(),
         }

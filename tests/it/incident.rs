@@ -407,7 +407,7 @@ async fn the_sweep_goes_on_past_a_key_it_cannot_deactivate_and_retries_it(pool: 
     assert_eq!(again.failed[0].0, first);
 }
 
-fn s3_target() -> SocketAddr {
+pub(crate) fn s3_target() -> SocketAddr {
     let url = env("GARAGE_S3_URL");
     let host_port = url.trim_start_matches("http://").trim_end_matches('/');
     host_port.parse().expect("GARAGE_S3_URL is http://IP:PORT")

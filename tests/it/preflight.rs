@@ -2,7 +2,8 @@
 //! granted to the signer's key and serves its links without a restart; a
 //! bucket that cannot be granted is refused by IssueLink with
 //! FAILED_PRECONDITION naming it (no row recorded), and shows in health's
-//! degraded detail, /readyz, the metric and ListSigningKeys.
+//! degraded detail, /readyz, the metric and ListSigningKeys; one checked
+//! during a store outage is UNAVAILABLE until it is checked again.
 
 use crate::helpers::*;
 use presignd::proto::{self, Method};
@@ -242,4 +243,64 @@ async fn a_bucket_outside_the_prepared_ones_gets_no_link(pool: PgPool) {
     assert_eq!(info.reason, "BUCKET_NOT_PREPARED");
     assert_eq!(info.metadata["bucket"], "not-prepared");
     assert_eq!(link_rows(&pool, "not-prepared").await, 0);
+}
+
+/// A bucket checked while the S3 endpoint is down (here: added by a policy
+/// reload then) met an outage, not a verdict: IssueLink answers UNAVAILABLE
+/// (retry shortly), not FAILED_PRECONDITION (which callers do not retry);
+/// once the store is back the maintenance loop checks it again and its
+/// links are issued.
+#[sqlx::test]
+async fn a_bucket_checked_during_a_store_outage_is_unavailable_then_ready(pool: PgPool) {
+    let proxy = Proxy::start(crate::incident::s3_target()).await;
+    let s3_url = format!("--s3-endpoint=http://{}", proxy.addr);
+    let b0 = test_bucket();
+    let (config, path) = policy_config(
+        &policy(&[&b0]),
+        &[s3_url.as_str(), "--maintenance-interval-secs=1"],
+    );
+    let mut app = spawn_app_with(config, (*pool.connect_options()).clone()).await;
+    app.wait_for(tonic_health::pb::health_check_response::ServingStatus::Serving)
+        .await;
+    let added = new_garage_bucket().await;
+    let addr = proxy.stop().await;
+    std::fs::write(&path, policy(&[&b0, &added])).unwrap();
+    app.policy.reload().unwrap();
+    let mut status = None;
+    for _ in 0..200 {
+        status = bucket_status(&mut app, &added).await;
+        if status.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = status.expect("the added bucket was checked within 20 s");
+    assert!(!status.ready, "{status:?}");
+    let key = unique_key("outage");
+    let s = app
+        .issue(link_request(&added, &key, Method::Put, 600))
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::Unavailable, "{s:?}");
+    assert!(s.message().contains(&added), "{}", s.message());
+    assert_eq!(link_rows(&pool, &added).await, 0);
+
+    let _proxy = Proxy::serve(
+        tokio::net::TcpListener::bind(addr).await.unwrap(),
+        crate::incident::s3_target(),
+    );
+    let mut put = None;
+    for _ in 0..200 {
+        if let Ok(link) = app
+            .issue(link_request(&added, &key, Method::Put, 600))
+            .await
+        {
+            put = Some(link);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let put = put.expect("the bucket is ready once the store is back");
+    let r = send(&app.http, reqwest::Method::PUT, &put, Some(b"x".to_vec())).await;
+    assert_eq!(r.status(), 200, "Garage serves the PUT");
 }
