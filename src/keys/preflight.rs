@@ -84,8 +84,28 @@ pub(super) struct Preflight {
     wanted: Arc<ArcSwap<BTreeMap<String, BTreeSet<String>>>>,
     /// key id → bucket → status.
     status: Arc<ArcSwap<HashMap<String, HashMap<String, BucketStatus>>>>,
-    /// One preflight at a time: pairs are not probed twice at once.
-    running: Arc<tokio::sync::Mutex<()>>,
+    /// One preflight at a time per key: its pairs are not probed twice at
+    /// once, and one key's slow checks (a bucket whose store never answers
+    /// takes ~40 s, again on every tick) never hold back another's: another
+    /// signer's new key, which its reload installs only once checked.
+    running: KeyLocks,
+}
+
+/// A lock per key id (made on first use, forgotten when unused).
+#[derive(Clone, Default)]
+struct KeyLocks(Arc<std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>);
+
+impl KeyLocks {
+    async fn lock(&self, key_id: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = self.0.lock().expect("preflight locks");
+            // Those no one holds or waits for go (the map stays as small as
+            // the keys being checked).
+            locks.retain(|_, l| Arc::strong_count(l) > 1);
+            locks.entry(key_id.to_owned()).or_default().clone()
+        };
+        lock.lock_owned().await
+    }
 }
 
 impl KeyManager {
@@ -218,7 +238,7 @@ impl KeyManager {
 
     /// Prepares `key` for each bucket of its signer that it is not ready for.
     pub(super) async fn preflight_key(&self, key: &SigningKey) {
-        let _one_at_a_time = self.preflight.running.lock().await;
+        let _one_at_a_time = self.preflight.running.lock(&key.key_id).await;
         let buckets = self
             .preflight
             .wanted
@@ -353,5 +373,35 @@ impl KeyManager {
             .load()
             .get(&key.signer)
             .is_none_or(|b| b.iter().all(|b| checked.is_some_and(|c| c.contains_key(b))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn one_key_s_preflight_never_waits_for_another_s() {
+        let locks = KeyLocks::default();
+        let _slow = locks.lock("GKslow").await;
+        tokio::time::timeout(Duration::from_secs(1), locks.lock("GKother"))
+            .await
+            .expect("another key's preflight goes at once");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), locks.lock("GKslow"))
+                .await
+                .is_err(),
+            "the same key's waits"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_lock_no_one_holds_is_forgotten() {
+        let locks = KeyLocks::default();
+        drop(locks.lock("GKa").await);
+        let _b = locks.lock("GKb").await;
+        let held: Vec<String> = locks.0.lock().unwrap().keys().cloned().collect();
+        assert_eq!(held, ["GKb"]);
     }
 }
