@@ -17,20 +17,25 @@ pub async fn lock_for_state_change(
 
 /// The signer's next key takes over: the old one (if any) `active → retired`,
 /// the new one `pending → active`, issuance resumes, replicas are told.
+/// False if the new key is not pending any more (a standby key discarded
+/// after a failed probe while a rotation adopted it): then nothing must
+/// commit, or the signer would be left with no active key.
 pub async fn activate_replacement(
     conn: &mut PgConnection,
     signer: &str,
     old_key_id: Option<&str>,
     new_key_id: &str,
-) -> Result<(), registry::Error> {
+) -> Result<bool, registry::Error> {
     registry::signers::lock(&mut *conn, signer).await?;
     if let Some(old) = old_key_id {
         // Waits for in-flight inserts signed by the old key; none succeed after.
         lock_for_state_change(&mut *conn, old).await?;
         registry::keys::retire(&mut *conn, old).await?;
     }
-    registry::keys::activate(&mut *conn, new_key_id).await?;
+    if !registry::keys::activate(&mut *conn, new_key_id).await? {
+        return Ok(false);
+    }
     registry::signers::set_paused(&mut *conn, signer, false).await?;
     registry::keys::notify_changed(&mut *conn, signer).await?;
-    Ok(())
+    Ok(true)
 }

@@ -319,6 +319,12 @@ async fn activate_key(tx: &mut PgConnection, row: &RevocationRow) -> Result<(), 
         .new_key_id
         .as_deref()
         .ok_or_else(|| StepError::Fatal("no new key to activate".into()))?;
-    keys::activate_replacement(&mut *tx, &row.signer, row.old_key_id.as_deref(), key_id).await?;
+    if !keys::activate_replacement(&mut *tx, &row.signer, row.old_key_id.as_deref(), key_id).await?
+    {
+        // Rolled back with the step: the old key keeps signing.
+        return Err(StepError::Fatal(format!(
+            "new key {key_id} is no longer pending (discarded meanwhile, as a standby key whose probe failed):              nothing was activated, the old key still signs; rotate again"
+        )));
+    }
     Ok(())
 }

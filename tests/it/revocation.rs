@@ -738,3 +738,67 @@ async fn keys_and_revocations_are_listed_with_outstanding_counts(pool: PgPool) {
         .into_inner();
     assert_eq!(got.reason, "integration test: suspected leak");
 }
+
+/// A rotation's new key discarded between its verify and activate steps (a
+/// standby key a budget's GRACEFUL rotation adopted while the standby's own
+/// probe gave up: `prepare_standby` discards it): the activation finds it no
+/// longer pending, and the revocation fails with nothing committed, the old
+/// key still active and signing. It used to retire the old key and succeed,
+/// leaving the signer no active key.
+#[sqlx::test]
+async fn a_replacement_discarded_before_its_activation_fails_the_rotation_and_keeps_the_old_key(
+    pool: PgPool,
+) {
+    let mut app = spawn_app(&pool).await;
+    let old = app.km.active_key("default").unwrap().key_id.clone();
+    let Rotation::Ran(row) = app
+        .revocations
+        .start(domain_req(Mode::Graceful))
+        .await
+        .unwrap()
+    else {
+        panic!("not a dry run")
+    };
+    for step in [Step::CreateKey, Step::VerifyKey] {
+        let advanced = app.revocations.try_advance(row.id).await.unwrap();
+        assert!(matches!(advanced, Advance::Stepped(s) if s == step));
+    }
+    let new = app
+        .revocations
+        .get(row.id)
+        .await
+        .unwrap()
+        .new_key_id
+        .unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    app.km
+        .discard_pending(&mut tx, "default", &new)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    let advanced = app.revocations.try_advance(row.id).await.unwrap();
+    assert!(matches!(advanced, Advance::Finished(State::Failed)));
+    let report = app.revocations.get(row.id).await.unwrap();
+    assert!(
+        report
+            .error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("no longer pending"),
+        "{report:?}"
+    );
+    let state: String = sqlx::query_scalar("SELECT state FROM signing_keys WHERE key_id = $1")
+        .bind(&old)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(state, "active");
+    assert_eq!(app.km.active_key("default").unwrap().key_id, old);
+    let bucket = app.bucket.clone();
+    let link = app
+        .issue(link_request(&bucket, &unique_key("kept"), Method::Get, 60))
+        .await
+        .expect("the old key still signs");
+    assert_eq!(link.link.unwrap().key_id, old);
+}
