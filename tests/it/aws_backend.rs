@@ -206,6 +206,20 @@ async fn an_iam_key_whose_creation_never_committed_is_deleted_and_the_recorded_o
     assert_eq!(intents, 0);
 }
 
+/// The aws backend on `endpoint` (IAM), users `presignd-{signer}`.
+async fn aws_backend(
+    endpoint: String,
+    attempt_timeout: std::time::Duration,
+) -> presignd::backend::aws::AwsBackend {
+    presignd::backend::aws::AwsBackend::new(presignd::backend::aws::AwsSettings {
+        region: "us-east-1".into(),
+        iam_endpoint: Some(endpoint),
+        user_prefix: "presignd-".into(),
+        attempt_timeout,
+    })
+    .await
+}
+
 /// An IAM endpoint that takes the connection and never answers (a hung IAM,
 /// a proxy black-holing its traffic): the call ends as unavailable, which a
 /// revocation's step retries and then resumes later, instead of holding the
@@ -213,7 +227,6 @@ async fn an_iam_key_whose_creation_never_committed_is_deleted_and_the_recorded_o
 #[tokio::test]
 async fn an_iam_that_never_answers_is_unavailable_not_a_hang() {
     use presignd::backend::KeyBackend;
-    use presignd::backend::aws::{AwsBackend, AwsSettings};
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let endpoint = format!("http://{}", silent.local_addr().unwrap());
     let holder = tokio::spawn(async move {
@@ -222,13 +235,7 @@ async fn an_iam_that_never_answers_is_unavailable_not_a_hang() {
             held.push(conn);
         }
     });
-    let backend = AwsBackend::new(AwsSettings {
-        region: "us-east-1".into(),
-        iam_endpoint: Some(endpoint),
-        user_prefix: "presignd-".into(),
-        attempt_timeout: std::time::Duration::from_millis(300),
-    })
-    .await;
+    let backend = aws_backend(endpoint, std::time::Duration::from_millis(300)).await;
     let outcome = tokio::time::timeout(
         std::time::Duration::from_secs(60),
         backend.deactivate_key("silent", "AKIASILENT"),
@@ -253,7 +260,6 @@ async fn an_iam_that_never_answers_is_unavailable_not_a_hang() {
 #[tokio::test]
 async fn an_unanswered_create_access_key_is_sent_once_not_retried() {
     use presignd::backend::KeyBackend;
-    use presignd::backend::aws::{AwsBackend, AwsSettings};
     use tokio::io::AsyncReadExt;
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let endpoint = format!("http://{}", silent.local_addr().unwrap());
@@ -273,13 +279,7 @@ async fn an_unanswered_create_access_key_is_sent_once_not_retried() {
             });
         }
     });
-    let backend = AwsBackend::new(AwsSettings {
-        region: "us-east-1".into(),
-        iam_endpoint: Some(endpoint),
-        user_prefix: "presignd-".into(),
-        attempt_timeout: std::time::Duration::from_millis(300),
-    })
-    .await;
+    let backend = aws_backend(endpoint, std::time::Duration::from_millis(300)).await;
     let count = |action: &str| {
         let bytes = received.lock().unwrap();
         let needle = format!("Action={action}");
@@ -304,22 +304,8 @@ async fn an_unanswered_create_access_key_is_sent_once_not_retried() {
 #[tokio::test]
 async fn a_key_is_live_at_iam_until_deactivated() {
     use presignd::backend::KeyBackend;
-    use presignd::backend::aws::{AwsBackend, AwsSettings};
-    let signer = format!("aws-{}", &uuid::Uuid::now_v7().simple().to_string()[24..]);
-    iam()
-        .await
-        .create_user()
-        .user_name(format!("presignd-{signer}"))
-        .send()
-        .await
-        .expect("moto creates the user");
-    let backend = AwsBackend::new(AwsSettings {
-        region: "us-east-1".into(),
-        iam_endpoint: Some(env("MOTO_URL")),
-        user_prefix: "presignd-".into(),
-        attempt_timeout: std::time::Duration::from_secs(10),
-    })
-    .await;
+    let signer = crate::bucket_regions::moto_signer().await;
+    let backend = aws_backend(env("MOTO_URL"), std::time::Duration::from_secs(10)).await;
     let key = backend
         .create_key(&signer, "k")
         .await

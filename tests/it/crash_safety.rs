@@ -349,14 +349,6 @@ async fn a_key_whose_creation_never_commits_is_deleted_by_the_maintenance_step(p
     assert_eq!(garage_key_info_status(&created).await, 404);
 }
 
-async fn key_state(pool: &PgPool, key_id: &str) -> String {
-    sqlx::query_scalar("SELECT state FROM signing_keys WHERE key_id = $1")
-        .bind(key_id)
-        .fetch_one(pool)
-        .await
-        .unwrap()
-}
-
 /// A REVOKE at its last step, deactivate_old_key, with the old key retired:
 /// whether the backend call was made the registry cannot know, so a cancel
 /// asks Garage. Before the call, the key is live there and the cancel goes

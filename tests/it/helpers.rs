@@ -681,3 +681,12 @@ pub async fn sessions_named(pool: &PgPool, name: &str) -> i64 {
     .await
     .unwrap()
 }
+
+/// A signing key's state in the registry.
+pub async fn key_state(pool: &PgPool, key_id: &str) -> String {
+    sqlx::query_scalar("SELECT state FROM signing_keys WHERE key_id = $1")
+        .bind(key_id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}

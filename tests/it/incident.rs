@@ -59,14 +59,6 @@ async fn link_states(pool: &PgPool) -> HashMap<String, String> {
     .collect()
 }
 
-async fn key_state(pool: &PgPool, key_id: &str) -> String {
-    sqlx::query_scalar("SELECT state FROM signing_keys WHERE key_id = $1")
-        .bind(key_id)
-        .fetch_one(pool)
-        .await
-        .unwrap()
-}
-
 #[sqlx::test]
 async fn revoke_key_kills_a_leaked_link_of_the_retired_key_and_spares_the_new_keys(pool: PgPool) {
     let mut app = spawn_app(&pool).await;
@@ -407,6 +399,23 @@ async fn the_sweep_goes_on_past_a_key_it_cannot_deactivate_and_retries_it(pool: 
     assert_eq!(again.failed[0].0, first);
 }
 
+/// The revocation `id` once it is no longer running, polled for up to 30 s.
+async fn finished(app: &mut TestApp, id: &str) -> Option<proto::Revocation> {
+    for _ in 0..150 {
+        let r = app
+            .keys
+            .get_revocation(GetRevocationRequest { id: id.into() })
+            .await
+            .unwrap()
+            .into_inner();
+        if r.state != RevocationState::Running as i32 {
+            return Some(r);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    None
+}
+
 pub(crate) fn s3_target() -> SocketAddr {
     let url = env("GARAGE_S3_URL");
     let host_port = url.trim_start_matches("http://").trim_end_matches('/');
@@ -454,12 +463,11 @@ async fn an_s3_outage_while_proving_an_emergency_replacement_waits_for_the_store
         .fetch_one(&pool)
         .await
         .unwrap();
-    let state: String = sqlx::query_scalar("SELECT state FROM signing_keys WHERE key_id = $1")
-        .bind(&new)
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    assert_eq!(state, "pending", "the replacement is kept, not deleted");
+    assert_eq!(
+        key_state(&pool, &new).await,
+        "pending",
+        "the replacement is kept, not deleted"
+    );
     assert!(
         !garage_key_expired(&new).await,
         "the replacement stays live at Garage"
@@ -467,23 +475,9 @@ async fn an_s3_outage_while_proving_an_emergency_replacement_waits_for_the_store
 
     // The store is back: the maintenance loop proves the key and finishes.
     let _proxy = Proxy::serve(TcpListener::bind(addr).await.unwrap(), s3_target());
-    let mut done = None;
-    for _ in 0..150 {
-        let r = app
-            .keys
-            .get_revocation(GetRevocationRequest {
-                id: report.id.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        if r.state != RevocationState::Running as i32 {
-            done = Some(r);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let done = done.expect("the revocation finishes once the store is back");
+    let done = finished(&mut app, &report.id)
+        .await
+        .expect("the revocation finishes once the store is back");
     assert_eq!(done.state, RevocationState::Succeeded as i32, "{done:?}");
     assert_eq!(app.km.active_key("default").unwrap().key_id, new);
     let bucket = app.bucket.clone();
@@ -588,23 +582,9 @@ async fn an_admin_api_outage_during_a_revoke_harms_only_its_signer(pool: PgPool)
 
     // The API is back: the maintenance loop finishes it.
     let proxy = Proxy::serve(TcpListener::bind(addr).await.unwrap(), admin_target());
-    let mut done = None;
-    for _ in 0..100 {
-        let r = app
-            .keys
-            .get_revocation(GetRevocationRequest {
-                id: report.id.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        if r.state != RevocationState::Running as i32 {
-            done = Some(r);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let done = done.expect("the revocation finished once the admin API was back");
+    let done = finished(&mut app, &report.id)
+        .await
+        .expect("the revocation finished once the admin API was back");
     assert_eq!(done.state, RevocationState::Succeeded as i32, "{done:?}");
     assert_eq!(key_state(&pool, &old).await, "inactive");
 

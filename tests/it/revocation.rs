@@ -285,14 +285,7 @@ async fn graceful_keeps_old_links_working_then_deactivates_the_old_key_once_they
         StatusCode::OK,
         "GRACEFUL breaks nothing"
     );
-    let state = |pool: PgPool, key: String| async move {
-        sqlx::query_scalar::<_, String>("SELECT state FROM signing_keys WHERE key_id = $1")
-            .bind(key)
-            .fetch_one(&pool)
-            .await
-            .unwrap()
-    };
-    assert_eq!(state(pool.clone(), old_key.clone()).await, "retired");
+    assert_eq!(key_state(&pool, &old_key).await, "retired");
     let new = app
         .issue(link_request(&bucket, &obj, Method::Get, 60))
         .await
@@ -323,16 +316,13 @@ async fn graceful_keeps_old_links_working_then_deactivates_the_old_key_once_they
         vec![old_key.clone()],
         "exactly the retired key whose links all expired"
     );
-    assert_eq!(state(pool.clone(), old_key.clone()).await, "inactive");
+    assert_eq!(key_state(&pool, &old_key).await, "inactive");
     assert!(
         garage_key_expired(&old_key).await,
         "Garage refuses the old key"
     );
     assert_eq!(try_link(&app.http, &new).await, StatusCode::OK);
-    assert_eq!(
-        state(pool.clone(), report.new_key_id.clone()).await,
-        "active"
-    );
+    assert_eq!(key_state(&pool, &report.new_key_id).await, "active");
 }
 
 fn domain_req(mode: Mode) -> RotateRequest {
@@ -788,12 +778,7 @@ async fn a_replacement_discarded_before_its_activation_fails_the_rotation_and_ke
             .contains("no longer pending"),
         "{report:?}"
     );
-    let state: String = sqlx::query_scalar("SELECT state FROM signing_keys WHERE key_id = $1")
-        .bind(&old)
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    assert_eq!(state, "active");
+    assert_eq!(key_state(&pool, &old).await, "active");
     assert_eq!(app.km.active_key("default").unwrap().key_id, old);
     let bucket = app.bucket.clone();
     let link = app
