@@ -47,13 +47,15 @@ impl Revocations {
             match self.keys.live_at_backend(&row.signer, &old).await {
                 Ok(true) => {}
                 Ok(false) => return Err(RevocationError::DeactivatedAlready { id, key_id: old }),
-                Err(e) => {
+                Err(e) if e.is_transient() => {
                     return Err(RevocationError::Backend(BackendError::Unavailable(
                         format!(
                             "whether key {old} was deactivated cannot be told before the backend answers: {e}"
                         ),
                     )));
                 }
+                // A refusal (its token, say) says so, as any other call's.
+                Err(e) => return Err(RevocationError::Backend(e)),
             }
         }
         if let Some(new) = &row.new_key_id {
