@@ -512,6 +512,8 @@ pub async fn presignctl(app: &TestApp, token: &str, args: &[&str], stdin: Option
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        // A test that gives up on it (a timeout) leaves no process behind.
+        .kill_on_drop(true)
         .spawn()
         .expect("presignctl runs");
     let mut input = child.stdin.take().unwrap();

@@ -166,3 +166,21 @@ async fn verify_reads_a_url_from_stdin_or_takes_a_link_id_and_exits_one_unless_o
     assert_eq!(v["verdict"], "OK", "{v}");
     assert_eq!(v["link"]["id"], id.as_str(), "{v}");
 }
+
+/// `presignctl watch` reconnects when the server goes away, but a refusal
+/// ends it with exit 1 and the server's words: here a caller asking for
+/// another caller's events. It used to print "reconnecting" and retry the
+/// same request every second, for ever.
+#[sqlx::test]
+async fn watch_exits_1_on_a_refusal_instead_of_reconnecting_for_ever(pool: PgPool) {
+    let app = spawn_app(&pool).await;
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        presignctl(&app, TOKEN_B, &["watch", "--caller", CALLER], None),
+    )
+    .await
+    .expect("watch ends on a refusal");
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("PermissionDenied"), "{}", out.stderr);
+    assert!(!out.stderr.contains("reconnecting"), "{}", out.stderr);
+}

@@ -127,7 +127,8 @@ enum Cmd {
     /// completed by presignd); prints the upload id and the SHA-256 sent.
     Upload(upload::UploadArgs),
     /// Follow the revocations that kill your links (admins: anyone's), one
-    /// line each; reconnects from the last sequence if the server goes away.
+    /// line each; reconnects from the last sequence if the server goes away,
+    /// exits 1 on a refusal (credentials, another caller's, a pruned cursor).
     Watch(repair::WatchArgs),
     /// The audit trail, newest first: admin calls and denied requests (admins).
     Audit(audit::AuditArgs),

@@ -70,21 +70,25 @@ pub async fn reissue(conn: &Conn, args: ReissueArgs) -> anyhow::Result<()> {
 }
 
 /// Prints events as they come; when the stream ends (server shutdown,
-/// connection lost), reconnects and resumes after the last sequence printed.
+/// connection lost, the server unavailable), reconnects and resumes after the
+/// last sequence printed. A refusal (no credentials, not allowed, a cursor
+/// retention pruned) ends the command with its error: retrying would only
+/// repeat it, and a supervisor must see the exit code.
 pub async fn watch(conn: &Conn, args: WatchArgs) -> anyhow::Result<()> {
+    crate::bearer(conn)?;
     let mut after = args.after;
     loop {
         let ended = async {
-            let mut client = client(conn).await?;
+            let mut client = client(conn).await.map_err(Interrupted::Lost)?;
             let mut events = client
                 .watch_revocations(proto::WatchRevocationsRequest {
                     after_sequence: after,
                     caller: args.caller.clone().unwrap_or_default(),
                 })
                 .await
-                .map_err(crate::status_error)?
+                .map_err(Interrupted::from)?
                 .into_inner();
-            while let Some(message) = events.message().await.map_err(crate::status_error)? {
+            while let Some(message) = events.message().await.map_err(Interrupted::from)? {
                 let Some(e) = message.event else { continue };
                 after = Some(e.sequence);
                 if conn.json {
@@ -101,12 +105,35 @@ pub async fn watch(conn: &Conn, args: WatchArgs) -> anyhow::Result<()> {
                     );
                 }
             }
-            anyhow::Ok(())
+            Ok::<(), Interrupted>(())
         }
         .await;
-        if let Err(e) = ended {
-            eprintln!("presignctl: watch interrupted ({e:#}); reconnecting");
+        match ended {
+            Ok(()) => {}
+            Err(Interrupted::Lost(e)) => {
+                eprintln!("presignctl: watch interrupted ({e:#}); reconnecting")
+            }
+            Err(Interrupted::Refused(s)) => return Err(crate::status_error(s)),
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Why a watch's stream ended.
+enum Interrupted {
+    /// The connection or the server went away: reconnect.
+    Lost(anyhow::Error),
+    /// The server refused the request: the same request would be refused again.
+    Refused(tonic::Status),
+}
+
+impl From<tonic::Status> for Interrupted {
+    fn from(s: tonic::Status) -> Self {
+        use tonic::Code::*;
+        match s.code() {
+            Unavailable | DeadlineExceeded | Aborted | Cancelled | Unknown | Internal
+            | ResourceExhausted => Self::Lost(crate::status_error(s)),
+            _ => Self::Refused(s),
+        }
     }
 }
