@@ -27,7 +27,7 @@ pub use method::Method;
 pub use name::{CallerName, SignerName};
 pub use object_key::ObjectKey;
 pub use part_plan::PartPlan;
-pub use presigned_url::PresignedUrl;
+pub use presigned_url::{PresignedUrl, is_access_key_id};
 pub use request_id::{MAX_REQUEST_ID_CHARS, RequestId};
 pub use states::{KeyState, RevocationState, RotationMode};
 pub use ttl::{MAX_TTL, Ttl};

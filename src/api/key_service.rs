@@ -166,7 +166,9 @@ impl KeyService for KeyApi {
             request,
             |_, request| async move {
                 let target = match &request.get_ref().target {
-                    Some(Target::KeyId(k)) if !k.is_empty() => PlanTarget::Key(k.clone()),
+                    Some(Target::KeyId(k)) if !k.is_empty() => {
+                        PlanTarget::Key(request::signing_key_id("key_id", k)?)
+                    }
                     Some(Target::Signer(s)) => PlanTarget::Signer(SignerName::parse(s)?),
                     _ => {
                         return Err(FieldError::new("target", "set key_id or signer").into());
@@ -224,11 +226,8 @@ impl KeyService for KeyApi {
         );
         self.audited("RevokeKey", target, request, |caller, request| async move {
             let r = request.into_inner();
-            if r.key_id.is_empty() {
-                return Err(FieldError::new("key_id", "is required").into());
-            }
             let req = RevokeKeyRequest {
-                key_id: r.key_id,
+                key_id: request::signing_key_id("key_id", &r.key_id)?,
                 reason: r.reason,
                 dry_run: r.dry_run,
                 requested_by: caller.name.to_string(),

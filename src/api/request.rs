@@ -129,13 +129,16 @@ fn filter_field<T>(
 }
 
 fn key_id(s: &str) -> Result<String, FieldError> {
-    let ok = s.len() <= 128
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'));
-    match ok {
+    signing_key_id("key_id", s)
+}
+
+/// A signing key's id in `field` (required).
+pub fn signing_key_id(field: &'static str, s: &str) -> Result<String, FieldError> {
+    match crate::domain::is_access_key_id(s) {
         true => Ok(s.to_owned()),
+        false if s.is_empty() => Err(FieldError::new(field, "is required")),
         false => Err(FieldError::new(
-            "key_id",
+            field,
             "must be at most 128 characters of A-Z, a-z, 0-9, '-' and '_'",
         )),
     }

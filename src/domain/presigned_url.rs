@@ -30,6 +30,16 @@ fn invalid(reason: &str) -> FieldError {
     FieldError::new(FIELD, format!("is not a presigned S3 URL: {reason}"))
 }
 
+/// An access key id as presignd's backends make them (Garage's `GK…`, AWS's
+/// `AKIA…`): at most 128 characters of A-Z, a-z, 0-9, '-' and '_'. Anything
+/// else (a NUL, a quote) names no key, and is refused before a query sees it.
+pub fn is_access_key_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+}
+
 impl PresignedUrl {
     pub fn parse(s: &str) -> Result<Self, FieldError> {
         let s = s.trim();
@@ -64,6 +74,11 @@ impl PresignedUrl {
             .filter(|k| !k.is_empty())
             .ok_or_else(|| invalid("X-Amz-Credential has no access key id"))?
             .to_owned();
+        if !is_access_key_id(&access_key_id) {
+            return Err(invalid(
+                "X-Amz-Credential's access key id is not at most 128 characters of A-Z, a-z, 0-9, '-' and '_'",
+            ));
+        }
         let date = query("X-Amz-Date").ok_or_else(|| invalid("no X-Amz-Date"))?;
         let signed_at = NaiveDateTime::parse_from_str(&date, "%Y%m%dT%H%M%SZ")
             .map_err(|_| invalid("X-Amz-Date is not YYYYMMDDTHHMMSSZ"))?

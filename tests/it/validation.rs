@@ -188,3 +188,60 @@ async fn a_missing_or_unknown_token_is_unauthenticated(pool: PgPool) {
     let status = wrong.issue_link(base()).await.unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
 }
+
+/// An access key id no key can have (a NUL, a quote, a space) is the
+/// caller's mistake, named: in a URL given to LookupLink or VerifyLink, and
+/// as RevokeKey's or PlanRevocation's key_id. A NUL reached PostgreSQL
+/// (which refuses it in text) and came back INTERNAL.
+#[sqlx::test]
+async fn an_access_key_id_no_key_can_have_is_invalid_argument(pool: PgPool) {
+    let mut app = spawn_app(&pool).await;
+    for id in ["GK%00x", "GK%27x", "GK%20x"] {
+        let url = format!(
+            "http://127.0.0.1:3900/{}/a.txt?X-Amz-Algorithm=AWS4-HMAC-SHA256\
+             &X-Amz-Credential={id}%2F20250102%2Fgarage%2Fs3%2Faws4_request\
+             &X-Amz-Date=20250102T000000Z&X-Amz-Expires=60&X-Amz-SignedHeaders=host\
+             &X-Amz-Signature={}",
+            test_bucket(),
+            "0".repeat(64)
+        );
+        let lookup = app
+            .links
+            .lookup_link(proto::LookupLinkRequest { url: url.clone() })
+            .await
+            .expect_err("no such key id");
+        let verify = app
+            .links
+            .verify_link(proto::VerifyLinkRequest {
+                link: Some(proto::verify_link_request::Link::Url(url)),
+            })
+            .await
+            .expect_err("no such key id");
+        for (rpc, s) in [("LookupLink", lookup), ("VerifyLink", verify)] {
+            assert_eq!(s.code(), Code::InvalidArgument, "{rpc} {id}: {s:?}");
+            assert!(s.message().starts_with("url:"), "{rpc} {id}: {s:?}");
+        }
+    }
+    let revoke = app
+        .keys
+        .revoke_key(proto::RevokeKeyRequest {
+            key_id: "GK\0x".into(),
+            reason: "bad id".into(),
+            dry_run: true,
+            detach: false,
+            quarantine_link_ids: Vec::new(),
+        })
+        .await
+        .expect_err("no such key id");
+    let plan = app
+        .keys
+        .plan_revocation(proto::PlanRevocationRequest {
+            target: Some(proto::plan_revocation_request::Target::KeyId("GK'x".into())),
+        })
+        .await
+        .expect_err("no such key id");
+    for (rpc, s) in [("RevokeKey", revoke), ("PlanRevocation", plan)] {
+        assert_eq!(s.code(), Code::InvalidArgument, "{rpc}: {s:?}");
+        assert!(s.message().starts_with("key_id:"), "{rpc}: {s:?}");
+    }
+}
