@@ -338,10 +338,19 @@ pub struct Config {
     pub key_verify_attempts: u32,
 }
 
+/// The most link rows one group commit may hold (`--record-batch-max`):
+/// a batch is one statement's arrays, held in memory until it commits.
+pub const MAX_RECORD_BATCH: usize = 10_000;
+
 impl Config {
     /// Parses the matches of a command built with `Config::augment_args`, then
     /// fills every setting not given by flag or environment from `--config`.
     pub fn from_matches(matches: &ArgMatches) -> anyhow::Result<Self> {
+        Self::merged(matches)?.checked()
+    }
+
+    /// The settings from flags and environment, then the config file's.
+    fn merged(matches: &ArgMatches) -> anyhow::Result<Self> {
         let cli = Self::from_arg_matches(matches)?;
         let Some(path) = cli.config.clone() else {
             return Ok(cli);
@@ -354,6 +363,7 @@ impl Config {
         let obj = merged
             .as_object_mut()
             .expect("Config serializes to an object");
+        let base = serde_json::Value::Object(obj.clone());
         for (key, value) in file {
             if !obj.contains_key(&key) {
                 bail!("config file {}: unknown setting {key:?}", path.display());
@@ -363,7 +373,13 @@ impl Config {
                 Some(ValueSource::CommandLine | ValueSource::EnvVariable)
             );
             if !given {
-                obj.insert(key, serde_json::to_value(value)?);
+                // Each setting on its own first, so a wrong one is named.
+                let mut alone = base.clone();
+                alone[&key] = serde_json::to_value(value)?;
+                if let Err(e) = serde_json::from_value::<Self>(alone.clone()) {
+                    bail!("config file {}: {key}: {e}", path.display());
+                }
+                obj.insert(key.clone(), alone[&key].take());
             }
         }
         let mut config: Self = serde_json::from_value(merged).with_context(|| {
@@ -374,6 +390,32 @@ impl Config {
         })?;
         config.config = Some(path);
         Ok(config)
+    }
+
+    /// Settings checked where they are read: `--buckets` trimmed (as the
+    /// other lists are) and each a valid bucket name, `--record-batch-max`
+    /// within 1..=`MAX_RECORD_BATCH`; a bad one is refused naming its flag.
+    fn checked(mut self) -> anyhow::Result<Self> {
+        let mut buckets = Vec::with_capacity(self.buckets.len());
+        for b in self
+            .buckets
+            .iter()
+            .map(|b| b.trim())
+            .filter(|b| !b.is_empty())
+        {
+            let bucket = crate::domain::Bucket::parse(b).map_err(|e| {
+                anyhow::anyhow!("--buckets (PRESIGND_BUCKETS): {b:?}: {}", e.reason)
+            })?;
+            buckets.push(bucket.to_string());
+        }
+        self.buckets = buckets;
+        if !(1..=MAX_RECORD_BATCH).contains(&self.record_batch_max) {
+            bail!(
+                "--record-batch-max (PRESIGND_RECORD_BATCH_MAX) is {}: it must be 1 to {MAX_RECORD_BATCH}",
+                self.record_batch_max
+            );
+        }
+        Ok(self)
     }
 
     /// The registry's URL, from --database-url or --database-url-file.
@@ -765,6 +807,43 @@ mod tests {
             e.contains("--db-min-connections") && e.contains("9") && e.contains("8"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_file_setting_of_the_wrong_type_is_an_error_naming_it() {
+        let dir = std::env::temp_dir().join(format!("presignd-cfg3-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(&path, "s3_region = \"eu\"\ndb_max_connections = \"16\"\n").unwrap();
+        let m = matches(&["t", "--config", path.to_str().unwrap()]);
+        let e = format!("{:#}", Config::from_matches(&m).unwrap_err());
+        assert!(e.contains("db_max_connections:"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn buckets_are_trimmed_and_a_bad_one_is_refused_naming_the_flag() {
+        let c = Config::from_matches(&matches(&["t", "--buckets=uploads, reports,"])).unwrap();
+        assert_eq!(c.buckets, ["uploads", "reports"]);
+        let e = format!(
+            "{:#}",
+            Config::from_matches(&matches(&["t", "--buckets=uploads,My_Bucket"])).unwrap_err()
+        );
+        assert!(e.contains("--buckets") && e.contains("My_Bucket"), "{e}");
+    }
+
+    #[test]
+    fn a_record_batch_of_none_or_too_many_is_refused_naming_the_flag() {
+        for n in ["0", "10001"] {
+            let e = format!(
+                "{:#}",
+                Config::from_matches(&matches(&["t", &format!("--record-batch-max={n}")]))
+                    .unwrap_err()
+            );
+            assert!(e.contains("--record-batch-max") && e.contains(n), "{e}");
+        }
+        let c = Config::from_matches(&matches(&["t", "--record-batch-max=10000"])).unwrap();
+        assert_eq!(c.record_batch_max, 10_000);
     }
 
     #[test]
