@@ -30,8 +30,10 @@ pub const UPLOAD_LABEL: &str = "presignd.upload";
 pub const PART_LABEL: &str = "presignd.part";
 /// A caller's labels on a StartMultipartUpload: Labels' 16 less presignd's two.
 const MAX_LABELS_WITH_PARTS: usize = 14;
-/// Uploads the maintenance aborts per tick, at most.
+/// Expired uploads the maintenance reads a page at a time.
 const ABORT_BATCH: i64 = 100;
+/// Expired uploads the maintenance tries to abort in one tick, at most.
+const ABORT_ATTEMPTS: usize = 1_000;
 
 const RPC_START: &str = "presignd.v1.LinkService/StartMultipartUpload";
 
@@ -154,7 +156,8 @@ fn store<'a>(
 }
 
 /// Aborts one open upload at the store and marks it aborted by `by`.
-/// NoSuchUpload: the store has none; marked aborted all the same.
+/// NoSuchUpload or NoSuchBucket: the store has none (its bucket gone with
+/// it); marked aborted all the same.
 async fn abort_row(
     pool: &PgPool,
     keys: &KeyManager,
@@ -165,7 +168,7 @@ async fn abort_row(
     let region = keys.regions().region_of(&row.bucket);
     match store(keys, &key, row, &region).abort(&row.upload_id).await {
         Ok(()) => {}
-        Err(e) if e.code() == Some("NoSuchUpload") => {}
+        Err(e) if matches!(e.code(), Some("NoSuchUpload" | "NoSuchBucket")) => {}
         Err(e) => return Err(e.into()),
     }
     uploads::finish(pool, row.id, "aborted", by).await?;
@@ -173,28 +176,42 @@ async fn abort_row(
 }
 
 /// The maintenance loop's step: aborts the uploads still open at `now` past
-/// their expiry (at most `ABORT_BATCH` a call), each with `abort_row`'s key
-/// rule. One that fails stays open and is tried again next tick. Returns how
-/// many were aborted.
+/// their expiry, oldest first, a page of `ABORT_BATCH` at a time, each with
+/// `abort_row`'s key rule. One that fails stays open, is tried again next
+/// tick, and holds back none after it (the pages go on past it, up to
+/// `ABORT_ATTEMPTS` a tick). A store that cannot be reached ends the tick's
+/// pass: the rest would wait on it too. Returns how many were aborted.
 pub async fn abort_expired(
     pool: &PgPool,
     keys: &KeyManager,
     now: DateTime<Utc>,
 ) -> Result<usize, registry::Error> {
-    let expired = uploads::expired_open(pool, now, ABORT_BATCH).await?;
-    let mut aborted = 0;
-    for row in &expired {
-        match abort_row(pool, keys, row, "maintenance").await {
-            Ok(key_id) => {
-                aborted += 1;
-                tracing::info!(upload = %row.id, bucket = %row.bucket, key_id, "aborted an expired multipart upload");
-            }
-            Err(e) => {
-                tracing::warn!(upload = %row.id, error = %e, "aborting an expired multipart upload; retried next tick")
+    let (mut aborted, mut tried, mut after) = (0, 0, None);
+    loop {
+        let page = uploads::expired_open(pool, now, after, ABORT_BATCH).await?;
+        for row in &page {
+            tried += 1;
+            match abort_row(pool, keys, row, "maintenance").await {
+                Ok(key_id) => {
+                    aborted += 1;
+                    tracing::info!(upload = %row.id, bucket = %row.bucket, key_id, "aborted an expired multipart upload");
+                }
+                Err(e @ UploadError::Store(StoreError::Unavailable { .. })) => {
+                    tracing::warn!(upload = %row.id, error = %e, "the store cannot be reached: expired multipart uploads are aborted next tick");
+                    return Ok(aborted);
+                }
+                Err(e) => {
+                    tracing::warn!(upload = %row.id, error = %e, "aborting an expired multipart upload; retried next tick")
+                }
             }
         }
+        match page.last() {
+            Some(last) if page.len() as i64 == ABORT_BATCH && tried < ABORT_ATTEMPTS => {
+                after = Some((last.expires_at, last.id));
+            }
+            _ => return Ok(aborted),
+        }
     }
-    Ok(aborted)
 }
 
 impl Issuer {

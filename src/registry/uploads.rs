@@ -125,18 +125,25 @@ pub async fn finish(
     .map(|r| r.rows_affected() == 1)
 }
 
-/// Open uploads whose part URLs expired at `now`, oldest first, at most `limit`.
+/// Open uploads whose part URLs expired at `now`, oldest first (by expiry,
+/// then id), after `after` (the last row of the page before), at most `limit`.
 pub async fn expired_open(
     db: impl PgExecutor<'_>,
     now: DateTime<Utc>,
+    after: Option<(DateTime<Utc>, Uuid)>,
     limit: i64,
 ) -> Result<Vec<UploadRow>, Error> {
+    let (after_expiry, after_id) = after.unzip();
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM multipart_uploads
-         WHERE state = 'open' AND expires_at <= $1 ORDER BY expires_at LIMIT $2"
+         WHERE state = 'open' AND expires_at <= $1
+           AND ($3::timestamptz IS NULL OR (expires_at, id) > ($3, $4))
+         ORDER BY expires_at, id LIMIT $2"
     )))
     .bind(now)
     .bind(limit)
+    .bind(after_expiry)
+    .bind(after_id)
     .fetch_all(db)
     .await
     .during("uploads::expired_open")

@@ -693,7 +693,7 @@ async fn rows_of_0012_to_0016_upgrade_to_the_last_intact_and_keep_their_promises
         .unwrap()
         .expect("the upload survives the upgrade");
     assert_eq!((open.state.as_str(), open.part_count), ("open", 1));
-    let expired = uploads::expired_open(&pool, Utc::now() + Duration::hours(2), 10)
+    let expired = uploads::expired_open(&pool, Utc::now() + Duration::hours(2), None, 10)
         .await
         .unwrap();
     assert_eq!(

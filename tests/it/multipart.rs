@@ -651,3 +651,67 @@ async fn a_policy_max_upload_bytes_bounds_the_declared_size(pool: PgPool) {
     .await
     .unwrap();
 }
+
+/// Expired uploads that cannot be aborted (here a hundred of a signer with
+/// no key left to send the call with) do not hold back the ones after them:
+/// the maintenance pages past them. It used to read the oldest hundred every
+/// tick and never get further.
+#[sqlx::test]
+async fn uploads_that_cannot_be_aborted_hold_back_none_after_them(pool: PgPool) {
+    let app = spawn_app(&pool).await;
+    let bucket = app.bucket.clone();
+    let key = unique_key("multipart-behind");
+    let mut links = app.links.clone();
+    let started = links
+        .start_multipart_upload(start_req(&bucket, &key, Size::PartCount(2), 0))
+        .await
+        .unwrap()
+        .into_inner();
+    // A signer with no live key, and a hundred of its uploads that expired
+    // before this one.
+    sqlx::query("INSERT INTO signers (name, backend) VALUES ('stuck', 'garage')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO signing_keys (key_id, signer, state, sealed_secret, deleted_at)
+         VALUES ('GKstuck', 'stuck', 'deleted', '\\x00', now())",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO multipart_uploads (id, upload_id, bucket, object_key, signer, key_id, caller,
+                                        part_count, created_at, expires_at)
+         SELECT gen_random_uuid(), 'u' || n, $1, 'stuck/' || n, 'stuck', 'GKstuck', 'it',
+                2, now() - interval '2 hours', now() - interval '1 hour' - n * interval '1 second'
+         FROM generate_series(1, 100) n",
+    )
+    .bind(&bucket)
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    let later = chrono::Utc::now() + chrono::Duration::seconds(601);
+    assert_eq!(
+        presignd::issuance::abort_expired(&pool, &app.km, later)
+            .await
+            .unwrap(),
+        1,
+        "the upload behind the stuck ones is aborted"
+    );
+    let state: String =
+        sqlx::query_scalar("SELECT state FROM multipart_uploads WHERE id = $1::uuid")
+            .bind(&started.upload_id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(state, "aborted");
+    let stuck: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM multipart_uploads WHERE signer = 'stuck' AND state = 'open'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(stuck, 100, "tried again next tick");
+}
