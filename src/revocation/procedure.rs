@@ -323,7 +323,8 @@ async fn activate_key(tx: &mut PgConnection, row: &RevocationRow) -> Result<(), 
     {
         // Rolled back with the step: the old key keeps signing.
         return Err(StepError::Fatal(format!(
-            "new key {key_id} is no longer pending (discarded meanwhile, as a standby key whose probe failed):              nothing was activated, the old key still signs; rotate again"
+            "new key {key_id} is no longer pending (discarded meanwhile, as a standby key whose probe failed): \
+             nothing was activated, the old key still signs; rotate again"
         )));
     }
     Ok(())
