@@ -155,11 +155,12 @@ fn store<'a>(
     }
 }
 
-/// Aborts one open upload at the store and marks it aborted by `by`.
+/// Aborts one open upload at the store and marks it aborted by `by`, in
+/// `tx`, which holds its row (`uploads::lock`) and is committed here.
 /// NoSuchUpload or NoSuchBucket: the store has none (its bucket gone with
 /// it); marked aborted all the same.
 async fn abort_row(
-    pool: &PgPool,
+    mut tx: registry::Tx,
     keys: &KeyManager,
     row: &UploadRow,
     by: &str,
@@ -171,7 +172,8 @@ async fn abort_row(
         Err(e) if matches!(e.code(), Some("NoSuchUpload" | "NoSuchBucket")) => {}
         Err(e) => return Err(e.into()),
     }
-    uploads::finish(pool, row.id, "aborted", by).await?;
+    uploads::finish(&mut *tx, row.id, "aborted", by).await?;
+    registry::commit(tx).await?;
     Ok(key.key_id.clone())
 }
 
@@ -191,7 +193,13 @@ pub async fn abort_expired(
         let page = uploads::expired_open(pool, now, after, ABORT_BATCH).await?;
         for row in &page {
             tried += 1;
-            match abort_row(pool, keys, row, "maintenance").await {
+            // Still open, and no owner's Complete or Abort under way on it.
+            let mut tx = registry::begin(pool).await?;
+            match uploads::lock(&mut tx, row.id, true).await? {
+                Some(locked) if locked.state == "open" => {}
+                _ => continue,
+            }
+            match abort_row(tx, keys, row, "maintenance").await {
                 Ok(key_id) => {
                     aborted += 1;
                     tracing::info!(upload = %row.id, bucket = %row.bucket, key_id, "aborted an expired multipart upload");
@@ -427,7 +435,12 @@ impl Issuer {
         id: Uuid,
         parts: Vec<CompletedPart>,
     ) -> Result<(String, String), UploadError> {
-        let row = check_open(caller, uploads::get(&self.pool, id).await?, id)?;
+        // Held through the store's call: an Abort racing this one waits, then
+        // finds the upload completed (and says so), and not the other way
+        // round (the store completes, the Abort gets NoSuchUpload, marks it
+        // aborted and answers OK for an object that exists).
+        let mut tx = registry::begin(&self.pool).await?;
+        let row = check_open(caller, uploads::lock(&mut tx, id, false).await?, id)?;
         let mut previous = 0;
         for p in &parts {
             if p.number <= previous || p.number > row.part_count as u32 {
@@ -462,18 +475,22 @@ impl Issuer {
         {
             Ok(etag) => etag,
             Err(e) if e.code() == Some("NoSuchUpload") => {
-                uploads::finish(&self.pool, id, "aborted", "store").await?;
+                uploads::finish(&mut *tx, id, "aborted", "store").await?;
+                registry::commit(tx).await?;
                 return Err(UploadError::Gone(id));
             }
             Err(e) => return Err(e.into()),
         };
-        uploads::finish(&self.pool, id, "completed", caller.name.as_str()).await?;
+        uploads::finish(&mut *tx, id, "completed", caller.name.as_str()).await?;
+        registry::commit(tx).await?;
         Ok((etag, key.key_id.clone()))
     }
 
     /// AbortMultipartUpload: the key it was sent with.
     pub async fn abort_upload(&self, caller: &Caller, id: Uuid) -> Result<String, UploadError> {
-        let row = check_open(caller, uploads::get(&self.pool, id).await?, id)?;
-        abort_row(&self.pool, &self.keys, &row, caller.name.as_str()).await
+        // As Complete: held through the store's call.
+        let mut tx = registry::begin(&self.pool).await?;
+        let row = check_open(caller, uploads::lock(&mut tx, id, false).await?, id)?;
+        abort_row(tx, &self.keys, &row, caller.name.as_str()).await
     }
 }

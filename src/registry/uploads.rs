@@ -104,6 +104,25 @@ pub async fn get(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<UploadRow>,
     .during("uploads::get")
 }
 
+/// The upload `id`, its row locked until the transaction ends: a Complete
+/// and an Abort (the owner's, or the maintenance's) of one upload go one
+/// after the other, each seeing what the other left. `skip_locked`: none if
+/// another holds it (the maintenance does not wait on an owner's call).
+pub async fn lock(
+    conn: &mut PgConnection,
+    id: Uuid,
+    skip_locked: bool,
+) -> Result<Option<UploadRow>, Error> {
+    let skip = if skip_locked { " SKIP LOCKED" } else { "" };
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM multipart_uploads WHERE id = $1 FOR UPDATE{skip}"
+    )))
+    .bind(id)
+    .fetch_optional(conn)
+    .await
+    .during("uploads::lock")
+}
+
 /// Marks an open upload `completed` or `aborted` by `by`; false if it was no
 /// longer open (another call finished it first).
 pub async fn finish(

@@ -715,3 +715,58 @@ async fn uploads_that_cannot_be_aborted_hold_back_none_after_them(pool: PgPool) 
     .unwrap();
     assert_eq!(stuck, 100, "tried again next tick");
 }
+
+/// A Complete and an Abort of one upload go one after the other (the row
+/// locked through the store's call): an Abort arriving while a Complete is
+/// under way (here the test holds the row, then marks it completed, as the
+/// Complete does) waits, then says the upload is completed. It used to go
+/// ahead, find nothing at the store once the Complete had gone through
+/// (NoSuchUpload), and answer OK for an object that exists.
+#[sqlx::test]
+async fn an_abort_racing_a_complete_waits_and_says_it_was_completed(pool: PgPool) {
+    let app = spawn_app(&pool).await;
+    let bucket = app.bucket.clone();
+    let key = unique_key("multipart-race");
+    let mut links = app.links.clone();
+    let started = links
+        .start_multipart_upload(start_req(&bucket, &key, Size::PartCount(2), 0))
+        .await
+        .unwrap()
+        .into_inner();
+    let id: uuid::Uuid = started.upload_id.parse().unwrap();
+
+    let mut complete = pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM multipart_uploads WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .execute(&mut *complete)
+        .await
+        .unwrap();
+    let abort = tokio::spawn(async move {
+        links
+            .abort_multipart_upload(AbortMultipartUploadRequest {
+                upload_id: started.upload_id,
+            })
+            .await
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(!abort.is_finished(), "the Abort waits for the Complete");
+    sqlx::query(
+        "UPDATE multipart_uploads SET state = 'completed', finished_at = now(), finished_by = 'it'
+         WHERE id = $1",
+    )
+    .bind(id)
+    .execute(&mut *complete)
+    .await
+    .unwrap();
+    complete.commit().await.unwrap();
+
+    let e = abort.await.unwrap().unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("completed"), "{e:?}");
+    let state: String = sqlx::query_scalar("SELECT state FROM multipart_uploads WHERE id = $1")
+        .bind(id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(state, "completed");
+}
