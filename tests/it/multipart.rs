@@ -33,6 +33,30 @@ fn start_req(bucket: &str, key: &str, size: Size, part_size: u64) -> StartMultip
 }
 
 /// Bytes that differ from part to part (a swapped part changes the hash).
+/// An upload's state in the registry (`upload_id`: its id, as the API gives it).
+async fn upload_state(pool: &PgPool, upload_id: &str) -> String {
+    sqlx::query_scalar("SELECT state FROM multipart_uploads WHERE id = $1::uuid")
+        .bind(upload_id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// A two-part upload of a fresh key in the app's bucket.
+async fn start_two_parts(app: &TestApp, what: &str) -> StartMultipartUploadResponse {
+    app.links
+        .clone()
+        .start_multipart_upload(start_req(
+            &app.bucket,
+            &unique_key(what),
+            Size::PartCount(2),
+            0,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 fn bytes(len: u64, seed: u8) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 13) as u8)
@@ -217,13 +241,7 @@ async fn a_16_mib_file_in_4_parts_goes_up_through_part_urls_and_comes_back_ident
         get_object_sha256(&mut app, &key).await,
         hex::encode(Sha256::digest(&file))
     );
-    let state: String =
-        sqlx::query_scalar("SELECT state FROM multipart_uploads WHERE id = $1::uuid")
-            .bind(&id)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-    assert_eq!(state, "completed");
+    assert_eq!(upload_state(&pool, &id).await, "completed");
     // Finished once: an Abort after the Complete is refused, naming the state.
     let again = app
         .links
@@ -480,13 +498,11 @@ async fn another_caller_can_neither_complete_nor_abort_an_upload(pool: PgPool) {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound, "{e:?}");
-    let state: String =
-        sqlx::query_scalar("SELECT state FROM multipart_uploads WHERE id = $1::uuid")
-            .bind(&started.upload_id)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-    assert_eq!(state, "open", "untouched");
+    assert_eq!(
+        upload_state(&pool, &started.upload_id).await,
+        "open",
+        "untouched"
+    );
 
     // Its owner completes it.
     app.links
@@ -603,13 +619,7 @@ async fn presignctl_upload_sends_a_local_file_that_comes_back_identical(pool: Pg
         .lines()
         .find_map(|l| l.strip_prefix("upload_id "))
         .unwrap();
-    let state: String =
-        sqlx::query_scalar("SELECT state FROM multipart_uploads WHERE id = $1::uuid")
-            .bind(upload_id)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-    assert_eq!(state, "completed");
+    assert_eq!(upload_state(&pool, upload_id).await, "completed");
     assert_eq!(get_object_sha256(&mut app, &key).await, want);
 }
 
@@ -660,13 +670,7 @@ async fn a_policy_max_upload_bytes_bounds_the_declared_size(pool: PgPool) {
 async fn uploads_that_cannot_be_aborted_hold_back_none_after_them(pool: PgPool) {
     let app = spawn_app(&pool).await;
     let bucket = app.bucket.clone();
-    let key = unique_key("multipart-behind");
-    let mut links = app.links.clone();
-    let started = links
-        .start_multipart_upload(start_req(&bucket, &key, Size::PartCount(2), 0))
-        .await
-        .unwrap()
-        .into_inner();
+    let started = start_two_parts(&app, "multipart-behind").await;
     // A signer with no live key, and a hundred of its uploads that expired
     // before this one.
     sqlx::query("INSERT INTO signers (name, backend) VALUES ('stuck', 'garage')")
@@ -700,13 +704,7 @@ async fn uploads_that_cannot_be_aborted_hold_back_none_after_them(pool: PgPool) 
         1,
         "the upload behind the stuck ones is aborted"
     );
-    let state: String =
-        sqlx::query_scalar("SELECT state FROM multipart_uploads WHERE id = $1::uuid")
-            .bind(&started.upload_id)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-    assert_eq!(state, "aborted");
+    assert_eq!(upload_state(&pool, &started.upload_id).await, "aborted");
     let stuck: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM multipart_uploads WHERE signer = 'stuck' AND state = 'open'",
     )
@@ -725,14 +723,8 @@ async fn uploads_that_cannot_be_aborted_hold_back_none_after_them(pool: PgPool) 
 #[sqlx::test]
 async fn an_abort_racing_a_complete_waits_and_says_it_was_completed(pool: PgPool) {
     let app = spawn_app(&pool).await;
-    let bucket = app.bucket.clone();
-    let key = unique_key("multipart-race");
+    let started = start_two_parts(&app, "multipart-race").await;
     let mut links = app.links.clone();
-    let started = links
-        .start_multipart_upload(start_req(&bucket, &key, Size::PartCount(2), 0))
-        .await
-        .unwrap()
-        .into_inner();
     let id: uuid::Uuid = started.upload_id.parse().unwrap();
 
     let mut complete = pool.begin().await.unwrap();
@@ -763,10 +755,5 @@ async fn an_abort_racing_a_complete_waits_and_says_it_was_completed(pool: PgPool
     let e = abort.await.unwrap().unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
     assert!(e.message().contains("completed"), "{e:?}");
-    let state: String = sqlx::query_scalar("SELECT state FROM multipart_uploads WHERE id = $1")
-        .bind(id)
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    assert_eq!(state, "completed");
+    assert_eq!(upload_state(&pool, &id.to_string()).await, "completed");
 }
