@@ -35,6 +35,12 @@ const ABORT_BATCH: i64 = 100;
 /// Expired uploads the maintenance tries to abort in one tick, at most.
 const ABORT_ATTEMPTS: usize = 1_000;
 
+/// Complete and Abort calls that may hold an upload's row (and so a registry
+/// connection, IssueLink's pool's) through the store's call at once: a burst
+/// of them on a slow store waits here, and leaves the rest of the pool to
+/// IssueLink.
+static ROW_HOLDERS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
+
 const RPC_START: &str = "presignd.v1.LinkService/StartMultipartUpload";
 
 #[derive(Debug, thiserror::Error)]
@@ -439,6 +445,7 @@ impl Issuer {
         // finds the upload completed (and says so), and not the other way
         // round (the store completes, the Abort gets NoSuchUpload, marks it
         // aborted and answers OK for an object that exists).
+        let _holder = ROW_HOLDERS.acquire().await.expect("never closed");
         let mut tx = registry::begin(&self.pool).await?;
         let row = check_open(caller, uploads::lock(&mut tx, id, false).await?, id)?;
         let mut previous = 0;
@@ -489,6 +496,7 @@ impl Issuer {
     /// AbortMultipartUpload: the key it was sent with.
     pub async fn abort_upload(&self, caller: &Caller, id: Uuid) -> Result<String, UploadError> {
         // As Complete: held through the store's call.
+        let _holder = ROW_HOLDERS.acquire().await.expect("never closed");
         let mut tx = registry::begin(&self.pool).await?;
         let row = check_open(caller, uploads::lock(&mut tx, id, false).await?, id)?;
         abort_row(tx, &self.keys, &row, caller.name.as_str()).await
