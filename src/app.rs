@@ -94,10 +94,9 @@ impl App {
         let signers = config.signer_names()?;
         let budgets = config.key_budgets()?;
         let backend = backend(&config).await?;
-        let read_pool_size = config.read_pool_size()?;
         let read_pool = registry::read_pool(
             db.clone(),
-            read_pool_size,
+            config.read_db_max_connections,
             config.db_acquire_timeout(),
             config.read_statement_timeout(),
         );
@@ -106,7 +105,7 @@ impl App {
         let replica = config.read_database()?.map(|replica| {
             registry::read_pool(
                 replica,
-                read_pool_size,
+                config.read_db_max_connections,
                 config.db_acquire_timeout(),
                 config.read_statement_timeout(),
             )
@@ -114,7 +113,7 @@ impl App {
         let retention = config.retention()?;
         let pool = registry::lazy_pool(
             db,
-            config.db_pool_size()?,
+            config.db_max_connections,
             config.db_min_connections()?,
             config.db_acquire_timeout(),
         );

@@ -394,8 +394,23 @@ impl Config {
 
     /// Settings checked where they are read: `--buckets` trimmed (as the
     /// other lists are) and each a valid bucket name, `--record-batch-max`
-    /// within 1..=`MAX_RECORD_BATCH`; a bad one is refused naming its flag.
+    /// within 1..=`MAX_RECORD_BATCH`, the pools of at least one connection;
+    /// a bad one is refused naming its flag.
     fn checked(mut self) -> anyhow::Result<Self> {
+        for (size, flag) in [
+            (
+                self.db_max_connections,
+                "--db-max-connections (PRESIGND_DB_MAX_CONNECTIONS)",
+            ),
+            (
+                self.read_db_max_connections,
+                "--read-db-max-connections (PRESIGND_READ_DB_MAX_CONNECTIONS)",
+            ),
+        ] {
+            if size == 0 {
+                bail!("{flag} is 0: a pool needs at least one connection");
+            }
+        }
         let mut buckets = Vec::with_capacity(self.buckets.len());
         for b in self
             .buckets
@@ -513,24 +528,6 @@ impl Config {
         Ok(
             crate::lifecycle::Retention::new(self.retention_days, self.audit_retention_days)?
                 .with_drop_hours(hours),
-        )
-    }
-
-    /// `--db-max-connections`: IssueLink's pool; 0 is refused (a pool holds
-    /// at least one connection).
-    pub fn db_pool_size(&self) -> anyhow::Result<u32> {
-        at_least_one(
-            self.db_max_connections,
-            "--db-max-connections (PRESIGND_DB_MAX_CONNECTIONS)",
-        )
-    }
-
-    /// `--read-db-max-connections`: the read RPCs' pool (and the replica's);
-    /// 0 is refused.
-    pub fn read_pool_size(&self) -> anyhow::Result<u32> {
-        at_least_one(
-            self.read_db_max_connections,
-            "--read-db-max-connections (PRESIGND_READ_DB_MAX_CONNECTIONS)",
         )
     }
 
@@ -679,14 +676,6 @@ impl Config {
 /// A secret given inline or as a file (a Kubernetes secret mount, systemd
 /// LoadCredential): never both. Surrounding whitespace (a trailing newline) is
 /// not part of the secret.
-/// A pool size of at least one, or an error naming `flag`.
-fn at_least_one(size: u32, flag: &str) -> anyhow::Result<u32> {
-    if size == 0 {
-        bail!("{flag} is 0: a pool needs at least one connection");
-    }
-    Ok(size)
-}
-
 fn secret_setting(
     inline: &Option<SecretString>,
     file: &Option<PathBuf>,
@@ -849,20 +838,15 @@ mod tests {
     #[test]
     fn a_pool_of_no_connections_is_refused_naming_its_flag() {
         for flag in ["--db-max-connections", "--read-db-max-connections"] {
-            let c = Config::from_matches(&matches(&["t", &format!("{flag}=0")])).unwrap();
             let e = format!(
                 "{:#}",
-                c.db_pool_size()
-                    .and(c.read_pool_size())
+                Config::from_matches(&matches(&["t", &format!("{flag}=0")]))
                     .expect_err("0 is refused")
             );
             assert!(e.contains(flag) && e.contains("is 0"), "{e}");
         }
         let c = Config::from_matches(&matches(&["t"])).unwrap();
-        assert_eq!(
-            (c.db_pool_size().unwrap(), c.read_pool_size().unwrap()),
-            (16, 4)
-        );
+        assert_eq!((c.db_max_connections, c.read_db_max_connections), (16, 4));
     }
 
     #[test]

@@ -201,11 +201,11 @@ pub async fn abort_expired(
             tried += 1;
             // Still open, and no owner's Complete or Abort under way on it.
             let mut tx = registry::begin(pool).await?;
-            match uploads::lock(&mut tx, row.id, true).await? {
-                Some(locked) if locked.state == "open" => {}
+            let row = match uploads::lock(&mut tx, row.id, true).await? {
+                Some(locked) if locked.state == "open" => locked,
                 _ => continue,
-            }
-            match abort_row(tx, keys, row, "maintenance").await {
+            };
+            match abort_row(tx, keys, &row, "maintenance").await {
                 Ok(key_id) => {
                     aborted += 1;
                     tracing::info!(upload = %row.id, bucket = %row.bucket, key_id, "aborted an expired multipart upload");

@@ -16,7 +16,7 @@
 //! where it runs).
 
 use super::KeyManager;
-use super::verify::{ProbeAnswer, backoff, classify, send_probe, xml_field};
+use super::verify::{ProbeAnswer, backoff, classify, send_probe, store_busy, xml_field};
 use crate::signing::SigningKey;
 use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
@@ -335,7 +335,7 @@ impl KeyManager {
                     }
                     ProbeAnswer::Refused(why) => return Err(why),
                     ProbeAnswer::NotYet(why) => {
-                        (last, outage) = (why, status == 429 || status >= 500);
+                        (last, outage) = (why, store_busy(status));
                     }
                 }
                 if attempt < PAIR_ATTEMPTS {

@@ -81,13 +81,18 @@ pub fn classify(status: u16, body: &str) -> ProbeAnswer {
         }
         (403, "AccessDenied") => ProbeAnswer::AcceptedNarrow,
         (403, _) => ProbeAnswer::NotYet(what()),
-        (429, _) | (500..=599, _) => ProbeAnswer::NotYet(what()),
+        (status, _) if store_busy(status) => ProbeAnswer::NotYet(what()),
         (400..=499, _) => ProbeAnswer::Refused(what()),
         _ => ProbeAnswer::NotYet(what()),
     }
 }
 
 pub use crate::signing::xml_field;
+
+/// The store busy or failing (429, 5xx): an answer that judges no key.
+pub(super) fn store_busy(status: u16) -> bool {
+    status == 429 || (500..=599).contains(&status)
+}
 
 /// Sends one probe: its status, and its body when it is an error (small XML;
 /// a served object is not read). The error never names the URL.
@@ -142,7 +147,7 @@ pub async fn verify_usable(
                     }
                     ProbeAnswer::Refused(why) => return Err(not_usable(attempt, why, false)),
                     ProbeAnswer::NotYet(why) => {
-                        (last, store_unavailable) = (why, status == 429 || status >= 500);
+                        (last, store_unavailable) = (why, store_busy(status));
                     }
                 },
                 Err(e) => (last, store_unavailable) = (e, true),
